@@ -1,0 +1,28 @@
+"""galcubecraft: synthetic spectral cubes of rotating disk galaxies.
+
+Units-aware model components compose into galaxies, a torch projector renders
+them onto an observation grid, and the result is a `spectral_cube.SpectralCube`
+with a real WCS and a `radio_beam.Beam`.
+"""
+try:
+    from .version import version as __version__
+except ImportError:  # pragma: no cover - running from a source tree without setuptools_scm
+    __version__ = "0.0.0.dev0"
+
+from .components import (AnalyticRotationCurve, ArctanRotationCurve, Component,
+                         ExponentialDisk, ExponentialVertical, FlatRotationCurve,
+                         RotationCurve, SersicDisk, TabulatedRotationCurve)
+from .cube import SyntheticCube, to_spectral_cube, write_fits
+from .galaxy import Galaxy, Scene, default_cosmology
+from .grid import CO_1_0, CubeGrid
+from .projector import Projector
+from .render import render, render_tensor, stack_parameters
+
+__all__ = [
+    "__version__",
+    "Component", "SersicDisk", "ExponentialDisk", "ExponentialVertical", "RotationCurve",
+    "AnalyticRotationCurve", "ArctanRotationCurve", "FlatRotationCurve", "TabulatedRotationCurve",
+    "Galaxy", "Scene", "default_cosmology", "CubeGrid", "CO_1_0", "Projector",
+    "render", "render_tensor", "stack_parameters",
+    "SyntheticCube", "to_spectral_cube", "write_fits",
+]

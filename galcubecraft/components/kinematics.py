@@ -1,0 +1,210 @@
+"""Rotation curves: circular velocity as a function of disk-plane radius.
+
+A new law is one small class: declare ``param_names`` (and which are sizes),
+validate in ``__init__`` and write a torch ``evaluate(radius, ...)`` with radii
+in arcsec and velocities in km/s.
+"""
+import math
+
+import astropy.units as u
+import numpy as np
+import torch
+
+from .. import functional as F
+from ..units import validate_quantity, validate_size, validate_velocity
+from .base import Component
+
+__all__ = ["RotationCurve", "AnalyticRotationCurve", "ArctanRotationCurve",
+           "FlatRotationCurve", "TabulatedRotationCurve"]
+
+_KMS = u.km / u.s
+
+
+class RotationCurve(Component):
+    """Base class of rotation laws ``v_c(R)``."""
+
+    internal_units = {}
+
+    @classmethod
+    def velocity(cls, radius, params):
+        """Circular velocity (*km/s*) at ``radius`` (*arcsec*) from a galaxy's parameter tensors.
+
+        ``params`` holds every parameter of the galaxy (so laws tied to the
+        surface profile can read ``r_eff`` and ``n``).
+        """
+        return cls.evaluate(radius, *(params[name] for name in cls.param_names))
+
+    def __call__(self, radius, *, r_eff=None, n=None):
+        """Evaluate the law at ``radius`` (Quantity, same kind as the law's sizes).
+
+        ``r_eff`` and ``n`` are only needed by laws tied to the surface profile.
+        """
+        sizes = [v for k, v in self.parameters.items() if k in self.size_names and v is not None]
+        if r_eff is not None:
+            sizes.append(r_eff)
+        physical = radius.unit.is_equivalent(u.kpc)
+        if any(s.unit.is_equivalent(u.kpc) != physical for s in sizes):
+            raise u.UnitsError("radius and the rotation curve's sizes must all be angles "
+                               "or all be lengths")
+        unit = u.kpc if physical else u.arcsec
+
+        def to_common(name, value):
+            return value.to_value(unit)
+
+        params = self.tensors(to_common, dtype=torch.float64)
+        if r_eff is not None:
+            params["r_eff"] = torch.tensor(r_eff.to_value(unit), dtype=torch.float64)
+        if n is not None:
+            params["n"] = torch.tensor(float(n), dtype=torch.float64)
+        r = torch.as_tensor(np.asarray(radius.to_value(unit), dtype=float))
+        return self.velocity(r, params).numpy() * _KMS
+
+
+class AnalyticRotationCurve(RotationCurve):
+    r"""The rotation law of GalCubeCraft 0.1.0 (``milky_way_rot_curve_analytical``).
+
+    .. math::
+
+        v_c(R) = 1.022\,v_0 \left(\frac{R}{R_0}\right)^{0.0803},
+        \qquad R_0 = 2 R_e / b_n^{\,n}
+
+    :math:`R_0` is twice the Sérsic scale radius of the galaxy's surface
+    profile unless given explicitly.
+
+    Parameters
+    ----------
+    v_0 : `~astropy.units.Quantity` [speed]
+        Characteristic velocity (the seed uses 200 km/s), >= 0.
+    r_0 : `~astropy.units.Quantity` [angle or length], optional
+        Reference radius; by default tied to the surface profile as above
+        (and then differentiable through ``r_eff`` and ``n``).
+    """
+
+    param_names = ("v_0", "r_0")
+    size_names = ("r_0",)
+    internal_units = {"v_0": _KMS}
+
+    def __init__(self, v_0=200 * _KMS, r_0=None):
+        self.v_0 = validate_velocity("v_0", v_0, nonnegative=True)
+        self.r_0 = None if r_0 is None else validate_size("r_0", r_0)
+
+    @staticmethod
+    def evaluate(radius, v_0, r_0):
+        return 1.022 * v_0 * (radius / r_0) ** 0.0803
+
+    @classmethod
+    def velocity(cls, radius, params):
+        r_0 = params.get("r_0")
+        if r_0 is None:
+            n = params["n"]
+            r_0 = 2 * params["r_eff"] / F.sersic_bn(n) ** n
+        return cls.evaluate(radius, params["v_0"], r_0)
+
+    def __call__(self, radius, *, r_eff=None, n=None):
+        if self.r_0 is None and (r_eff is None or n is None):
+            raise ValueError("AnalyticRotationCurve without r_0 is tied to the surface profile: "
+                             "pass r_eff and n")
+        return super().__call__(radius, r_eff=r_eff, n=n)
+
+
+class ArctanRotationCurve(RotationCurve):
+    r"""Arctangent rotation curve (Courteau 1997).
+
+    .. math:: v_c(R) = \frac{2}{\pi} v_{\max} \arctan\left(\frac{R}{r_t}\right)
+
+    Parameters
+    ----------
+    v_max : `~astropy.units.Quantity` [speed]
+        Asymptotic circular velocity, >= 0.
+    r_turn : `~astropy.units.Quantity` [angle or length]
+        Turnover radius, > 0.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from galcubecraft import ArctanRotationCurve
+    >>> rc = ArctanRotationCurve(v_max=200 * u.km / u.s, r_turn=2 * u.arcsec)
+    >>> rc(2 * u.arcsec)  # doctest: +FLOAT_CMP
+    <Quantity 100. km / s>
+    """
+
+    param_names = ("v_max", "r_turn")
+    size_names = ("r_turn",)
+    internal_units = {"v_max": _KMS}
+
+    def __init__(self, v_max, r_turn):
+        self.v_max = validate_velocity("v_max", v_max, nonnegative=True)
+        self.r_turn = validate_size("r_turn", r_turn)
+
+    @staticmethod
+    def evaluate(radius, v_max, r_turn):
+        return (2 / math.pi) * v_max * torch.atan(radius / r_turn)
+
+
+class FlatRotationCurve(RotationCurve):
+    r"""A flat rotation curve, :math:`v_c(R) = v_{\rm flat}` (solid body nowhere).
+
+    Parameters
+    ----------
+    v_flat : `~astropy.units.Quantity` [speed]
+        Circular velocity at every radius, >= 0.
+    """
+
+    param_names = ("v_flat",)
+    internal_units = {"v_flat": _KMS}
+
+    def __init__(self, v_flat):
+        self.v_flat = validate_velocity("v_flat", v_flat, nonnegative=True)
+
+    @staticmethod
+    def evaluate(radius, v_flat):
+        return v_flat * torch.ones_like(radius)
+
+
+class TabulatedRotationCurve(RotationCurve):
+    """A rotation curve given as a table, linearly interpolated.
+
+    The curve starts at ``v_c(0) = 0`` when the table does not give R = 0, and
+    stays flat at the last tabulated velocity beyond the last radius.
+
+    Parameters
+    ----------
+    radius : `~astropy.units.Quantity` [angle or length], 1-D
+        Strictly increasing radii, >= 0.
+    velocity : `~astropy.units.Quantity` [speed], 1-D
+        Circular velocity at each radius, >= 0.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from galcubecraft import TabulatedRotationCurve
+    >>> rc = TabulatedRotationCurve([1, 2, 4] * u.kpc, [100, 150, 160] * u.km / u.s)
+    >>> rc([0.5, 3, 10] * u.kpc)  # doctest: +FLOAT_CMP
+    <Quantity [ 50., 155., 160.] km / s>
+    """
+
+    param_names = ("radius", "velocity")
+    size_names = ("radius",)
+    internal_units = {"velocity": _KMS}
+
+    def __init__(self, radius, velocity):
+        radius = validate_quantity("radius", radius, (u.arcsec, u.kpc), nonnegative=True)
+        velocity = validate_velocity("velocity", velocity, nonnegative=True)
+        if radius.ndim != 1 or velocity.shape != radius.shape or radius.size < 1:
+            raise ValueError("radius and velocity must be 1-D of the same, non-zero length, got "
+                             f"shapes {radius.shape} and {velocity.shape}")
+        if np.any(np.diff(radius.value) <= 0):
+            raise ValueError(f"radius must be strictly increasing, got {radius}")
+        if radius[0].value > 0:
+            radius = np.concatenate([[0] * radius.unit, radius])
+            velocity = np.concatenate([[0] * velocity.unit, velocity])
+        if radius.size < 2:
+            raise ValueError(f"radius must reach beyond R = 0, got {radius}")
+        self.radius, self.velocity = radius, velocity
+
+    def __repr__(self):
+        return f"<TabulatedRotationCurve({self.radius.size} points, R <= {self.radius[-1]})>"
+
+    @staticmethod
+    def evaluate(radius, radius_table, velocity_table):
+        return F.interpolate_linear(radius, radius_table, velocity_table)

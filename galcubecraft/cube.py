@@ -1,0 +1,105 @@
+"""The exit edge: tensors become SpectralCubes with WCS and beam, and FITS files."""
+import os
+import tempfile
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from spectral_cube import SpectralCube
+
+__all__ = ["SyntheticCube", "to_spectral_cube", "write_fits", "casa_unit_string"]
+
+#: BUNIT spellings that casacore (CASA, CARTA) parses; astropy reads them too.
+_CASA_UNITS = {
+    u.Jy / u.beam: "Jy/beam",
+    u.mJy / u.beam: "mJy/beam",
+    u.Jy / u.pix: "Jy/pixel",
+}
+
+
+def casa_unit_string(unit):
+    """BUNIT for ``unit`` as CASA expects it ('Jy/beam', not spectral-cube's 'Jy beam-1')."""
+    for known, text in _CASA_UNITS.items():
+        if unit == known:
+            return text
+    return unit.to_string(format="fits")
+
+
+class SyntheticCube(SpectralCube):
+    """A `~spectral_cube.SpectralCube` whose FITS output is what CASA and CARTA expect.
+
+    It differs from its parent only in what it writes: ``BUNIT`` is spelled
+    ``Jy/beam`` (spectral-cube writes ``Jy beam-1``, which CASA does not take as
+    a flux density per beam), and FITS files are written atomically (a
+    temporary file in the same folder, renamed when complete), so an
+    interrupted write never leaves a partial cube behind.
+    """
+
+    @property
+    def header(self):
+        header = super().header
+        header["BUNIT"] = casa_unit_string(self.unit)
+        return header
+
+    def write(self, filename, overwrite=False, format=None):
+        """Write the cube; FITS output is atomic and CASA-ready (see class docstring)."""
+        name = str(filename).lower()
+        is_fits = format == "fits" or (format is None and name.endswith(
+            (".fits", ".fit", ".fts", ".fits.gz")))
+        if not is_fits:
+            return super().write(filename, overwrite=overwrite, format=format)
+        return write_fits(self, filename, overwrite=overwrite)
+
+
+def to_spectral_cube(data, grid, meta=None):
+    """Wrap one rendered cube as a `SyntheticCube` with the grid's WCS and beam.
+
+    Parameters
+    ----------
+    data : `torch.Tensor` or `numpy.ndarray`, shape ``grid.shape``
+        Brightness in ``grid.unit``.  The only place where tensors leave torch.
+    grid : `~galcubecraft.CubeGrid`
+    meta : dict, optional
+        Extra header cards (e.g. provenance).
+    """
+    if hasattr(data, "detach"):
+        data = data.detach().cpu().numpy()
+    data = np.asarray(data)
+    if data.shape != grid.shape:
+        raise ValueError(f"data shape {data.shape} does not match the grid's {grid.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError("rendered cube has non-finite values; refusing to wrap it")
+    kwargs = {}
+    if grid.beam is not None:
+        kwargs["beam"] = grid.beam
+    return SyntheticCube(data=u.Quantity(data.astype(np.float32), grid.unit, copy=False),
+                         wcs=grid.wcs, meta=dict(meta or {}), **kwargs)
+
+
+def write_fits(cube, filename, overwrite=False):
+    """Write ``cube`` to FITS atomically, with ``BUNIT`` spelled for CASA.
+
+    The data go to a temporary file beside ``filename`` which is renamed
+    over it only once complete; on any error the temporary file is removed and
+    an existing ``filename`` is left untouched.
+    """
+    path = Path(filename)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    hdu = cube.hdu
+    hdu.header["BUNIT"] = casa_unit_string(cube.unit)
+    hdu.header.add_history("Written by galcubecraft")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
+                               dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        hdu.writeto(tmp, overwrite=True, checksum=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,194 @@
+"""The observation grid: pixels on the sky, velocity channels and the beam."""
+import math
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.wcs import WCS
+from radio_beam import Beam
+
+from .units import validate_quantity
+
+__all__ = ["CubeGrid", "CO_1_0"]
+
+#: Rest frequency of CO(1-0), the default line (CDMS/Splatalogue).
+CO_1_0 = 115.2712018 * u.GHz
+
+_KMS = u.km / u.s
+#: Largest number of voxels a grid may have (a float32 cube of this size is 16 GiB).
+MAX_VOXELS = 2**32
+
+
+def _validate_beam(beam):
+    if beam is None:
+        return None
+    if isinstance(beam, u.Quantity) and not isinstance(beam, Beam):
+        beam = Beam(validate_quantity("beam", beam, u.arcsec, positive=True))
+    if not isinstance(beam, Beam):
+        raise TypeError(f"beam must be a radio_beam.Beam, an angle (circular FWHM) or None, "
+                        f"got {beam!r}")
+    for name in ("major", "minor", "pa"):
+        value = getattr(beam, name)
+        if not np.isfinite(value.value):
+            raise ValueError(f"beam {name} must be finite, got {value}")
+    if beam.major <= 0 * u.arcsec or beam.minor <= 0 * u.arcsec:
+        raise ValueError(f"beam major and minor FWHM must be positive, got "
+                         f"{beam.major.to(u.arcsec)} x {beam.minor.to(u.arcsec)}")
+    return beam
+
+
+class CubeGrid:
+    """Where and how a cube samples the sky and the spectrum.
+
+    The spatial grid is a square-pixel tangent-plane (SIN by default) grid
+    centred on ``center``: the field centre lies at FITS reference pixel
+    ``((nx + 1) / 2, (ny + 1) / 2)``, east to the left (``CDELT1 < 0``), north up.
+    The spectral axis is radio velocity (``VRAD``) in km/s, channel ``k``
+    (0-based) centred on ``velocity_center + (k - (n_chan - 1) / 2) * channel_width``;
+    a negative ``channel_width`` makes a descending axis.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(n_chan, ny, nx)``, the order of the FITS data array.
+    pixel_scale : `~astropy.units.Quantity` [angle]
+        Pixel size, > 0.
+    channel_width : `~astropy.units.Quantity` [speed]
+        Channel width (spacing of channel centres), non-zero.
+    beam : `radio_beam.Beam` or `~astropy.units.Quantity` [angle] or None
+        Restoring beam (a Quantity is a circular FWHM).  ``None`` renders a
+        beam-free cube in Jy/pixel.
+    center : `~astropy.coordinates.SkyCoord`, optional
+        Sky position of the field centre (default RA = Dec = 0, ICRS).
+    velocity_center : `~astropy.units.Quantity` [speed]
+        Radio velocity at the spectral centre of the cube (default 0 km/s).
+    rest_frequency : `~astropy.units.Quantity` [frequency]
+        Rest frequency of the line (default CO(1-0), 115.2712018 GHz); written
+        as ``RESTFRQ`` so that CASA and spectral-cube can convert velocity
+        and frequency.
+    projection : str
+        Three-letter celestial projection code (default ``'SIN'``, what
+        interferometers image in).
+    specsys : str
+        Spectral reference frame (``SPECSYS``), default ``'LSRK'``.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from galcubecraft import CubeGrid
+    >>> grid = CubeGrid(shape=(40, 128, 128), pixel_scale=1 * u.arcsec,
+    ...                 channel_width=20 * u.km / u.s, beam=4 * u.arcsec)
+    >>> grid.spectral_axis[[0, -1]]
+    <Quantity [-390.,  390.] km / s>
+    """
+
+    def __init__(self, shape, pixel_scale, channel_width, beam=None, center=None,
+                 velocity_center=0 * _KMS, rest_frequency=CO_1_0, projection="SIN",
+                 specsys="LSRK"):
+        self.shape = self._validate_shape(shape)
+        self.pixel_scale = validate_quantity("pixel_scale", pixel_scale, u.arcsec, positive=True)
+        self.channel_width = validate_quantity("channel_width", channel_width, _KMS)
+        if self.channel_width.value == 0:
+            raise ValueError(f"channel_width must be non-zero, got {channel_width}")
+        self.beam = _validate_beam(beam)
+        if center is None:
+            center = SkyCoord(0 * u.deg, 0 * u.deg, frame="icrs")
+        if not isinstance(center, SkyCoord) or not center.isscalar:
+            raise TypeError(f"center must be a scalar SkyCoord, got {center!r}")
+        self.center = center.icrs
+        self.velocity_center = validate_quantity("velocity_center", velocity_center, _KMS)
+        self.rest_frequency = validate_quantity("rest_frequency", rest_frequency, u.Hz,
+                                                positive=True)
+        if not (isinstance(projection, str) and len(projection) == 3 and projection.isalpha()):
+            raise ValueError(f"projection must be a three-letter code such as 'SIN', "
+                             f"got {projection!r}")
+        self.projection = projection.upper()
+        self.specsys = str(specsys).upper()
+
+    @staticmethod
+    def _validate_shape(shape):
+        try:
+            items = tuple(shape)
+            ok = len(items) == 3 and all(
+                not isinstance(s, bool) and float(s) == int(s) for s in items)
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(f"shape must be three integers (n_chan, ny, nx), got {shape!r}")
+        shape = tuple(int(s) for s in items)
+        if min(shape) < 1:
+            raise ValueError(f"shape must have at least one channel and one pixel per axis, "
+                             f"got {shape}")
+        if math.prod(shape) > MAX_VOXELS:
+            raise ValueError(f"shape {shape} has {math.prod(shape):.3g} voxels, more than the "
+                             f"{MAX_VOXELS:.3g} a cube may have")
+        return shape
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def n_chan(self):
+        return self.shape[0]
+
+    @property
+    def spectral_axis(self):
+        """Channel-centre radio velocities (km/s)."""
+        k = np.arange(self.n_chan) - (self.n_chan - 1) / 2
+        return (self.velocity_center + k * self.channel_width).to(_KMS)
+
+    @property
+    def channel_edges(self):
+        """The ``n_chan + 1`` channel boundaries (km/s), in channel order."""
+        k = np.arange(self.n_chan + 1) - self.n_chan / 2
+        return (self.velocity_center + k * self.channel_width).to(_KMS)
+
+    def sky_offsets(self):
+        """Pixel-centre offsets ``(east, north)`` from the field centre, each (ny, nx), arcsec.
+
+        These are the tangent-plane coordinates in which galaxies are placed.
+        """
+        _, ny, nx = self.shape
+        pix = self.pixel_scale.to_value(u.arcsec)
+        east = -(np.arange(nx) - (nx - 1) / 2) * pix
+        north = (np.arange(ny) - (ny - 1) / 2) * pix
+        return np.meshgrid(east, north, indexing="xy") * u.arcsec
+
+    @property
+    def pixel_area(self):
+        return (self.pixel_scale**2).to(u.sr)
+
+    @property
+    def unit(self):
+        """Brightness unit of cubes rendered on this grid (Jy/beam, or Jy/pixel without a beam)."""
+        return u.Jy / u.beam if self.beam is not None else u.Jy / u.pix
+
+    @property
+    def wcs(self):
+        """A 3-D `~astropy.wcs.WCS` (RA, Dec, VRAD) describing the grid."""
+        n_chan, ny, nx = self.shape
+        w = WCS(naxis=3)
+        w.wcs.ctype = [f"RA---{self.projection}", f"DEC--{self.projection}", "VRAD"]
+        w.wcs.cunit = ["deg", "deg", "km/s"]
+        pix = self.pixel_scale.to_value(u.deg)
+        w.wcs.cdelt = [-pix, pix, self.channel_width.to_value(_KMS)]
+        w.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2, (n_chan + 1) / 2]
+        w.wcs.crval = [self.center.ra.deg, self.center.dec.deg,
+                       self.velocity_center.to_value(_KMS)]
+        w.wcs.radesys = "ICRS"
+        w.wcs.specsys = self.specsys
+        w.wcs.restfrq = self.rest_frequency.to_value(u.Hz)
+        w.wcs.set()
+        return w
+
+    def offset_of(self, coord):
+        """Tangent-plane ``(east, north)`` offset (arcsec) of a sky position from the field centre."""
+        x, y = self.wcs.celestial.world_to_pixel(coord)
+        _, ny, nx = self.shape
+        pix = self.pixel_scale.to(u.arcsec)
+        return u.Quantity([-(x - (nx - 1) / 2) * pix, (y - (ny - 1) / 2) * pix])
+
+    def __repr__(self):
+        beam = "no beam" if self.beam is None else (
+            f"beam {self.beam.major.to(u.arcsec):.3g} x {self.beam.minor.to(u.arcsec):.3g}, "
+            f"PA {self.beam.pa.to(u.deg):.3g}")
+        return (f"<CubeGrid shape={self.shape} pixel_scale={self.pixel_scale} "
+                f"channel_width={self.channel_width} {beam}>")

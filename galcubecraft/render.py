@@ -1,0 +1,76 @@
+"""``render``: the friendly front door over `Projector`."""
+from collections import defaultdict
+
+import torch
+
+from .cube import to_spectral_cube
+from .galaxy import Galaxy, Scene
+from .projector import Projector
+
+__all__ = ["render", "render_tensor", "stack_parameters"]
+
+
+def _galaxies(scene):
+    if isinstance(scene, Galaxy):
+        return [scene]
+    if isinstance(scene, Scene):
+        return list(scene)
+    galaxies = list(scene)
+    if not galaxies:
+        raise ValueError("nothing to render: no galaxies given")
+    for g in galaxies:
+        if not isinstance(g, Galaxy):
+            raise TypeError(f"render takes Galaxy objects, a Scene or a list of them, got {g!r}")
+    return galaxies
+
+
+def stack_parameters(galaxies, device=None, dtype=torch.float32):
+    """Group galaxies that share a rotation law and stack their parameters into batches.
+
+    Returns a list of ``(kinematics_class, {name: tensor (batch, ...)})``.
+    """
+    groups = defaultdict(list)
+    for g in galaxies:
+        tensors = g.tensors(device=device, dtype=dtype)
+        key = (type(g.kinematics), tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())))
+        groups[key].append(tensors)
+    return [(key[0], {k: torch.stack([t[k] for t in members]) for k in members[0]})
+            for key, members in groups.items()]
+
+
+def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=None, **sampling):
+    """Render galaxies into one ``(n_chan, ny, nx)`` tensor (sum of all galaxies, beam applied)."""
+    galaxies = _galaxies(scene)
+    projector = projector or Projector(grid, device=device, dtype=dtype, **sampling)
+    model = None
+    for kinematics, params in stack_parameters(galaxies, projector.device, projector.dtype):
+        part = projector.project(params, kinematics).sum(dim=0)
+        model = part if model is None else model + part
+    return projector.observe(model)
+
+
+def render(scene, grid, *, device=None, dtype=torch.float32, **sampling):
+    """Render one galaxy, a list of galaxies or a `Scene` into a spectral cube.
+
+    Parameters
+    ----------
+    scene : `~galcubecraft.Galaxy`, `~galcubecraft.Scene` or sequence of Galaxy
+        What to render; several galaxies are summed into one cube.
+    grid : `~galcubecraft.CubeGrid`
+        Pixels, channels and beam.
+    device : str or `torch.device`, optional
+        Where to compute (e.g. ``'cuda'``); default CPU.
+    dtype : `torch.dtype`
+        Computation precision (default float32).
+    **sampling
+        Passed to `~galcubecraft.Projector` (``oversample``, ``layer_density``, ...).
+
+    Returns
+    -------
+    `~galcubecraft.SyntheticCube`
+        A `~spectral_cube.SpectralCube` in Jy/beam (Jy/pixel without a beam)
+        with the grid's WCS and `radio_beam.Beam`.
+    """
+    with torch.no_grad():
+        data = render_tensor(scene, grid, device=device, dtype=dtype, **sampling)
+    return to_spectral_cube(data, grid)
