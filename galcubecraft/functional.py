@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "sersic_bn", "sersic_total_flux", "sersic", "exponential_vertical",
-    "vertical_layers", "sky_to_disk", "line_of_sight_velocity",
+    "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
     "channel_cdf", "beam_transfer_function", "convolve_beam", "interpolate_linear",
 ]
 
@@ -127,28 +127,41 @@ def exponential_vertical(z, scale_height):
     return torch.exp(-torch.abs(z) / scale_height) / (2 * scale_height)
 
 
-def vertical_layers(n_layers):
-    """Heights and weights of the layers that represent ``exp(-|z|/h)``, in units of ``h``.
+def _delta_laplace_antiderivative(a, w, lam):
+    """``Lambda(a + w) - Lambda(a)`` for ``Lambda(x) = int_{-inf}^x L(t) dt``, L the Laplace CDF.
 
-    The distribution is cut into ``n_layers`` slabs of equal mass (``n_layers``
-    even, half above and half below the mid-plane); each slab is represented by
-    its mean height.  Returns numpy float64 arrays ``(z_over_h, weight)``; the
-    weights sum to 1 and the mean |z| is exact for any ``n_layers``.
+    ``Lambda(x) = lam/2 e^{x/lam}`` for x < 0 and ``x + lam/2 e^{-x/lam}`` for x >= 0.
+    Written so that no branch overflows or cancels catastrophically, whatever
+    the ratio of ``w`` (>= 0) to ``lam`` (> 0).
     """
-    if n_layers < 2 or n_layers % 2:
-        raise ValueError(f"n_layers must be an even number >= 2, got {n_layers}")
-    half = n_layers // 2
-    q = np.linspace(0.0, 1.0, half + 1)          # quantiles of |z|/h ~ Exp(1)
-    w_hi, w_lo = 1.0 - q[:-1], 1.0 - q[1:]
+    b = a + w
+    right = w + 0.5 * lam * torch.exp(-a.clamp_min(0) / lam) * torch.expm1(-w / lam)
+    left = -0.5 * lam * torch.exp(b.clamp_max(0) / lam) * torch.expm1(-w / lam)
+    cross = b.clamp_min(0) + 0.5 * lam * (torch.expm1(-b.clamp_min(0) / lam)
+                                          - torch.expm1(a.clamp_max(0) / lam))
+    return torch.where(a >= 0, right, torch.where(b < 0, left, cross))
 
-    def antideriv(w):                             # d/dw (w - w ln w) = -ln w
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(w > 0, w - w * np.log(np.where(w > 0, w, 1.0)), 0.0)
 
-    mean_abs = (antideriv(w_hi) - antideriv(w_lo)) / (q[1:] - q[:-1])
-    z = np.concatenate([-mean_abs[::-1], mean_abs])
-    weight = np.full(n_layers, 1.0 / n_layers)
-    return z, weight
+def window_integral(a1, a2, w, lam):
+    """Integral over a bin of width ``w`` of the vertical window ``L(Y - y1) - L(Y - y2)``.
+
+    ``a1 = start - y1`` and ``a2 = start - y2`` are the bin start relative to
+    the window's box edges; ``lam`` is the Laplace scale ``h tan i`` (all in
+    *arcsec* along the disk's minor axis).  For ``lam -> 0`` this is the
+    overlap of the bin with the box ``[y1, y2]``.
+    """
+    return _delta_laplace_antiderivative(a1, w, lam) - _delta_laplace_antiderivative(a2, w, lam)
+
+
+def window_tail(a1, a2, lam, side):
+    """Integral of the window beyond a point outside its box (``side`` 'lower' or 'upper').
+
+    For 'lower', ``a1, a2 < 0`` (the point lies below the box); for 'upper'
+    ``a1, a2 >= 0``.
+    """
+    if side == "lower":
+        return 0.5 * lam * (torch.exp(a1.clamp_max(0) / lam) - torch.exp(a2.clamp_max(0) / lam))
+    return 0.5 * lam * (torch.exp(-a2.clamp_min(0) / lam) - torch.exp(-a1.clamp_min(0) / lam))
 
 
 # --------------------------------------------------------------------------- geometry
@@ -197,6 +210,21 @@ def interpolate_linear(x, xp, fp):
     f0, f1 = torch.gather(fp, -1, idx - 1), torch.gather(fp, -1, idx)
     t = (xc - x0) / (x1 - x0)
     return (f0 + t * (f1 - f0)).reshape(x.shape)
+
+
+def velocity_spread(x_disk, y_disk, radius, v_circ, dv_dr, sin_i, dx, dy):
+    """Variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane cell (*km/s*^2).
+
+    The velocity field ``v_c(R) sin i x / R`` is linearised over the cell:
+    a uniform cell of width ``d`` spreads a linear field of gradient ``g`` by
+    ``g^2 d^2 / 12``.  Adding it to the dispersion makes each sample's line
+    stand for its whole cell, which removes the leading error of point
+    sampling where the velocity field is steep (the centre of a galaxy).
+    """
+    r2 = radius**2
+    grad_x = sin_i * (dv_dr * x_disk**2 / r2 + v_circ * y_disk**2 / (r2 * radius))
+    grad_y = sin_i * x_disk * y_disk / r2 * (dv_dr - v_circ / radius)
+    return (grad_x**2 * dx**2 + grad_y**2 * dy**2) / 12.0
 
 
 # --------------------------------------------------------------------------- spectral

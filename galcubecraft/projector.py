@@ -8,21 +8,30 @@ units, files or plots.  The stages are small named steps, in order::
 
 How the integral is sampled
 ---------------------------
-Each pixel is split into ``oversample x oversample`` cells.  A cell's flux is
-the integral of the emission density over its sky area and the whole line of
-sight.  For a cell of width ``d`` centred at ``(xi, eta)`` in the galaxy frame
-(``xi`` along the major axis), the change of variables from (sky ``eta``, depth)
-to disk-frame (``Y``, ``Z``) has unit Jacobian, so
+Each pixel is split into ``oversample x oversample`` cells of width ``d``.
+A cell's flux is the integral of the emission density over its sky area and
+the whole line of sight.  With ``xi`` along the major axis and ``eta`` along
+the minor axis, the change of variables from (sky ``eta``, depth along the
+line of sight) to disk-frame (``Y``, ``Z``) has unit Jacobian
+(``eta = Y cos i - Z sin i``), so the exact cell flux is
 
-    flux = d * sum_k w_k * integral over Y in [(eta -/+ d/2 + Z_k sin i) / cos i] of Sigma(R) dY
+    d * integral dY Sigma(R(xi, Y)) g(Y),
+    g(Y) = P[Z in ((Y cos i - eta - d/2) / sin i, (Y cos i - eta + d/2) / sin i)]
 
-where ``Z_k, w_k`` are equal-mass layers of the vertical profile
-(:func:`~galcubecraft.functional.vertical_layers`).  The ``Y`` interval of a
-cell grows as ``1/cos i``, and it is sampled with ``ceil(1/cos i)`` points
-(capped, and clipped to the disk's extent), so the disk plane is sampled as
-finely at high inclination as face-on, and an edge-on disk stays finite.  The
-line of each sample is a Gaussian integrated exactly over each channel
-(differences of erf), so fluxes are exact for any dispersion and channel width.
+where ``P`` is the (exponential) vertical distribution.  ``g`` is a box of
+width ``d / cos i`` smoothed by a Laplace kernel of scale ``h tan i``; its
+integral over each ``Y`` bin is analytic
+(:func:`~galcubecraft.functional.window_integral`), so the vertical structure
+is integrated exactly and the ``Y`` bins only need to resolve the surface
+brightness and velocity field of the disk.  The bins are as wide as a cell
+(``minor_density`` per cell) and span the window (``3 h tan i`` beyond the
+box, the tails folded into the end bins), clipped to the disk's extent, so
+an edge-on disk stays finite and every cell's weights add up to its exact
+share of the flux.  Each sample's line is a Gaussian of the gas dispersion
+broadened by the spread of the linearised velocity field over the sample's
+area (:func:`~galcubecraft.functional.velocity_spread`), integrated exactly
+over each channel (differences of erf), so fluxes are exact for any
+dispersion and channel width.
 """
 import math
 
@@ -41,6 +50,17 @@ __all__ = ["Projector"]
 _FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 _TRUNCATION_FRACTION = 1e-6
+#: Floor on cos(i): an exactly edge-on disk is rendered at i = 89.94 deg (projected minor axis
+#: 1e-3 of the major axis), which keeps the window arithmetic finite in float32.
+_COS_FLOOR = 1e-3
+#: The Y window extends this many Laplace scales (h tan i) beyond its box.
+_WINDOW_TAIL = 3.0
+#: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
+#: this many cells and this fraction of r_eff: uniform
+#: across narrow windows, and widening away from the centre across the long windows of nearly
+#: edge-on disks (symmetric about the window's centre, so midpoint errors cancel to first order).
+_STRETCH_CELLS = 4.0
+_STRETCH_R_EFF = 0.5
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 _BEAM_MARGIN_SIGMAS = 5.0
 
@@ -59,14 +79,12 @@ class Projector:
         float64 for gradient checks and reference renders).
     oversample : int
         Cells per pixel along each sky axis (default 2).
-    layer_density : float
-        Vertical layers per cell width of projected thickness ``h sin i``
-        (default 2); the number of layers is even, from 2 to ``max_layers``.
-    max_layers : int
-        Cap on the number of vertical layers.
+    minor_density : float
+        Disk-plane samples per cell width along the minor axis (default 1).
     max_minor_samples : int
-        Cap on the samples per cell along the disk's minor axis
-        (``ceil(1/cos i)``); reached only above ~88 deg inclination.
+        Cap on the samples per cell along the minor axis (default 64); the
+        count is ``(1/cos i + 6 h tan i / d) * minor_density``, so the cap is
+        reached only for very thick or nearly edge-on disks.
     max_chunk_elements : int
         Largest intermediate tensor (elements); bounds the memory per chunk.
 
@@ -81,18 +99,16 @@ class Projector:
     """
 
     def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2,
-                 layer_density=2.0, max_layers=32, max_minor_samples=32,
-                 max_chunk_elements=2**23):
+                 minor_density=1.0, max_minor_samples=64, max_chunk_elements=2**23):
         if int(oversample) != oversample or oversample < 1:
             raise ValueError(f"oversample must be a positive integer, got {oversample!r}")
-        if not layer_density > 0:
-            raise ValueError(f"layer_density must be positive, got {layer_density!r}")
-        if int(max_layers) < 2 or int(max_minor_samples) < 1:
-            raise ValueError("max_layers must be >= 2 and max_minor_samples >= 1")
+        if not minor_density > 0:
+            raise ValueError(f"minor_density must be positive, got {minor_density!r}")
+        if int(max_minor_samples) < 1:
+            raise ValueError(f"max_minor_samples must be >= 1, got {max_minor_samples!r}")
         self.grid = grid
         self.oversample = int(oversample)
-        self.layer_density = float(layer_density)
-        self.max_layers = int(max_layers) // 2 * 2
+        self.minor_density = float(minor_density)
         self.max_minor_samples = int(max_minor_samples)
         self.max_chunk_elements = int(max_chunk_elements)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -148,23 +164,31 @@ class Projector:
 
     # ------------------------------------------------------------------ sampling plan
     def sampling(self, params):
-        """The static sampling plan for a batch: cells per pixel side, layers, minor-axis samples.
+        """The static sampling plan for a batch: cells per pixel side and minor-axis samples.
 
-        Chosen from the batch's largest projected thickness and inclination,
-        so every galaxy of the batch is sampled at least as finely as it needs.
+        Chosen from the batch's widest window, so every galaxy of the batch is
+        sampled at least as finely as it needs.
         """
         with torch.no_grad():
             cell = self.pixel / self.oversample
             inc = params["inclination"].detach().double()
             h = params["scale_height"].detach().double()
-            thickness = float((h * torch.sin(inc)).max())
-            layers = 2 * min(max(math.ceil(self.layer_density * thickness / cell), 1),
-                             self.max_layers // 2)
-            cos_min = float(torch.cos(inc).min().clamp_min(1e-12))
-            rmax = float(self._truncation_radius(params).max())
-            minor = math.ceil(min(1.0 / cos_min, 2 * rmax / cell) - 1e-9)
+            cos_i = torch.cos(inc).clamp_min(_COS_FLOOR)
+            window = cell / cos_i + 2 * _WINDOW_TAIL * h * torch.sin(inc) / cos_i
+            rmax = self._truncation_radius(params)
+            span = torch.minimum(window, 2 * rmax.to(window))
+            # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is at most
+            # 2 asinh(W / 2s), and the bins must be no wider than a cell where they are finest
+            stretch = self._stretch(params["r_eff"].detach().double().cpu(), cell)
+            u_range = 2 * torch.asinh(span / (2 * stretch))
+            minor = math.ceil(float((u_range * stretch).max()) * self.minor_density / cell - 1e-3)
             minor = min(max(minor, 1), self.max_minor_samples)
-        return {"oversample": self.oversample, "layers": layers, "minor_samples": minor}
+        return {"oversample": self.oversample, "minor_samples": minor}
+
+    @staticmethod
+    def _stretch(r_eff, cell):
+        """Scale of the asinh bin stretch: a few cells, or a fraction of the half-light radius."""
+        return torch.clamp(_STRETCH_R_EFF * r_eff, min=_STRETCH_CELLS * cell)
 
     @staticmethod
     def _truncation_radius(params):
@@ -188,28 +212,26 @@ class Projector:
                   for k, v in params.items()}
         batch = params["flux"].shape[0]
         plan = self.sampling(params)
-        layers_z, layers_w = F.vertical_layers(plan["layers"])
-        layers_z = torch.as_tensor(layers_z, device=self.device, dtype=self.dtype)
         rmax = self._truncation_radius(params).to(self.device, self.dtype)
 
         # One b_n solve per galaxy; the amplitude makes the total flux exact.
         b_n = F.sersic_bn(params["n"])
         amplitude = params["flux"] / F.sersic_total_flux(torch.ones_like(b_n), params["r_eff"],
                                                          params["n"], b_n=b_n)
-        shaped = {k: (v.reshape(batch, 1, 1, 1, 1) if v.dim() == 1 else v)
+        shaped = {k: (v.reshape(batch, 1, 1, 1) if v.dim() == 1 else v)
                   for k, v in params.items()}
-        shaped.update(b_n=b_n.reshape(batch, 1, 1, 1, 1),
-                      amplitude=amplitude.reshape(batch, 1, 1, 1, 1),
-                      rmax=rmax.reshape(batch, 1, 1, 1, 1))
+        shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),
+                      amplitude=amplitude.reshape(batch, 1, 1, 1),
+                      rmax=rmax.reshape(batch, 1, 1, 1))
 
         n_pix = self._east.numel()
-        per_pixel = self.oversample**2 * plan["layers"] * plan["minor_samples"]
+        per_pixel = self.oversample**2 * plan["minor_samples"]
         chunk = max(1, self.max_chunk_elements // (batch * per_pixel * (self._edges.numel())))
         need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
         pieces = []
         for start in range(0, n_pix, chunk):
             args = (self._east[start:start + chunk], self._north[start:start + chunk],
-                    shaped, kinematics, layers_z, plan["minor_samples"])
+                    shaped, kinematics, plan["minor_samples"])
             if need_grad:
                 pieces.append(checkpoint(self._integrate_chunk, *args, use_reentrant=False))
             else:
@@ -219,36 +241,50 @@ class Projector:
         cube = spectra.transpose(1, 2).reshape(batch, -1, ny_p, nx_p)
         return cube * (self.brightness_scale / self.channel_width)
 
-    def _integrate_chunk(self, east, north, p, kinematics, layers_z, n_minor):
+    def _integrate_chunk(self, east, north, p, kinematics, n_minor):
         cell = self.pixel / self.oversample
-        # sky_to_disk: cells (P, C) -> galaxy frame (B, P, C, 1, 1)
-        e = (east[:, None] + self._cell_east[None, :])[None, :, :, None, None]
-        n = (north[:, None] + self._cell_north[None, :])[None, :, :, None, None]
+        # sky_to_disk: cells (P, C) -> galaxy frame (B, P, C, 1)
+        e = (east[:, None] + self._cell_east[None, :])[None, :, :, None]
+        n = (north[:, None] + self._cell_north[None, :])[None, :, :, None]
         xi, eta = F.sky_to_disk(e, n, p["x0"], p["y0"], p["position_angle"])
         sin_i = torch.sin(p["inclination"])
-        cos_i = torch.cos(p["inclination"]).clamp_min(1e-6)
-        # vertical layers: each cell's sky strip is a Y interval in every layer (B, P, C, K, 1)
-        z = p["scale_height"] * layers_z.reshape(1, 1, 1, -1, 1)
-        y_mid = (eta + z * sin_i) / cos_i
-        half = 0.5 * cell / cos_i
-        lo = torch.clamp(y_mid - half, min=-p["rmax"], max=p["rmax"])
-        hi = torch.clamp(y_mid + half, min=-p["rmax"], max=p["rmax"])
-        t = (torch.arange(n_minor, device=east.device, dtype=east.dtype) + 0.5) / n_minor
-        y = lo + (hi - lo) * t.reshape(1, 1, 1, 1, -1)             # (B, P, C, K, M)
+        cos_i = torch.cos(p["inclination"]).clamp_min(_COS_FLOOR)
+        # vertical window: the cell's sky strip seen in the disk plane, integrated over Z
+        lam = (p["scale_height"] * sin_i / cos_i).clamp_min(1e-6 * cell)
+        y1, y2 = (eta - 0.5 * cell) / cos_i, (eta + 0.5 * cell) / cos_i
+        lo_free, hi_free = y1 - _WINDOW_TAIL * lam, y2 + _WINDOW_TAIL * lam
+        lo = torch.clamp(lo_free, min=-p["rmax"], max=p["rmax"])
+        hi = torch.clamp(hi_free, min=-p["rmax"], max=p["rmax"])
+        stretch = self._stretch(p["r_eff"], cell)
+        u_max = torch.asinh(0.5 * (hi - lo) / stretch)
+        j = torch.arange(n_minor + 1, device=east.device, dtype=east.dtype) * (2.0 / n_minor) - 1
+        edges = 0.5 * (lo + hi) + stretch * torch.sinh(u_max * j)  # (B, P, C, M + 1)
+        start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
+        g = F.window_integral(start - y1, start - y2, width, lam)
+        # fold the window's tails into the end bins unless the disk's edge clips them
+        tail_lo = torch.where(lo_free >= -p["rmax"], F.window_tail(lo - y1, lo - y2, lam, "lower"),
+                              torch.zeros_like(lo))
+        tail_hi = torch.where(hi_free <= p["rmax"], F.window_tail(hi - y1, hi - y2, lam, "upper"),
+                              torch.zeros_like(hi))
+        g = g + torch.nn.functional.pad(tail_lo, (0, n_minor - 1)) \
+            + torch.nn.functional.pad(tail_hi, (n_minor - 1, 0))
+        y = start + 0.5 * width
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
-        # surface_density x cell area -> flux of each sample (Jy km/s)
-        sigma = F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"])
-        weight = sigma * (hi - lo) * (cell / (n_minor * layers_z.numel()))
-        # line_of_sight_velocity
+        # surface_density x area -> flux of each sample (Jy km/s)
+        weight = F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g * cell
+        # line_of_sight_velocity, and its spread over the area each sample stands for
         v_circ = kinematics.velocity(radius, p)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
-        batch, n_pix = weight.shape[:2]
-        weight = weight.reshape(batch, n_pix, -1)
-        v_los = v_los.reshape(batch, n_pix, -1)
+        step = 1e-3 * radius
+        dv_dr = (kinematics.velocity(radius + step, p)
+                 - kinematics.velocity(radius - step, p)) / (2 * step)
+        spread2 = F.velocity_spread(xi, y, radius, v_circ, dv_dr, sin_i, cell, width)
+        disp = torch.sqrt(p["dispersion"].clamp_min(1e-6) ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
-        disp = p["dispersion"].reshape(batch, 1, 1).clamp_min(1e-6)
-        cdf = F.channel_cdf(self._edges, v_los, disp.expand_as(v_los))
-        summed = torch.einsum("bps,bpse->bpe", weight, cdf)
+        batch, n_pix = weight.shape[:2]
+        cdf = F.channel_cdf(self._edges, v_los.reshape(batch, n_pix, -1),
+                            disp.expand_as(v_los).reshape(batch, n_pix, -1))
+        summed = torch.einsum("bps,bpse->bpe", weight.reshape(batch, n_pix, -1), cdf)
         return summed[..., 1:] - summed[..., :-1]
 
     def observe(self, model):
