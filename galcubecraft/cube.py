@@ -1,4 +1,5 @@
 """The exit edge: tensors become SpectralCubes with WCS and beam, and FITS files."""
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -85,7 +86,8 @@ def write_fits(cube, filename, overwrite=False):
     """
     path = Path(filename)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to replace it",
+                              str(path))
     hdu = cube.hdu
     hdu.header["BUNIT"] = casa_unit_string(cube.unit)
     hdu.header.add_history("Written by galcubecraft")

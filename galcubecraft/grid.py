@@ -161,6 +161,17 @@ class CubeGrid:
         """Brightness unit of cubes rendered on this grid (Jy/beam, or Jy/pixel without a beam)."""
         return u.Jy / u.beam if self.beam is not None else u.Jy / u.pix
 
+    def integrated_flux(self, data):
+        """Total line flux of a cube on this grid: ``sum(data) |dv| Omega_pix / Omega_beam``.
+
+        ``data`` is an array (or Quantity) in `unit`; returns Jy km/s.
+        """
+        values = data.to_value(self.unit) if isinstance(data, u.Quantity) else np.asarray(data)
+        per_pixel = 1.0 if self.beam is None else float(
+            (self.pixel_area / self.beam.sr).decompose())
+        return (float(np.sum(values, dtype=np.float64)) * per_pixel
+                * abs(self.channel_width.to_value(_KMS))) * u.Jy * _KMS
+
     @property
     def wcs(self):
         """A 3-D `~astropy.wcs.WCS` (RA, Dec, VRAD) describing the grid."""

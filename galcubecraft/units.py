@@ -79,7 +79,7 @@ def validate_quantity(name, value, unit, *, positive=False, nonnegative=False,
             f"(e.g. 1 * {units[0]}), got {_describe(value)}")
     if not any(value.unit.is_equivalent(un, equivalencies=equivalencies) for un in units):
         raise u.UnitsError(
-            f"{name} must have units of {expected}, got {value.unit!s} "
+            f"{name} must have units of {expected}, got {value} "
             f"({value.unit.physical_type})")
     if shape is not None and value.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
