@@ -60,6 +60,8 @@ _WINDOW_TAIL = 3.0
 #: across narrow windows, and widening away from the centre across the long windows of nearly
 #: edge-on disks (symmetric about the window's centre, so midpoint errors cancel to first order).
 _STRETCH_CELLS = 4.0
+#: A galaxy's cells are at most this fraction of its projected minor axis (up to max_oversample).
+_CELLS_PER_MINOR_AXIS = 2.0
 _STRETCH_R_EFF = 0.5
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 _BEAM_MARGIN_SIGMAS = 5.0
@@ -78,7 +80,10 @@ class Projector:
         Floating-point type of the computation (default float32; use
         float64 for gradient checks and reference renders).
     oversample : int
-        Cells per pixel along each sky axis (default 2).
+        Least number of cells per pixel along each sky axis (default 2).
+    max_oversample : int
+        Most cells per pixel side, used for galaxies whose projected minor
+        axis is narrower than two cells (default 8).
     minor_density : float
         Disk-plane samples per cell width along the minor axis (default 1).
     max_minor_samples : int
@@ -93,12 +98,12 @@ class Projector:
     ``__call__`` takes a mapping of parameter tensors, each of shape
     ``(batch,)`` (tabulated rotation curves: ``(batch, n_points)``), as
     returned by `Galaxy.tensors` and stacked, and the rotation-curve class
-    whose ``velocity`` turns radii into circular speeds.  The result is in
+    whose ``circular_velocity`` turns radii into circular speeds.  The result is in
     Jy/beam (Jy/pixel for a beam-free grid) and differentiable with respect
     to every parameter.
     """
 
-    def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2,
+    def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2, max_oversample=8,
                  minor_density=1.0, max_minor_samples=64, max_chunk_elements=2**23):
         if int(oversample) != oversample or oversample < 1:
             raise ValueError(f"oversample must be a positive integer, got {oversample!r}")
@@ -108,6 +113,7 @@ class Projector:
             raise ValueError(f"max_minor_samples must be >= 1, got {max_minor_samples!r}")
         self.grid = grid
         self.oversample = int(oversample)
+        self.max_oversample = int(max_oversample)
         self.minor_density = float(minor_density)
         self.max_minor_samples = int(max_minor_samples)
         self.max_chunk_elements = int(max_chunk_elements)
@@ -140,11 +146,6 @@ class Projector:
         ee, nn = np.meshgrid(east, north, indexing="xy")
         self._east = torch.as_tensor(ee.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(nn.ravel(), device=dev, dtype=dt)
-        s = self.oversample
-        frac = ((np.arange(s) + 0.5) / s - 0.5) * self.pixel
-        fe, fn = np.meshgrid(-frac, frac, indexing="xy")
-        self._cell_east = torch.as_tensor(fe.ravel(), device=dev, dtype=dt)
-        self._cell_north = torch.as_tensor(fn.ravel(), device=dev, dtype=dt)
         self._edges = torch.as_tensor(self.grid.channel_edges.to_value(u.km / u.s),
                                       device=dev, dtype=dt)
         if self._beam is not None:
@@ -164,26 +165,35 @@ class Projector:
 
     # ------------------------------------------------------------------ sampling plan
     def sampling(self, params):
-        """The static sampling plan for a batch: cells per pixel side and minor-axis samples.
+        """The sampling plan: cells per pixel side and minor-axis samples per cell, per galaxy.
 
-        Chosen from the batch's widest window, so every galaxy of the batch is
-        sampled at least as finely as it needs.
+        A galaxy is split into at least ``oversample`` cells per pixel side,
+        more where its projected minor axis ``hypot(r_eff cos i, h sin i)`` is
+        narrower than two cells (up to ``max_oversample``); its window along
+        the minor axis gets as many bins as it needs (up to
+        ``max_minor_samples``).  Counts are per galaxy (``cells``, ``minor``),
+        so a galaxy renders the same whatever else is in its batch: the batch's
+        tensors are sized for the largest counts and the extra cells and bins
+        of the others carry zero weight.
         """
         with torch.no_grad():
-            cell = self.pixel / self.oversample
-            inc = params["inclination"].detach().double()
-            h = params["scale_height"].detach().double()
-            cos_i = torch.cos(inc).clamp_min(_COS_FLOOR)
-            window = cell / cos_i + 2 * _WINDOW_TAIL * h * torch.sin(inc) / cos_i
-            rmax = self._truncation_radius(params)
-            span = torch.minimum(window, 2 * rmax.to(window))
+            inc = params["inclination"].detach().double().cpu()
+            h = params["scale_height"].detach().double().cpu()
+            r_eff = params["r_eff"].detach().double().cpu()
+            sin_i, cos_i = torch.sin(inc), torch.cos(inc).clamp_min(_COS_FLOOR)
+            projected = torch.hypot(r_eff * cos_i, h * sin_i)
+            cells = torch.ceil(_CELLS_PER_MINOR_AXIS * self.pixel / projected - 1e-6)
+            cells = cells.clamp(self.oversample, max(self.oversample, self.max_oversample))
+            cell = self.pixel / cells
+            window = cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
+            span = torch.minimum(window, 2 * self._truncation_radius(params))
             # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is at most
             # 2 asinh(W / 2s), and the bins must be no wider than a cell where they are finest
-            stretch = self._stretch(params["r_eff"].detach().double().cpu(), cell)
+            stretch = self._stretch(r_eff, cell)
             u_range = 2 * torch.asinh(span / (2 * stretch))
-            minor = math.ceil(float((u_range * stretch).max()) * self.minor_density / cell - 1e-3)
-            minor = min(max(minor, 1), self.max_minor_samples)
-        return {"oversample": self.oversample, "minor_samples": minor}
+            minor = torch.ceil(u_range * stretch * self.minor_density / cell - 1e-3)
+            minor = minor.clamp(1, self.max_minor_samples)
+        return {"cells": cells.to(torch.int64), "minor": minor.to(torch.int64)}
 
     @staticmethod
     def _stretch(r_eff, cell):
@@ -213,6 +223,9 @@ class Projector:
         batch = params["flux"].shape[0]
         plan = self.sampling(params)
         rmax = self._truncation_radius(params).to(self.device, self.dtype)
+        n_cells = int(plan["cells"].max())
+        n_minor = int(plan["minor"].max())
+        cell_east, cell_north, cell_used = self._cells(plan["cells"], n_cells)
 
         # One b_n solve per galaxy; the amplitude makes the total flux exact.
         b_n = F.sersic_bn(params["n"])
@@ -222,16 +235,20 @@ class Projector:
                   for k, v in params.items()}
         shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),
                       amplitude=amplitude.reshape(batch, 1, 1, 1),
-                      rmax=rmax.reshape(batch, 1, 1, 1))
+                      rmax=rmax.reshape(batch, 1, 1, 1),
+                      n_minor=plan["minor"].to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                      cell=(self.pixel / plan["cells"]).to(self.device, self.dtype)
+                      .reshape(batch, 1, 1, 1),
+                      cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
         n_pix = self._east.numel()
-        per_pixel = self.oversample**2 * plan["minor_samples"]
+        per_pixel = n_cells**2 * n_minor
         chunk = max(1, self.max_chunk_elements // (batch * per_pixel * (self._edges.numel())))
         need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
         pieces = []
         for start in range(0, n_pix, chunk):
             args = (self._east[start:start + chunk], self._north[start:start + chunk],
-                    shaped, kinematics, plan["minor_samples"])
+                    shaped, kinematics, n_minor)
             if need_grad:
                 pieces.append(checkpoint(self._integrate_chunk, *args, use_reentrant=False))
             else:
@@ -241,11 +258,26 @@ class Projector:
         cube = spectra.transpose(1, 2).reshape(batch, -1, ny_p, nx_p)
         return cube * (self.brightness_scale / self.channel_width)
 
+    def _cells(self, cells, n_cells):
+        """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""
+        batch = cells.numel()
+        k = torch.arange(n_cells, dtype=torch.float64)
+        s = cells.to(torch.float64).reshape(batch, 1)
+        frac = ((k + 0.5) / s - 0.5) * self.pixel                    # (B, n_cells)
+        used = (k < s)
+        east = -frac[:, None, :].expand(batch, n_cells, n_cells)      # east grows to the left
+        north = frac[:, :, None].expand(batch, n_cells, n_cells)
+        mask = used[:, None, :] & used[:, :, None]
+
+        def shaped(t):
+            return t.reshape(batch, 1, -1, 1).to(self.device, self.dtype)
+        return shaped(east), shaped(north), shaped(mask)
+
     def _integrate_chunk(self, east, north, p, kinematics, n_minor):
-        cell = self.pixel / self.oversample
-        # sky_to_disk: cells (P, C) -> galaxy frame (B, P, C, 1)
-        e = (east[:, None] + self._cell_east[None, :])[None, :, :, None]
-        n = (north[:, None] + self._cell_north[None, :])[None, :, :, None]
+        cell = p["cell"]
+        # sky_to_disk: cells (B, P, C, 1) -> galaxy frame
+        e = east[None, :, None, None] + p["cell_east"]
+        n = north[None, :, None, None] + p["cell_north"]
         xi, eta = F.sky_to_disk(e, n, p["x0"], p["y0"], p["position_angle"])
         sin_i = torch.sin(p["inclination"])
         cos_i = torch.cos(p["inclination"]).clamp_min(_COS_FLOOR)
@@ -257,8 +289,10 @@ class Projector:
         hi = torch.clamp(hi_free, min=-p["rmax"], max=p["rmax"])
         stretch = self._stretch(p["r_eff"], cell)
         u_max = torch.asinh(0.5 * (hi - lo) / stretch)
-        j = torch.arange(n_minor + 1, device=east.device, dtype=east.dtype) * (2.0 / n_minor) - 1
-        edges = 0.5 * (lo + hi) + stretch * torch.sinh(u_max * j)  # (B, P, C, M + 1)
+        # this galaxy's own p["n_minor"] bins; any further bins of the batch have zero width
+        j = torch.arange(n_minor + 1, device=east.device, dtype=east.dtype)
+        frac = torch.clamp(2.0 * j / p["n_minor"] - 1, max=1.0)
+        edges = 0.5 * (lo + hi) + stretch * torch.sinh(u_max * frac)  # (B, P, C, M + 1)
         start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
         g = F.window_integral(start - y1, start - y2, width, lam)
         # fold the window's tails into the end bins unless the disk's edge clips them
@@ -266,18 +300,19 @@ class Projector:
                               torch.zeros_like(lo))
         tail_hi = torch.where(hi_free <= p["rmax"], F.window_tail(hi - y1, hi - y2, lam, "upper"),
                               torch.zeros_like(hi))
-        g = g + torch.nn.functional.pad(tail_lo, (0, n_minor - 1)) \
-            + torch.nn.functional.pad(tail_hi, (n_minor - 1, 0))
+        first, last = j[:-1] == 0, j[:-1] == p["n_minor"] - 1
+        g = g + first * tail_lo + last * tail_hi
         y = start + 0.5 * width
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
         # surface_density x area -> flux of each sample (Jy km/s)
-        weight = F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g * cell
+        weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
+                  * (cell * p["cell_used"]))
         # line_of_sight_velocity, and its spread over the area each sample stands for
-        v_circ = kinematics.velocity(radius, p)
+        v_circ = kinematics.circular_velocity(radius, p)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
         step = 1e-3 * radius
-        dv_dr = (kinematics.velocity(radius + step, p)
-                 - kinematics.velocity(radius - step, p)) / (2 * step)
+        dv_dr = (kinematics.circular_velocity(radius + step, p)
+                 - kinematics.circular_velocity(radius - step, p)) / (2 * step)
         spread2 = F.velocity_spread(xi, y, radius, v_circ, dv_dr, sin_i, cell, width)
         disp = torch.sqrt(p["dispersion"].clamp_min(1e-6) ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples

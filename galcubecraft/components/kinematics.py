@@ -26,7 +26,7 @@ class RotationCurve(Component):
     internal_units = {}
 
     @classmethod
-    def velocity(cls, radius, params):
+    def circular_velocity(cls, radius, params):
         """Circular velocity (*km/s*) at ``radius`` (*arcsec*) from a galaxy's parameter tensors.
 
         ``params`` holds every parameter of the galaxy (so laws tied to the
@@ -57,7 +57,7 @@ class RotationCurve(Component):
         if n is not None:
             params["n"] = torch.tensor(float(n), dtype=torch.float64)
         r = torch.as_tensor(np.asarray(radius.to_value(unit), dtype=float))
-        return self.velocity(r, params).numpy() * _KMS
+        return self.circular_velocity(r, params).numpy() * _KMS
 
 
 class AnalyticRotationCurve(RotationCurve):
@@ -93,7 +93,7 @@ class AnalyticRotationCurve(RotationCurve):
         return 1.022 * v_0 * (radius / r_0) ** 0.0803
 
     @classmethod
-    def velocity(cls, radius, params):
+    def circular_velocity(cls, radius, params):
         r_0 = params.get("r_0")
         if r_0 is None:
             n = params["n"]
