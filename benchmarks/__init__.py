@@ -1,0 +1,1 @@
+"""Benchmarks of galcubecraft (run ``python -m benchmarks``)."""

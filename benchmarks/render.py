@@ -1,0 +1,140 @@
+"""Wall time, peak memory, scaling and batched throughput of the renderer.
+
+    python -m benchmarks [--quick] [--device cpu|cuda] [--out benchmarks/results/render.md]
+
+Timings are medians of several runs after a warm-up, on whatever machine runs this (it prints
+the torch thread count and device).  Peak memory is the growth of the process's maximum
+resident set while rendering, measured in a fresh subprocess per case.
+"""
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+import torch
+from radio_beam import Beam
+
+import galcubecraft as gcc
+
+KMS = u.km / u.s
+
+
+def reference_galaxy(**kw):
+    """The DESIGN reference model: exponential disk h = 5", arctan to 200 km/s, r_turn = 2"."""
+    args = dict(surface=gcc.ExponentialDisk(scale_length=5 * u.arcsec),
+                vertical=gcc.ExponentialVertical(0.5 * u.arcsec),
+                kinematics=gcc.ArctanRotationCurve(v_max=200 * KMS, r_turn=2 * u.arcsec),
+                dispersion=10 * KMS, inclination=60 * u.deg, position_angle=30 * u.deg,
+                flux=30 * u.Jy * KMS)
+    args.update(kw)
+    return gcc.Galaxy(**args)
+
+
+def reference_grid(n_pix=128, n_chan=40):
+    """1" pixels and a 4" beam; more pixels widen the field, more channels narrow them."""
+    return gcc.CubeGrid(shape=(n_chan, n_pix, n_pix), pixel_scale=1 * u.arcsec,
+                        channel_width=20 * KMS * 40 / n_chan, beam=Beam(4 * u.arcsec))
+
+
+def timeit(fn, repeats):
+    fn()                                   # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+_PEAK = """
+import resource, sys, torch, galcubecraft as gcc
+sys.path.insert(0, {root!r})
+from benchmarks.render import reference_galaxy, reference_grid
+g, grid = reference_galaxy(), reference_grid({n_pix}, {n_chan})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    gcc.render_tensor(g, grid)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before / 1024, after / 1024)
+"""
+
+
+def peak_memory_mib(n_pix, n_chan):
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", _PEAK.format(root=root, n_pix=n_pix,
+                                                             n_chan=n_chan)],
+                         capture_output=True, text=True, check=True)
+    before, after = map(float, out.stdout.strip().splitlines()[-1].split())
+    return before, after
+
+
+def random_galaxies(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [reference_galaxy(
+        surface=gcc.SersicDisk(r_eff=rng.uniform(3, 8) * u.arcsec, n=rng.uniform(0.5, 1.5)),
+        inclination=rng.uniform(0, 85) * u.deg, position_angle=rng.uniform(0, 360) * u.deg,
+        dispersion=rng.uniform(30, 50) * KMS) for _ in range(n)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.md"))
+    args = p.parse_args(argv)
+    repeats = 3 if args.quick else 7
+    rows = []
+    galaxy = reference_galaxy()
+
+    # 1. the reference cube
+    grid = reference_grid()
+    t = timeit(lambda: gcc.render(galaxy, grid, device=args.device), repeats)
+    if args.device == "cpu":
+        base, peak = peak_memory_mib(128, 40)
+        mem = f"peak RSS {peak:.0f} MiB (after imports {base:.0f} MiB)"
+    else:
+        mem = ""
+    rows.append(("render 128x128x40 (reference)", f"{t * 1e3:.0f} ms", mem))
+
+    # 2. scaling with output voxels
+    sizes = [(64, 40), (128, 40), (256, 40)] if args.quick else \
+        [(64, 40), (128, 40), (256, 40), (512, 40), (128, 128), (128, 256)]
+    # the reference galaxy stays the same size on the sky: the field grows around it
+    scaling = []
+    for n_pix, n_chan in sizes:
+        g = reference_grid(n_pix, n_chan)
+        t = timeit(lambda: gcc.render_tensor(galaxy, g, device=args.device), max(1, repeats // 2))
+        scaling.append((n_pix, n_chan, t, t / (n_pix**2 * n_chan) * 1e9))
+        rows.append((f"render {n_pix}x{n_pix}x{n_chan}", f"{t * 1e3:.0f} ms",
+                     f"{scaling[-1][3]:.1f} ns/voxel"))
+
+    # 3. batched throughput, 64x64x32
+    batch = 16 if args.quick else 64
+    small = gcc.CubeGrid(shape=(32, 64, 64), pixel_scale=2 * u.arcsec, channel_width=25 * KMS,
+                         beam=Beam(4 * u.arcsec))
+    projector = gcc.Projector(small, device=args.device)
+    (law, params), = gcc.stack_parameters(random_galaxies(batch), device=args.device)
+    with torch.no_grad():
+        t = timeit(lambda: projector(params, law), max(1, repeats // 2))
+    rows.append((f"batch of {batch} random galaxies, 64x64x32", f"{t * 1e3:.0f} ms",
+                 f"{batch / t:.1f} cubes/s"))
+
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name()
+    header = (f"galcubecraft {gcc.__version__}, torch {torch.__version__}, device {device}, "
+              f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    lines = [f"# Renderer benchmark\n\n{header}\n", "| case | time | other |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    (out.with_suffix(".json")).write_text(json.dumps(
+        {"header": header, "rows": rows, "scaling": scaling}, indent=1))
+    return 0
