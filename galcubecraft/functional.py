@@ -213,7 +213,7 @@ def interpolate_linear(x, xp, fp):
 
 
 def velocity_spread(x_disk, y_disk, radius, v_circ, dv_dr, sin_i, dx, dy):
-    """Variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane cell (*km/s*^2).
+    """Variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane cell, (km/s)^2.
 
     The velocity field ``v_c(R) sin i x / R`` is linearised over the cell:
     a uniform cell of width ``d`` spreads a linear field of gradient ``g`` by
