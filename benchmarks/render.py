@@ -3,8 +3,8 @@
     python -m benchmarks [--quick] [--device cpu|cuda] [--out benchmarks/results/render.md]
 
 Timings are medians of several runs after a warm-up, on whatever machine runs this (it prints
-the torch thread count and device).  Peak memory is the growth of the process's maximum
-resident set while rendering, measured in a fresh subprocess per case.
+the torch thread count and device).  Peak memory is the high-water mark of the process's
+resident set during a render (after a warm-up render), measured in a fresh subprocess.
 """
 import argparse
 import json
@@ -53,19 +53,27 @@ def timeit(fn, repeats):
 
 
 _PEAK = """
-import resource, sys, torch, galcubecraft as gcc
+import sys, torch, galcubecraft as gcc
 sys.path.insert(0, {root!r})
 from benchmarks.render import reference_galaxy, reference_grid
+
+def rss(field):
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith(field)) / 1024
+
 g, grid = reference_galaxy(), reference_grid({n_pix}, {n_chan})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with torch.no_grad():
-    gcc.render_tensor(g, grid)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before / 1024, after / 1024)
+    gcc.render(g, grid)                        # warm-up: lazy imports, allocator pools
+    base = rss("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as fh:   # reset the high-water mark (Linux)
+        fh.write("5")
+    gcc.render(g, grid)
+print(base, rss("VmHWM:"))
 """
 
 
 def peak_memory_mib(n_pix, n_chan):
+    """Resident memory before a render and its high-water mark during it (MiB, Linux)."""
     root = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", _PEAK.format(root=root, n_pix=n_pix,
                                                              n_chan=n_chan)],
@@ -97,7 +105,7 @@ def main(argv=None):
     t = timeit(lambda: gcc.render(galaxy, grid, device=args.device), repeats)
     if args.device == "cpu":
         base, peak = peak_memory_mib(128, 40)
-        mem = f"peak RSS {peak:.0f} MiB (after imports {base:.0f} MiB)"
+        mem = f"peak RSS {peak:.0f} MiB ({peak - base:+.0f} MiB over the {base:.0f} MiB before)"
     else:
         mem = ""
     rows.append(("render 128x128x40 (reference)", f"{t * 1e3:.0f} ms", mem))

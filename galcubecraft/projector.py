@@ -3,12 +3,13 @@
 It knows pixels, channels and the beam, and nothing about component classes,
 units, files or plots.  The stages are small named steps, in order::
 
-    sky_to_disk -> vertical layers -> surface_density -> line_of_sight_velocity
+    sky_to_disk -> vertical window -> surface_density -> line_of_sight_velocity
     -> line_profile (channel-integrated) -> integrate_los -> convolve_beam
 
 How the integral is sampled
 ---------------------------
-Each pixel is split into ``oversample x oversample`` cells of width ``d``.
+Each pixel is split into at least ``oversample x oversample`` cells of width ``d``
+(more for galaxies whose projected minor axis is narrower than two cells).
 A cell's flux is the integral of the emission density over its sky area and
 the whole line of sight.  With ``xi`` along the major axis and ``eta`` along
 the minor axis, the change of variables from (sky ``eta``, depth along the

@@ -63,7 +63,7 @@ def render(scene, grid, *, device=None, dtype=torch.float32, **sampling):
     dtype : `torch.dtype`
         Computation precision (default float32).
     **sampling
-        Passed to `~galcubecraft.Projector` (``oversample``, ``layer_density``, ...).
+        Passed to `~galcubecraft.Projector` (``oversample``, ``minor_density``, ...).
 
     Returns
     -------

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import astropy.units as u
 
-__all__ = ["INTERNAL", "validate_quantity", "validate_number", "check_finite"]
+__all__ = ["INTERNAL", "validate_quantity", "validate_number", "validate_size", "validate_velocity",
+           "validate_line_flux", "check_finite"]
 
 #: Internal unit of each physical quantity handled by the projector.
 INTERNAL = {
@@ -124,8 +125,10 @@ def validate_size(name, value, *, allow_zero=False):
 
 
 def validate_velocity(name, value, **kwargs):
+    """A speed (e.g. km/s); keywords as `validate_quantity`."""
     return validate_quantity(name, value, u.km / u.s, **kwargs)
 
 
 def validate_line_flux(name, value, **kwargs):
+    """A line flux (spectral flux density times speed, e.g. Jy km/s); keywords as `validate_quantity`."""
     return validate_quantity(name, value, _LINE_FLUX, **kwargs)
