@@ -24,7 +24,7 @@ import torch
 __all__ = [
     "sersic_bn", "sersic_total_flux", "sersic", "exponential_vertical",
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
-    "channel_cdf", "beam_transfer_function", "convolve_beam", "interpolate_linear",
+    "channel_cdf", "erf_at_edges", "beam_transfer_function", "convolve_beam", "interpolate_linear",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -233,10 +233,25 @@ def channel_cdf(edges, velocity, dispersion):
 
     ``0.5 * erf((edge - v) / (sqrt(2) sigma))``; the fraction of the line in
     channel ``j`` is the difference between consecutive edges, exact for any
-    dispersion and channel width.  ``edges`` broadcasts against the trailing
-    dimension; *km/s* throughout.
+    dispersion and channel width.  ``edges`` (E,) broadcasts against a new
+    trailing dimension of ``velocity`` and ``dispersion``; *km/s* throughout.
     """
-    return 0.5 * torch.erf((edges - velocity[..., None]) / (_SQRT2 * dispersion[..., None]))
+    return 0.5 * erf_at_edges(edges, velocity, dispersion)
+
+
+def erf_at_edges(edges, velocity, dispersion):
+    """``erf((edge - v) / (sqrt(2) sigma))`` for every sample and edge, shape ``velocity.shape + (E,)``.
+
+    The argument is formed by one fused multiply-add (an outer product plus a
+    bias), which matters because this tensor is the largest the projector
+    makes; outside autograd the erf is taken in place.
+    """
+    inv = 1.0 / (_SQRT2 * dispersion)
+    shape = velocity.shape
+    arg = torch.addmm((-velocity * inv).reshape(-1, 1), inv.reshape(-1, 1),
+                      edges.reshape(1, -1))
+    out = torch.erf_(arg) if not torch.is_grad_enabled() else torch.erf(arg)
+    return out.reshape(*shape, edges.numel())
 
 
 # --------------------------------------------------------------------------- beam

@@ -348,10 +348,10 @@ class Projector:
         disp = torch.sqrt(p["dispersion"].clamp_min(1e-6) ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
         batch, n_pix = weight.shape[:2]
-        cdf = F.channel_cdf(self._edges, v_los.reshape(batch, n_pix, -1),
-                            disp.expand_as(v_los).reshape(batch, n_pix, -1))
-        summed = torch.einsum("bps,bpse->bpe", weight.reshape(batch, n_pix, -1), cdf)
-        return summed[..., 1:] - summed[..., :-1]
+        erf = F.erf_at_edges(self._edges, v_los.reshape(batch, n_pix, -1),
+                             disp.expand_as(v_los).reshape(batch, n_pix, -1))
+        summed = torch.matmul(weight.reshape(batch, n_pix, 1, -1), erf).squeeze(-2)
+        return 0.5 * (summed[..., 1:] - summed[..., :-1])
 
     def observe(self, model):
         """Convolve a padded model with the beam (FFT) and cut it to the grid."""
