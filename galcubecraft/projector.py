@@ -64,6 +64,9 @@ _STRETCH_CELLS = 4.0
 #: A galaxy's cells are at most this fraction of its projected minor axis (up to max_oversample).
 _CELLS_PER_MINOR_AXIS = 2.0
 _STRETCH_R_EFF = 0.5
+#: Gauss-Legendre nodes (on [-1/2, 1/2]) and weights for the narrower box of a cell's footprint.
+_SHIFT_RULE = tuple(zip((np.polynomial.legendre.leggauss(3)[0] / 2).tolist(),
+                        (np.polynomial.legendre.leggauss(3)[1] / 2).tolist()))
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 _BEAM_MARGIN_SIGMAS = 5.0
 
@@ -186,7 +189,7 @@ class Projector:
             cells = torch.ceil(_CELLS_PER_MINOR_AXIS * self.pixel / projected - 1e-6)
             cells = cells.clamp(self.oversample, max(self.oversample, self.max_oversample))
             cell = self.pixel / cells
-            window = cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
+            window = 1.5 * cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
             span = torch.minimum(window, 2 * self._truncation_radius(params))
             # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is at most
             # 2 asinh(W / 2s), and the bins must be no wider than a cell where they are finest
@@ -314,8 +317,14 @@ class Projector:
         cos_i = torch.cos(p["inclination"]).clamp_min(_COS_FLOOR)
         # vertical window: the cell's sky strip seen in the disk plane, integrated over Z
         lam = (p["scale_height"] * sin_i / cos_i).clamp_min(1e-6 * cell)
-        y1, y2 = (eta - 0.5 * cell) / cos_i, (eta + 0.5 * cell) / cos_i
-        lo_free, hi_free = y1 - _WINDOW_TAIL * lam, y2 + _WINDOW_TAIL * lam
+        # the cell is a sky-aligned square: across the minor axis its footprint is a box of
+        # width a = d max(|cos PA|, |sin PA|) convolved with one of width b = d min(...); the
+        # box is integrated analytically, the convolution by Gauss-Legendre shifts
+        cs, sn = torch.cos(p["position_angle"]).abs(), torch.sin(p["position_angle"]).abs()
+        a, b = cell * torch.maximum(cs, sn), cell * torch.minimum(cs, sn)
+        y1, y2 = (eta - 0.5 * a) / cos_i, (eta + 0.5 * a) / cos_i
+        reach = 0.5 * b / cos_i + _WINDOW_TAIL * lam
+        lo_free, hi_free = y1 - reach, y2 + reach
         lo = torch.clamp(lo_free, min=-p["rmax"], max=p["rmax"])
         hi = torch.clamp(hi_free, min=-p["rmax"], max=p["rmax"])
         stretch = self._stretch(p["r_eff"], cell)
@@ -325,19 +334,24 @@ class Projector:
         frac = torch.clamp(2.0 * j / p["n_minor"] - 1, max=1.0)
         edges = 0.5 * (lo + hi) + stretch * torch.sinh(u_max * frac)  # (B, P, C, M + 1)
         start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
-        g = F.window_integral(start - y1, start - y2, width, lam)
-        # fold the window's tails into the end bins unless the disk's edge clips them
-        tail_lo = torch.where(lo_free >= -p["rmax"], F.window_tail(lo - y1, lo - y2, lam, "lower"),
-                              torch.zeros_like(lo))
-        tail_hi = torch.where(hi_free <= p["rmax"], F.window_tail(hi - y1, hi - y2, lam, "upper"),
-                              torch.zeros_like(hi))
+        g = torch.zeros_like(start)
+        tail_lo, tail_hi = torch.zeros_like(lo), torch.zeros_like(hi)
+        for node, w_q in _SHIFT_RULE:
+            shift = node * b / cos_i
+            s1, s2 = y1 + shift, y2 + shift
+            g = g + w_q * F.window_integral(start - s1, start - s2, width, lam)
+            # fold the window's tails into the end bins unless the disk's edge clips them
+            tail_lo = tail_lo + w_q * F.window_tail(lo - s1, lo - s2, lam, "lower")
+            tail_hi = tail_hi + w_q * F.window_tail(hi - s1, hi - s2, lam, "upper")
+        tail_lo = torch.where(lo_free >= -p["rmax"], tail_lo, torch.zeros_like(lo))
+        tail_hi = torch.where(hi_free <= p["rmax"], tail_hi, torch.zeros_like(hi))
         first, last = j[:-1] == 0, j[:-1] == p["n_minor"] - 1
         g = g + first * tail_lo + last * tail_hi
         y = start + 0.5 * width
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
         # surface_density x area -> flux of each sample (Jy km/s)
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
-                  * (cell * p["cell_used"]))
+                  * (cell**2 / a * p["cell_used"]))
         # line_of_sight_velocity, and its spread over the area each sample stands for
         v_circ = kinematics.circular_velocity(radius, p)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
