@@ -43,6 +43,11 @@ def reference_grid(n_pix=128, n_chan=40):
 
 
 def timeit(fn, repeats):
+    with torch.no_grad():
+        return _timeit(fn, repeats)
+
+
+def _timeit(fn, repeats):
     fn()                                   # warm-up
     times = []
     for _ in range(repeats):

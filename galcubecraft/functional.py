@@ -127,30 +127,34 @@ def exponential_vertical(z, scale_height):
     return torch.exp(-torch.abs(z) / scale_height) / (2 * scale_height)
 
 
-def _delta_laplace_antiderivative(a, w, lam):
+def _delta_laplace_antiderivative(a, w, lam, em):
     """``Lambda(a + w) - Lambda(a)`` for ``Lambda(x) = int_{-inf}^x L(t) dt``, L the Laplace CDF.
 
     ``Lambda(x) = lam/2 e^{x/lam}`` for x < 0 and ``x + lam/2 e^{-x/lam}`` for x >= 0.
     Written so that no branch overflows or cancels catastrophically, whatever
-    the ratio of ``w`` (>= 0) to ``lam`` (> 0).
+    the ratio of ``w`` (>= 0) to ``lam`` (> 0).  ``em = expm1(-w / lam)``.
     """
     b = a + w
-    right = w + 0.5 * lam * torch.exp(-a.clamp_min(0) / lam) * torch.expm1(-w / lam)
-    left = -0.5 * lam * torch.exp(b.clamp_max(0) / lam) * torch.expm1(-w / lam)
+    right = w + 0.5 * lam * torch.exp(-a.clamp_min(0) / lam) * em
+    left = -0.5 * lam * torch.exp(b.clamp_max(0) / lam) * em
     cross = b.clamp_min(0) + 0.5 * lam * (torch.expm1(-b.clamp_min(0) / lam)
                                           - torch.expm1(a.clamp_max(0) / lam))
     return torch.where(a >= 0, right, torch.where(b < 0, left, cross))
 
 
-def window_integral(a1, a2, w, lam):
+def window_integral(a1, a2, w, lam, em=None):
     """Integral over a bin of width ``w`` of the vertical window ``L(Y - y1) - L(Y - y2)``.
 
     ``a1 = start - y1`` and ``a2 = start - y2`` are the bin start relative to
     the window's box edges; ``lam`` is the Laplace scale ``h tan i`` (all in
     *arcsec* along the disk's minor axis).  For ``lam -> 0`` this is the
-    overlap of the bin with the box ``[y1, y2]``.
+    overlap of the bin with the box ``[y1, y2]``.  ``em``, ``expm1(-w / lam)``,
+    may be passed when several windows share bins.
     """
-    return _delta_laplace_antiderivative(a1, w, lam) - _delta_laplace_antiderivative(a2, w, lam)
+    if em is None:
+        em = torch.expm1(-w / lam)
+    return (_delta_laplace_antiderivative(a1, w, lam, em)
+            - _delta_laplace_antiderivative(a2, w, lam, em))
 
 
 def window_tail(a1, a2, lam, side):

@@ -336,10 +336,11 @@ class Projector:
         start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
         g = torch.zeros_like(start)
         tail_lo, tail_hi = torch.zeros_like(lo), torch.zeros_like(hi)
+        em = torch.expm1(-width / lam)
         for node, w_q in _SHIFT_RULE:
             shift = node * b / cos_i
             s1, s2 = y1 + shift, y2 + shift
-            g = g + w_q * F.window_integral(start - s1, start - s2, width, lam)
+            g = g + w_q * F.window_integral(start - s1, start - s2, width, lam, em)
             # fold the window's tails into the end bins unless the disk's edge clips them
             tail_lo = tail_lo + w_q * F.window_tail(lo - s1, lo - s2, lam, "lower")
             tail_hi = tail_hi + w_q * F.window_tail(hi - s1, hi - s2, lam, "upper")
