@@ -18,7 +18,6 @@ Conventions
 """
 import math
 
-import numpy as np
 import torch
 
 __all__ = [
@@ -70,7 +69,8 @@ class _SersicBn(torch.autograd.Function):
         b64 = b.detach().to(torch.float64)
         # Implicit differentiation of P(2n, b) = 1/2:  db/dn = -2 dP/da / dP/db.
         eps = 1e-6 * torch.clamp(a, min=1.0)
-        dp_da = (torch.special.gammainc(a + eps, b64) - torch.special.gammainc(a - eps, b64)) / (2 * eps)
+        gammainc = torch.special.gammainc
+        dp_da = (gammainc(a + eps, b64) - gammainc(a - eps, b64)) / (2 * eps)
         dp_db = torch.exp((a - 1) * torch.log(b64) - b64 - torch.lgamma(a))
         return grad_b * (-2 * dp_da / dp_db).to(grad_b.dtype)
 
@@ -244,7 +244,9 @@ def channel_cdf(edges, velocity, dispersion):
 
 
 def erf_at_edges(edges, velocity, dispersion):
-    """``erf((edge - v) / (sqrt(2) sigma))`` for every sample and edge, shape ``velocity.shape + (E,)``.
+    """``erf((edge - v) / (sqrt(2) sigma))`` for every sample and edge.
+
+    The result has shape ``velocity.shape + (E,)``.
 
     The argument is formed by one fused multiply-add (an outer product plus a
     bias), which matters because this tensor is the largest the projector

@@ -120,7 +120,7 @@ class Galaxy:
 
     @property
     def angular_diameter_distance(self):
-        """The distance that converts lengths into angles (None if neither distance nor redshift)."""
+        """The distance that converts lengths into angles (None without distance or redshift)."""
         if self.distance is not None:
             return self.distance
         if self.redshift is not None:
@@ -129,7 +129,7 @@ class Galaxy:
         return None
 
     def to_arcsec(self, name, value):
-        """Convert the size ``name`` (an angle, or a length with the galaxy's distance) to arcsec."""
+        """Convert the size ``name`` (an angle, or a length and the distance) to arcsec."""
         if value.unit.is_equivalent(u.arcsec):
             return value.to_value(u.arcsec)
         distance = self.angular_diameter_distance
@@ -204,8 +204,8 @@ class Scene:
         self.cosmology = cosmology
         placed = []
         for g in galaxies:
-            if g.distance is None and g.redshift is None and (distance is not None
-                                                               or redshift is not None):
+            placed_here = distance is not None or redshift is not None
+            if g.distance is None and g.redshift is None and placed_here:
                 g = g.with_distance(distance, redshift, cosmology)
             placed.append(g)
         self.galaxies = placed
@@ -218,4 +218,3 @@ class Scene:
 
     def __repr__(self):
         return f"<Scene of {len(self)} galaxies>"
-

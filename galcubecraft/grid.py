@@ -191,7 +191,7 @@ class CubeGrid:
         return w
 
     def offset_of(self, coord):
-        """Tangent-plane ``(east, north)`` offset (arcsec) of a sky position from the field centre."""
+        """Tangent-plane ``(east, north)`` offset (arcsec) of a sky position from the centre."""
         x, y = self.wcs.celestial.world_to_pixel(coord)
         _, ny, nx = self.shape
         pix = self.pixel_scale.to(u.arcsec)

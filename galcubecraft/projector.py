@@ -191,8 +191,9 @@ class Projector:
             cell = self.pixel / cells
             window = 1.5 * cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
             span = torch.minimum(window, 2 * self._truncation_radius(params))
-            # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is at most
-            # 2 asinh(W / 2s), and the bins must be no wider than a cell where they are finest
+            # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is
+            # at most 2 asinh(W / 2s), and the bins must be no wider than a cell where they are
+            # finest
             stretch = self._stretch(r_eff, cell)
             u_range = 2 * torch.asinh(span / (2 * stretch))
             minor = torch.ceil(u_range * stretch * self.minor_density / cell - 1e-3)

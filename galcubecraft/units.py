@@ -130,5 +130,5 @@ def validate_velocity(name, value, **kwargs):
 
 
 def validate_line_flux(name, value, **kwargs):
-    """A line flux (spectral flux density times speed, e.g. Jy km/s); keywords as `validate_quantity`."""
+    """A line flux (flux density times speed, e.g. Jy km/s); keywords as `validate_quantity`."""
     return validate_quantity(name, value, _LINE_FLUX, **kwargs)

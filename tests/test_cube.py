@@ -1,4 +1,5 @@
-"""Output contract: SpectralCube with the grid's WCS and beam; FITS that CASA/CARTA/spectral-cube read."""
+"""Output contract: SpectralCube with the grid's WCS and beam; FITS that CASA, CARTA and
+spectral-cube read."""
 import os
 import subprocess
 import sys

@@ -106,7 +106,7 @@ def test_moment1_follows_the_analytic_velocity_field(pa):
 
 
 def test_receding_side_lies_at_the_position_angle_in_world_coordinates(tmp_path):
-    """Render, write FITS, read with spectral-cube: the receding major axis is at PA east of north."""
+    """Render, write FITS, read with spectral-cube: the receding side is at PA east of north."""
     center = SkyCoord(150 * u.deg, 2 * u.deg)
     grid = grid_for(channel_width=10 * KMS, beam=Beam(2 * u.arcsec), n_pix=65,
                     pixel=0.5 * u.arcsec, center=center)

@@ -1,5 +1,4 @@
 """Face-on surface-brightness profiles of the disk."""
-import astropy.units as u
 import numpy as np
 import torch
 from scipy.special import gammaincinv
