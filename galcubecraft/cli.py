@@ -126,6 +126,13 @@ def build_galaxy(cfg):
     )
 
 
+def _add_quantity_options(group, defaults, specs):
+    """One ``--key-name`` option per (key, help) pair, its default shown from ``defaults``."""
+    for key, help_ in specs:
+        group.add_argument("--" + key.replace("_", "-"), dest=key,
+                           help=f"{help_} (default {defaults[key]!r})")
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="galcubecraft",
@@ -154,23 +161,23 @@ def build_parser():
     g = r.add_argument_group("grid (observation)")
     g.add_argument("--shape", type=int, nargs=3, metavar=("NCHAN", "NY", "NX"),
                    help=f"cube shape (default {GRID_DEFAULTS['shape']})")
-    for key, help_ in [("pixel_scale", "pixel size"), ("channel_width", "channel width"),
+    _add_quantity_options(g, GRID_DEFAULTS, [
+                       ("pixel_scale", "pixel size"), ("channel_width", "channel width"),
                        ("beam", "beam FWHM major axis, or 'none' for a beam-free Jy/pixel cube"),
                        ("beam_minor", "beam FWHM minor axis (default: = major)"),
                        ("beam_pa", "beam position angle, east of north"),
                        ("ra", "right ascension of the field centre (ICRS)"),
                        ("dec", "declination of the field centre (ICRS)"),
                        ("velocity_center", "radio velocity at the cube's spectral centre"),
-                       ("rest_frequency", "rest frequency of the line (RESTFRQ)")]:
-        g.add_argument("--" + key.replace("_", "-"), dest=key,
-                       help=f"{help_} (default {GRID_DEFAULTS[key]!r})")
+                       ("rest_frequency", "rest frequency of the line (RESTFRQ)")])
     a = r.add_argument_group("galaxy")
     a.add_argument("--rotation", choices=ROTATION_LAWS,
                    help="rotation law: arctan (v_max, r_turn), analytic (GalCubeCraft 0.1.0's "
                         "law; v_max is its v_0), flat (v_max); tabulated only in --config "
                         "(default 'arctan')")
     a.add_argument("--n", type=float, help="Sersic index (default 1.0)")
-    for key, help_ in [("r_eff", "half-light radius (angle, or length with --distance)"),
+    _add_quantity_options(a, GALAXY_DEFAULTS, [
+                       ("r_eff", "half-light radius (angle, or length with --distance)"),
                        ("scale_height", "exponential scale height"),
                        ("v_max", "asymptotic / flat rotation speed"),
                        ("r_turn", "turnover radius of the arctan law"),
@@ -181,9 +188,7 @@ def build_parser():
                        ("v_sys", "systemic radio velocity"),
                        ("flux", "total line flux"),
                        ("distance", "angular-diameter distance, for sizes in kpc"),
-                       ("redshift", "redshift (Planck18 distance), for sizes in kpc")]:
-        a.add_argument("--" + key.replace("_", "-"), dest=key,
-                       help=f"{help_} (default {GALAXY_DEFAULTS[key]!r})")
+                       ("redshift", "redshift (Planck18 distance), for sizes in kpc")])
     a.add_argument("--offset", nargs=2, metavar=("EAST", "NORTH"),
                    help="offset of the galaxy centre from the field centre "
                         "(default '0 arcsec' '0 arcsec')")

@@ -69,7 +69,7 @@ class Galaxy:
         Systemic velocity in the radio convention (default 0 km/s).
     offset : `~astropy.units.Quantity` [angle or length], shape (2,)
         ``(east, north)`` offset of the centre from the grid's field centre, in
-        the grid's tangent plane (default ``(0, 0)``).
+        the grid's tangent plane (default ``(0, 0) arcsec``).
     distance : `~astropy.units.Quantity` [length], optional
         Angular-diameter distance, needed for sizes given as lengths.
     redshift : float, optional
@@ -92,7 +92,7 @@ class Galaxy:
     """
 
     def __init__(self, *, surface, kinematics, inclination, position_angle, flux,
-                 vertical=None, dispersion=10 * _KMS, v_sys=0 * _KMS, offset=(0, 0) * u.arcsec,
+                 vertical=None, dispersion=10 * _KMS, v_sys=0 * _KMS, offset=None,
                  distance=None, redshift=None, cosmology=None):
         if not isinstance(surface, SersicDisk):
             raise TypeError(f"surface must be a SersicDisk, got {surface!r}")
@@ -109,6 +109,8 @@ class Galaxy:
         self.flux = validate_line_flux("flux", flux, nonnegative=True)
         self.dispersion = validate_velocity("dispersion", dispersion, nonnegative=True)
         self.v_sys = validate_velocity("v_sys", v_sys)
+        if offset is None:
+            offset = [0.0, 0.0] * u.arcsec
         self.offset = validate_quantity("offset", offset, (u.arcsec, u.kpc), shape=(2,))
         self.distance, self.redshift = _validate_distance(distance, redshift, cosmology)
         self.cosmology = cosmology

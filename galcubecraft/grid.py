@@ -141,15 +141,16 @@ class CubeGrid:
         k = np.arange(self.n_chan + 1) - self.n_chan / 2
         return (self.velocity_center + k * self.channel_width).to(_KMS)
 
-    def sky_offsets(self):
+    def sky_offsets(self, margin=0):
         """Pixel-centre offsets ``(east, north)`` from the field centre, each (ny, nx), arcsec.
 
-        These are the tangent-plane coordinates in which galaxies are placed.
+        These are the tangent-plane coordinates in which galaxies are placed;
+        ``margin`` extends the grid by that many pixels on every side.
         """
         _, ny, nx = self.shape
         pix = self.pixel_scale.to_value(u.arcsec)
-        east = -(np.arange(nx) - (nx - 1) / 2) * pix
-        north = (np.arange(ny) - (ny - 1) / 2) * pix
+        east = -(np.arange(-margin, nx + margin) - (nx - 1) / 2) * pix
+        north = (np.arange(-margin, ny + margin) - (ny - 1) / 2) * pix
         return np.meshgrid(east, north, indexing="xy") * u.arcsec
 
     @property

@@ -142,14 +142,9 @@ class Projector:
     # ------------------------------------------------------------------ cached tensors
     def _build_cache(self):
         dev, dt = self.device, self.dtype
-        ny_p, nx_p = self.padded_shape
-        m = self.margin
-        _, ny, nx = self.grid.shape
-        east = -(np.arange(nx_p) - m - (nx - 1) / 2) * self.pixel
-        north = (np.arange(ny_p) - m - (ny - 1) / 2) * self.pixel
-        ee, nn = np.meshgrid(east, north, indexing="xy")
-        self._east = torch.as_tensor(ee.ravel(), device=dev, dtype=dt)
-        self._north = torch.as_tensor(nn.ravel(), device=dev, dtype=dt)
+        east, north = self.grid.sky_offsets(margin=self.margin).to_value(u.arcsec)
+        self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
+        self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
         self._edges = torch.as_tensor(self.grid.channel_edges.to_value(u.km / u.s),
                                       device=dev, dtype=dt)
         if self._beam is not None:
@@ -175,7 +170,8 @@ class Projector:
         more where its projected minor axis ``hypot(r_eff cos i, h sin i)`` is
         narrower than two cells (up to ``max_oversample``); its window along
         the minor axis gets as many bins as it needs (up to
-        ``max_minor_samples``).  Counts are per galaxy (``cells``, ``minor``),
+        ``max_minor_samples``); ``rmax`` is where the disk is cut (the radius
+        enclosing all but 1e-6 of its light).  Counts are per galaxy (``cells``, ``minor``),
         so a galaxy renders the same whatever else is in its batch: the batch's
         tensors are sized for the largest counts and the extra cells and bins
         of the others carry zero weight.
@@ -190,7 +186,8 @@ class Projector:
             cells = cells.clamp(self.oversample, max(self.oversample, self.max_oversample))
             cell = self.pixel / cells
             window = 1.5 * cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
-            span = torch.minimum(window, 2 * self._truncation_radius(params))
+            rmax = self._truncation_radius(params)
+            span = torch.minimum(window, 2 * rmax)
             # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is
             # at most 2 asinh(W / 2s), and the bins must be no wider than a cell where they are
             # finest
@@ -198,7 +195,7 @@ class Projector:
             u_range = 2 * torch.asinh(span / (2 * stretch))
             minor = torch.ceil(u_range * stretch * self.minor_density / cell - 1e-3)
             minor = minor.clamp(1, self.max_minor_samples)
-        return {"cells": cells.to(torch.int64), "minor": minor.to(torch.int64)}
+        return {"cells": cells.to(torch.int64), "minor": minor.to(torch.int64), "rmax": rmax}
 
     @staticmethod
     def _stretch(r_eff, cell):
@@ -257,7 +254,7 @@ class Projector:
 
     def _project_group(self, params, plan, kinematics):
         batch = params["flux"].shape[0]
-        rmax = self._truncation_radius(params).to(self.device, self.dtype)
+        rmax = plan["rmax"].to(self.device, self.dtype)
         n_cells = int(plan["cells"].max())
         n_minor = int(plan["minor"].max())
         cell_east, cell_north, cell_used = self._cells(plan["cells"], n_cells)

@@ -19,11 +19,9 @@ INTERNAL = {
     "orientation": u.rad,      # inclination and position angle
     "velocity": u.km / u.s,    # radio-convention velocities, dispersions
     "line_flux": u.Jy * u.km / u.s,
-    "length": u.kpc,           # physical lengths before the distance is applied
-    "frequency": u.Hz,
 }
 
-_LINE_FLUX = u.Jy * u.km / u.s
+_LINE_FLUX = INTERNAL["line_flux"]
 
 
 def _describe(value):
