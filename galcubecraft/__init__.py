@@ -15,6 +15,9 @@ from .components import (AnalyticRotationCurve, ArctanRotationCurve, Component,
 from .cube import SyntheticCube, to_spectral_cube, write_fits
 from .galaxy import Galaxy, Scene, default_cosmology
 from .grid import CO_1_0, CubeGrid
+from .generator import GalCubeCraft, GeneratedCube
+from .noise import apply_and_convolve_noise, apply_noise
+from .population import SeedPopulation
 from .projector import Projector
 from .render import render, render_tensor, stack_parameters
 
@@ -25,4 +28,5 @@ __all__ = [
     "Galaxy", "Scene", "default_cosmology", "CubeGrid", "CO_1_0", "Projector",
     "render", "render_tensor", "stack_parameters",
     "SyntheticCube", "to_spectral_cube", "write_fits",
+    "GalCubeCraft", "GeneratedCube", "SeedPopulation", "apply_noise", "apply_and_convolve_noise",
 ]

@@ -1,12 +1,11 @@
 """The exit edge: tensors become SpectralCubes with WCS and beam, and FITS files."""
-import errno
-import os
-import tempfile
 from pathlib import Path
 
 import astropy.units as u
 import numpy as np
 from spectral_cube import SpectralCube
+
+from ._files import atomic_path
 
 __all__ = ["SyntheticCube", "to_spectral_cube", "write_fits", "casa_unit_string"]
 
@@ -40,6 +39,8 @@ class SyntheticCube(SpectralCube):
     def header(self):
         header = super().header
         header["BUNIT"] = casa_unit_string(self.unit)
+        for key, card in self.meta.get("fits_cards", {}).items():
+            header[key] = card
         return header
 
     def write(self, filename, overwrite=False, format=None):
@@ -61,7 +62,8 @@ def to_spectral_cube(data, grid, meta=None):
         Brightness in ``grid.unit``.  The only place where tensors leave torch.
     grid : `~galcubecraft.CubeGrid`
     meta : dict, optional
-        Extra header cards (e.g. provenance).
+        Metadata; its ``fits_cards`` entry, ``{KEYWORD: value or (value,
+        comment)}``, is written into the FITS header (e.g. the noise rms).
     """
     if hasattr(data, "detach"):
         data = data.detach().cpu().numpy()
@@ -84,24 +86,9 @@ def write_fits(cube, filename, overwrite=False):
     over it only once complete; on any error the temporary file is removed and
     an existing ``filename`` is left untouched.
     """
-    path = Path(filename)
-    if path.exists() and not overwrite:
-        raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to replace it",
-                              str(path))
     hdu = cube.hdu
     hdu.header["BUNIT"] = casa_unit_string(cube.unit)
     hdu.header.add_history("Written by galcubecraft")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
-                               dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)
+    with atomic_path(filename, overwrite=overwrite) as tmp:
         hdu.writeto(tmp, overwrite=True, checksum=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(filename)

@@ -305,3 +305,29 @@ def convolve_beam(images, transfer, fft_shape):
     spec = torch.fft.rfft2(images, s=fft_shape)
     out = torch.fft.irfft2(spec * transfer, s=fft_shape)
     return out[..., :ny, :nx]
+
+
+def gaussian_kernel_1d(sigma, *, truncate=4.0, device=None, dtype=torch.float32):
+    """Unit-sum Gaussian weights at integer offsets ``-m..m``, ``m = ceil(truncate * sigma)``.
+
+    The same kernel as `scipy.ndimage.gaussian_filter1d`; ``sigma`` in samples (> 0).
+    """
+    half = int(math.ceil(truncate * sigma))
+    k = torch.arange(-half, half + 1, device=device, dtype=torch.float64)
+    w = torch.exp(-0.5 * (k / sigma) ** 2)
+    return (w / w.sum()).to(dtype)
+
+
+def convolve_spectral(cubes, kernel):
+    """Convolve the channel axis (``-3``) of ``(..., n_chan, ny, nx)`` with a 1-D kernel.
+
+    'Valid' convolution: the input must carry ``(len(kernel) - 1) / 2`` extra
+    channels at each end (rendered beyond the band), which are consumed, so
+    flux that the response moves across the band edges is handled exactly.
+    """
+    half = (kernel.numel() - 1) // 2
+    n_chan = cubes.shape[-3]
+    out = torch.zeros_like(cubes[..., half:n_chan - half, :, :])
+    for j, w in enumerate(kernel.flip(0)):
+        out = out + w * cubes[..., j:j + n_chan - 2 * half, :, :]
+    return out

@@ -67,6 +67,8 @@ _STRETCH_R_EFF = 0.5
 #: Gauss-Legendre nodes (on [-1/2, 1/2]) and weights for the narrower box of a cell's footprint.
 _SHIFT_RULE = tuple(zip((np.polynomial.legendre.leggauss(3)[0] / 2).tolist(),
                         (np.polynomial.legendre.leggauss(3)[1] / 2).tolist()))
+#: Scale heights above the midplane beyond which a galaxy's light is neglected (e^-15 = 3e-7).
+_FOOTPRINT_HEIGHTS = 15.0
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 _BEAM_MARGIN_SIGMAS = 5.0
 
@@ -273,22 +275,45 @@ class Projector:
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
-        n_pix = self._east.numel()
+        # only the pixels that can hold light of some galaxy of the group are integrated
+        pixels = self._footprint(params, plan)
+        east, north = self._east[pixels], self._north[pixels]
+        n_pix = east.numel()
         per_pixel = n_cells**2 * n_minor
         chunk = max(1, self.max_chunk_elements // (batch * per_pixel * (self._edges.numel())))
         need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
         pieces = []
         for start in range(0, n_pix, chunk):
-            args = (self._east[start:start + chunk], self._north[start:start + chunk],
+            args = (east[start:start + chunk], north[start:start + chunk],
                     shaped, kinematics, n_minor)
             if need_grad:
                 pieces.append(checkpoint(self._integrate_chunk, *args, use_reentrant=False))
             else:
                 pieces.append(self._integrate_chunk(*args))
-        spectra = torch.cat(pieces, dim=1)                      # (B, P, n_chan)
+        n_chan = self._edges.numel() - 1
+        spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
         ny_p, nx_p = self.padded_shape
-        cube = spectra.transpose(1, 2).reshape(batch, -1, ny_p, nx_p)
-        return cube * (self.brightness_scale / self.channel_width)
+        cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p))
+        cube = cube.index_copy(2, pixels, spectra.transpose(1, 2))
+        return cube.reshape(batch, n_chan, ny_p, nx_p) * (self.brightness_scale
+                                                          / self.channel_width)
+
+    def _footprint(self, params, plan):
+        """Indices of the padded grid's pixels within reach of any galaxy of the batch.
+
+        A galaxy's light lies within ``rmax`` of its centre in the disk plane
+        and within ``_FOOTPRINT_HEIGHTS`` scale heights of it (all but ~1e-6 of
+        the flux); pixels whose centre is further than that plus a pixel
+        diagonal along either sky axis are skipped (their flux is zero).
+        """
+        with torch.no_grad():
+            reach = (plan["rmax"].to(self.device, self.dtype)
+                     + _FOOTPRINT_HEIGHTS * params["scale_height"].detach()
+                     + 1.5 * self.pixel)
+            x0, y0 = params["x0"].detach(), params["y0"].detach()
+            inside = ((self._east[None, :] - x0[:, None]).abs() <= reach[:, None]) & \
+                     ((self._north[None, :] - y0[:, None]).abs() <= reach[:, None])
+            return torch.nonzero(inside.any(dim=0)).flatten()
 
     def _cells(self, cells, n_cells):
         """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""
