@@ -54,8 +54,10 @@ _TRUNCATION_FRACTION = 1e-6
 #: Floor on cos(i): an exactly edge-on disk is rendered at i = 89.94 deg (projected minor axis
 #: 1e-3 of the major axis), which keeps the window arithmetic finite in float32.
 _COS_FLOOR = 1e-3
-#: The Y window extends this many Laplace scales (h tan i) beyond its box.
+#: The Y window's bins extend this many Laplace scales (h tan i) beyond its box; the light
+#: beyond (an exponential tail) is one sample at the tail's centroid on each side.
 _WINDOW_TAIL = 3.0
+_SQRT12 = math.sqrt(12.0)
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
 #: this many cells and this fraction of r_eff: uniform
 #: across narrow windows, and widening away from the centre across the long windows of nearly
@@ -369,9 +371,12 @@ class Projector:
             tail_hi = tail_hi + w_q * F.window_tail(hi - s1, hi - s2, lam, "upper")
         tail_lo = torch.where(lo_free >= -p["rmax"], tail_lo, torch.zeros_like(lo))
         tail_hi = torch.where(hi_free <= p["rmax"], tail_hi, torch.zeros_like(hi))
-        first, last = j[:-1] == 0, j[:-1] == p["n_minor"] - 1
-        g = g + first * tail_lo + last * tail_hi
-        y = start + 0.5 * width
+        # beyond the bins the window is exactly exponential (scale lam): each tail becomes one
+        # more sample at its centroid, with the width (sqrt(12) lam) that gives its variance
+        lam_b = lam.expand_as(lo)
+        g = torch.cat([g, tail_lo, tail_hi], dim=-1)
+        y = torch.cat([start + 0.5 * width, lo - lam_b, hi + lam_b], dim=-1)
+        width = torch.cat([width, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
         # surface_density x area -> flux of each sample (Jy km/s)
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
