@@ -1,3 +1,3 @@
-from .render import main
+from .compare import main
 
 raise SystemExit(main())

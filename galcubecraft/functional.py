@@ -248,14 +248,15 @@ def erf_at_edges(edges, velocity, dispersion):
 
     The result has shape ``velocity.shape + (E,)``.
 
-    The argument is formed by one fused multiply-add (an outer product plus a
-    bias), which matters because this tensor is the largest the projector
-    makes; outside autograd the erf is taken in place.
+    The argument is formed by one fused, broadcasting multiply-add (``addcmul``),
+    which matters because this tensor is the largest the projector makes
+    (``addmm`` would first copy the broadcast bias into it); outside autograd
+    the erf is taken in place.
     """
     inv = 1.0 / (_SQRT2 * dispersion)
     shape = velocity.shape
-    arg = torch.addmm((-velocity * inv).reshape(-1, 1), inv.reshape(-1, 1),
-                      edges.reshape(1, -1))
+    arg = torch.addcmul((-velocity * inv).reshape(-1, 1), inv.reshape(-1, 1),
+                        edges.reshape(1, -1))
     out = torch.erf_(arg) if not torch.is_grad_enabled() else torch.erf(arg)
     return out.reshape(*shape, edges.numel())
 

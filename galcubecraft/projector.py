@@ -9,7 +9,7 @@ units, files or plots.  The stages are small named steps, in order::
 How the integral is sampled
 ---------------------------
 Each pixel is split into at least ``oversample x oversample`` cells of width ``d``
-(more for galaxies whose projected minor axis is narrower than two cells).
+(more for galaxies whose projected minor axis is narrower than 1.5 cells).
 A cell's flux is the integral of the emission density over its sky area and
 the whole line of sight.  With ``xi`` along the major axis and ``eta`` along
 the minor axis, the change of variables from (sky ``eta``, depth along the
@@ -64,7 +64,7 @@ _SQRT12 = math.sqrt(12.0)
 #: edge-on disks (symmetric about the window's centre, so midpoint errors cancel to first order).
 _STRETCH_CELLS = 4.0
 #: A galaxy's cells are at most this fraction of its projected minor axis (up to max_oversample).
-_CELLS_PER_MINOR_AXIS = 2.0
+_CELLS_PER_MINOR_AXIS = 1.5
 _STRETCH_R_EFF = 0.5
 #: Gauss-Legendre nodes (on [-1/2, 1/2]) and weights for the narrower box of a cell's footprint.
 _SHIFT_RULE = tuple(zip((np.polynomial.legendre.leggauss(3)[0] / 2).tolist(),
@@ -91,7 +91,7 @@ class Projector:
         Least number of cells per pixel along each sky axis (default 2).
     max_oversample : int
         Most cells per pixel side, used for galaxies whose projected minor
-        axis is narrower than two cells (default 8).
+        axis is narrower than 1.5 cells (default 8).
     minor_density : float
         Disk-plane samples per cell width along the minor axis (default 1).
     max_minor_samples : int
@@ -172,7 +172,7 @@ class Projector:
 
         A galaxy is split into at least ``oversample`` cells per pixel side,
         more where its projected minor axis ``hypot(r_eff cos i, h sin i)`` is
-        narrower than two cells (up to ``max_oversample``); its window along
+        narrower than 1.5 cells (up to ``max_oversample``); its window along
         the minor axis gets as many bins as it needs (up to
         ``max_minor_samples``); ``rmax`` is where the disk is cut (the radius
         enclosing all but 1e-6 of its light).  Counts are per galaxy (``cells``, ``minor``),
