@@ -1,6 +1,6 @@
 """Wall time, peak memory, scaling and batched throughput of the renderer.
 
-    python -m benchmarks [--quick] [--device cpu|cuda] [--out benchmarks/results/render.md]
+    python -m benchmarks.render [--quick] [--device cpu|cuda] [--out benchmarks/results/render.md]
 
 Timings are medians of several runs after a warm-up, on whatever machine runs this (it prints
 the torch thread count and device).  Peak memory is the high-water mark of the process's
@@ -96,7 +96,8 @@ def random_galaxies(n, seed=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.render",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.md"))
@@ -151,3 +152,7 @@ def main(argv=None):
     (out.with_suffix(".json")).write_text(json.dumps(
         {"header": header, "rows": rows, "scaling": scaling}, indent=1))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
