@@ -392,9 +392,20 @@ class Projector:
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
         batch, n_pix = weight.shape[:2]
         erf = F.erf_at_edges(self._edges, v_los.reshape(batch, n_pix, -1),
-                             disp.expand_as(v_los).reshape(batch, n_pix, -1))
+                             disp.expand_as(v_los).reshape(batch, n_pix, -1),
+                             out=self._erf_buffer(v_los.numel() * self._edges.numel()))
         summed = torch.matmul(weight.reshape(batch, n_pix, 1, -1), erf).squeeze(-2)
         return 0.5 * (summed[..., 1:] - summed[..., :-1])
+
+    def _erf_buffer(self, n):
+        """A reused scratch tensor of at least ``n`` elements for `erf_at_edges` (no autograd)."""
+        if torch.is_grad_enabled():
+            return None
+        buf = getattr(self, "_erf_work", None)
+        if buf is None or buf.numel() < n or buf.device != self.device or buf.dtype != self.dtype:
+            buf = torch.empty(n, device=self.device, dtype=self.dtype)
+            self._erf_work = buf
+        return buf
 
     def observe(self, model):
         """Convolve a padded model with the beam (FFT) and cut it to the grid."""
