@@ -1,4 +1,4 @@
-"""Command-line interface: ``galcubecraft render``."""
+"""Command-line interface: ``galcubecraft render`` and ``galcubecraft plot``."""
 import argparse
 import sys
 
@@ -192,6 +192,23 @@ def build_parser():
     a.add_argument("--offset", nargs=2, metavar=("EAST", "NORTH"),
                    help="offset of the galaxy centre from the field centre "
                         "(default '0 arcsec' '0 arcsec')")
+    q = sub.add_parser(
+        "plot", help="plot any FITS cube: moment maps, channel maps, a PV diagram or the spectrum",
+        description=(
+            "Plot a FITS spectral cube that spectral-cube can read (ours or any other "
+            "tool's): moment maps (0, 1, 2) on RA/Dec axes with the beam, a grid of channel "
+            "maps, a position-velocity diagram along --pa through the field centre, or the "
+            "integrated spectrum in Jy. A frequency axis is shown as radio velocity, which "
+            "needs the header's RESTFRQ."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("cube", help="FITS cube to plot")
+    q.add_argument("--kind", choices=("moments", "channels", "pv", "spectrum"),
+                   default="moments", help="what to draw")
+    q.add_argument("-o", "--output", required=True,
+                   help="image file to write (.png, .pdf, .svg)")
+    q.add_argument("--pa", default="0 deg",
+                   help="position angle of the PV slit, east of north (--kind pv)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     return p
 
 
@@ -217,8 +234,42 @@ def _settings(args):
     return grid_cfg, galaxies
 
 
+def plot(args):
+    """``galcubecraft plot``: draw one kind of figure from a FITS cube and write it atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from spectral_cube import SpectralCube
+
+    from . import visualise
+    from ._files import atomic_path
+    try:
+        cube = SpectralCube.read(args.cube)
+        if args.kind == "moments":
+            fig = visualise.moment_maps(cube, moments=(0, 1, 2))
+        elif args.kind == "channels":
+            fig = visualise.channel_maps(cube)
+        elif args.kind == "pv":
+            fig = visualise.pv_diagram(cube, quantity(args.pa, "pa"))
+        else:
+            fig = visualise.spectrum(cube)
+        fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
+        with atomic_path(args.output, overwrite=args.overwrite) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+    except FileExistsError as exc:
+        print(f"galcubecraft plot: error: {exc.filename or exc} exists; use --overwrite",
+              file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError, TypeError, u.UnitsError, OSError) as exc:
+        print(f"galcubecraft plot: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {args.kind} of {args.cube}")
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "plot":
+        return plot(args)
     try:
         grid_cfg, galaxy_cfgs = _settings(args)
         grid = build_grid(grid_cfg)

@@ -13,11 +13,13 @@ from pathlib import Path
 import astropy.units as u
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from spectral_cube import SpectralCube
 
 from ._files import atomic_path
 
-__all__ = ["visualise", "moment_maps", "spectrum", "emission_mask"]
+__all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_maps",
+           "pv_slice", "pv_diagram", "galaxy_pv_curve", "compare_cubes", "velocity_cube"]
 
 _KMS = u.km / u.s
 
@@ -56,37 +58,64 @@ def _add_beam(ax, cube, color):
     ax.add_patch(ellipse)
 
 
-def moment_maps(cube, mask=None, kpc_per_pixel=None, figsize=(10, 4.8)):
-    """Moment-0 and moment-1 maps of a `~spectral_cube.SpectralCube`, side by side.
+def velocity_cube(cube):
+    """The cube with its spectral axis in radio velocity (km/s); FREQ axes need RESTFRQ."""
+    try:
+        return cube.with_spectral_unit(_KMS, velocity_convention="radio")
+    except (ValueError, u.UnitsError) as exc:
+        raise ValueError(f"cannot express the spectral axis as a radio velocity ({exc}); a "
+                         "frequency axis needs a rest frequency (RESTFRQ)") from None
+
+
+def _sky_axes(fig, n_rows, n_cols, index, n_panels, cube):
+    """Panel ``index`` (1-based) of a grid; tick labels only on the outer edges."""
+    ax = fig.add_subplot(n_rows, n_cols, index, projection=cube.wcs.celestial)
+    first_column, bottom = (index - 1) % n_cols == 0, index + n_cols > n_panels
+    ax.coords[0].set_axislabel("Right ascension" if bottom else " ")
+    ax.coords[1].set_axislabel("Declination" if first_column else " ")
+    ax.coords[0].set_ticklabel_visible(bottom)
+    ax.coords[1].set_ticklabel_visible(first_column)
+    ax.coords[0].set_ticks(number=3)
+    return ax
+
+
+def moment_maps(cube, mask=None, kpc_per_pixel=None, moments=(0, 1), figsize=None):
+    """Moment maps of a `~spectral_cube.SpectralCube`, side by side, on RA/Dec axes.
 
     Parameters
     ----------
     cube : `~spectral_cube.SpectralCube`
     mask : bool array, optional
-        Voxels used for moment 1 (default: all voxels above 1e-3 of the peak).
+        Voxels used for moments 1 and 2 (default: all voxels above 1e-3 of the peak).
     kpc_per_pixel : float, optional
         Draws a scale bar in kpc.
+    moments : sequence of {0, 1, 2}
+        Which maps: integrated intensity, intensity-weighted velocity, velocity
+        dispersion (``linewidth_sigma``).
 
     Returns
     -------
     `matplotlib.figure.Figure`
     """
-    cube = cube.with_spectral_unit(_KMS, velocity_convention="radio")
+    cube = velocity_cube(cube)
     if mask is None:
         mask = emission_mask(cube)
-    mom0 = cube.moment0()
-    with np.errstate(invalid="ignore", divide="ignore"):  # unmasked-free pixels: NaN, as wanted
-        mom1 = cube.with_mask(mask).moment1()
-    fig = plt.figure(figsize=figsize)
-    panels = [(mom0, "Moment 0", "RdBu_r", None, "white"),
-              (mom1, "Moment 1", "RdBu_r", "sym", "black")]
-    for k, (image, title, cmap, scale, color) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, k + 1, projection=cube.wcs.celestial)
+    masked = cube.with_mask(mask)
+    fig = plt.figure(figsize=figsize or (5 * len(moments), 4.8))
+    styles = {0: ("Moment 0", "RdBu_r", None, "white"), 1: ("Moment 1", "RdBu_r", "sym", "black"),
+              2: ("Moment 2", "viridis", None, "white")}
+    for k, order in enumerate(moments):
+        title, cmap, scale, color = styles[order]
+        with np.errstate(invalid="ignore", divide="ignore"):  # pixels with no emission: NaN
+            image = (cube.moment0() if order == 0 else
+                     masked.moment1() if order == 1 else masked.linewidth_sigma())
+        ax = fig.add_subplot(1, len(moments), k + 1, projection=cube.wcs.celestial)
         values = image.value
         kwargs = {}
         if scale == "sym" and np.any(np.isfinite(values)):
-            vmax = np.nanmax(np.abs(values))
-            kwargs = {"vmin": -vmax, "vmax": vmax}
+            centre = np.nanmedian(values)
+            half = np.nanmax(np.abs(values - centre))
+            kwargs = {"vmin": centre - half, "vmax": centre + half}
         im = ax.imshow(values, origin="lower", cmap=cmap, **kwargs)
         bar = fig.colorbar(im, ax=ax, orientation="horizontal", location="top", pad=0.02,
                            fraction=0.05)
@@ -100,9 +129,134 @@ def moment_maps(cube, mask=None, kpc_per_pixel=None, figsize=(10, 4.8)):
     return fig
 
 
+def channel_maps(cube, n_panels=12, n_cols=4, figsize=None):
+    """A grid of channels (every k-th, at most ``n_panels``), one colour scale, velocity labels."""
+    cube = velocity_cube(cube)
+    n_chan = cube.shape[0]
+    step = max(1, int(np.ceil(n_chan / n_panels)))
+    channels = list(range(step // 2, n_chan, step))[:n_panels]
+    n_rows = int(np.ceil(len(channels) / n_cols))
+    data = cube.filled_data[:]
+    vmax = float(np.nanmax(data.value))
+    fig = plt.figure(figsize=figsize or (2.6 * n_cols + 1.2, 2.6 * n_rows + 0.6))
+    velocities = cube.spectral_axis.to_value(_KMS)
+    im = None
+    for k, chan in enumerate(channels):
+        ax = _sky_axes(fig, n_rows, n_cols, k + 1, len(channels), cube)
+        im = ax.imshow(data[chan].value, origin="lower", cmap="inferno", vmin=0, vmax=vmax)
+        ax.text(0.05, 0.9, f"{velocities[chan]:.0f} km/s", color="white", fontsize=9,
+                transform=ax.transAxes)
+        _add_beam(ax, cube, "white")
+    bar = fig.colorbar(im, ax=fig.axes, fraction=0.03, pad=0.02)
+    bar.set_label(f"Brightness [{data.unit.to_string('latex_inline')}]")
+    return fig
+
+
+def pv_slice(cube, position_angle, center=None, length=None):
+    """Position-velocity slice along a line through ``center`` at ``position_angle``.
+
+    The slit is one pixel wide and sampled every pixel (bilinear interpolation
+    of each channel, `scipy.ndimage.map_coordinates`): offsets are positive
+    towards ``position_angle`` (east of north), so for a galaxy's kinematic
+    position angle the receding side is at positive offset.
+
+    Returns
+    -------
+    offsets : `~astropy.units.Quantity` [arcsec]
+    velocities : `~astropy.units.Quantity` [km/s]
+    pv : `~astropy.units.Quantity`, shape ``(n_chan, n_offsets)``
+    """
+    from scipy.ndimage import map_coordinates
+    cube = velocity_cube(cube)
+    celestial = cube.wcs.celestial
+    ny, nx = cube.shape[1:]
+    if center is None:
+        cy, cx = (ny - 1) / 2, (nx - 1) / 2
+    else:
+        cx, cy = celestial.world_to_pixel(center)
+    pixel = abs(celestial.wcs.cdelt[1]) * u.Unit(celestial.wcs.cunit[1])
+    pa = u.Quantity(position_angle, u.deg).to_value(u.rad)
+    half = (length / pixel).decompose().value / 2 if length is not None else min(ny, nx) / 2
+    steps = np.arange(-np.floor(half), np.floor(half) + 1)
+    # east is towards decreasing column (CDELT1 < 0), north towards increasing row
+    sign = -1.0 if celestial.wcs.cdelt[0] < 0 else 1.0
+    cols = cx + sign * steps * np.sin(pa)
+    rows = cy + steps * np.cos(pa)
+    data = cube.filled_data[:]
+    pv = np.array([map_coordinates(np.nan_to_num(plane.value), [rows, cols], order=1,
+                                   mode="constant", cval=np.nan) for plane in data])
+    return steps * pixel.to(u.arcsec), cube.spectral_axis.to(_KMS), pv * data.unit
+
+
+def pv_diagram(cube, position_angle, center=None, rotation_curve=None, figsize=(7, 4.8)):
+    """Position-velocity diagram along ``position_angle``, with a model curve if given.
+
+    ``rotation_curve`` is ``(offsets, velocities)`` Quantities to overlay (e.g.
+    ``v_sys +/- v_c(R) sin i`` from `galaxy_pv_curve`).
+    """
+    offsets, velocities, pv = pv_slice(cube, position_angle, center)
+    fig, ax = plt.subplots(figsize=figsize)
+    x, v = offsets.to_value(u.arcsec), velocities.to_value(_KMS)
+    dx, dv = (x[1] - x[0]) / 2, (v[1] - v[0]) / 2 if len(v) > 1 else 1.0
+    im = ax.imshow(pv.value, origin="lower", aspect="auto", cmap="inferno",
+                   extent=[x[0] - dx, x[-1] + dx, v[0] - dv, v[-1] + dv])
+    if rotation_curve is not None:
+        rx, rv = rotation_curve
+        ax.plot(u.Quantity(rx).to_value(u.arcsec), u.Quantity(rv).to_value(_KMS), "c--", lw=1.5,
+                label="model rotation curve")
+        ax.legend(loc="upper left", fontsize=9)
+    bar = fig.colorbar(im, ax=ax)
+    bar.set_label(f"Brightness [{pv.unit.to_string('latex_inline')}]")
+    ax.set_xlabel(f"Offset along PA {u.Quantity(position_angle, u.deg).value:.0f}° [arcsec]")
+    ax.set_ylabel(r"Radio velocity [km s$^{-1}$]")
+    fig.tight_layout()
+    return fig
+
+
+def galaxy_pv_curve(galaxy, offsets):
+    """``v_sys + sign(x) v_c(|x|) sin i`` of a `~galcubecraft.Galaxy` along its major axis.
+
+    ``offsets`` (angles, positive towards the position angle) as `pv_slice` returns them.
+    """
+    offsets = u.Quantity(offsets, u.arcsec)
+    params = galaxy.tensors(dtype=torch.float64)
+    radius = torch.as_tensor(np.abs(offsets.value), dtype=torch.float64)
+    v_c = galaxy.kinematics.circular_velocity(radius, params).numpy() * _KMS
+    return offsets, (galaxy.v_sys + np.sign(offsets.value) * v_c
+                     * np.sin(galaxy.inclination)).to(_KMS)
+
+
+def compare_cubes(clean, noisy, channel=None, figsize=(15, 4.6)):
+    """Clean, noisy and residual (noisy - clean) side by side: one channel, or moment 0."""
+    clean, noisy = velocity_cube(clean), velocity_cube(noisy)
+    if channel is None:
+        images = [clean.moment0(), noisy.moment0()]
+        label = "Moment 0"
+    else:
+        images = [clean[channel], noisy[channel]]
+        label = f"Channel {channel}"
+    images.append(images[1] - images[0])
+    fig = plt.figure(figsize=figsize)
+    vmax = float(np.nanmax(images[1].value))
+    for k, (image, title) in enumerate(zip(images, ("clean", "noisy", "residual"))):
+        ax = fig.add_subplot(1, 3, k + 1, projection=clean.wcs.celestial)
+        kwargs = ({"vmin": -vmax / 4, "vmax": vmax / 4, "cmap": "RdBu_r"} if k == 2 else
+                  {"vmin": min(0, float(np.nanmin(images[1].value))), "vmax": vmax,
+                   "cmap": "inferno"})
+        im = ax.imshow(image.value, origin="lower", **kwargs)
+        bar = fig.colorbar(im, ax=ax, orientation="horizontal", location="top", pad=0.02,
+                           fraction=0.05)
+        bar.set_label(f"{label}, {title} [{image.unit.to_string('latex_inline')}]")
+        ax.set_xlabel("Right ascension")
+        ax.set_ylabel("Declination" if k == 0 else " ")
+        _add_beam(ax, clean, "white" if k < 2 else "black")
+    fig.subplots_adjust(wspace=0.35)
+    return fig
+
+
 def spectrum(cube, figsize=(7, 4.5)):
     """The integrated spectrum (flux density summed over the field, Jy) against velocity."""
-    cube = cube.with_spectral_unit(_KMS, velocity_convention="radio")
+    cube = velocity_cube(cube)
     data = cube.filled_data[:]
     if data.unit.is_equivalent(u.Jy / u.beam):
         pixel = abs(cube.wcs.celestial.wcs.cdelt[1]) * u.Unit(cube.wcs.celestial.wcs.cunit[1])

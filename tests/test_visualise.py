@@ -76,3 +76,131 @@ def test_emission_mask_levels():
     data[1, 1, 1] = 0.1
     assert emission_mask(data).sum() == 2
     assert emission_mask(data, noise_rms=0.05).sum() == 1
+
+
+# ----------------------------------------------------------------------------- issue 7 plots
+from astropy.io import fits  # noqa: E402
+from radio_beam import Beam  # noqa: E402
+
+import galcubecraft as gcc  # noqa: E402
+from galcubecraft.cli import main as cli_main  # noqa: E402
+from galcubecraft.visualise import (channel_maps, compare_cubes, galaxy_pv_curve,  # noqa: E402
+                                    pv_diagram, pv_slice)
+
+KMS = u.km / u.s
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A thin, well-resolved disk (r_turn 2", beam 2"), PA 30 deg, i 60 deg."""
+    galaxy = gcc.Galaxy(surface=gcc.SersicDisk(r_eff=8 * u.arcsec, n=1),
+                        vertical=gcc.ExponentialVertical(0.2 * u.arcsec),
+                        kinematics=gcc.ArctanRotationCurve(v_max=200 * KMS, r_turn=2 * u.arcsec),
+                        dispersion=8 * KMS, inclination=60 * u.deg, position_angle=30 * u.deg,
+                        v_sys=20 * KMS, flux=40 * u.Jy * KMS)
+    grid = gcc.CubeGrid(shape=(48, 72, 72), pixel_scale=1 * u.arcsec, channel_width=10 * KMS,
+                        beam=Beam(2 * u.arcsec), velocity_center=20 * KMS)
+    return galaxy, gcc.render(galaxy, grid)
+
+
+def wcs_axes(fig):
+    return [ax for ax in fig.axes if isinstance(ax, WCSAxes)]
+
+
+def colorbar_labels(fig):
+    return [ax.get_xlabel() or ax.get_ylabel() for ax in fig.axes
+            if not isinstance(ax, WCSAxes)]
+
+
+def test_moment_maps_0_1_2_carry_units(model):
+    fig = moment_maps(model[1], moments=(0, 1, 2))
+    assert len(wcs_axes(fig)) == 3
+    labels = colorbar_labels(fig)
+    assert any("Moment 2" in t and "km" in t for t in labels)
+    mom2 = np.asarray(wcs_axes(fig)[2].images[0].get_array(), float)
+    # the line width where the disk is brightest: at least the dispersion, well below v_max
+    assert 8 <= np.nanmedian(mom2[30:42, 30:42]) < 100
+
+
+def test_channel_maps_label_velocities(model):
+    fig = channel_maps(model[1], n_panels=8)
+    axes = wcs_axes(fig)
+    assert len(axes) == 8
+    texts = [t.get_text() for ax in axes for t in ax.texts]
+    assert all(t.endswith("km/s") for t in texts) and len(texts) == 8
+    assert any("Jy" in t for t in colorbar_labels(fig))
+
+
+def test_pv_diagram_peaks_along_the_rotation_curve(model):
+    """Numeric check: at each offset beyond two beams, the brightest channel of the PV slice is
+    within one channel of v_sys + v_c sin i (receding side at positive offset)."""
+    galaxy, cube = model
+    offsets, velocities, pv = pv_slice(cube, galaxy.position_angle)
+    _, expected = galaxy_pv_curve(galaxy, offsets)
+    v = velocities.to_value(KMS)
+    sel = (np.abs(offsets) >= 4 * u.arcsec) & (np.abs(offsets) <= 16 * u.arcsec)
+    peak = v[np.nanargmax(pv.value, axis=0)]
+    assert sel.sum() >= 20
+    np.testing.assert_array_less(np.abs(peak[sel] - expected.to_value(KMS)[sel]), 10.0 + 1e-9)
+    assert np.all(peak[offsets > 4 * u.arcsec] > 20)
+    fig = pv_diagram(cube, galaxy.position_angle, rotation_curve=(offsets, expected))
+    ax = fig.axes[0]
+    assert "arcsec" in ax.get_xlabel() and "km" in ax.get_ylabel()
+    assert ax.get_legend() is not None
+
+
+def test_pv_slit_the_wrong_way_round_is_mirrored(model):
+    galaxy, cube = model
+    a = pv_slice(cube, galaxy.position_angle)[2].value
+    b = pv_slice(cube, galaxy.position_angle + 180 * u.deg)[2].value
+    np.testing.assert_allclose(a, b[:, ::-1], atol=1e-6 * np.nanmax(a))
+
+
+def test_clean_noisy_residual(model):
+    cube = model[1]
+    noisy = gcc.SyntheticCube(
+        data=gcc.apply_noise(cube.unitless_filled_data[:], 10, seed=1) * cube.unit,
+        wcs=cube.wcs, beam=cube.beam)
+    fig = compare_cubes(cube, noisy)
+    assert len(wcs_axes(fig)) == 3
+    labels = colorbar_labels(fig)
+    assert any("residual" in t for t in labels) and all("Jy" in t for t in labels)
+
+
+def foreign_cube(path, restfrq=True):
+    """A cube built by hand with astropy: RA/Dec/FREQ, Jy/beam, a beam, no galcubecraft."""
+    nu0 = 230.538e9
+    data = np.zeros((30, 40, 40), np.float32)
+    z, y, x = np.mgrid[:30, :40, :40]
+    data += np.exp(-((x - 20 - (z - 15) * 0.4) ** 2 + (y - 20) ** 2) / 8.0
+                   - (z - 15) ** 2 / 40.0)
+    h = fits.Header()
+    for k, v in dict(CTYPE1="RA---SIN", CRVAL1=150.0, CDELT1=-0.5 / 3600, CRPIX1=21,
+                     CUNIT1="deg", CTYPE2="DEC--SIN", CRVAL2=2.0, CDELT2=0.5 / 3600, CRPIX2=21,
+                     CUNIT2="deg", CTYPE3="FREQ", CRVAL3=nu0, CDELT3=-7.7e6, CRPIX3=16,
+                     CUNIT3="Hz", BUNIT="Jy/beam", BMAJ=1.5 / 3600, BMIN=1.0 / 3600,
+                     BPA=20.0, SPECSYS="LSRK").items():
+        h[k] = v
+    if restfrq:
+        h["RESTFRQ"] = nu0
+    fits.PrimaryHDU(data, h).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["moments", "channels", "pv", "spectrum"])
+def test_cli_plot_reads_another_tools_fits(tmp_path, kind, capsys):
+    cube = foreign_cube(tmp_path / "casa_like.fits")
+    out = tmp_path / f"{kind}.png"
+    assert cli_main(["plot", str(cube), "--kind", kind, "-o", str(out), "--pa", "90 deg"]) == 0
+    assert out.stat().st_size > 5000
+    assert not list(tmp_path.glob(".*part"))
+
+
+def test_cli_plot_errors(tmp_path, capsys):
+    cube = foreign_cube(tmp_path / "no_restfrq.fits", restfrq=False)
+    assert cli_main(["plot", str(cube), "-o", str(tmp_path / "a.png")]) == 2
+    assert "RESTFRQ" in capsys.readouterr().err
+    good = foreign_cube(tmp_path / "ok.fits")
+    (tmp_path / "exists.png").write_bytes(b"x")
+    assert cli_main(["plot", str(good), "-o", str(tmp_path / "exists.png")]) == 2
+    assert (tmp_path / "exists.png").read_bytes() == b"x"
