@@ -30,8 +30,7 @@ import torch
 import galcubecraft as gcc
 
 from . import external
-from .render import (KMS, peak_memory_mib, random_galaxies, reference_galaxy, reference_grid,
-                     timeit)
+from .render import (batch_time, peak_memory_mib, reference_galaxy, reference_grid, timeit)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -187,15 +186,8 @@ def quick_start(args):
 
 
 def throughput(args):
-    from radio_beam import Beam
-    import astropy.units as u
     batch = 16 if args.quick else 64
-    grid = gcc.CubeGrid(shape=(32, 64, 64), pixel_scale=2 * u.arcsec, channel_width=25 * KMS,
-                        beam=Beam(4 * u.arcsec))
-    projector = gcc.Projector(grid, device=args.device)
-    (law, params), = gcc.stack_parameters(random_galaxies(batch), device=args.device)
-    with torch.no_grad():
-        t = timeit(lambda: projector(params, law), 1 if args.quick else 2)
+    t = batch_time(batch, args.device, 1 if args.quick else 2)
     return {"batch": batch, "time": t, "cubes_per_s": batch / t}
 
 
