@@ -177,7 +177,7 @@ class GalCubeCraft:
         self.seed = seed
         self.entropy = seed if seed is not None else np.random.SeedSequence().entropy
         self.results = []
-        self._draws = [self.population.draw(i, self._rng(i, 0)) for i in range(self.n_cubes)]
+        self._draw_cache = {}
         kernel = None
         if self.spectral_smoothing > 0:
             kernel = F.gaussian_kernel_1d(self.spectral_smoothing, dtype=torch.float64)
@@ -190,6 +190,19 @@ class GalCubeCraft:
     @property
     def n_gals(self):
         return [len(d["galaxies"]) for d in self._draws]
+
+    @property
+    def _draws(self):
+        """Every cube's draw (made on first use: 0.1.0's per-cube attributes need them all)."""
+        return [self.draw(i) for i in range(self.n_cubes)]
+
+    def draw(self, index):
+        """Cube ``index``'s galaxies: its `SeedPopulation.draw`, from its own random stream."""
+        if index not in self._draw_cache:
+            if not 0 <= index < self.n_cubes:
+                raise IndexError(f"cube index {index} out of range for {self.n_cubes} cubes")
+            self._draw_cache[index] = self.population.draw(index, self._rng(index, 0))
+        return self._draw_cache[index]
 
     @property
     def resolution(self):
@@ -300,7 +313,7 @@ class GalCubeCraft:
         """Make cube ``index`` (0-based) without saving it; returns a `GeneratedCube`."""
         if not 0 <= index < self.n_cubes:
             raise IndexError(f"cube index {index} out of range for {self.n_cubes} cubes")
-        draw = self._draws[index]
+        draw = self.draw(index)
         clean = self._render(draw)
         params = {
             "galaxy_centers": [np.array([row["x_pix"], row["y_pix"], row["z_pix"]])
