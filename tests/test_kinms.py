@@ -55,7 +55,7 @@ def l1(a, b):
 
 @pytest.fixture(scope="module")
 def reference():
-    return ours(oversample=4, minor_density=2)
+    return ours(oversample=4, minor_density=2, footprint_nodes=3)
 
 
 def test_agrees_with_kinms_within_its_sampling_noise(reference):
