@@ -107,15 +107,18 @@ class Explorer:
     # ------------------------------------------------------------------ drawing
     def _build_figure(self):
         self.figure = Figure(figsize=(12, 3.8))   # not pyplot's: shown only through the widget
-        self._axes = [self.figure.add_subplot(1, 3, k + 1) for k in range(3)]
+        sky = self.grid().wcs.celestial
+        self._axes = [self.figure.add_subplot(1, 3, 1, projection=sky),
+                      self.figure.add_subplot(1, 3, 2, projection=sky),
+                      self.figure.add_subplot(1, 3, 3)]
         blank = np.zeros(self.shape[1:])
         self._images = [self._axes[0].imshow(blank, origin="lower", cmap="inferno"),
                         self._axes[1].imshow(blank, origin="lower", cmap="RdBu_r")]
         for ax, title in zip(self._axes[:2], ("Moment 0 [Jy/beam km/s]", "Moment 1 [km/s]")):
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel("x [pixel]")
+            ax.set_xlabel("Right ascension")
+            ax.set_ylabel("Declination")
             self.figure.colorbar(ax.images[0], ax=ax, fraction=0.046)
-        self._axes[0].set_ylabel("y [pixel]")
         (self._line,) = self._axes[2].step([], [], where="mid")
         self._axes[2].set_xlabel("radio velocity [km/s]")
         self._axes[2].set_ylabel("flux density [Jy]")

@@ -20,7 +20,9 @@ def images(e):
 
 
 def test_every_slider_is_wired(explorer):
+    from astropy.visualization.wcsaxes import WCSAxes
     assert set(explorer.sliders) == set(SLIDERS)
+    assert all(isinstance(ax, WCSAxes) for ax in explorer._axes[:2])
     box = explorer.widget()
     assert explorer.save_button in box.children[-1].children
 
