@@ -1,12 +1,14 @@
 """The observation grid: pixels on the sky, velocity channels and the beam."""
 import math
 
+import astropy.constants as const
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from radio_beam import Beam
 
+from . import lines
 from .units import validate_quantity
 
 __all__ = ["CubeGrid", "CO_1_0"]
@@ -62,10 +64,16 @@ class CubeGrid:
         Sky position of the field centre (default RA = Dec = 0, ICRS).
     velocity_center : `~astropy.units.Quantity` [speed]
         Radio velocity at the spectral centre of the cube (default 0 km/s).
-    rest_frequency : `~astropy.units.Quantity` [frequency]
-        Rest frequency of the line (default CO(1-0), 115.2712018 GHz); written
+    rest_frequency : `~astropy.units.Quantity` [frequency] or str
+        Rest frequency of the line, or a line name of `galcubecraft.lines.LINES`
+        such as ``"CO(3-2)"`` (default CO(1-0), 115.2712018 GHz); written
         as ``RESTFRQ`` so that CASA and spectral-cube can convert velocity
         and frequency.
+    spectral_type : {'VRAD', 'FREQ'}
+        The cube's third axis in its WCS and FITS files: radio velocity in
+        km/s (default) or frequency in Hz.  The channels are the same: evenly
+        spaced radio velocities are evenly spaced frequencies,
+        ``f = f0 (1 - v / c)``, so either axis describes them exactly.
     projection : str
         Three-letter celestial projection code (default ``'SIN'``, what
         interferometers image in).
@@ -84,7 +92,7 @@ class CubeGrid:
 
     def __init__(self, shape, pixel_scale, channel_width, beam=None, center=None,
                  velocity_center=0 * _KMS, rest_frequency=CO_1_0, projection="SIN",
-                 specsys="LSRK"):
+                 specsys="LSRK", spectral_type="VRAD"):
         self.shape = self._validate_shape(shape)
         self.pixel_scale = validate_quantity("pixel_scale", pixel_scale, u.arcsec, positive=True)
         self.channel_width = validate_quantity("channel_width", channel_width, _KMS)
@@ -97,8 +105,13 @@ class CubeGrid:
             raise TypeError(f"center must be a scalar SkyCoord, got {center!r}")
         self.center = center.icrs
         self.velocity_center = validate_quantity("velocity_center", velocity_center, _KMS)
+        if isinstance(rest_frequency, str):
+            rest_frequency = lines.rest_frequency(rest_frequency)
         self.rest_frequency = validate_quantity("rest_frequency", rest_frequency, u.Hz,
                                                 positive=True)
+        if spectral_type not in ("VRAD", "FREQ"):
+            raise ValueError(f"spectral_type must be 'VRAD' or 'FREQ', got {spectral_type!r}")
+        self.spectral_type = spectral_type
         if not (isinstance(projection, str) and len(projection) == 3 and projection.isalpha()):
             raise ValueError(f"projection must be a three-letter code such as 'SIN', "
                              f"got {projection!r}")
@@ -175,16 +188,23 @@ class CubeGrid:
 
     @property
     def wcs(self):
-        """A 3-D `~astropy.wcs.WCS` (RA, Dec, VRAD) describing the grid."""
+        """A 3-D `~astropy.wcs.WCS` (RA, Dec, VRAD or FREQ) describing the grid."""
         n_chan, ny, nx = self.shape
         w = WCS(naxis=3)
-        w.wcs.ctype = [f"RA---{self.projection}", f"DEC--{self.projection}", "VRAD"]
-        w.wcs.cunit = ["deg", "deg", "km/s"]
+        w.wcs.ctype = [f"RA---{self.projection}", f"DEC--{self.projection}", self.spectral_type]
         pix = self.pixel_scale.to_value(u.deg)
-        w.wcs.cdelt = [-pix, pix, self.channel_width.to_value(_KMS)]
+        if self.spectral_type == "VRAD":
+            w.wcs.cunit = ["deg", "deg", "km/s"]
+            spectral = self.velocity_center.to_value(_KMS), self.channel_width.to_value(_KMS)
+        else:   # radio convention: f = f0 (1 - v/c), exactly linear in v
+            w.wcs.cunit = ["deg", "deg", "Hz"]
+            f0 = self.rest_frequency.to_value(u.Hz)
+            c = const.c.to_value(_KMS)
+            spectral = (f0 * (1 - self.velocity_center.to_value(_KMS) / c),
+                        -f0 * self.channel_width.to_value(_KMS) / c)
+        w.wcs.cdelt = [-pix, pix, spectral[1]]
         w.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2, (n_chan + 1) / 2]
-        w.wcs.crval = [self.center.ra.deg, self.center.dec.deg,
-                       self.velocity_center.to_value(_KMS)]
+        w.wcs.crval = [self.center.ra.deg, self.center.dec.deg, spectral[0]]
         w.wcs.radesys = "ICRS"
         w.wcs.specsys = self.specsys
         w.wcs.restfrq = self.rest_frequency.to_value(u.Hz)

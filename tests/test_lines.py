@@ -1,0 +1,85 @@
+"""Line catalogue and frequency axes: names resolve, FREQ and VRAD cubes are the same cube."""
+import subprocess
+import sys
+from pathlib import Path
+
+import astropy.constants as const
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.io import fits
+from spectral_cube import SpectralCube
+
+import galcubecraft as gcc
+from conftest import KMS, make_galaxy
+from galcubecraft.lines import LINES, rest_frequency
+
+VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate_fits_cube.py"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("CO(1-0)", 115.2712018 * u.GHz), ("co(3-2)", 345.7959899 * u.GHz),
+    ("CO (2-1)", 230.538 * u.GHz), ("[CII]", 1900.5369 * u.GHz),
+    ("HI", 1.420405751768 * u.GHz),
+    ("Halpha", (const.c / (6564.614 * u.AA)).to(u.GHz)),
+    ("[OIII]5007", (const.c / (5008.240 * u.AA)).to(u.GHz)),
+])
+def test_rest_frequencies(name, expected):
+    assert u.isclose(rest_frequency(name), expected, rtol=1e-12)
+    assert rest_frequency(name).unit == u.GHz
+
+
+def test_unknown_line_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"CO\(3-2\)") as info:
+        rest_frequency("CO(42-41)")
+    assert "CO(42-41)" in str(info.value)
+    with pytest.raises(TypeError):
+        rest_frequency(115)
+    assert len(LINES) >= 14
+
+
+def grid(**kw):
+    args = dict(shape=(24, 40, 40), pixel_scale=1 * u.arcsec, channel_width=20 * KMS,
+                beam=3 * u.arcsec, velocity_center=50 * KMS, rest_frequency="CO(3-2)")
+    args.update(kw)
+    return gcc.CubeGrid(**args)
+
+
+def test_grid_takes_a_line_name():
+    assert u.isclose(grid().rest_frequency, 345.7959899 * u.GHz)
+    assert grid().wcs.wcs.restfrq == pytest.approx(345.7959899e9)
+    with pytest.raises(ValueError, match="spectral_type"):
+        grid(spectral_type="VOPT")
+
+
+@pytest.mark.parametrize("width", [20, -20])
+def test_freq_and_vrad_cubes_are_the_same_cube(tmp_path, width):
+    """Same data; spectral axes agree exactly after spectral-cube's radio conversion."""
+    galaxy = make_galaxy(v_sys=50 * KMS)
+    vrad = gcc.render(galaxy, grid(channel_width=width * KMS))
+    freq = gcc.render(galaxy, grid(channel_width=width * KMS, spectral_type="FREQ"))
+    np.testing.assert_array_equal(vrad.unitless_filled_data[:], freq.unitless_filled_data[:])
+    path = tmp_path / "freq.fits"
+    freq.write(path)
+    header = fits.getheader(path)
+    assert header["CTYPE3"] == "FREQ" and header["CUNIT3"] == "Hz"
+    assert header["RESTFRQ"] == pytest.approx(345.7959899e9)
+    # frequency falls as radio velocity rises
+    assert np.sign(header["CDELT3"]) == -np.sign(width)
+    read = SpectralCube.read(path).with_spectral_unit(KMS, velocity_convention="radio")
+    np.testing.assert_allclose(read.spectral_axis.to_value(KMS),
+                               vrad.spectral_axis.to_value(KMS), atol=1e-6)
+    # the line is where the galaxy's systemic velocity puts it
+    spec = read.unmasked_data[:].value.sum(axis=(1, 2))
+    v = read.spectral_axis.to_value(KMS)
+    assert (spec * v).sum() / spec.sum() == pytest.approx(50, abs=1.0)
+
+
+@pytest.mark.skipif(not VALIDATOR.exists(), reason="shared FITS validator not present")
+def test_freq_cube_passes_the_shared_validator(tmp_path):
+    path = tmp_path / "freq.fits"
+    gcc.render(make_galaxy(), grid(spectral_type="FREQ")).write(path)
+    run = subprocess.run([sys.executable, str(VALIDATOR), str(path)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "FAIL" not in run.stdout
