@@ -9,6 +9,7 @@ from astropy.wcs import WCS
 from radio_beam import Beam
 
 from . import lines
+from .response import SpectralResponse
 from .units import validate_quantity
 
 __all__ = ["CubeGrid", "CO_1_0"]
@@ -69,6 +70,9 @@ class CubeGrid:
         such as ``"CO(3-2)"`` (default CO(1-0), 115.2712018 GHz); written
         as ``RESTFRQ`` so that CASA and spectral-cube can convert velocity
         and frequency.
+    spectral_response : `~galcubecraft.response.SpectralResponse`, optional
+        The instrument's line-spread function beyond the channel box, e.g.
+        ``GaussianLSF(fwhm)`` or ``Hanning()`` (default: none).
     spectral_type : {'VRAD', 'FREQ'}
         The cube's third axis in its WCS and FITS files: radio velocity in
         km/s (default) or frequency in Hz.  The channels are the same: evenly
@@ -92,7 +96,7 @@ class CubeGrid:
 
     def __init__(self, shape, pixel_scale, channel_width, beam=None, center=None,
                  velocity_center=0 * _KMS, rest_frequency=CO_1_0, projection="SIN",
-                 specsys="LSRK", spectral_type="VRAD"):
+                 specsys="LSRK", spectral_type="VRAD", spectral_response=None):
         self.shape = self._validate_shape(shape)
         self.pixel_scale = validate_quantity("pixel_scale", pixel_scale, u.arcsec, positive=True)
         self.channel_width = validate_quantity("channel_width", channel_width, _KMS)
@@ -112,6 +116,10 @@ class CubeGrid:
         if spectral_type not in ("VRAD", "FREQ"):
             raise ValueError(f"spectral_type must be 'VRAD' or 'FREQ', got {spectral_type!r}")
         self.spectral_type = spectral_type
+        if spectral_response is not None and not isinstance(spectral_response, SpectralResponse):
+            raise TypeError(f"spectral_response must be a SpectralResponse (e.g. Hanning()), "
+                            f"got {spectral_response!r}")
+        self.spectral_response = spectral_response
         if not (isinstance(projection, str) and len(projection) == 3 and projection.isalpha()):
             raise ValueError(f"projection must be a three-letter code such as 'SIN', "
                              f"got {projection!r}")
@@ -151,7 +159,11 @@ class CubeGrid:
     @property
     def channel_edges(self):
         """The ``n_chan + 1`` channel boundaries (km/s), in channel order."""
-        k = np.arange(self.n_chan + 1) - self.n_chan / 2
+        return self.extended_channel_edges(0)
+
+    def extended_channel_edges(self, extra):
+        """Channel boundaries of the band extended by ``extra`` channels at each end."""
+        k = np.arange(-extra, self.n_chan + extra + 1) - self.n_chan / 2
         return (self.velocity_center + k * self.channel_width).to(_KMS)
 
     def sky_offsets(self, margin=0):

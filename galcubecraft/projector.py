@@ -155,6 +155,11 @@ class Projector:
         else:
             self.margin, self._beam, self.brightness_scale = 0, None, 1.0
         self.padded_shape = (ny + 2 * self.margin, nx + 2 * self.margin)
+        # the spectral response reaches this many channels beyond the band: render them too
+        response = getattr(grid, "spectral_response", None)
+        self._response = None if response is None else np.asarray(
+            response.kernel(grid.channel_width), dtype=float)
+        self.chan_margin = 0 if response is None else (len(self._response) - 1) // 2
         self.fft_shape = tuple(scipy.fft.next_fast_len(s, real=True) for s in self.padded_shape)
         self._build_cache()
 
@@ -164,8 +169,11 @@ class Projector:
         east, north = self.grid.sky_offsets(margin=self.margin).to_value(u.arcsec)
         self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
-        self._edges = torch.as_tensor(self.grid.channel_edges.to_value(u.km / u.s),
-                                      device=dev, dtype=dt)
+        self._edges = torch.as_tensor(
+            self.grid.extended_channel_edges(self.chan_margin).to_value(u.km / u.s),
+            device=dev, dtype=dt)
+        self._kernel = (None if self._response is None
+                        else torch.as_tensor(self._response, device=dev, dtype=dt))
         if self._beam is not None:
             self._transfer = F.beam_transfer_function(self.fft_shape, *self._beam,
                                                       device=dev, dtype=dt)
@@ -236,8 +244,10 @@ class Projector:
     def project(self, params, kinematics):
         """The model before the beam, on the grid padded by the beam margin.
 
-        Returns ``(batch, n_chan, ny + 2 margin, nx + 2 margin)`` in the
-        brightness unit of the output (so that `observe` is only the beam).
+        Returns ``(batch, n_chan + 2 chan_margin, ny + 2 margin, nx + 2 margin)``
+        (with the channels a spectral response reaches beyond the band) in the
+        brightness unit of the output (so that `observe` is only the beam and the spectral
+        response).
         """
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
@@ -424,9 +434,11 @@ class Projector:
         return buf
 
     def observe(self, model):
-        """Convolve a padded model with the beam (FFT) and cut it to the grid."""
+        """Convolve a padded model with the beam (FFT) and spectral response; cut to the grid."""
         m = self.margin
         if self._transfer is not None:
             model = F.convolve_beam(model, self._transfer, self.fft_shape)
+        if self._kernel is not None:
+            model = F.convolve_spectral(model, self._kernel)
         _, ny, nx = self.grid.shape
         return model[..., m:m + ny, m:m + nx]
