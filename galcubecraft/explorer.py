@@ -17,6 +17,7 @@ from .components import ArctanRotationCurve, ExponentialVertical, SersicDisk
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .render import render
+from .visualise import emission_mask
 
 __all__ = ["Explorer"]
 
@@ -137,7 +138,7 @@ class Explorer:
         velocity = grid.spectral_axis.to_value(_KMS)
         dv = abs(grid.channel_width.to_value(_KMS))
         mom0 = data.sum(axis=0) * dv
-        weight = np.where(data > 1e-3 * data.max(), data, 0.0)
+        weight = np.where(emission_mask(data), data, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mom1 = (weight * velocity[:, None, None]).sum(0) / weight.sum(0)
         self._images[0].set_data(mom0)

@@ -311,17 +311,6 @@ def convolve_beam(images, transfer, fft_shape):
     return out[..., :ny, :nx]
 
 
-def gaussian_kernel_1d(sigma, *, truncate=4.0, device=None, dtype=torch.float32):
-    """Unit-sum Gaussian weights at integer offsets ``-m..m``, ``m = ceil(truncate * sigma)``.
-
-    The same kernel as `scipy.ndimage.gaussian_filter1d`; ``sigma`` in samples (> 0).
-    """
-    half = int(math.ceil(truncate * sigma))
-    k = torch.arange(-half, half + 1, device=device, dtype=torch.float64)
-    w = torch.exp(-0.5 * (k / sigma) ** 2)
-    return (w / w.sum()).to(dtype)
-
-
 def convolve_spectral(cubes, kernel):
     """Convolve the channel axis (``-3``) of ``(..., n_chan, ny, nx)`` with a 1-D kernel.
 

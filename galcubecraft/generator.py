@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import functional as F
 from ._files import atomic_path
 from .cube import to_spectral_cube
 from .noise import correlated_noise, peak_rms, white_noise
 from .population import SeedPopulation
 from .projector import Projector
-from .render import stack_parameters
+from .render import render_tensor
+from .response import SampledGaussian
 from .units import validate_number
 
 __all__ = ["GalCubeCraft", "GeneratedCube"]
@@ -178,12 +178,8 @@ class GalCubeCraft:
         self.entropy = seed if seed is not None else np.random.SeedSequence().entropy
         self.results = []
         self._draw_cache = {}
-        kernel = None
-        if self.spectral_smoothing > 0:
-            kernel = F.gaussian_kernel_1d(self.spectral_smoothing, dtype=torch.float64)
-        self._kernel = kernel
-        self._margin = 0 if kernel is None else (kernel.numel() - 1) // 2
-        self.grid = self.population.grid()
+        self.grid = self.population.grid(
+            SampledGaussian(self.spectral_smoothing) if self.spectral_smoothing > 0 else None)
         self._projector = None
 
     # ------------------------------------------------------------------ 0.1.0's attributes
@@ -296,17 +292,9 @@ class GalCubeCraft:
 
     def _render(self, draw):
         if self._projector is None:
-            self._projector = Projector(self.population.grid(self._margin), device=self.device)
-        projector = self._projector
+            self._projector = Projector(self.grid, device=self.device)
         with torch.no_grad():
-            model = None
-            for kinematics, params in stack_parameters(draw["objects"], projector.device,
-                                                       projector.dtype):
-                part = projector.project(params, kinematics).sum(dim=0)
-                model = part if model is None else model + part
-            cube = projector.observe(model)
-            if self._kernel is not None:
-                cube = F.convolve_spectral(cube, self._kernel.to(cube))
+            cube = render_tensor(draw["objects"], self.grid, projector=self._projector)
         return cube.cpu().numpy().astype(np.float32)
 
     def generate_one(self, index):

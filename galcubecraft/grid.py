@@ -10,9 +10,9 @@ from radio_beam import Beam
 
 from . import lines
 from .response import SpectralResponse
-from .units import validate_quantity
+from .units import FWHM_PER_SIGMA, validate_quantity
 
-__all__ = ["CubeGrid", "CO_1_0"]
+__all__ = ["CubeGrid", "CO_1_0", "beam_in_pixels"]
 
 #: Rest frequency of CO(1-0), the default line (CDMS/Splatalogue).
 CO_1_0 = 115.2712018 * u.GHz
@@ -20,6 +20,19 @@ CO_1_0 = 115.2712018 * u.GHz
 _KMS = u.km / u.s
 #: Largest number of voxels a grid may have (a float32 cube of this size is 16 GiB).
 MAX_VOXELS = 2**32
+
+
+def beam_in_pixels(beam, pixel_scale):
+    """``(sigma_major, sigma_minor, angle)`` of a `radio_beam.Beam` on square pixels.
+
+    Sigmas in pixels; ``angle`` (rad) of the major axis counter-clockwise from
+    +x (columns) on an image with east to the left: ``pi/2 + PA``, what
+    `galcubecraft.functional.beam_transfer_function` takes.
+    """
+    pixel = u.Quantity(pixel_scale).to_value(u.arcsec)
+    return (beam.major.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
+            beam.minor.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
+            math.pi / 2 + beam.pa.to_value(u.rad))
 
 
 def _validate_beam(beam):

@@ -32,12 +32,11 @@ import torch
 from radio_beam import Beam
 
 from . import functional as F
+from .grid import beam_in_pixels
 from .units import validate_number, validate_quantity
 
 __all__ = ["rng_from_seed", "beam_from_info", "peak_rms", "white_noise", "correlated_noise",
            "apply_noise", "apply_and_convolve_noise", "convolve_beam"]
-
-_FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
 
 
 def rng_from_seed(seed):
@@ -168,9 +167,7 @@ def correlated_noise(shape, beam, rms, seed=None, pixel_scale=1 * u.arcsec):
     rms = validate_number("rms", rms, minimum=0)
     beam = beam_from_info(beam, pixel_scale)
     pixel = validate_quantity("pixel_scale", pixel_scale, u.arcsec, positive=True)
-    beam_pixels = ((beam.major / pixel).decompose().value / _FWHM_PER_SIGMA,
-                   (beam.minor / pixel).decompose().value / _FWHM_PER_SIGMA,
-                   math.pi / 2 + beam.pa.to_value(u.rad))
+    beam_pixels = beam_in_pixels(beam, pixel)
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (..., ny, nx) with positive sizes, got {shape}")
@@ -219,14 +216,11 @@ def convolve_beam(cube, beam_info):
     """
     data, back = _as_array(cube)
     beam = beam_from_info(beam_info)
-    sig_maj = beam.major.to_value(u.arcsec) / _FWHM_PER_SIGMA
-    sig_min = beam.minor.to_value(u.arcsec) / _FWHM_PER_SIGMA
-    pad = int(math.ceil(5 * sig_maj))
+    sigmas = beam_in_pixels(beam, 1 * u.arcsec)     # beam_info is in pixels
+    pad = int(math.ceil(5 * sigmas[0]))
     ny, nx = data.shape[-2:]
     fft_shape = (ny + 2 * pad, nx + 2 * pad)
-    transfer = F.beam_transfer_function(fft_shape, sig_maj, sig_min,
-                                        math.pi / 2 + beam.pa.to_value(u.rad),
-                                        dtype=torch.float64)
+    transfer = F.beam_transfer_function(fft_shape, *sigmas, dtype=torch.float64)
     padded = torch.nn.functional.pad(torch.from_numpy(np.ascontiguousarray(data, float)),
                                      (pad, pad, pad, pad))
     out = F.convolve_beam(padded, transfer, fft_shape)[..., pad:pad + ny, pad:pad + nx]

@@ -12,9 +12,11 @@ import math
 
 import astropy.units as u
 import numpy as np
+import torch
 from astropy.table import QTable
-from scipy.special import gammaincinv, gammaln
+from scipy.special import gammaincinv
 
+from . import functional as F
 from .components import AnalyticRotationCurve, ExponentialVertical, SersicDisk
 from .galaxy import Galaxy, default_cosmology
 from .grid import CubeGrid
@@ -31,9 +33,10 @@ VISUALISE_RATIOS = (0.3, 1.2, 2.0, 3.0, 5.0)
 
 
 def _sersic_volume(n, r_eff, h):
-    """Integral of exp(-b_n((R/R_e)^(1/n) - 1)) exp(-|z|/h) over all space (exact b_n)."""
-    b = gammaincinv(2 * n, 0.5)
-    return 2 * math.pi * n * r_eff**2 * math.exp(b + gammaln(2 * n) - 2 * n * math.log(b)) * 2 * h
+    """Integral of exp(-b_n((R/R_e)^(1/n) - 1)) exp(-|z|/h) over all space (exact b_n), per
+    galaxy: the disk's total flux at unit amplitude times 2 h."""
+    n, r_eff = (torch.as_tensor(np.asarray(x, float)) for x in (n, r_eff))
+    return F.sersic_total_flux(torch.ones_like(n), r_eff, n).numpy() * 2 * np.asarray(h)
 
 
 class SeedPopulation:
@@ -124,16 +127,12 @@ class SeedPopulation:
     def channel_width(self):
         return (self.velocity_range[1] - self.velocity_range[0]) / self.n_spectral_slices
 
-    def grid(self, extra_channels=0):
-        """The observation: ``grid_size`` square pixels, the band, the beam.
-
-        ``extra_channels`` extends the band by that many channels at each end
-        (for a spectral response that reaches across the band edges).
-        """
-        return CubeGrid(shape=(self.n_spectral_slices + 2 * extra_channels, self.grid_size,
-                               self.grid_size),
+    def grid(self, spectral_response=None):
+        """The observation: ``grid_size`` square pixels, the band, the beam (and a response)."""
+        return CubeGrid(shape=(self.n_spectral_slices, self.grid_size, self.grid_size),
                         pixel_scale=self.pixel_scale, channel_width=self.channel_width,
-                        beam=self.beam, velocity_center=self.velocity_range.mean())
+                        beam=self.beam, velocity_center=self.velocity_range.mean(),
+                        spectral_response=spectral_response)
 
     # ------------------------------------------------------------------ drawing
     def resolution_ratio(self, index, rng):
@@ -185,12 +184,12 @@ class SeedPopulation:
         v_sys = self.velocity_range.mean().to_value(_KMS) + hubble + peculiar
         centre = (self.grid_size - 1) / 2
 
+        r_e, h_z, sersic_n = np.asarray(r_e), np.asarray(h_z), np.asarray(sersic_n)
+        fluxes = (np.asarray(s_es) * self.emissivity_unit
+                  * _sersic_volume(sersic_n, r_e, h_z)).to(u.Jy * _KMS)
         objects = []
-        fluxes = []
         for k in range(n_gal):
-            flux = (s_es[k] * self.emissivity_unit
-                    * _sersic_volume(sersic_n[k], r_e[k], h_z[k])).to(u.Jy * _KMS)
-            fluxes.append(flux.value)
+            flux = fluxes[k]
             east, north = -offsets[k, 0] * self.pixel_scale, offsets[k, 1] * self.pixel_scale
             objects.append(Galaxy(
                 surface=SersicDisk(r_eff=r_e[k] * pix_kpc * u.kpc, n=sersic_n[k]),
@@ -199,7 +198,6 @@ class SeedPopulation:
                 inclination=inclination[k] * u.deg, position_angle=position_angle[k] * u.deg,
                 flux=flux, dispersion=dispersion[k] * _KMS, v_sys=v_sys[k] * _KMS,
                 offset=u.Quantity([east, north]), distance=distance))
-        r_e, h_z, sersic_n = np.asarray(r_e), np.asarray(h_z), np.asarray(sersic_n)
         b_n = gammaincinv(2 * sersic_n, 0.5)
         pixel = self.pixel_scale.to(u.arcsec)
         table = QTable({
@@ -211,7 +209,7 @@ class SeedPopulation:
             "r_eff": r_e * pix_kpc * u.kpc, "r_eff_pix": r_e,
             "scale_height": h_z * pix_kpc * u.kpc, "scale_height_pix": h_z,
             "sersic_n": sersic_n, "S_e": np.asarray(s_es),
-            "flux": np.asarray(fluxes) * u.Jy * _KMS,
+            "flux": fluxes,
             "v_0": np.full(n_gal, self.v_0.to_value(_KMS)) * _KMS,
             "r_0": 2 * r_e * pix_kpc / b_n ** sersic_n * u.kpc,
             "dispersion": dispersion * _KMS,

@@ -45,10 +45,10 @@ from torch.utils.checkpoint import checkpoint
 import astropy.units as u
 
 from . import functional as F
+from .grid import beam_in_pixels
 
 __all__ = ["Projector"]
 
-_FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 _TRUNCATION_FRACTION = 1e-6
 #: Floor on cos(i): an exactly edge-on disk is rendered at i = 89.94 deg (projected minor axis
@@ -147,10 +147,8 @@ class Projector:
         self.pixel = grid.pixel_scale.to_value(u.arcsec)
         self.channel_width = grid.channel_width.to_value(u.km / u.s)
         if grid.beam is not None:
-            sig_maj = grid.beam.major.to_value(u.arcsec) / self.pixel / _FWHM_PER_SIGMA
-            sig_min = grid.beam.minor.to_value(u.arcsec) / self.pixel / _FWHM_PER_SIGMA
-            self.margin = int(math.ceil(_BEAM_MARGIN_SIGMAS * sig_maj))
-            self._beam = (sig_maj, sig_min, math.pi / 2 + grid.beam.pa.to_value(u.rad))
+            self._beam = beam_in_pixels(grid.beam, grid.pixel_scale)
+            self.margin = int(math.ceil(_BEAM_MARGIN_SIGMAS * self._beam[0]))
             self.brightness_scale = float((grid.beam.sr / grid.pixel_area).decompose())
         else:
             self.margin, self._beam, self.brightness_scale = 0, None, 1.0
@@ -161,6 +159,7 @@ class Projector:
             response.kernel(grid.channel_width), dtype=float)
         self.chan_margin = 0 if response is None else (len(self._response) - 1) // 2
         self.fft_shape = tuple(scipy.fft.next_fast_len(s, real=True) for s in self.padded_shape)
+        self._erf_work = None      # scratch for erf_at_edges, grown on demand
         self._build_cache()
 
     # ------------------------------------------------------------------ cached tensors
@@ -427,7 +426,7 @@ class Projector:
         """A reused scratch tensor of at least ``n`` elements for `erf_at_edges` (no autograd)."""
         if torch.is_grad_enabled():
             return None
-        buf = getattr(self, "_erf_work", None)
+        buf = self._erf_work
         if buf is None or buf.numel() < n or buf.device != self.device or buf.dtype != self.dtype:
             buf = torch.empty(n, device=self.device, dtype=self.dtype)
             self._erf_work = buf

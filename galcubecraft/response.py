@@ -13,11 +13,9 @@ import astropy.units as u
 import numpy as np
 from scipy.special import erf
 
-from .units import validate_velocity
+from .units import FWHM_PER_SIGMA, validate_number, validate_velocity
 
-__all__ = ["SpectralResponse", "GaussianLSF", "Hanning"]
-
-_FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
+__all__ = ["SpectralResponse", "GaussianLSF", "SampledGaussian", "Hanning"]
 
 
 class SpectralResponse:
@@ -45,7 +43,7 @@ class GaussianLSF(SpectralResponse):
 
     def kernel(self, channel_width):
         width = abs(u.Quantity(channel_width).to_value(u.km / u.s))
-        sigma = self.fwhm.to_value(u.km / u.s) / _FWHM_PER_SIGMA / width   # in channels
+        sigma = self.fwhm.to_value(u.km / u.s) / FWHM_PER_SIGMA / width   # in channels
         half = max(1, int(math.ceil(self.truncate * sigma)))
         edges = (np.arange(-half, half + 2) - 0.5) / (math.sqrt(2) * sigma)
         w = 0.5 * np.diff(erf(edges))
@@ -53,6 +51,24 @@ class GaussianLSF(SpectralResponse):
 
     def __repr__(self):
         return f"<GaussianLSF fwhm={self.fwhm}>"
+
+
+class SampledGaussian(SpectralResponse):
+    """A Gaussian of ``sigma`` *channels* sampled at channel centres, out to ``truncate`` sigma
+    and normalised: the kernel of `scipy.ndimage.gaussian_filter1d`, which GalCubeCraft 0.1.0
+    applies to its cubes with sigma = 0.6 channel."""
+
+    def __init__(self, sigma, truncate=4.0):
+        self.sigma = validate_number("sigma", sigma, positive=True)
+        self.truncate = float(truncate)
+
+    def kernel(self, channel_width):
+        half = int(math.ceil(self.truncate * self.sigma))
+        w = np.exp(-0.5 * (np.arange(-half, half + 1) / self.sigma) ** 2)
+        return w / w.sum()
+
+    def __repr__(self):
+        return f"<SampledGaussian sigma={self.sigma} channels>"
 
 
 class Hanning(SpectralResponse):

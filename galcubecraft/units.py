@@ -10,8 +10,11 @@ import math
 import numpy as np
 import astropy.units as u
 
-__all__ = ["INTERNAL", "validate_quantity", "validate_number", "validate_size", "validate_velocity",
-           "validate_line_flux", "check_finite"]
+__all__ = ["FWHM_PER_SIGMA", "INTERNAL", "validate_quantity", "validate_number", "validate_size",
+           "validate_velocity", "validate_line_flux", "check_finite"]
+
+#: FWHM of a Gaussian in units of its standard deviation, sqrt(8 ln 2).
+FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
 
 #: Internal unit of each physical quantity handled by the projector.
 INTERNAL = {

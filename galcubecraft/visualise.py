@@ -24,6 +24,12 @@ __all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_map
 _KMS = u.km / u.s
 
 
+def _pixel_scale(cube):
+    """Angular size of a (square) pixel of ``cube``."""
+    celestial = cube.wcs.celestial
+    return abs(celestial.wcs.cdelt[1]) * u.Unit(celestial.wcs.cunit[1])
+
+
 def emission_mask(cube, noise_rms=None, threshold=3.0, fraction=1e-3):
     """Voxels above ``threshold * noise_rms``, or above ``fraction`` of the peak without noise."""
     data = cube.filled_data[:].value if isinstance(cube, SpectralCube) else np.asarray(cube)
@@ -48,7 +54,7 @@ def _add_beam(ax, cube, color):
     beam = getattr(cube, "beam", None)
     if beam is None:
         return
-    pixscale = u.Quantity(abs(cube.wcs.celestial.wcs.cdelt[1]), cube.wcs.celestial.wcs.cunit[1])
+    pixscale = _pixel_scale(cube)
     ny, nx = cube.shape[1:]
     size = (beam.major / pixscale).decompose().value
     ellipse = beam.ellipse_to_plot(size / 2 + 0.05 * nx, size / 2 + 0.05 * ny, pixscale)
@@ -174,7 +180,7 @@ def pv_slice(cube, position_angle, center=None, length=None):
         cy, cx = (ny - 1) / 2, (nx - 1) / 2
     else:
         cx, cy = celestial.world_to_pixel(center)
-    pixel = abs(celestial.wcs.cdelt[1]) * u.Unit(celestial.wcs.cunit[1])
+    pixel = _pixel_scale(cube)
     pa = u.Quantity(position_angle, u.deg).to_value(u.rad)
     half = (length / pixel).decompose().value / 2 if length is not None else min(ny, nx) / 2
     steps = np.arange(-np.floor(half), np.floor(half) + 1)
@@ -259,8 +265,7 @@ def spectrum(cube, figsize=(7, 4.5)):
     cube = velocity_cube(cube)
     data = cube.filled_data[:]
     if data.unit.is_equivalent(u.Jy / u.beam):
-        pixel = abs(cube.wcs.celestial.wcs.cdelt[1]) * u.Unit(cube.wcs.celestial.wcs.cunit[1])
-        beam_pixels = (cube.beam.sr / pixel**2).decompose().value
+        beam_pixels = (cube.beam.sr / _pixel_scale(cube)**2).decompose().value
         flux = (data.sum(axis=(1, 2)) / beam_pixels).value * u.Jy
     else:
         flux = data.sum(axis=(1, 2))

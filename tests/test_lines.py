@@ -29,6 +29,18 @@ def test_rest_frequencies(name, expected):
     assert rest_frequency(name).unit == u.GHz
 
 
+def test_co_ladder_is_a_slightly_stretched_rigid_rotor():
+    """nu(J -> J-1) = 2 B J - 4 D J^3: a rigid rotor's harmonic ladder, pulled down by
+    centrifugal distortion; B and D from CO(1-0) and CO(2-1) predict the rest to 1e-6."""
+    nu1, nu2 = (rest_frequency(f"CO({j}-{j - 1})").to_value(u.GHz) for j in (1, 2))
+    d = (2 * nu1 - nu2) / 24          # from nu1 = 2B - 4D, nu2 = 4B - 32D
+    b = (nu1 + 4 * d) / 2
+    assert 0 < d < 1e-5 * b
+    for j in range(3, 11):
+        nu = rest_frequency(f"CO({j}-{j - 1})").to_value(u.GHz)
+        assert nu == pytest.approx(2 * b * j - 4 * d * j**3, rel=1e-6)
+
+
 def test_unknown_line_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"CO\(3-2\)") as info:
         rest_frequency("CO(42-41)")
