@@ -138,6 +138,12 @@ class CubeGrid:
                              f"got {projection!r}")
         self.projection = projection.upper()
         self.specsys = str(specsys).upper()
+        pix = self.pixel_scale.to_value(u.arcsec)
+        # (east, north) arcsec per (column, row) pixel step: east to the left, north up
+        self._sky_matrix = np.array([[-pix, 0.0], [0.0, pix]])
+        self._velocity_edges = None     # radio-velocity channel edges (km/s) of a FITS grid
+        self._wcs = None                # the WCS of a grid read from, or cut out of, a header
+        self.stokes = None              # a FITS grid's degenerate Stokes axis (FITS axis number)
 
     @staticmethod
     def _validate_shape(shape):
@@ -166,18 +172,53 @@ class CubeGrid:
     @property
     def spectral_axis(self):
         """Channel-centre radio velocities (km/s)."""
+        if self._velocity_edges is not None:
+            return self._velocity_centers * _KMS
         k = np.arange(self.n_chan) - (self.n_chan - 1) / 2
         return (self.velocity_center + k * self.channel_width).to(_KMS)
 
     @property
     def channel_edges(self):
-        """The ``n_chan + 1`` channel boundaries (km/s), in channel order."""
+        """The ``n_chan + 1`` channel boundaries (radio velocity, km/s), in channel order."""
         return self.extended_channel_edges(0)
 
+    @property
+    def channel_widths(self):
+        """Signed width of each channel in radio velocity (km/s).
+
+        All equal on grids built by hand; a grid read from a header whose axis is
+        linear in wavelength or optical velocity has channels of slowly changing width.
+        """
+        return np.diff(self.channel_edges)
+
+    @property
+    def is_uniform(self):
+        """Whether all channels have the same width in radio velocity (to 1e-9)."""
+        widths = self.channel_widths.to_value(_KMS)
+        return bool(np.all(np.abs(widths - widths.mean()) <= 1e-9 * np.abs(widths).max()))
+
     def extended_channel_edges(self, extra):
-        """Channel boundaries of the band extended by ``extra`` channels at each end."""
+        """Channel boundaries of the band extended by ``extra`` channels at each end.
+
+        The extension continues the end channels' widths (what a spectral response
+        rendered beyond the band needs).
+        """
+        if self._velocity_edges is not None:
+            edges = self._velocity_edges
+            lo = edges[0] - (edges[1] - edges[0]) * np.arange(extra, 0, -1)
+            hi = edges[-1] + (edges[-1] - edges[-2]) * np.arange(1, extra + 1)
+            return np.concatenate([lo, edges, hi]) * _KMS
         k = np.arange(-extra, self.n_chan + extra + 1) - self.n_chan / 2
         return (self.velocity_center + k * self.channel_width).to(_KMS)
+
+    @property
+    def sky_matrix(self):
+        """``(east, north)`` offset (arcsec) per step of one pixel along ``(x, y)``: a 2x2 array.
+
+        ``[[-pixel, 0], [0, pixel]]`` for grids built by hand (east to the left,
+        north up); a grid read from a header carries its header's rotation.
+        """
+        return self._sky_matrix.copy()
 
     def sky_offsets(self, margin=0):
         """Pixel-centre offsets ``(east, north)`` from the field centre, each (ny, nx), arcsec.
@@ -186,10 +227,11 @@ class CubeGrid:
         ``margin`` extends the grid by that many pixels on every side.
         """
         _, ny, nx = self.shape
-        pix = self.pixel_scale.to_value(u.arcsec)
-        east = -(np.arange(-margin, nx + margin) - (nx - 1) / 2) * pix
-        north = (np.arange(-margin, ny + margin) - (ny - 1) / 2) * pix
-        return np.meshgrid(east, north, indexing="xy") * u.arcsec
+        dx = np.arange(-margin, nx + margin) - (nx - 1) / 2
+        dy = np.arange(-margin, ny + margin) - (ny - 1) / 2
+        dx, dy = np.meshgrid(dx, dy, indexing="xy")
+        m = self._sky_matrix
+        return u.Quantity([m[0, 0] * dx + m[0, 1] * dy, m[1, 0] * dx + m[1, 1] * dy], u.arcsec)
 
     @property
     def pixel_area(self):
@@ -201,19 +243,31 @@ class CubeGrid:
         return u.Jy / u.beam if self.beam is not None else u.Jy / u.pix
 
     def integrated_flux(self, data):
-        """Total line flux of a cube on this grid: ``sum(data) |dv| Omega_pix / Omega_beam``.
+        """Total line flux of a cube on this grid: ``sum(data dv) Omega_pix / Omega_beam``.
 
         ``data`` is an array (or Quantity) in `unit`; returns Jy km/s.
         """
         values = data.to_value(self.unit) if isinstance(data, u.Quantity) else np.asarray(data)
         per_pixel = 1.0 if self.beam is None else float(
             (self.pixel_area / self.beam.sr).decompose())
-        return (float(np.sum(values, dtype=np.float64)) * per_pixel
-                * abs(self.channel_width.to_value(_KMS))) * u.Jy * _KMS
+        widths = np.abs(self.channel_widths.to_value(_KMS))
+        per_channel = np.sum(values, axis=(-2, -1), dtype=np.float64)
+        return float(np.sum(per_channel * widths)) * per_pixel * u.Jy * _KMS
+
+    @property
+    def frequencies(self):
+        """Observed channel-centre frequencies, ``f0 (1 - v / c)`` (GHz)."""
+        if self.rest_frequency is None:
+            raise ValueError("this grid has no rest frequency; give CubeGrid.from_fits a "
+                             "rest_frequency (a Quantity or a line name) to convert to frequency")
+        c = const.c.to_value(_KMS)
+        return (self.rest_frequency * (1 - self.spectral_axis.to_value(_KMS) / c)).to(u.GHz)
 
     @property
     def wcs(self):
         """A 3-D `~astropy.wcs.WCS` (RA, Dec, VRAD or FREQ) describing the grid."""
+        if self._wcs is not None:
+            return self._wcs.deepcopy()
         n_chan, ny, nx = self.shape
         w = WCS(naxis=3)
         w.wcs.ctype = [f"RA---{self.projection}", f"DEC--{self.projection}", self.spectral_type]
@@ -236,12 +290,74 @@ class CubeGrid:
         w.wcs.set()
         return w
 
+    def pixel_of(self, offset):
+        """Array position ``(x, y)`` (0-based pixels) of an ``(east, north)`` offset (arcsec)."""
+        east, north = u.Quantity(offset).to_value(u.arcsec)
+        _, ny, nx = self.shape
+        dx, dy = np.linalg.solve(self._sky_matrix, [east, north])
+        return dx + (nx - 1) / 2, dy + (ny - 1) / 2
+
+    def offset_of_pixel(self, x, y):
+        """``(east, north)`` offset (arcsec) of the 0-based array position ``(x, y)``."""
+        _, ny, nx = self.shape
+        return u.Quantity(self._sky_matrix @ [x - (nx - 1) / 2, y - (ny - 1) / 2], u.arcsec)
+
     def offset_of(self, coord):
         """Tangent-plane ``(east, north)`` offset (arcsec) of a sky position from the centre."""
         x, y = self.wcs.celestial.world_to_pixel(coord)
-        _, ny, nx = self.shape
-        pix = self.pixel_scale.to(u.arcsec)
-        return u.Quantity([-(x - (nx - 1) / 2) * pix, (y - (ny - 1) / 2) * pix])
+        return self.offset_of_pixel(float(x), float(y))
+
+    def beam_pixels(self):
+        """The beam on this grid's pixels: ``(sigma_major, sigma_minor, angle)``.
+
+        Sigmas in pixels; ``angle`` (rad) of the major axis counter-clockwise from
+        +x (columns), what `galcubecraft.functional.beam_transfer_function` takes.
+        """
+        if self.beam is None:
+            return None
+        pa = self.beam.pa.to_value(u.rad)
+        dx, dy = np.linalg.solve(self._sky_matrix, [math.sin(pa), math.cos(pa)])
+        pixel = self.pixel_scale.to_value(u.arcsec)
+        return (self.beam.major.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
+                self.beam.minor.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
+                math.atan2(dy, dx))
+
+    @property
+    def pixel_rotation(self):
+        """Position angle (east of north, deg) of the grid's +y pixel axis (0 for north up)."""
+        return math.degrees(math.atan2(self._sky_matrix[0, 1], self._sky_matrix[1, 1])) * u.deg
+
+    def subgrid(self, channels=slice(None), y=slice(None), x=slice(None)):
+        """The grid of a cutout ``cube[channels, y, x]`` (unit-step slices).
+
+        The cutout keeps the parent's projection, pixels, beam and channels
+        exactly (its WCS is the parent's WCS sliced); its field centre is the
+        cutout's centre, so offsets are measured from there.
+        """
+        slices = []
+        for name, sl, n in zip(("channels", "y", "x"), (channels, y, x), self.shape):
+            if not isinstance(sl, slice) or sl.step not in (None, 1):
+                raise ValueError(f"{name} must be a slice with unit step, got {sl!r}")
+            start, stop, _ = sl.indices(n)
+            if stop <= start:
+                raise ValueError(f"{name} slice {sl!r} selects nothing of {n}")
+            slices.append(slice(start, stop))
+        edges = self.channel_edges.to_value(_KMS)
+        sub = object.__new__(CubeGrid)
+        sub.__dict__.update(self.__dict__)
+        sub.shape = tuple(s.stop - s.start for s in slices)
+        sub._velocity_edges = edges[slices[0].start:slices[0].stop + 1].copy()
+        sub._wcs = self.wcs[tuple(slices)]
+        _, ny, nx = sub.shape
+        sub.center = sub._wcs.celestial.pixel_to_world((nx - 1) / 2, (ny - 1) / 2).icrs
+        sub.velocity_center = float(np.mean(sub._velocity_centers)) * _KMS
+        sub.channel_width = float(np.mean(np.diff(sub._velocity_edges))) * _KMS
+        return sub
+
+    @property
+    def _velocity_centers(self):
+        edges = self._velocity_edges
+        return 0.5 * (edges[1:] + edges[:-1])
 
     def __repr__(self):
         beam = "no beam" if self.beam is None else (

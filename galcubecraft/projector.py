@@ -45,7 +45,6 @@ from torch.utils.checkpoint import checkpoint
 import astropy.units as u
 
 from . import functional as F
-from .grid import beam_in_pixels
 
 __all__ = ["Projector"]
 
@@ -58,6 +57,8 @@ _COS_FLOOR = 1e-3
 #: beyond (an exponential tail) is one sample at the tail's centroid on each side.
 _WINDOW_TAIL = 3.0
 _SQRT12 = math.sqrt(12.0)
+#: Speed of light (km/s).
+_C_KMS = 299792.458
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
 #: this many cells and this fraction of r_eff: uniform
 #: across narrow windows, and widening away from the centre across the long windows of nearly
@@ -145,9 +146,12 @@ class Projector:
 
         n_chan, ny, nx = grid.shape
         self.pixel = grid.pixel_scale.to_value(u.arcsec)
-        self.channel_width = grid.channel_width.to_value(u.km / u.s)
+        # (east, north) per (column, row) pixel step, and the position angle of the +y pixel
+        # axis (0 unless the grid came from a rotated header)
+        self._sky_matrix = grid.sky_matrix
+        self._rotation = math.atan2(self._sky_matrix[0, 1], self._sky_matrix[1, 1])
         if grid.beam is not None:
-            self._beam = beam_in_pixels(grid.beam, grid.pixel_scale)
+            self._beam = grid.beam_pixels()
             self.margin = int(math.ceil(_BEAM_MARGIN_SIGMAS * self._beam[0]))
             self.brightness_scale = float((grid.beam.sr / grid.pixel_area).decompose())
         else:
@@ -168,9 +172,12 @@ class Projector:
         east, north = self.grid.sky_offsets(margin=self.margin).to_value(u.arcsec)
         self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
-        self._edges = torch.as_tensor(
-            self.grid.extended_channel_edges(self.chan_margin).to_value(u.km / u.s),
-            device=dev, dtype=dt)
+        edges = self.grid.extended_channel_edges(self.chan_margin).to_value(u.km / u.s)
+        self._edges = torch.as_tensor(edges, device=dev, dtype=dt)
+        # brightness per channel is its flux over its width (widths differ on wavelength axes;
+        # signed: on a descending axis the erf differences are negative too)
+        self._inv_widths = torch.as_tensor(self.brightness_scale / np.diff(edges),
+                                           device=dev, dtype=dt).reshape(-1, 1, 1)
         self._kernel = (None if self._response is None
                         else torch.as_tensor(self._response, device=dev, dtype=dt))
         if self._beam is not None:
@@ -321,8 +328,7 @@ class Projector:
         ny_p, nx_p = self.padded_shape
         cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p))
         cube = cube.index_copy(2, pixels, spectra.transpose(1, 2))
-        return cube.reshape(batch, n_chan, ny_p, nx_p) * (self.brightness_scale
-                                                          / self.channel_width)
+        return cube.reshape(batch, n_chan, ny_p, nx_p) * self._inv_widths
 
     def _footprint(self, params, plan):
         """Indices of the padded grid's pixels within reach of any galaxy of the batch.
@@ -346,10 +352,13 @@ class Projector:
         batch = cells.numel()
         k = torch.arange(n_cells, dtype=torch.float64)
         s = cells.to(torch.float64).reshape(batch, 1)
-        frac = ((k + 0.5) / s - 0.5) * self.pixel                    # (B, n_cells)
+        frac = (k + 0.5) / s - 0.5                                   # (B, n_cells), pixels
         used = (k < s)
-        east = -frac[:, None, :].expand(batch, n_cells, n_cells)      # east grows to the left
-        north = frac[:, :, None].expand(batch, n_cells, n_cells)
+        fx = frac[:, None, :].expand(batch, n_cells, n_cells)        # along the columns
+        fy = frac[:, :, None].expand(batch, n_cells, n_cells)        # along the rows
+        m = self._sky_matrix
+        east = m[0, 0] * fx + m[0, 1] * fy
+        north = m[1, 0] * fx + m[1, 1] * fy
         mask = used[:, None, :] & used[:, :, None]
 
         def shaped(t):
@@ -370,7 +379,8 @@ class Projector:
         # width a = d max(|cos PA|, |sin PA|) convolved with one of width b = d min(...); the
         # box is integrated analytically, the convolution by footprint_nodes Gauss-Legendre
         # shifts (one, the default, puts the narrow box at its centre)
-        cs, sn = torch.cos(p["position_angle"]).abs(), torch.sin(p["position_angle"]).abs()
+        pa_pixels = p["position_angle"] - self._rotation      # PA relative to the pixel axes
+        cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
         a, b = cell * torch.maximum(cs, sn), cell * torch.minimum(cs, sn)
         y1, y2 = (eta - 0.5 * a) / cos_i, (eta + 0.5 * a) / cos_i
         reach = 0.5 * b / cos_i + _WINDOW_TAIL * lam
@@ -407,13 +417,16 @@ class Projector:
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
                   * (cell**2 / a * p["cell_used"]))
         # line_of_sight_velocity, and its spread over the area each sample stands for
-        v_circ = kinematics.circular_velocity(radius, p)
+        # velocities within the galaxy are physical (its rest frame); in the radio velocity of
+        # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
+        kin = 1 - p["v_sys"] / _C_KMS
+        v_circ = kin * kinematics.circular_velocity(radius, p)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
         step = 1e-3 * radius
-        dv_dr = (kinematics.circular_velocity(radius + step, p)
-                 - kinematics.circular_velocity(radius - step, p)) / (2 * step)
+        dv_dr = kin * (kinematics.circular_velocity(radius + step, p)
+                       - kinematics.circular_velocity(radius - step, p)) / (2 * step)
         spread2 = F.velocity_spread(xi, y, radius, v_circ, dv_dr, sin_i, cell, width)
-        disp = torch.sqrt(p["dispersion"].clamp_min(1e-6) ** 2 + spread2)
+        disp = torch.sqrt((kin * p["dispersion"]).clamp_min(1e-6) ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
         batch, n_pix = weight.shape[:2]
         erf = F.erf_at_edges(self._edges, v_los.reshape(batch, n_pix, -1),
