@@ -144,6 +144,50 @@ class CubeGrid:
         self._velocity_edges = None     # radio-velocity channel edges (km/s) of a FITS grid
         self._wcs = None                # the WCS of a grid read from, or cut out of, a header
         self.stokes = None              # a FITS grid's degenerate Stokes axis (FITS axis number)
+        self.header = None              # the header a grid was read from
+
+    @classmethod
+    def from_fits(cls, source, *, hdu=None, beam=None, rest_frequency=None, spectral_unit=None,
+                  spectral_response=None):
+        """The grid of an existing cube: its pixels, projection, channels and beam, exactly.
+
+        Parameters
+        ----------
+        source : str, `~pathlib.Path`, `~astropy.io.fits.Header`, HDU or `~spectral_cube.SpectralCube`
+            The cube (or just its header).  Files are read lazily (memory-mapped).
+        hdu : int or str, optional
+            The HDU of a file (default: the first with three or more axes).
+        beam : `radio_beam.Beam`, angle, ``'common'`` or False, optional
+            Overrides the header's beam (``BMAJ``/``BMIN``/``BPA``).  Needed when
+            the header has none: an optical cube's PSF FWHM, say; ``False``
+            renders without a beam (Jy/pixel).  For a cube with a beam per channel
+            (a CASA ``BEAMS`` table), ``'common'`` takes the smallest beam that
+            contains them all.
+        rest_frequency : `~astropy.units.Quantity` [frequency or wavelength] or str, optional
+            The line's rest frequency (or wavelength, or a name from
+            `galcubecraft.lines.LINES`); required when the header has none and its
+            axis is a frequency or wavelength; replaces the header's if given.
+        spectral_unit : str or `~astropy.units.Unit`, optional
+            The spectral axis' unit, required when the header has no ``CUNIT``
+            for it.
+        spectral_response : `~galcubecraft.response.SpectralResponse`, optional
+
+        Notes
+        -----
+        Any spectral axis wcslib knows is read: ``FREQ``, ``VRAD``, ``VOPT``,
+        ``VELO``, ``WAVE``, ``AWAV`` (air wavelengths converted to vacuum),
+        ascending or descending, linear in its own variable.  The channels
+        become radio-velocity intervals (``v = c (1 - f / f0)``); an axis linear in
+        wavelength or optical velocity has channels of slowly varying width
+        in radio velocity, which the projector integrates exactly.  The pixels must
+        be square; a rotated grid (``PC``/``CD`` matrix, ``CROTA2``) is fine:
+        galaxies' position angles stay measured from north.  A degenerate Stokes
+        axis is noted (``grid.stokes``) and dropped from the grid's 3-D WCS.
+        """
+        from .header import grid_from_header, read_header
+        header, beams = read_header(source, hdu=hdu)
+        return grid_from_header(header, beam=beam, beams=beams, rest_frequency=rest_frequency,
+                                spectral_unit=spectral_unit, spectral_response=spectral_response)
 
     @staticmethod
     def _validate_shape(shape):
