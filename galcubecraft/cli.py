@@ -1,6 +1,7 @@
-"""Command-line interface: ``galcubecraft render`` and ``galcubecraft plot``."""
+"""Command-line interface: ``galcubecraft render``, ``plot`` and ``inject``."""
 import argparse
 import sys
+import warnings
 
 import astropy.units as u
 import numpy as np
@@ -209,7 +210,123 @@ def build_parser():
     q.add_argument("--pa", default="0 deg",
                    help="position angle of the PV slit, east of north (--kind pv)")
     q.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    j = sub.add_parser(
+        "inject", help="add model galaxies to a real FITS cube, with a truth table",
+        description=(
+            "Render galaxies on the exact grid, beam and unit of an existing FITS cube "
+            "(ALMA, VLA, MeerKAT, MUSE, ...) and add them to its data. The galaxies come from "
+            "a catalogue (an ECSV truth table as this command writes: ra/dec or x_pix/y_pix, "
+            "v_sys or z, r_eff, inclination, position_angle, flux, ...), from a TOML priors "
+            "file ([galaxy] distributions and [placement] n, seed, edge, min_separation, "
+            "avoid_threshold), or from the default priors (--random N). Blank (NaN) voxels "
+            "stay blank, the header is kept with a HISTORY card, the input is never "
+            "written, and OUTPUT and its truth table are written atomically."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    j.add_argument("cube", help="FITS cube to inject into (read only)")
+    src = j.add_mutually_exclusive_group(required=True)
+    src.add_argument("--catalogue", help="ECSV table of galaxies to inject")
+    src.add_argument("--priors", help="TOML priors file for random galaxies")
+    src.add_argument("--random", type=int, metavar="N",
+                     help="inject N galaxies drawn from the default priors")
+    j.add_argument("-o", "--output", required=True, help="FITS file to write")
+    j.add_argument("--truth", help="truth table to write (default OUTPUT_truth.ecsv)")
+    j.add_argument("--seed", type=int, help="random seed (overrides the priors file's)")
+    j.add_argument("--beam", help="beam FWHM (e.g. '0.7 arcsec' for an optical cube's PSF) "
+                                  "when the header has none, or 'common' for a cube with a "
+                                  "beam per channel")
+    j.add_argument("--rest-frequency", help="rest frequency or wavelength of the line, or a "
+                                            "line name such as 'CO(2-1)' or 'Halpha', when the "
+                                            "header has none")
+    j.add_argument("--spectral-unit", help="unit of the spectral axis when the header has no "
+                                           "CUNIT")
+    j.add_argument("--data-unit", help="unit of the data when BUNIT is missing or wrong")
+    j.add_argument("--avoid-threshold",
+                   help="random placement keeps clear of pixels whose peak over the channels "
+                        "is at least this: a quantity in the data's unit, or 'N sigma' (N "
+                        "times the cube's robust rms)")
+    j.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    j.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT and its truth table if they exist (never the input)")
     return p
+
+
+def _beam_option(text):
+    if text is None or text == "common":
+        return text
+    return quantity(text, "beam")
+
+
+def _avoid_map(path, threshold, unit):
+    """The per-pixel peak of a cube, and the threshold in its unit ('N sigma' from the MAD)."""
+    from astropy.io import fits
+    from astropy.stats import mad_std
+    data = np.asarray(fits.getdata(path), dtype=float)
+    data = data.reshape((-1,) + data.shape[-2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN (blank) pixels
+        peak = np.nanmax(data, axis=0)
+    text = str(threshold).strip()
+    if text.endswith("sigma"):
+        factor = float(text[:-5])
+        return peak, factor * float(mad_std(data, ignore_nan=True))
+    return peak, quantity(text, "avoid_threshold").to_value(unit)
+
+
+def inject_command(args):
+    """``galcubecraft inject``: add galaxies to a cube, write it and its truth table."""
+    import os
+    from astropy.table import QTable
+
+    from .header import parse_bunit, read_header
+    from .inject import galaxies_from_table, inject, random_galaxies
+    from .priors import GalaxyPriors, read_priors_file
+    try:
+        if os.path.exists(args.output) and os.path.samefile(args.output, args.cube):
+            raise ValueError("OUTPUT is the input cube; injection never overwrites its input")
+        options = dict(beam=_beam_option(args.beam), rest_frequency=(
+            None if args.rest_frequency is None else _line_or_quantity(args.rest_frequency)),
+            spectral_unit=args.spectral_unit)
+        grid = CubeGrid.from_fits(args.cube, **options)
+        if args.catalogue:
+            galaxies = galaxies_from_table(QTable.read(args.catalogue), grid)
+        else:
+            if args.priors:
+                priors, placement = read_priors_file(args.priors)
+            else:
+                priors, placement = GalaxyPriors(), {"n": args.random}
+            if args.seed is not None:
+                placement["seed"] = args.seed
+            threshold = args.avoid_threshold or placement.pop("avoid_threshold", None)
+            placement.pop("avoid_threshold", None)
+            avoid = None
+            if threshold is not None:
+                header, _ = read_header(args.cube)
+                unit = (u.Unit(args.data_unit) if args.data_unit
+                        else parse_bunit(header.get("BUNIT")))
+                avoid, threshold = _avoid_map(args.cube, threshold, unit)
+            n = placement.pop("n", 1)
+            galaxies = random_galaxies(grid, n, priors=priors, avoid=avoid,
+                                       avoid_threshold=threshold, **placement)
+        result = inject(args.cube, galaxies, data_unit=args.data_unit, device=args.device,
+                        **options)
+        cube_path, truth_path = result.write(args.output, truth=args.truth,
+                                             overwrite=args.overwrite)
+    except FileExistsError as exc:
+        print(f"galcubecraft inject: error: {exc.filename or exc} exists; use --overwrite",
+              file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError, TypeError, KeyError, u.UnitsError, OSError,
+            tomllib.TOMLDecodeError) as exc:
+        print(f"galcubecraft inject: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {cube_path}: {len(galaxies)} galaxy(ies) injected into {args.cube}; "
+          f"truth in {truth_path}")
+    return 0
+
+
+def _line_or_quantity(text):
+    from .lines import LINES
+    return text if text in LINES else quantity(text, "rest_frequency")
 
 
 def _settings(args):
@@ -270,6 +387,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "plot":
         return plot(args)
+    if args.command == "inject":
+        return inject_command(args)
     try:
         grid_cfg, galaxy_cfgs = _settings(args)
         grid = build_grid(grid_cfg)

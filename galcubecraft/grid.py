@@ -153,8 +153,9 @@ class CubeGrid:
 
         Parameters
         ----------
-        source : str, `~pathlib.Path`, `~astropy.io.fits.Header`, HDU or `~spectral_cube.SpectralCube`
-            The cube (or just its header).  Files are read lazily (memory-mapped).
+        source : str, `~pathlib.Path`, `~astropy.io.fits.Header`, HDU or SpectralCube
+            The cube, or just its header (a `~spectral_cube.SpectralCube` too); only
+            the header of a file is read.
         hdu : int or str, optional
             The HDU of a file (default: the first with three or more axes).
         beam : `radio_beam.Beam`, angle, ``'common'`` or False, optional

@@ -197,7 +197,8 @@ def grid_from_header(header, *, beam=None, beams=None, rest_frequency=None, spec
     try:
         spectral.wcs.sptr("VRAD-???")
     except Exception as exc:   # wcslib's own error types
-        raise ValueError(f"cannot express the {ctypes[spec]} axis as radio velocity: {exc}") from exc
+        raise ValueError(f"cannot express the {ctypes[spec]} axis as radio velocity: "
+                         f"{exc}") from exc
     n_chan = sizes[spec]
     pixels = np.arange(n_chan + 1) - 0.5
     edges = (spectral.wcs_pix2world(pixels, 0)[0] * u.Unit(spectral.wcs.cunit[0])).to_value(_KMS)

@@ -39,8 +39,9 @@ from .components import (AnalyticRotationCurve, ArctanRotationCurve, FlatRotatio
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import parse_bunit, read_header
-from .projector import Projector, _FOOTPRINT_HEIGHTS, _BEAM_MARGIN_SIGMAS, _C_KMS
+from .projector import Projector, _FOOTPRINT_HEIGHTS, _BEAM_MARGIN_SIGMAS
 from .render import render_tensor
+from .units import validate_quantity
 
 __all__ = ["inject", "Injection", "random_galaxies", "galaxies_from_table", "truth_table",
            "brightness_factors"]
@@ -159,46 +160,53 @@ def _with(galaxy, **changes):
     return new
 
 
-def random_galaxies(grid, n, *, seed=None, edge=None, avoid=None, avoid_threshold=None,
-                    min_separation=None, r_eff=(2, 6) * u.arcsec, inclination=(20, 80) * u.deg,
-                    v_max=(100, 300) * _KMS, dispersion=10 * _KMS, flux=(1, 10) * u.Jy * _KMS,
-                    sersic_n=1.0, max_tries=10000):
-    """``n`` galaxies at random places of ``grid``, for injection tests.
+def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
+                    avoid_threshold=None, min_separation=None, max_tries=10000):
+    """``n`` galaxies drawn from ``priors`` and placed at random on ``grid``, for injection tests.
 
-    Positions are uniform over the pixels, at least ``edge`` (default: twice the
-    largest ``r_eff``) from the field's edges, more than ``min_separation`` apart
-    (default: the same), and, if ``avoid`` (a 2-D map, e.g. the cube's peak or
-    moment-0 map, same pixels as ``grid``; NaN marks blank pixels) and
-    ``avoid_threshold`` are given, only where ``avoid`` is finite and below the
-    threshold within ``edge``.  Systemic velocities are uniform over the band,
-    leaving room for each galaxy's line.  ``r_eff`` (log-uniform), ``v_max``,
-    ``flux`` (log-uniform) are ranges, the inclination is isotropic (cos i
-    uniform) within its range, the position angle uniform in [0, 360) deg; a
-    scalar instead of a range fixes the value.  Rotation is arctan with
-    ``r_turn = r_eff / 3``; a scale height of ``r_eff / 10``.
-    Same ``seed``, same galaxies.
+    Parameters
+    ----------
+    grid : `~galcubecraft.CubeGrid`
+    n : int
+    priors : `~galcubecraft.priors.GalaxyPriors`, optional
+        Distributions of the galaxy parameters (default ``GalaxyPriors()``).
+        Rotation is arctan with ``r_turn = turnover * r_eff``; the scale height
+        is ``thickness * r_eff``.
+    seed : int or `numpy.random.SeedSequence`, optional
+        Same seed, same galaxies.
+    edge : `~astropy.units.Quantity` [angle], optional
+        Least distance of a centre from the field's edges (default: twice the
+        largest ``r_eff`` the priors allow, if that is an angle, else 8 pixels).
+    avoid : 2-D array, optional
+        A map on the grid's pixels (say the cube's peak or moment-0 map); NaN
+        marks blank pixels.  Centres keep ``edge`` away from blank pixels and
+        from pixels where ``avoid >= avoid_threshold``.
+    min_separation : `~astropy.units.Quantity` [angle], optional
+        Least distance between centres (default: ``edge``).
+
+    Positions are uniform over the allowed pixels; systemic velocities are uniform
+    over the band, leaving room for each galaxy's line (``v_max sin i + 4 sigma``)
+    on both sides.
     """
+    from .priors import GalaxyPriors
+    priors = GalaxyPriors() if priors is None else priors
+    if not isinstance(priors, GalaxyPriors):
+        raise TypeError(f"priors must be a GalaxyPriors, got {priors!r}")
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
     _, ny, nx = grid.shape
     pixel = grid.pixel_scale.to(u.arcsec)
-
-    def draw(value, unit, log=False):
-        q = u.Quantity(value).to(unit)
-        if q.isscalar:
-            return q
-        lo, hi = q.value
-        if log:
-            return np.exp(rng.uniform(np.log(lo), np.log(hi))) * unit
-        return rng.uniform(lo, hi) * unit
-
-    r_max = u.Quantity(r_eff).to(u.arcsec).max()
-    edge = u.Quantity(2 * r_max if edge is None else edge).to(u.arcsec)
-    min_sep = u.Quantity(2 * r_max if min_separation is None else min_separation).to(u.arcsec)
-    edge_px = (edge / pixel).decompose().value
-    allowed = np.ones((ny, nx), dtype=bool)
-    ee = int(math.ceil(edge_px))
-    allowed[:ee] = allowed[ny - ee:] = False
-    allowed[:, :ee] = allowed[:, nx - ee:] = False
+    if edge is None:
+        r_hi = priors.distributions["r_eff"].support()[1]
+        edge = 2 * r_hi if r_hi.unit.is_equivalent(u.arcsec) else 8 * pixel
+    edge = validate_quantity("edge", edge, u.arcsec, nonnegative=True).to(u.arcsec)
+    min_sep = edge if min_separation is None else validate_quantity(
+        "min_separation", min_separation, u.arcsec, nonnegative=True).to(u.arcsec)
+    ee = int(math.ceil((edge / pixel).decompose().value))
+    allowed = np.zeros((ny, nx), dtype=bool)
+    allowed[ee:ny - ee, ee:nx - ee] = True
     if avoid is not None:
         from scipy.ndimage import maximum_filter
         avoid = np.asarray(avoid, dtype=float)
@@ -207,10 +215,9 @@ def random_galaxies(grid, n, *, seed=None, edge=None, avoid=None, avoid_threshol
         bad = ~np.isfinite(avoid)
         if avoid_threshold is not None:
             bad |= np.where(np.isfinite(avoid), avoid, -np.inf) >= avoid_threshold
-        size = 2 * ee + 1
-        allowed &= ~maximum_filter(bad.astype(np.uint8), size=size).astype(bool)
+        allowed &= ~maximum_filter(bad.astype(np.uint8), size=2 * ee + 1).astype(bool)
     candidates = np.flatnonzero(allowed)
-    if candidates.size == 0:
+    if n and candidates.size == 0:
         raise ValueError("no pixel of the grid is far enough from its edges and from what "
                          "avoid excludes; lower edge or avoid_threshold")
     edges = grid.channel_edges.to_value(_KMS)
@@ -219,30 +226,27 @@ def random_galaxies(grid, n, *, seed=None, edge=None, avoid=None, avoid_threshol
     for _ in range(max_tries):
         if len(galaxies) == n:
             break
-        k = rng.choice(candidates)
-        y, x = divmod(int(k), nx)
+        k = int(rng.choice(candidates))
+        y, x = divmod(k, nx)
         x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+        p = priors.sample(rng)
         if any(math.hypot(x - px, y - py) * pixel.value < min_sep.value for px, py in placed):
             continue
-        reff = draw(r_eff, u.arcsec, log=True)
-        cos_range = np.cos(u.Quantity(inclination).to_value(u.rad))
-        inc = (np.arccos(rng.uniform(cos_range.min(), cos_range.max())) * u.rad
-               if np.ndim(cos_range) else u.Quantity(inclination).to(u.deg))
-        vmax = draw(v_max, _KMS)
-        disp = draw(dispersion, _KMS)
-        room = float(vmax.value * np.sin(inc.to_value(u.rad)) + 4 * disp.value)
+        room = float(p["v_max"].to_value(_KMS) * np.sin(p["inclination"].to_value(u.rad))
+                     + 4 * p["dispersion"].to_value(_KMS))
         if v_hi - v_lo <= 2 * room:
             raise ValueError(f"the band ({v_lo:.1f} to {v_hi:.1f} km/s) is too narrow for a "
                              f"line of half-width {room:.1f} km/s")
-        galaxy = Galaxy(surface=SersicDisk(r_eff=reff, n=float(draw(sersic_n, u.one).value)),
-                        vertical=ExponentialVertical(reff / 10),
-                        kinematics=ArctanRotationCurve(v_max=vmax, r_turn=reff / 3),
-                        inclination=inc.to(u.deg),
-                        position_angle=rng.uniform(0, 360) * u.deg,
-                        flux=draw(flux, u.Jy * _KMS, log=True), dispersion=disp,
-                        v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
-                        offset=grid.offset_of_pixel(x, y))
-        galaxies.append(galaxy)
+        r_eff = p["r_eff"]
+        galaxies.append(Galaxy(
+            surface=SersicDisk(r_eff=r_eff, n=float(p["sersic_n"].value)),
+            vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
+            kinematics=ArctanRotationCurve(v_max=p["v_max"],
+                                           r_turn=float(p["turnover"].value) * r_eff),
+            inclination=p["inclination"], position_angle=p["position_angle"] % (360 * u.deg),
+            flux=p["flux"], dispersion=p["dispersion"],
+            v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
+            offset=grid.offset_of_pixel(x, y)))
         placed.append((x, y))
     if len(galaxies) < n:
         raise ValueError(f"placed only {len(galaxies)} of {n} galaxies {min_sep} apart; "

@@ -79,3 +79,56 @@ def test_help_is_complete():
     for flag in ("--config", "--beam", "--inclination", "--position-angle", "--rotation",
                  "--distance", "--offset", "east of north"):
         assert flag in run.stdout
+
+
+# ----------------------------------------------------------------------------- inject
+def test_cli_inject_from_priors_and_from_the_truth_it_wrote(tmp_path):
+    from astropy.io import fits
+    from astropy.table import QTable
+    from test_header import casa_header, write
+    header = casa_header(n_chan=40, n_pix=64)
+    data = np.random.default_rng(0).normal(0, 1e-3, (1, 40, 64, 64)).astype(np.float32)
+    data[..., :6] = np.nan
+    cube = write(header, tmp_path / "obs.fits", data)
+    before = cube.read_bytes()
+    priors = tmp_path / "priors.toml"
+    priors.write_text('[galaxy]\nr_eff = {distribution = "uniform", low = "1.5 arcsec", '
+                      'high = "2.5 arcsec"}\nv_max = "120 km/s"\n[placement]\nn = 3\nseed = 4\n'
+                      'edge = "8 arcsec"\n')
+    out = tmp_path / "injected.fits"
+    assert main(["inject", str(cube), "--priors", str(priors), "-o", str(out),
+                 "--avoid-threshold", "5 sigma"]) == 0
+    assert cube.read_bytes() == before
+    truth = QTable.read(tmp_path / "injected_truth.ecsv")
+    assert len(truth) == 3
+    assert np.all(truth["x_pix"] >= 6 + 8 - 0.5)             # clear of the blank strip
+    injected = fits.getdata(out)
+    assert np.all(np.isnan(injected[..., :6]))
+    assert "galcubecraft" in str(fits.getheader(out)["HISTORY"])
+    # the same galaxies again, from the truth table: the same cube
+    again = tmp_path / "again.fits"
+    assert main(["inject", str(cube), "--catalogue", str(tmp_path / "injected_truth.ecsv"),
+                 "-o", str(again), "--truth", str(tmp_path / "t2.ecsv")]) == 0
+    np.testing.assert_allclose(fits.getdata(again), injected, rtol=0, atol=1e-7, equal_nan=True)
+    # never over the input, never over an existing output without --overwrite
+    assert main(["inject", str(cube), "--random", "1", "-o", str(cube), "--overwrite"]) == 2
+    assert cube.read_bytes() == before
+    assert main(["inject", str(cube), "--random", "1", "-o", str(out)]) == 2
+
+
+def test_cli_inject_reports_what_the_header_lacks(tmp_path, capsys):
+    from test_header import muse_header, write
+    cube = write(muse_header(), tmp_path / "muse.fits")
+    assert main(["inject", str(cube), "--random", "1", "-o", str(tmp_path / "o.fits")]) == 2
+    assert "rest_frequency" in capsys.readouterr().err
+    assert main(["inject", str(cube), "--random", "1", "-o", str(tmp_path / "o.fits"),
+                 "--rest-frequency", "Halpha"]) == 2
+    assert "no beam" in capsys.readouterr().err
+    assert main(["inject", str(cube), "--random", "1", "-o", str(tmp_path / "o.fits"),
+                 "--rest-frequency", "Halpha", "--beam", "0.7 arcsec"]) == 2
+    assert "far enough from its edges" in capsys.readouterr().err   # 2-6" disks, 8" field
+    priors = tmp_path / "small.toml"
+    priors.write_text('[galaxy]\nr_eff = "0.8 arcsec"\nv_max = "150 km/s"\n'
+                      '[placement]\nn = 1\n')
+    assert main(["inject", str(cube), "--priors", str(priors), "-o", str(tmp_path / "o.fits"),
+                 "--rest-frequency", "Halpha", "--beam", "0.7 arcsec", "--seed", "1"]) == 0

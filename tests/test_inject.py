@@ -9,8 +9,10 @@ from astropy.wcs import WCS
 
 import galcubecraft as gcc
 from conftest import JYKMS, KMS
+from galcubecraft.header import parse_bunit
 from galcubecraft.inject import (brightness_factors, galaxies_from_table, inject,
                                  random_galaxies)
+from galcubecraft.priors import GalaxyPriors, LogUniform, Uniform
 from test_header import STYLES, casa_header, muse_header, write
 
 C_KMS = const.c.to_value(KMS)
@@ -45,9 +47,9 @@ def test_injected_flux_is_recovered_from_a_noise_cube(tmp_path):
     header = casa_header(n_chan=40, n_pix=64)
     path = noise_cube(header, tmp_path / "noise.fits", rms)
     grid = gcc.CubeGrid.from_fits(path)
-    galaxies = random_galaxies(grid, 3, seed=11, r_eff=(1.5, 3) * u.arcsec,
-                               v_max=(80, 150) * KMS, flux=(2, 6) * JYKMS,
-                               min_separation=26 * u.arcsec)
+    priors = GalaxyPriors(r_eff=LogUniform(1.5 * u.arcsec, 3 * u.arcsec),
+                          v_max=Uniform(80 * KMS, 150 * KMS), flux=LogUniform(2 * JYKMS, 6 * JYKMS))
+    galaxies = random_galaxies(grid, 3, priors=priors, seed=11, min_separation=26 * u.arcsec)
     result = inject(path, galaxies)
     truth = result.truth
     # everything of galaxies placed away from the edges lands in the cube
@@ -143,14 +145,14 @@ def test_injection_into_an_optical_cube_in_f_lambda(tmp_path):
                   vertical=gcc.ExponentialVertical(0.1 * u.arcsec), dispersion=40 * KMS,
                   flux=1e-3 * JYKMS)
     result = inject(path, [galaxy], rest_frequency="Halpha", beam=0.7 * u.arcsec)
-    model = result.model.reshape(grid.shape) * u.Unit("10**(-20)*erg/s/cm**2/Angstrom")
+    model = result.model.reshape(grid.shape) * parse_bunit("10**(-20)*erg/s/cm**2/Angstrom")
     # channel widths in (air) wavelength straight from the header: linear, 1.25 A
     line_flux = (model.sum() * 1.25 * u.AA).to(u.erg / u.s / u.cm**2)
     f0 = gcc.lines.rest_frequency("Halpha")
     expected = (1e-3 * u.Jy * u.km / u.s * f0 / const.c).to(u.erg / u.s / u.cm**2)
     # air and vacuum channel widths differ by the dispersion of n(air) (~3e-6)
     assert line_flux.value == pytest.approx(expected.value, rel=1e-3)
-    factors = brightness_factors(grid, u.Unit("10**(-20)*erg/s/cm**2/Angstrom"))
+    factors = brightness_factors(grid, parse_bunit("10**(-20)*erg/s/cm**2/Angstrom"))
     assert np.all(np.diff(factors) < 0)       # f_lambda per f_nu falls with wavelength
 
 
@@ -175,7 +177,8 @@ def test_truth_table_recreates_the_injected_model(tmp_path):
     header = casa_header(n_chan=32, n_pix=56)
     path = noise_cube(header, tmp_path / "in.fits", 1e-3)
     grid = gcc.CubeGrid.from_fits(path)
-    galaxies = random_galaxies(grid, 2, seed=5, r_eff=(1.5, 2.5) * u.arcsec)
+    galaxies = random_galaxies(grid, 2, seed=5, priors=GalaxyPriors(
+        r_eff=LogUniform(1.5 * u.arcsec, 2.5 * u.arcsec)))
     galaxies.append(disk(grid, 28, 28, float(grid.spectral_axis[16].to_value(KMS)),
                          kinematics=gcc.AnalyticRotationCurve(v_0=150 * KMS)))
     result = inject(path, galaxies)
@@ -199,9 +202,10 @@ def test_random_placement_avoids_edges_bright_emission_and_each_other():
     grid = gcc.CubeGrid.from_fits(casa_header(n_chan=40, n_pix=96))
     bright = np.zeros((96, 96))
     bright[30:60, 30:60] = 1.0
+    small = GalaxyPriors(r_eff=Uniform(1 * u.arcsec, 3 * u.arcsec))
     galaxies = random_galaxies(grid, 6, seed=3, edge=8 * u.arcsec, avoid=bright,
                                avoid_threshold=0.5, min_separation=10 * u.arcsec,
-                               r_eff=(1, 3) * u.arcsec)
+                               priors=small)
     positions = np.array([grid.pixel_of(g.offset) for g in galaxies])
     assert np.all((positions >= 7.5) & (positions <= 96 - 8.5))
     inside_box = ((positions[:, 0] > 30 - 8) & (positions[:, 0] < 60 + 8)
@@ -211,7 +215,7 @@ def test_random_placement_avoids_edges_bright_emission_and_each_other():
     assert d[np.triu_indices(6, 1)].min() >= 10
     again = random_galaxies(grid, 6, seed=3, edge=8 * u.arcsec, avoid=bright,
                             avoid_threshold=0.5, min_separation=10 * u.arcsec,
-                            r_eff=(1, 3) * u.arcsec)
+                            priors=small)
     assert [repr(g) for g in again] == [repr(g) for g in galaxies]
     with pytest.raises(ValueError, match="far enough"):
         random_galaxies(grid, 1, avoid=np.ones((96, 96)), avoid_threshold=0.5)

@@ -1,0 +1,358 @@
+"""Priors: a distribution for every galaxy parameter, in Python or in a TOML file.
+
+A priors file describes a population once; `GalaxyPriors.from_toml` reads it and
+checks it completely (unknown parameters, wrong units, empty or impossible ranges)
+before any work starts.  Each value is either a fixed quantity (``"10 km/s"``) or
+a table naming a distribution::
+
+    [galaxy]
+    r_eff = {distribution = "loguniform", low = "1 arcsec", high = "4 arcsec"}
+    inclination = {distribution = "isotropic", low = "20 deg", high = "80 deg"}
+    v_max = {distribution = "uniform", low = "100 km/s", high = "300 km/s"}
+    dispersion = {distribution = "truncnormal", mean = "12 km/s", std = "4 km/s",
+                  low = "5 km/s", high = "30 km/s"}
+    flux = {distribution = "loguniform", low = "0.5 Jy km/s", high = "5 Jy km/s"}
+    sersic_n = {distribution = "choice", values = [0.5, 1, 1.5], weights = [1, 2, 1]}
+
+    [placement]              # for galcubecraft inject
+    n = 10
+    seed = 1
+    edge = "8 arcsec"
+    min_separation = "12 arcsec"
+"""
+import math
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import astropy.units as u
+import numpy as np
+
+from .units import validate_number, validate_quantity
+
+__all__ = ["Distribution", "Fixed", "Uniform", "LogUniform", "Normal", "TruncatedNormal",
+           "Isotropic", "Choice", "GalaxyPriors", "distribution_from_spec", "read_priors_file"]
+
+_KMS = u.km / u.s
+
+
+def _q(name, value, unit):
+    """A Quantity in ``unit``'s physical type (strings like '3 arcsec' allowed)."""
+    if isinstance(value, str):
+        try:
+            value = u.Quantity(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: cannot read {value!r} as a quantity") from exc
+        if unit is None:
+            return value
+    if unit == u.one and not isinstance(value, u.Quantity):
+        return u.Quantity(validate_number(name, value), u.one)
+    return validate_quantity(name, value, unit)
+
+
+class Distribution:
+    """A distribution of one quantity: ``sample(rng, size)`` returns a Quantity array."""
+
+    unit = u.one
+
+    def sample(self, rng, size=None):
+        raise NotImplementedError
+
+    def support(self):
+        """``(low, high)`` Quantities the samples lie within (inclusive)."""
+        raise NotImplementedError
+
+
+class Fixed(Distribution):
+    """Always ``value``."""
+
+    def __init__(self, value, name="value", unit=None):
+        if isinstance(value, str):
+            value = _q(name, value, None)
+        self.value = _q(name, value, unit or getattr(value, "unit", u.one))
+        self.unit = self.value.unit
+
+    def sample(self, rng, size=None):
+        return np.broadcast_to(self.value.value, () if size is None else size) * self.unit
+
+    def support(self):
+        return self.value, self.value
+
+    def __repr__(self):
+        return f"Fixed({self.value})"
+
+
+class _Range(Distribution):
+    def __init__(self, low, high, name="value"):
+        self.low = _q(f"{name} low", low, getattr(low, "unit", None) or u.Quantity(low).unit)
+        self.unit = self.low.unit
+        self.high = _q(f"{name} high", high, self.unit).to(self.unit)
+        if not self.high > self.low:
+            raise ValueError(f"{name}: empty range, low {self.low} >= high {self.high}")
+
+    def support(self):
+        return self.low, self.high
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.low}, {self.high})"
+
+
+class Uniform(_Range):
+    """Uniform between ``low`` and ``high``."""
+
+    def sample(self, rng, size=None):
+        return rng.uniform(self.low.value, self.high.value, size) * self.unit
+
+
+class LogUniform(_Range):
+    """Uniform in log between ``low`` and ``high`` (both > 0)."""
+
+    def __init__(self, low, high, name="value"):
+        super().__init__(low, high, name)
+        if not self.low.value > 0:
+            raise ValueError(f"{name}: a log-uniform range must be positive, got low {self.low}")
+
+    def sample(self, rng, size=None):
+        lo, hi = math.log(self.low.value), math.log(self.high.value)
+        return np.exp(rng.uniform(lo, hi, size)) * self.unit
+
+
+class Isotropic(_Range):
+    """Inclinations of randomly oriented disks: ``cos i`` uniform, ``i`` within [low, high]."""
+
+    def __init__(self, low=0 * u.deg, high=90 * u.deg, name="inclination"):
+        super().__init__(low, high, name)
+        if self.low < 0 * u.deg or self.high > 90 * u.deg:
+            raise ValueError(f"{name}: an isotropic inclination range lies within [0, 90] deg, "
+                             f"got [{self.low}, {self.high}]")
+
+    def sample(self, rng, size=None):
+        c_hi, c_lo = np.cos(self.low.to_value(u.rad)), np.cos(self.high.to_value(u.rad))
+        return (np.arccos(rng.uniform(c_lo, c_hi, size)) * u.rad).to(self.unit)
+
+
+class Normal(Distribution):
+    """Gaussian of ``mean`` and ``std``."""
+
+    def __init__(self, mean, std, name="value"):
+        self.mean = _q(f"{name} mean", mean, u.Quantity(mean).unit)
+        self.unit = self.mean.unit
+        self.std = _q(f"{name} std", std, self.unit).to(self.unit)
+        if not self.std.value > 0:
+            raise ValueError(f"{name}: std must be positive, got {self.std}")
+
+    def sample(self, rng, size=None):
+        return rng.normal(self.mean.value, self.std.value, size) * self.unit
+
+    def support(self):
+        return -np.inf * self.unit, np.inf * self.unit
+
+    def __repr__(self):
+        return f"Normal({self.mean}, {self.std})"
+
+
+class TruncatedNormal(Normal):
+    """Gaussian of ``mean`` and ``std`` cut to [``low``, ``high``] (`scipy.stats.truncnorm`)."""
+
+    def __init__(self, mean, std, low, high, name="value"):
+        super().__init__(mean, std, name)
+        self.low = _q(f"{name} low", low, self.unit).to(self.unit)
+        self.high = _q(f"{name} high", high, self.unit).to(self.unit)
+        if not self.high > self.low:
+            raise ValueError(f"{name}: empty range, low {self.low} >= high {self.high}")
+
+    def sample(self, rng, size=None):
+        from scipy.stats import truncnorm
+        a = (self.low.value - self.mean.value) / self.std.value
+        b = (self.high.value - self.mean.value) / self.std.value
+        return truncnorm.rvs(a, b, loc=self.mean.value, scale=self.std.value, size=size,
+                             random_state=rng) * self.unit
+
+    def support(self):
+        return self.low, self.high
+
+    def __repr__(self):
+        return f"TruncatedNormal({self.mean}, {self.std}, {self.low}, {self.high})"
+
+
+class Choice(Distribution):
+    """One of ``values`` (with optional ``weights``)."""
+
+    def __init__(self, values, weights=None, name="value"):
+        q = u.Quantity([_q(name, v, getattr(v, "unit", None) or u.Quantity(v).unit)
+                        for v in values]) if len(values) else None
+        if q is None or q.size == 0:
+            raise ValueError(f"{name}: a choice needs at least one value")
+        self.values, self.unit = q, q.unit
+        if weights is not None:
+            w = np.asarray(weights, dtype=float)
+            if w.shape != (q.size,) or np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"{name}: weights must be {q.size} non-negative numbers with a "
+                                 f"positive sum, got {weights!r}")
+            self.weights = w / w.sum()
+        else:
+            self.weights = None
+
+    def sample(self, rng, size=None):
+        return rng.choice(self.values.value, size=size, p=self.weights) * self.unit
+
+    def support(self):
+        return self.values.min(), self.values.max()
+
+    def __repr__(self):
+        return f"Choice({self.values})"
+
+
+_KINDS = {
+    "fixed": (Fixed, ("value",)), "uniform": (Uniform, ("low", "high")),
+    "loguniform": (LogUniform, ("low", "high")), "log-uniform": (LogUniform, ("low", "high")),
+    "normal": (Normal, ("mean", "std")),
+    "truncnormal": (TruncatedNormal, ("mean", "std", "low", "high")),
+    "truncated_normal": (TruncatedNormal, ("mean", "std", "low", "high")),
+    "isotropic": (Isotropic, ("low", "high")), "choice": (Choice, ("values", "weights")),
+}
+
+
+def distribution_from_spec(name, spec):
+    """A `Distribution` from a priors-file value: a quantity (string or number) or a table."""
+    if isinstance(spec, Distribution):
+        return spec
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        kind = str(spec.pop("distribution", "")).lower()
+        if kind not in _KINDS:
+            raise ValueError(f"{name}: distribution must be one of {sorted(set(_KINDS))}, "
+                             f"got {kind or 'nothing'!r}")
+        cls, keys = _KINDS[kind]
+        unknown = set(spec) - set(keys)
+        if unknown:
+            raise ValueError(f"{name}: a {kind} distribution takes {list(keys)}, "
+                             f"not {sorted(unknown)}")
+        required = [k for k in keys if k != "weights"]
+        missing = [k for k in required if k not in spec]
+        if missing and cls is not Isotropic:
+            raise ValueError(f"{name}: a {kind} distribution needs {missing}")
+        return cls(name=name, **spec)
+    if isinstance(spec, (list, tuple)):
+        raise ValueError(f"{name}: give a range as a table, e.g. {{distribution = \"uniform\", "
+                         f"low = ..., high = ...}}, not a bare list {spec!r}")
+    return Fixed(spec, name=name)
+
+
+class GalaxyPriors:
+    """Distributions of the parameters of one galaxy, with checked units and bounds.
+
+    Parameters (each a `Distribution`, a fixed Quantity, or a priors-file spec)
+    --------------------------------------------------------------------------
+    r_eff : angle or length
+        Half-light radius (default log-uniform 2-6 arcsec).
+    sersic_n : number
+        Sérsic index (default 1).
+    thickness : number
+        Scale height over ``r_eff`` (default 0.1).
+    inclination : angle
+        Default isotropic over 20-80 deg.
+    position_angle : angle
+        Default uniform in [0, 360) deg.
+    v_max : speed
+        Arctan rotation curve's asymptotic speed (default uniform 100-300 km/s).
+    turnover : number
+        Arctan turnover radius over ``r_eff`` (default 1/3).
+    dispersion : speed
+        Gas velocity dispersion (default 10 km/s).
+    flux : line flux
+        Integrated line flux (default log-uniform 1-10 Jy km/s).
+    """
+
+    #: name: (unit it must convert to, lower bound, upper bound, inclusive lower?)
+    PARAMETERS = {
+        "r_eff": ((u.arcsec, u.kpc), 0, None, False),
+        "sersic_n": (u.one, 0, None, False),
+        "thickness": (u.one, 0, None, True),
+        "inclination": (u.deg, 0, 90, True),
+        "position_angle": (u.deg, None, None, True),
+        "v_max": (_KMS, 0, None, True),
+        "turnover": (u.one, 0, None, False),
+        "dispersion": (_KMS, 0, None, True),
+        "flux": (u.Jy * _KMS, 0, None, True),
+    }
+    DEFAULTS = {
+        "r_eff": LogUniform(2 * u.arcsec, 6 * u.arcsec, name="r_eff"),
+        "sersic_n": Fixed(1.0, name="sersic_n"),
+        "thickness": Fixed(0.1, name="thickness"),
+        "inclination": Isotropic(20 * u.deg, 80 * u.deg),
+        "position_angle": Uniform(0 * u.deg, 360 * u.deg, name="position_angle"),
+        "v_max": Uniform(100 * _KMS, 300 * _KMS, name="v_max"),
+        "turnover": Fixed(1 / 3, name="turnover"),
+        "dispersion": Fixed(10 * _KMS, name="dispersion"),
+        "flux": LogUniform(1 * u.Jy * _KMS, 10 * u.Jy * _KMS, name="flux"),
+    }
+
+    def __init__(self, **distributions):
+        unknown = set(distributions) - set(self.PARAMETERS)
+        if unknown:
+            raise ValueError(f"unknown galaxy parameter(s) {sorted(unknown)}; known: "
+                             f"{sorted(self.PARAMETERS)}")
+        self.distributions = dict(self.DEFAULTS)
+        for name, spec in distributions.items():
+            dist = distribution_from_spec(name, spec)
+            self._check(name, dist)
+            self.distributions[name] = dist
+
+    def _check(self, name, dist):
+        unit, lo, hi, inclusive = self.PARAMETERS[name]
+        units = unit if isinstance(unit, tuple) else (unit,)
+        if not any(dist.unit.is_equivalent(x) for x in units):
+            raise u.UnitsError(f"{name} must be in units of {' or '.join(map(str, units))}, "
+                               f"got {dist.unit or 'no unit'}")
+        low, high = dist.support()
+        base = next(x for x in units if dist.unit.is_equivalent(x))
+        low, high = low.to_value(base), high.to_value(base)
+        if lo is not None and (low < lo or (low == lo and not inclusive)):
+            raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {lo} {base}, but its "
+                             f"distribution {dist!r} reaches {low:g}")
+        if hi is not None and high > hi:
+            raise ValueError(f"{name} must be <= {hi} {base}, but its distribution {dist!r} "
+                             f"reaches {high:g}")
+
+    @classmethod
+    def from_dict(cls, table):
+        return cls(**table)
+
+    def sample(self, rng):
+        """One draw of every parameter, in a fixed order (a dict of Quantities)."""
+        return {name: self.distributions[name].sample(rng) for name in self.PARAMETERS}
+
+    def __repr__(self):
+        body = ", ".join(f"{k}={v!r}" for k, v in self.distributions.items())
+        return f"<GalaxyPriors {body}>"
+
+
+def read_priors_file(path):
+    """``(GalaxyPriors, placement dict)`` from a TOML priors file (see the module docstring)."""
+    with open(path, "rb") as f:
+        try:
+            cfg = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(cfg) - {"galaxy", "placement"}
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected [galaxy] "
+                         "and [placement]")
+    priors = GalaxyPriors(**cfg.get("galaxy", {}))
+    placement = dict(cfg.get("placement", {}))
+    allowed = {"n", "seed", "edge", "min_separation", "avoid_threshold"}
+    bad = set(placement) - allowed
+    if bad:
+        raise ValueError(f"{path}: unknown [placement] key(s) {sorted(bad)}; known: "
+                         f"{sorted(allowed)}")
+    for key in ("edge", "min_separation"):
+        if key in placement:
+            placement[key] = _q(key, placement[key], u.arcsec)
+    if "n" in placement:
+        n = placement["n"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{path}: [placement] n must be a positive integer, got {n!r}")
+    return priors, placement
