@@ -244,8 +244,10 @@ def distribution_from_spec(name, spec):
 class GalaxyPriors:
     """Distributions of the parameters of one galaxy, with checked units and bounds.
 
-    Parameters (each a `Distribution`, a fixed Quantity, or a priors-file spec)
-    --------------------------------------------------------------------------
+    Each parameter is a `Distribution`, a fixed Quantity, or a priors-file spec.
+
+    Parameters
+    ----------
     r_eff : angle or length
         Half-light radius (default log-uniform 2-6 arcsec).
     sersic_n : number

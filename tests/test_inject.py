@@ -1,4 +1,8 @@
 """Injection of model galaxies into real cubes: flux, units, blanks, headers, truth."""
+import subprocess
+import sys
+from pathlib import Path
+
 import astropy.constants as const
 import astropy.units as u
 import numpy as np
@@ -16,6 +20,7 @@ from galcubecraft.priors import GalaxyPriors, LogUniform, Uniform
 from test_header import STYLES, casa_header, muse_header, write
 
 C_KMS = const.c.to_value(KMS)
+VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate_fits_cube.py"
 
 
 def disk(grid, x, y, v_sys, **kw):
@@ -219,3 +224,29 @@ def test_random_placement_avoids_edges_bright_emission_and_each_other():
     assert [repr(g) for g in again] == [repr(g) for g in galaxies]
     with pytest.raises(ValueError, match="far enough"):
         random_galaxies(grid, 1, avoid=np.ones((96, 96)), avoid_threshold=0.5)
+
+
+def test_injection_into_a_jy_per_pixel_cube_conserves_flux(tmp_path):
+    header = casa_header(n_chan=40, n_pix=48)
+    header["BUNIT"] = "Jy/pixel"
+    path = noise_cube(header, tmp_path / "jypix.fits", 0.0)
+    grid = gcc.CubeGrid.from_fits(path)
+    galaxy = disk(grid, 24, 23, float(np.mean(grid.spectral_axis.to_value(KMS))))
+    model = inject(path, [galaxy]).model.reshape(grid.shape)
+    # Jy/pixel: the line flux is the plain sum times the channel width, no beam area
+    flux = model.sum() * abs(grid.channel_width.to_value(KMS))
+    assert flux == pytest.approx(5.0, rel=2e-3)
+
+
+@pytest.mark.skipif(not VALIDATOR.exists(), reason="shared FITS validator not present")
+def test_injected_cube_of_a_valid_cube_stays_valid(tmp_path):
+    grid = gcc.CubeGrid(shape=(24, 48, 48), pixel_scale=1 * u.arcsec, channel_width=20 * KMS,
+                        beam=3 * u.arcsec, rest_frequency="CO(2-1)", spectral_type="FREQ")
+    noise = np.random.default_rng(2).normal(0, 1e-3, grid.shape)
+    gcc.to_spectral_cube(noise, grid).write(tmp_path / "obs.fits")
+    result = inject(tmp_path / "obs.fits", random_galaxies(grid, 2, seed=1, priors=GalaxyPriors(
+        r_eff=Uniform(1 * u.arcsec, 2 * u.arcsec), v_max=Uniform(50 * KMS, 100 * KMS))))
+    out, _ = result.write(tmp_path / "injected.fits")
+    run = subprocess.run([sys.executable, str(VALIDATOR), str(out)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
