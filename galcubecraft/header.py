@@ -136,6 +136,9 @@ def grid_from_header(header, *, beam=None, beams=None, rest_frequency=None, spec
     from .grid import CubeGrid
     header = header.copy()
     naxis = int(header.get("NAXIS", 0))
+    if naxis == 0 and "WCSAXES" in header:
+        raise ValueError("the header has no NAXIS (a WCS-only header?), so the cube's shape is "
+                         "unknown; read the grid from the FITS file, HDU or SpectralCube")
     if naxis not in (3, 4):
         raise ValueError(f"a cube header has 3 axes (or 4 with a Stokes axis), got NAXIS = {naxis}")
     ctypes = [str(header.get(f"CTYPE{i}", "")).strip().upper() for i in range(1, naxis + 1)]
