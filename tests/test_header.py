@@ -297,3 +297,28 @@ def test_unknown_bunit_is_refused():
         parse_bunit("")
     with pytest.raises(ValueError, match="not a unit"):
         parse_bunit("counts per fortnight squared")
+
+
+@pytest.mark.parametrize("ctype, velref, convention", [
+    ("VELO-LSR", 257, "radio"),      # AIPS: VELREF > 256 means radio
+    ("VELO-HEL", None, "optical"),   # AIPS default, as GIPSY and BBarolo cubes often have
+    ("FELO-HEL", None, "optical"),
+    ("VOPT", None, "optical"),
+])
+def test_legacy_velocity_axes_follow_the_aips_convention(ctype, velref, convention):
+    h = kinms_header()
+    h["CTYPE3"], h["CRVAL3"], h["CDELT3"] = ctype, 3.0e6, 2.0e4
+    if velref is not None:
+        h["VELREF"] = velref
+    grid = gcc.CubeGrid.from_fits(h)
+    v = 3000 + 20 * np.arange(grid.n_chan)            # the header's own velocities, km/s
+    if convention == "radio":
+        expected = v
+    elif ctype == "FELO-HEL":     # linear in frequency: radio velocity steps of dv / (1 + z)^2
+        z = 3000 / C_KMS
+        expected = C_KMS * (1 - 1 / (1 + z)) + 20 * np.arange(grid.n_chan) / (1 + z) ** 2
+    else:
+        expected = C_KMS * (1 - 1 / (1 + v / C_KMS))
+    # channel centres are the mid-points of the channel edges in radio velocity, which differ
+    # from the header's value at the pixel centre by the second-order term (~3e-4 km/s here)
+    np.testing.assert_allclose(grid.spectral_axis.to_value(KMS), expected, atol=1e-3)
