@@ -13,10 +13,11 @@ from .components import (AnalyticRotationCurve, ArctanRotationCurve, Component,
                          ExponentialDisk, ExponentialVertical, FlatRotationCurve,
                          RotationCurve, SersicDisk, TabulatedRotationCurve)
 from .cube import SyntheticCube, to_spectral_cube, write_fits
-from .galaxy import Galaxy, Scene, default_cosmology
+from .galaxy import Galaxy, Scene, default_cosmology, radio_velocity
 from .grid import CO_1_0, CubeGrid
 from .generator import GalCubeCraft, GeneratedCube
-from .noise import apply_and_convolve_noise, apply_noise
+from .noise import NoiseModel, apply_and_convolve_noise, apply_noise
+from .observe import Observation, observe
 from .population import SeedPopulation
 from .projector import Projector
 from .render import render, render_tensor, stack_parameters
@@ -25,8 +26,9 @@ __all__ = [
     "__version__",
     "Component", "SersicDisk", "ExponentialDisk", "ExponentialVertical", "RotationCurve",
     "AnalyticRotationCurve", "ArctanRotationCurve", "FlatRotationCurve", "TabulatedRotationCurve",
-    "Galaxy", "Scene", "default_cosmology", "CubeGrid", "CO_1_0", "Projector",
+    "Galaxy", "Scene", "default_cosmology", "radio_velocity", "CubeGrid", "CO_1_0", "Projector",
     "render", "render_tensor", "stack_parameters",
     "SyntheticCube", "to_spectral_cube", "write_fits",
     "GalCubeCraft", "GeneratedCube", "SeedPopulation", "apply_noise", "apply_and_convolve_noise",
+    "NoiseModel", "observe", "Observation",
 ]

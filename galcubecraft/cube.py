@@ -43,14 +43,20 @@ class SyntheticCube(SpectralCube):
             header[key] = card
         return header
 
-    def write(self, filename, overwrite=False, format=None):
-        """Write the cube; FITS output is atomic and CASA-ready (see class docstring)."""
+    def write(self, filename, overwrite=False, format=None, stokes=False):
+        """Write the cube; FITS output is atomic and CASA-ready (see class docstring).
+
+        ``stokes=True`` adds a degenerate fourth axis (Stokes I) for tools that want
+        4-D cubes.
+        """
         name = str(filename).lower()
         is_fits = format == "fits" or (format is None and name.endswith(
             (".fits", ".fit", ".fts", ".fits.gz")))
         if not is_fits:
+            if stokes:
+                raise ValueError("stokes=True is for FITS output")
             return super().write(filename, overwrite=overwrite, format=format)
-        return write_fits(self, filename, overwrite=overwrite)
+        return write_fits(self, filename, overwrite=overwrite, stokes=stokes)
 
 
 def to_spectral_cube(data, grid, meta=None):
@@ -79,15 +85,24 @@ def to_spectral_cube(data, grid, meta=None):
                          wcs=grid.wcs, meta=dict(meta or {}), **kwargs)
 
 
-def write_fits(cube, filename, overwrite=False):
+def write_fits(cube, filename, overwrite=False, stokes=False):
     """Write ``cube`` to FITS atomically, with ``BUNIT`` spelled for CASA.
 
     The data go to a temporary file beside ``filename`` which is renamed
     over it only once complete; on any error the temporary file is removed and
-    an existing ``filename`` is left untouched.
+    an existing ``filename`` is left untouched.  ``stokes=True`` writes a
+    degenerate fourth axis (``STOKES`` = 1, Stokes I), as CASA images have.
     """
     hdu = cube.hdu
     hdu.header["BUNIT"] = casa_unit_string(cube.unit)
+    if stokes:
+        header = hdu.header
+        data = hdu.data[np.newaxis]
+        header["WCSAXES"] = 4
+        hdu = type(hdu)(data=data, header=header)
+        for key, value in (("CTYPE4", "STOKES"), ("CRVAL4", 1.0), ("CDELT4", 1.0),
+                           ("CRPIX4", 1.0), ("CUNIT4", "")):
+            hdu.header[key] = value
     hdu.header.add_history("Written by galcubecraft")
     with atomic_path(filename, overwrite=overwrite) as tmp:
         hdu.writeto(tmp, overwrite=True, checksum=True)

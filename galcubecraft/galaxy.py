@@ -1,4 +1,5 @@
 """A galaxy (components + geometry + flux) and a scene of galaxies."""
+import astropy.constants as const
 import astropy.units as u
 import torch
 from astropy.cosmology import Cosmology
@@ -10,9 +11,21 @@ from .components.vertical import ExponentialVertical
 from .units import (INTERNAL, validate_line_flux, validate_number, validate_quantity,
                     validate_velocity)
 
-__all__ = ["Galaxy", "Scene", "default_cosmology"]
+__all__ = ["Galaxy", "Scene", "default_cosmology", "radio_velocity"]
 
 _KMS = u.km / u.s
+
+
+def radio_velocity(redshift):
+    """The radio velocity ``c z / (1 + z)`` of a line emitted at ``redshift`` (km/s).
+
+    Radio velocity is linear in observed frequency, ``v = c (1 - f / f0)``, and
+    ``f = f0 / (1 + z)``; it is the velocity the projector and VRAD axes use.
+    """
+    z = validate_number("redshift", redshift)
+    if z <= -1:
+        raise ValueError(f"redshift must be > -1, got {z}")
+    return (const.c * z / (1 + z)).to(_KMS)
 
 
 def default_cosmology():
@@ -65,8 +78,12 @@ class Galaxy:
     dispersion : `~astropy.units.Quantity` [speed]
         Line-of-sight velocity dispersion (Gaussian sigma, not FWHM), >= 0;
         default 10 km/s.
-    v_sys : `~astropy.units.Quantity` [speed]
-        Systemic velocity in the radio convention (default 0 km/s).
+    v_sys : `~astropy.units.Quantity` [speed], optional
+        Systemic velocity in the radio convention, ``c (1 - f / f0)``, with ``f0``
+        the grid's rest frequency.  Default: the radio velocity of ``redshift``,
+        ``c z / (1 + z)``, when a redshift is given, else 0 km/s.  The rotation and
+        dispersion are physical velocities in the galaxy's frame; in radio
+        velocity they appear compressed by ``1 - v_sys / c = 1 / (1 + z)``.
     offset : `~astropy.units.Quantity` [angle or length], shape (2,)
         ``(east, north)`` offset of the centre from the grid's field centre, in
         the grid's tangent plane (default ``(0, 0) arcsec``).
@@ -92,7 +109,7 @@ class Galaxy:
     """
 
     def __init__(self, *, surface, kinematics, inclination, position_angle, flux,
-                 vertical=None, dispersion=10 * _KMS, v_sys=0 * _KMS, offset=None,
+                 vertical=None, dispersion=10 * _KMS, v_sys=None, offset=None,
                  distance=None, redshift=None, cosmology=None):
         if not isinstance(surface, SersicDisk):
             raise TypeError(f"surface must be a SersicDisk, got {surface!r}")
@@ -108,12 +125,18 @@ class Galaxy:
         self.position_angle = validate_quantity("position_angle", position_angle, u.deg)
         self.flux = validate_line_flux("flux", flux, nonnegative=True)
         self.dispersion = validate_velocity("dispersion", dispersion, nonnegative=True)
-        self.v_sys = validate_velocity("v_sys", v_sys)
+        self._v_sys_given = v_sys is not None
+        self.v_sys = validate_velocity("v_sys", v_sys) if v_sys is not None else 0 * _KMS
         if offset is None:
             offset = [0.0, 0.0] * u.arcsec
         self.offset = validate_quantity("offset", offset, (u.arcsec, u.kpc), shape=(2,))
         self.distance, self.redshift = _validate_distance(distance, redshift, cosmology)
         self.cosmology = cosmology
+        self._follow_redshift()
+
+    def _follow_redshift(self):
+        if not self._v_sys_given and self.redshift is not None:
+            self.v_sys = radio_velocity(self.redshift)
 
     @property
     def components(self):
@@ -166,6 +189,7 @@ class Galaxy:
         new.__dict__.update(self.__dict__)
         new.distance, new.redshift = _validate_distance(distance, redshift, cosmology)
         new.cosmology = cosmology
+        new._follow_redshift()
         return new
 
     def __repr__(self):

@@ -78,6 +78,10 @@ class CubeGrid:
         Sky position of the field centre (default RA = Dec = 0, ICRS).
     velocity_center : `~astropy.units.Quantity` [speed]
         Radio velocity at the spectral centre of the cube (default 0 km/s).
+    redshift : float, optional
+        Centre the band on the line emitted at this redshift instead: the
+        centre's observed frequency is ``f0 / (1 + z)``, its radio velocity
+        ``c z / (1 + z)`` (give ``velocity_center`` or ``redshift``, not both).
     rest_frequency : `~astropy.units.Quantity` [frequency] or str
         Rest frequency of the line, or a line name of `galcubecraft.lines.LINES`
         such as ``"CO(3-2)"`` (default CO(1-0), 115.2712018 GHz); written
@@ -108,8 +112,8 @@ class CubeGrid:
     """
 
     def __init__(self, shape, pixel_scale, channel_width, beam=None, center=None,
-                 velocity_center=0 * _KMS, rest_frequency=CO_1_0, projection="SIN",
-                 specsys="LSRK", spectral_type="VRAD", spectral_response=None):
+                 velocity_center=None, rest_frequency=CO_1_0, projection="SIN",
+                 specsys="LSRK", spectral_type="VRAD", spectral_response=None, redshift=None):
         self.shape = self._validate_shape(shape)
         self.pixel_scale = validate_quantity("pixel_scale", pixel_scale, u.arcsec, positive=True)
         self.channel_width = validate_quantity("channel_width", channel_width, _KMS)
@@ -121,6 +125,14 @@ class CubeGrid:
         if not isinstance(center, SkyCoord) or not center.isscalar:
             raise TypeError(f"center must be a scalar SkyCoord, got {center!r}")
         self.center = center.icrs
+        if redshift is not None:
+            if velocity_center is not None:
+                raise ValueError("give velocity_center or redshift, not both")
+            from .galaxy import radio_velocity
+            velocity_center = radio_velocity(redshift)
+        self.redshift = redshift
+        if velocity_center is None:
+            velocity_center = 0 * _KMS
         self.velocity_center = validate_quantity("velocity_center", velocity_center, _KMS)
         if isinstance(rest_frequency, str):
             rest_frequency = lines.rest_frequency(rest_frequency)

@@ -344,12 +344,10 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
                     "position_angle": g.position_angle.to(u.deg),
                     "dispersion": g.dispersion.to(_KMS), "flux": g.flux.to(u.Jy * _KMS)})
         law = _LAW_NAMES.get(type(g.kinematics))
-        if law is None:
-            raise ValueError(f"a truth table row cannot describe {g.kinematics!r}; use an "
-                             f"arctan, flat or analytic rotation curve")
-        row["rotation"] = law
+        # other laws (tabulated) are named but their parameters do not fit a row
+        row["rotation"] = law or type(g.kinematics).__name__
         for name in ("v_max", "r_turn", "v_flat", "v_0", "r_0"):
-            if name in _LAWS[law][1]:
+            if law is not None and name in _LAWS[law][1]:
                 unit = u.arcsec if name.startswith("r_") else _KMS
                 # NaN: not set (r_0 of the analytic law then follows the disk, as it did)
                 row[name] = (float(p[name]) if name in p else np.nan) * unit
