@@ -17,7 +17,7 @@ from .galaxy import Galaxy, Scene, default_cosmology, radio_velocity
 from .grid import CO_1_0, CubeGrid
 from .generator import GalCubeCraft, GeneratedCube
 from .noise import NoiseModel, apply_and_convolve_noise, apply_noise
-from .observe import Observation, observe
+from .observation import Observation, observe
 from .population import SeedPopulation
 from .projector import Projector
 from .render import render, render_tensor, stack_parameters

@@ -223,9 +223,10 @@ class Scene:
         galaxies = list(galaxies)
         if not galaxies:
             raise ValueError("a Scene needs at least one galaxy, got none")
+        from .diffuse import Stream
         for g in galaxies:
-            if not isinstance(g, Galaxy):
-                raise TypeError(f"Scene holds Galaxy objects, got {g!r}")
+            if not isinstance(g, (Galaxy, Stream)):
+                raise TypeError(f"Scene holds Galaxy and Stream objects, got {g!r}")
         self.distance, self.redshift = _validate_distance(distance, redshift, cosmology)
         self.cosmology = cosmology
         placed = []

@@ -11,7 +11,9 @@ __all__ = ["render", "render_tensor", "stack_parameters"]
 
 
 def _galaxies(scene):
-    if isinstance(scene, Galaxy):
+    """The scene's items (galaxies and diffuse streams) as a list, checked."""
+    from .diffuse import Stream
+    if isinstance(scene, (Galaxy, Stream)):
         return [scene]
     if isinstance(scene, Scene):
         return list(scene)
@@ -19,8 +21,9 @@ def _galaxies(scene):
     if not galaxies:
         raise ValueError("nothing to render: no galaxies given")
     for g in galaxies:
-        if not isinstance(g, Galaxy):
-            raise TypeError(f"render takes Galaxy objects, a Scene or a list of them, got {g!r}")
+        if not isinstance(g, (Galaxy, Stream)):
+            raise TypeError(f"render takes Galaxy and Stream objects, a Scene or a list of "
+                            f"them, got {g!r}")
     return galaxies
 
 
@@ -40,11 +43,20 @@ def stack_parameters(galaxies, device=None, dtype=torch.float32):
 
 def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=None, **sampling):
     """Render galaxies into one ``(n_chan, ny, nx)`` tensor (sum of all galaxies, beam applied)."""
-    galaxies = _galaxies(scene)
+    from .diffuse import Stream
+    items = _galaxies(scene)
+    galaxies = [g for g in items if isinstance(g, Galaxy)]
+    streams = [s for s in items if isinstance(s, Stream)]
     projector = projector or Projector(grid, device=device, dtype=dtype, **sampling)
     model = None
-    for kinematics, params in stack_parameters(galaxies, projector.device, projector.dtype):
+    for kinematics, params in stack_parameters(galaxies, projector.device, projector.dtype) \
+            if galaxies else ():
         part = projector.project(params, kinematics).sum(dim=0)
+        model = part if model is None else model + part
+    if streams:
+        tensors = [s.tensors(projector.device, projector.dtype) for s in streams]
+        stacked = {k: torch.stack([t[k] for t in tensors]) for k in tensors[0]}
+        part = projector.project_streams(stacked).sum(dim=0)
         model = part if model is None else model + part
     return projector.observe(model)
 

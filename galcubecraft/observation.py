@@ -6,9 +6,9 @@ and returns, beside the two cubes:
 
 * **mask**: the ground-truth emission mask, ``clean >= threshold`` in the clean
   cube (the model, not a detection: faint emission below the noise is in it);
-* **labels**: which galaxy each masked voxel's flux belongs to (``1 + index`` of
-  the galaxy contributing most to that voxel, 0 outside the mask), for
-  segmentation tasks;
+* **labels**: which component each masked voxel's flux belongs to (``1 + index``
+  in the scene's order of the galaxy or stream contributing most to that voxel, 0
+  outside the mask), for segmentation tasks;
 * **params**: the noise rms (also written as ``NOISERMS`` into both cubes'
   headers), the S/N it gives, the mask threshold, the seed, and the truth table
   of the galaxies (`galcubecraft.inject.truth_table`).
@@ -25,6 +25,7 @@ from astropy.io import fits
 
 from ._files import atomic_path
 from .cube import to_spectral_cube
+from .galaxy import Galaxy
 from .noise import rng_from_seed
 from .projector import Projector
 from .render import _galaxies, render_tensor
@@ -148,7 +149,8 @@ def observe(scene, grid, noise=None, *, seed=None, mask_threshold=None, device=N
     else:
         noisy = clean
     cards["MASKTHR"] = (threshold.to_value(unit), f"[{unit.to_string()}] emission mask level")
-    params["galaxies"] = truth_table(grid, galaxies)
+    params["galaxies"] = truth_table(grid, [g for g in galaxies if isinstance(g, Galaxy)])
+    params["streams"] = [g for g in galaxies if not isinstance(g, Galaxy)]
     meta = {"fits_cards": cards}
     return Observation(to_spectral_cube(noisy, grid, meta=meta),
                        to_spectral_cube(clean, grid, meta=meta), mask, labels, params)
