@@ -1,4 +1,4 @@
-"""Command-line interface: ``galcubecraft render``, ``plot`` and ``inject``."""
+"""Command-line interface: ``galcubecraft render``, ``plot``, ``inject``, ``dataset``, ``export``."""
 import argparse
 import sys
 import warnings
@@ -247,7 +247,74 @@ def build_parser():
     j.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     j.add_argument("--overwrite", action="store_true",
                    help="replace OUTPUT and its truth table if they exist (never the input)")
+    d = sub.add_parser(
+        "dataset", help="make (or finish) a training set of N cubes from a priors file",
+        description=(
+            "Render N cubes drawn from a TOML priors file ([dataset] seed/shard_size, [grid], "
+            "[noise], [scene], [galaxy]) into HDF5 shards (noisy, clean, mask, labels) with a "
+            "catalogue (cubes.ecsv, galaxies.ecsv) and a manifest. Cube i depends only on the "
+            "seed and i. Rerunning the same command finishes an interrupted dataset: only "
+            "missing, partial or corrupt shards are made. --workers N runs a local Dask "
+            "cluster of N processes; --scheduler ADDRESS an existing one."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("priors", help="TOML priors file")
+    d.add_argument("--n", type=int, required=True, help="number of cubes")
+    d.add_argument("--out", required=True, help="dataset folder")
+    d.add_argument("--seed", type=int, help="dataset seed (overrides [dataset] seed)")
+    d.add_argument("--shard-size", type=int, help="cubes per shard (default: the priors', "
+                                                  "or 64)")
+    d.add_argument("--workers", type=int, default=1,
+                   help="local Dask worker processes (1: in this process)")
+    d.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    x = sub.add_parser(
+        "export", help="write cubes of a dataset as FITS (for CASA, CARTA, spectral-cube)",
+        description="Write the noisy and clean cubes of the given indices of a dataset as "
+                    "FITS files with WCS, beam and NOISERMS.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    x.add_argument("dataset", help="dataset folder")
+    x.add_argument("--indices", required=True,
+                   help="cube indices: 'A:B' (B excluded) or a comma-separated list")
+    x.add_argument("-o", "--output", required=True, help="folder for the FITS files")
+    x.add_argument("--overwrite", action="store_true", help="replace existing files")
     return p
+
+
+def dataset_command(args):
+    """``galcubecraft dataset``: generate or finish a dataset."""
+    from .dataset import generate_dataset
+    try:
+        manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
+                                    workers=args.workers, scheduler=args.scheduler,
+                                    shard_size=args.shard_size, progress=not args.no_progress)
+    except (ValueError, TypeError, KeyError, u.UnitsError, OSError) as exc:
+        print(f"galcubecraft dataset: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"dataset of {args.n} cubes in {args.out} ({manifest.name}, cubes.ecsv, "
+          f"galaxies.ecsv)")
+    return 0
+
+
+def export_command(args):
+    """``galcubecraft export``: FITS files of chosen cubes of a dataset."""
+    from .dataset import export_fits
+    try:
+        text = args.indices.strip()
+        if ":" in text:
+            a, b = text.split(":", 1)
+            indices = range(int(a), int(b))
+        else:
+            indices = [int(v) for v in text.split(",") if v.strip()]
+        written = export_fits(args.dataset, indices, args.output, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        print(f"galcubecraft export: error: {exc.filename or exc} exists; use --overwrite",
+              file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+        print(f"galcubecraft export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} FITS files to {args.output}")
+    return 0
 
 
 def _beam_option(text):
@@ -389,6 +456,10 @@ def main(argv=None):
         return plot(args)
     if args.command == "inject":
         return inject_command(args)
+    if args.command == "dataset":
+        return dataset_command(args)
+    if args.command == "export":
+        return export_command(args)
     try:
         grid_cfg, galaxy_cfgs = _settings(args)
         grid = build_grid(grid_cfg)

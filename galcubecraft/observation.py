@@ -98,7 +98,7 @@ def _threshold(mask_threshold, clean, rms, unit):
 
 
 def observe(scene, grid, noise=None, *, seed=None, mask_threshold=None, device=None,
-            dtype=torch.float32, **sampling):
+            dtype=torch.float32, projector=None, **sampling):
     """Render a scene and observe it: ``(noisy, clean, mask, params)`` in one call.
 
     Parameters
@@ -115,6 +115,9 @@ def observe(scene, grid, noise=None, *, seed=None, mask_threshold=None, device=N
         times the noise rms (only with ``NoiseModel(rms=...)``), or (default)
         1e-3 of the clean cube's peak.  An integrated S/N is measured in this
         mask.
+    projector : `~galcubecraft.Projector`, optional
+        A projector already built for ``grid`` (saves its set-up when observing
+        many scenes).
 
     Returns
     -------
@@ -122,7 +125,10 @@ def observe(scene, grid, noise=None, *, seed=None, mask_threshold=None, device=N
     """
     from .inject import truth_table
     galaxies = _galaxies(scene)
-    projector = Projector(grid, device=device, dtype=dtype, **sampling)
+    if projector is None:
+        projector = Projector(grid, device=device, dtype=dtype, **sampling)
+    elif projector.grid is not grid:
+        raise ValueError("projector was built for another grid")
     with torch.no_grad():
         parts = np.stack([render_tensor(g, grid, projector=projector).cpu().double().numpy()
                           for g in galaxies])

@@ -1,0 +1,597 @@
+"""Training sets of any size: priors in, HDF5 shards and a catalogue out, on Dask.
+
+A dataset is described once, by a priors file (`DatasetSpec`), and made by
+`generate_dataset` (or ``galcubecraft dataset PRIORS --n N --out DIR``):
+
+* **Seeds.** Cube ``i`` is drawn from its own stream,
+  ``numpy.random.SeedSequence(seed, spawn_key=(i,))``, and rendered alone (its
+  galaxies in one projector batch, one torch thread), so it is the same bytes
+  whatever the shard size, the number of workers or the order they run in.
+* **Shards.** Cubes ``[j K, (j + 1) K)`` go to ``shard_<j>.h5``: HDF5, one chunk per
+  cube and array, compressed (gzip + shuffle), holding ``noisy``, ``clean``,
+  ``mask`` and ``labels`` and the shard's rows of the catalogue.  HDF5 rather than
+  Zarr because a shard has one writer and must appear all at once: it is one
+  file, written under a temporary name and renamed when complete, its SHA-256
+  then recorded beside it; h5py, PyTorch data loaders, IDL and MATLAB read it
+  directly.  A shard is valid when its file and checksum exist and agree.
+* **Resume.** Running the same command again makes only the shards that are
+  missing, partial (temporary files are removed) or corrupt (checksum mismatch);
+  nothing is duplicated or lost.
+* **Dask.** Each shard is one task; what a worker receives is the priors (a small
+  dict), the seed and the shard's index range; what the scheduler keeps is the
+  futures and each shard's checksum.  By default the work runs in this process;
+  ``workers=N`` starts a `~distributed.LocalCluster` of N single-threaded
+  processes, and ``scheduler='tcp://...'`` uses an existing cluster (for SLURM or
+  PBS, start one with dask-jobqueue and pass its address).
+* **Catalogue.** ``cubes.ecsv`` (one row per cube: noise rms, S/N, number of
+  galaxies) and ``galaxies.ecsv`` (one row per galaxy: the truth table of
+  `galcubecraft.inject.truth_table` with the cube index); ``manifest.json``
+  records the package version, the priors, the seed, the grid and the shards, so
+  that a dataset can be re-made exactly.
+
+Feed torch with `CubeDataset` (a written dataset) or `StreamingCubes` (cubes rendered
+on the fly, with no disk in between).
+"""
+import copy
+import hashlib
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+import torch
+from astropy.table import QTable, vstack
+
+from ._files import atomic_path
+from .grid import CubeGrid
+from .noise import NoiseModel
+from .priors import GalaxyPriors, distribution_from_spec
+from .response import GaussianLSF, Hanning
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+__all__ = ["DatasetSpec", "generate_dataset", "CubeDataset", "StreamingCubes", "export_fits",
+           "read_catalogue"]
+
+_KMS = u.km / u.s
+FORMAT = "galcubecraft-dataset"
+FORMAT_VERSION = 1
+ARRAYS = ("noisy", "clean", "mask", "labels")
+_GRID_KEYS = {"shape", "pixel_scale", "channel_width", "beam", "rest_frequency",
+              "spectral_type", "spectral_response", "velocity_center"}
+_NOISE_KEYS = {"rms", "peak_snr", "integrated_snr", "correlation", "spectral"}
+_SCENE_KEYS = {"n_galaxies", "edge", "min_separation", "mask_threshold"}
+_DATASET_KEYS = {"seed", "shard_size"}
+
+
+def _quantity(name, text, unit):
+    try:
+        q = u.Quantity(text)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot read {text!r} as a quantity") from exc
+    if not q.unit.is_equivalent(unit):
+        raise u.UnitsError(f"{name} must be in units of {unit}, got {q.unit or 'no unit'}")
+    return q
+
+
+class DatasetSpec:
+    """A population and an observation, from a priors file or a dict; checked up front.
+
+    The priors file has the tables ``[dataset]`` (``seed``, ``shard_size``),
+    ``[grid]`` (``shape``, ``pixel_scale``, ``channel_width``, ``beam``,
+    ``rest_frequency``, ``spectral_type``, ``spectral_response`` = ``"hanning"`` or a
+    Gaussian LSF FWHM such as ``"30 km/s"``, ``velocity_center``), ``[noise]``
+    (one of ``rms``, ``peak_snr``, ``integrated_snr``, each fixed or a distribution;
+    ``correlation``, ``spectral``), ``[scene]`` (``n_galaxies``, fixed or a
+    distribution; ``edge``; ``min_separation``; ``mask_threshold``) and
+    ``[galaxy]`` (`~galcubecraft.priors.GalaxyPriors`).  Every key is checked
+    before any work starts.  Galaxies are placed as by
+    `galcubecraft.inject.random_galaxies`.
+    """
+
+    def __init__(self, config):
+        config = copy.deepcopy(dict(config))
+        unknown = set(config) - {"dataset", "grid", "noise", "scene", "galaxy"}
+        if unknown:
+            raise ValueError(f"unknown table(s) {sorted(unknown)}; expected [dataset], [grid], "
+                             "[noise], [scene], [galaxy]")
+        for section, keys in (("dataset", _DATASET_KEYS), ("grid", _GRID_KEYS),
+                              ("noise", _NOISE_KEYS), ("scene", _SCENE_KEYS)):
+            bad = set(config.get(section, {})) - keys
+            if bad:
+                raise ValueError(f"unknown key(s) {sorted(bad)} in [{section}]; known: "
+                                 f"{sorted(keys)}")
+        self.config = config
+        ds = config.get("dataset", {})
+        self.seed = ds.get("seed")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"[dataset] seed must be a non-negative integer, got {self.seed!r}")
+        self.shard_size = ds.get("shard_size", 64)
+        if not isinstance(self.shard_size, int) or self.shard_size < 1:
+            raise ValueError(f"[dataset] shard_size must be a positive integer, got "
+                             f"{self.shard_size!r}")
+        self.grid = self._grid(config.get("grid", {}))
+        self.galaxy_priors = GalaxyPriors(**config.get("galaxy", {}))
+        self._noise_cfg = self._noise(config.get("noise", {}))
+        scene = config.get("scene", {})
+        self.n_galaxies = distribution_from_spec("n_galaxies", scene.get("n_galaxies", 1))
+        low, _ = self.n_galaxies.support()
+        if not self.n_galaxies.unit.is_equivalent(u.one) or low.value < 1:
+            raise ValueError(f"n_galaxies must be a count >= 1, got {self.n_galaxies!r}")
+        self.edge = (None if "edge" not in scene else
+                     _quantity("edge", scene["edge"], u.arcsec))
+        self.min_separation = _quantity("min_separation", scene.get("min_separation", "0 arcsec"),
+                                        u.arcsec)
+        self.mask_threshold = scene.get("mask_threshold")
+
+    @classmethod
+    def from_toml(cls, path):
+        with open(path, "rb") as fh:
+            try:
+                return cls(tomllib.load(fh))
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+
+    @staticmethod
+    def _grid(cfg):
+        from radio_beam import Beam
+        shape = cfg.get("shape", [32, 64, 64])
+        beam = cfg.get("beam", "3 arcsec")
+        beam = None if beam in (None, "none") else Beam(_quantity("beam", beam, u.arcsec))
+        response = cfg.get("spectral_response")
+        if response in (None, "none"):
+            response = None
+        elif str(response).lower() == "hanning":
+            response = Hanning()
+        else:
+            response = GaussianLSF(_quantity("spectral_response", response, _KMS))
+        rest = cfg.get("rest_frequency", "CO(1-0)")
+        try:
+            rest = _quantity("rest_frequency", rest, u.Hz)
+        except ValueError:
+            pass                    # a line name
+        return CubeGrid(shape=shape,
+                        pixel_scale=_quantity("pixel_scale", cfg.get("pixel_scale", "1 arcsec"),
+                                              u.arcsec),
+                        channel_width=_quantity("channel_width",
+                                                cfg.get("channel_width", "20 km/s"), _KMS),
+                        beam=beam, rest_frequency=rest,
+                        velocity_center=_quantity("velocity_center",
+                                                  cfg.get("velocity_center", "0 km/s"), _KMS),
+                        spectral_type=cfg.get("spectral_type", "VRAD"),
+                        spectral_response=response)
+
+    def _noise(self, cfg):
+        levels = [k for k in ("rms", "peak_snr", "integrated_snr") if k in cfg]
+        if len(levels) > 1:
+            raise ValueError(f"[noise] takes one of rms, peak_snr, integrated_snr; got {levels}")
+        if not levels:
+            return None
+        kind = levels[0]
+        dist = distribution_from_spec(kind, cfg[kind])
+        unit = self.grid.unit if kind == "rms" else u.one
+        if not dist.unit.is_equivalent(unit):
+            raise u.UnitsError(f"[noise] {kind} must be in units of {unit}, got "
+                               f"{dist.unit or 'no unit'}")
+        if dist.support()[0].value <= 0:
+            raise ValueError(f"[noise] {kind} must be > 0, got {dist!r}")
+        correlation = cfg.get("correlation", "beam" if self.grid.beam is not None else "white")
+        NoiseModel(peak_snr=1, correlation=correlation)          # checks the word
+        return {"kind": kind, "distribution": dist, "correlation": correlation,
+                "spectral": bool(cfg.get("spectral", True))}
+
+    # ------------------------------------------------------------------ one cube
+    def draw(self, index, seed):
+        """Cube ``index``'s galaxies, noise model and noise generator."""
+        streams = np.random.SeedSequence(seed, spawn_key=(int(index),)).spawn(2)
+        rng = np.random.default_rng(streams[0])
+        from .inject import random_galaxies
+        n = int(round(float(self.n_galaxies.sample(rng).value)))
+        galaxies = random_galaxies(self.grid, n, priors=self.galaxy_priors, seed=rng,
+                                   edge=self.edge, min_separation=self.min_separation)
+        noise = None
+        if self._noise_cfg is not None:
+            level = self._noise_cfg["distribution"].sample(rng)
+            kw = {self._noise_cfg["kind"]: level if self._noise_cfg["kind"] == "rms"
+                  else float(level.value)}
+            noise = NoiseModel(correlation=self._noise_cfg["correlation"],
+                               spectral=self._noise_cfg["spectral"], **kw)
+        return galaxies, noise, np.random.default_rng(streams[1])
+
+    def make(self, index, seed, projector=None):
+        """Render cube ``index``: an `~galcubecraft.Observation`."""
+        from .observation import observe
+        galaxies, noise, noise_rng = self.draw(index, seed)
+        return observe(galaxies, self.grid, noise, seed=noise_rng,
+                       mask_threshold=self.mask_threshold, projector=projector)
+
+
+# --------------------------------------------------------------------------- shards
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _table_to_h5(group, name, table):
+    """A QTable as a structured dataset, its units in an attribute."""
+    columns, units = [], {}
+    for col in table.colnames:
+        value = table[col]
+        if isinstance(value, u.Quantity):
+            units[col] = value.unit.to_string()
+            value = value.value
+        value = np.asarray(value)
+        if value.dtype.kind in "UO":
+            value = value.astype("S32")
+        columns.append((col, value))
+    dtype = [(c, v.dtype) for c, v in columns]
+    data = np.zeros(len(table), dtype=dtype)
+    for c, v in columns:
+        data[c] = v
+    ds = group.create_dataset(name, data=data, track_times=False)
+    ds.attrs["units"] = json.dumps(units)
+
+
+def _table_from_h5(ds):
+    data = ds[()]
+    units = json.loads(ds.attrs["units"])
+    table = QTable()
+    for name in data.dtype.names:
+        col = data[name]
+        if col.dtype.kind == "S":
+            col = col.astype(str)
+        table[name] = col * u.Unit(units[name]) if name in units else col
+    return table
+
+
+def _cube_row(index, obs):
+    p = obs.params
+    unit = obs.clean.unit
+    row = {"index": index, "n_galaxies": len(p["galaxies"]),
+           "mask_threshold": p["mask_threshold"].to(unit)}
+    for key in ("noise_rms",):
+        row[key] = p[key].to(unit) if key in p else np.nan * unit
+    for key in ("peak_snr", "integrated_snr"):
+        row[key] = p.get(key, np.nan)
+    return row
+
+
+def _make_shard(config, seed, shard, first, count, out_dir, compression):
+    """Task: render cubes [first, first + count) into shard file ``shard``; returns its checksum."""
+    import h5py
+    torch.set_num_threads(1)        # the same arithmetic on every worker
+    from .projector import Projector
+    spec = DatasetSpec(config)
+    projector = Projector(spec.grid)
+    out_dir = Path(out_dir)
+    path = out_dir / f"shard_{shard:06d}.h5"
+    shape = spec.grid.shape
+    cube_rows, galaxy_tables = [], []
+    with atomic_path(path, overwrite=True) as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                            "shard": shard, "first": first, "n_cubes": count,
+                            "seed": str(seed)})
+            opts = dict(chunks=(1,) + shape, compression=compression, shuffle=True,
+                        track_times=False)
+            if compression is None:
+                opts.pop("compression"), opts.pop("shuffle")
+            arrays = {"noisy": f.create_dataset("noisy", (count,) + shape, "f4", **opts),
+                      "clean": f.create_dataset("clean", (count,) + shape, "f4", **opts),
+                      "mask": f.create_dataset("mask", (count,) + shape, "u1", **opts),
+                      "labels": f.create_dataset("labels", (count,) + shape, "i2", **opts)}
+            for k in range(count):
+                index = first + k
+                obs = spec.make(index, seed, projector)
+                arrays["noisy"][k] = obs.noisy.unitless_filled_data[:].astype(np.float32)
+                arrays["clean"][k] = obs.clean.unitless_filled_data[:].astype(np.float32)
+                arrays["mask"][k] = obs.mask
+                arrays["labels"][k] = obs.labels
+                cube_rows.append(_cube_row(index, obs))
+                gal = obs.params["galaxies"]
+                gal.add_column(np.full(len(gal), index), name="index", index=0)
+                galaxy_tables.append(gal)
+            _table_to_h5(f, "cubes", QTable(rows=cube_rows))
+            galaxies = vstack(galaxy_tables) if galaxy_tables else QTable()
+            galaxies["id"] = np.arange(len(galaxies))
+            _table_to_h5(f, "galaxies", galaxies)
+            f.attrs["complete"] = True
+    digest = _sha256(path)
+    with atomic_path(path.with_suffix(".sha256"), overwrite=True) as tmp:
+        tmp.write_text(f"{digest}  {path.name}\n")
+    return shard, count, digest
+
+
+def _valid_shard(path):
+    check = path.with_suffix(".sha256")
+    if not (path.exists() and check.exists()):
+        return False
+    try:
+        expected = check.read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return _sha256(path) == expected
+
+
+def _manifest(spec, n, seed, shard_size):
+    from . import __version__
+    grid = spec.grid
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "galcubecraft": __version__,
+        "n_cubes": int(n), "seed": seed, "shard_size": int(shard_size),
+        "n_shards": int(math.ceil(n / shard_size)), "priors": spec.config,
+        "grid": {"shape": list(grid.shape), "unit": grid.unit.to_string(),
+                 "pixel_scale": str(grid.pixel_scale), "channel_width": str(grid.channel_width),
+                 "beam": None if grid.beam is None else str(grid.beam),
+                 "rest_frequency": str(grid.rest_frequency),
+                 "wcs": grid.wcs.to_header_string()},
+        "arrays": {"noisy": grid.unit.to_string(), "clean": grid.unit.to_string(),
+                   "mask": "1 where clean >= mask_threshold",
+                   "labels": "1 + index of the galaxy contributing most; 0 outside the mask"},
+    }
+
+
+def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shard_size=None,
+                     compression="gzip", progress=True):
+    """Make (or finish) a dataset of ``n`` cubes in folder ``out``.
+
+    Parameters
+    ----------
+    spec : `DatasetSpec`, dict or path to a priors file
+    n : int
+        Number of cubes.
+    out : path
+        Folder of the dataset; created if needed.  If it holds a dataset of the
+        same priors, seed and size, only its missing or corrupt shards are made.
+    seed : int, optional
+        Overrides the priors' ``[dataset] seed``; one is required from either
+        (a dataset must be re-makeable).
+    workers : int
+        1 (default): in this process.  More: a local Dask cluster of that many
+        single-threaded processes.
+    scheduler : str, optional
+        Address of a running dask.distributed scheduler; overrides ``workers``.
+    shard_size : int, optional
+        Cubes per shard (default: the priors', or 64).
+    compression : str or None
+        HDF5 compression of the arrays (default ``'gzip'``).
+    progress : bool
+        Show a tqdm bar of cubes done, rate and ETA.
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest's path.
+    """
+    if not isinstance(spec, DatasetSpec):
+        spec = DatasetSpec.from_toml(spec) if isinstance(spec, (str, Path)) else DatasetSpec(spec)
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seed = spec.seed if seed is None else seed
+    if seed is None or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError("a dataset needs a seed (a non-negative integer: --seed or the priors' "
+                         "[dataset] seed) so that it can be re-made")
+    seed = int(seed)
+    shard_size = int(shard_size or spec.shard_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(spec, n, seed, shard_size)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        keys = ("format", "n_cubes", "seed", "shard_size", "priors", "galcubecraft")
+        if any(old.get(k) != manifest.get(k) for k in keys):
+            diff = [k for k in keys if old.get(k) != manifest.get(k)]
+            raise ValueError(f"{out} holds another dataset (differs in {diff}); use a new "
+                             "folder, or the same priors, seed, size and package version")
+    else:
+        with atomic_path(manifest_path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1))
+    for stray in out.glob(".shard_*.part"):
+        stray.unlink()
+    shards = [(j, j * shard_size, min(shard_size, n - j * shard_size))
+              for j in range(manifest["n_shards"])]
+    todo = [s for s in shards if not _valid_shard(out / f"shard_{s[0]:06d}.h5")]
+    config = spec.config
+    from tqdm.auto import tqdm
+    bar = tqdm(total=n, initial=n - sum(c for _, _, c in todo), unit="cube",
+               disable=not progress, desc="galcubecraft dataset")
+    try:
+        if todo and (scheduler is not None or workers > 1):
+            _run_dask(todo, config, seed, out, compression, workers, scheduler, bar)
+        else:
+            threads = torch.get_num_threads()
+            try:
+                for j, first, count in todo:
+                    _make_shard(config, seed, j, first, count, str(out), compression)
+                    bar.update(count)
+            finally:
+                torch.set_num_threads(threads)
+    finally:
+        bar.close()
+    _write_catalogue(out, manifest)
+    return manifest_path
+
+
+def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar):
+    from distributed import Client, LocalCluster, as_completed
+    if scheduler is not None:
+        client, cluster = Client(scheduler), None
+    else:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_make_shard, config, seed, j, first, count, str(out),
+                                 compression, pure=False, key=f"shard-{j}-{seed}")
+                   for j, first, count in todo]
+        for future in as_completed(futures):
+            _, count, _ = future.result()
+            bar.update(count)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _write_catalogue(out, manifest):
+    import h5py
+    cubes, galaxies = [], []
+    for j in range(manifest["n_shards"]):
+        with h5py.File(out / f"shard_{j:06d}.h5", "r") as f:
+            cubes.append(_table_from_h5(f["cubes"]))
+            galaxies.append(_table_from_h5(f["galaxies"]))
+    cube_table = vstack(cubes)
+    cube_table["shard"] = np.repeat(np.arange(len(cubes)), [len(t) for t in cubes])
+    galaxy_table = vstack(galaxies)
+    galaxy_table["id"] = np.arange(len(galaxy_table))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, table in (("cubes.ecsv", cube_table), ("galaxies.ecsv", galaxy_table)):
+            with atomic_path(out / name, overwrite=True) as tmp:
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+    manifest = dict(manifest)
+    manifest["shards"] = [{"file": f"shard_{j:06d}.h5",
+                           "sha256": (out / f"shard_{j:06d}.sha256").read_text().split()[0]}
+                          for j in range(manifest["n_shards"])]
+    with atomic_path(out / "manifest.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+
+
+def read_catalogue(path):
+    """``(cubes, galaxies)`` QTables of a written dataset."""
+    path = Path(path)
+    return (QTable.read(path / "cubes.ecsv", format="ascii.ecsv"),
+            QTable.read(path / "galaxies.ecsv", format="ascii.ecsv"))
+
+
+def export_fits(path, indices, out, overwrite=False):
+    """Write cubes of a dataset as FITS for CASA/CARTA: ``<out>/cube_<i>_{noisy,clean}.fits``."""
+    from .cube import to_spectral_cube
+    data = CubeDataset(path, keys=("noisy", "clean"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = data.grid
+    written = []
+    for i in indices:
+        sample = data[int(i)]
+        rms = float(sample["params"]["noise_rms"])
+        cards = {} if not np.isfinite(rms) else {"NOISERMS": (rms, f"[{grid.unit}] noise rms")}
+        for key in ("noisy", "clean"):
+            cube = to_spectral_cube(sample[key].numpy(), grid, meta={"fits_cards": cards})
+            name = out / f"cube_{int(i):06d}_{key}.fits"
+            cube.write(name, overwrite=overwrite)
+            written.append(name)
+    return written
+
+
+# --------------------------------------------------------------------------- torch
+class CubeDataset(torch.utils.data.Dataset):
+    """A written dataset as a map-style `torch.utils.data.Dataset`.
+
+    ``dataset[i]`` is a dict: one tensor per name in ``keys`` (``noisy``, ``clean``,
+    ``mask``, ``labels``), ``params`` (the cube's catalogue row as floats) and
+    ``index``; ``transform`` is applied to that dict.  Shards are opened lazily,
+    once per process, so the dataset works with ``DataLoader(num_workers=...)``.
+    """
+
+    def __init__(self, path, keys=("noisy", "clean", "mask"), transform=None):
+        self.path = Path(path)
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        bad = set(keys) - set(ARRAYS)
+        if bad:
+            raise ValueError(f"keys must be among {ARRAYS}, got {sorted(bad)}")
+        self.keys, self.transform = tuple(keys), transform
+        self.n, self.shard_size = self.manifest["n_cubes"], self.manifest["shard_size"]
+        cubes = QTable.read(self.path / "cubes.ecsv", format="ascii.ecsv")
+        self._params = [{name: float(u.Quantity(row[name]).value) for name in cubes.colnames
+                         if name not in ("index", "shard")} for row in cubes]
+        self._files, self._pid = {}, None
+
+    @property
+    def grid(self):
+        """The dataset's grid (from its priors)."""
+        return DatasetSpec(self.manifest["priors"]).grid
+
+    def __len__(self):
+        return self.n
+
+    def _file(self, shard):
+        import h5py
+        if self._pid != os.getpid():              # a forked DataLoader worker: reopen
+            self._files, self._pid = {}, os.getpid()
+        if shard not in self._files:
+            self._files[shard] = h5py.File(self.path / f"shard_{shard:06d}.h5", "r")
+        return self._files[shard]
+
+    def __getitem__(self, index):
+        index = int(index)
+        if index < 0:
+            index += self.n
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} cubes")
+        f = self._file(index // self.shard_size)
+        local = index % self.shard_size
+        sample = {key: torch.from_numpy(np.asarray(f[key][local])) for key in self.keys}
+        sample["params"] = dict(self._params[index])
+        sample["index"] = index
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"], state["_pid"] = {}, None
+        return state
+
+
+class StreamingCubes(torch.utils.data.IterableDataset):
+    """Cubes rendered on the fly from a `DatasetSpec`: endless fresh training data, no disk.
+
+    Cube ``i`` is exactly cube ``i`` of a dataset written with the same priors and seed.
+    With ``DataLoader(num_workers=W)`` worker ``w`` renders cubes ``start + w``,
+    ``start + w + W``, ... so no cube is repeated; ``stop=None`` never ends.
+    ``device`` (default: CUDA when available, in the main process) is where the
+    projector runs; use ``num_workers=0`` with a GPU.
+    """
+
+    def __init__(self, spec, seed=None, *, start=0, stop=None, keys=("noisy", "clean", "mask"),
+                 device=None, transform=None):
+        self.spec = spec if isinstance(spec, DatasetSpec) else (
+            DatasetSpec.from_toml(spec) if isinstance(spec, (str, Path)) else DatasetSpec(spec))
+        self.seed = self.spec.seed if seed is None else seed
+        if self.seed is None:
+            raise ValueError("StreamingCubes needs a seed (argument or [dataset] seed)")
+        self.start, self.stop = int(start), None if stop is None else int(stop)
+        self.keys, self.transform, self.device = tuple(keys), transform, device
+
+    def __iter__(self):
+        from .projector import Projector
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        device = self.device
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() and info is None else "cpu"
+        projector = Projector(self.spec.grid, device=device)
+        index = self.start + worker
+        while self.stop is None or index < self.stop:
+            obs = self.spec.make(index, self.seed, projector)
+            arrays = {"noisy": obs.noisy.unitless_filled_data[:].astype(np.float32),
+                      "clean": obs.clean.unitless_filled_data[:].astype(np.float32),
+                      "mask": obs.mask.astype(np.uint8), "labels": obs.labels}
+            sample = {key: torch.from_numpy(np.ascontiguousarray(arrays[key]))
+                      for key in self.keys}
+            row = _cube_row(index, obs)
+            sample["params"] = {k: float(u.Quantity(v).value) for k, v in row.items()
+                                if k != "index"}
+            sample["index"] = index
+            yield self.transform(sample) if self.transform is not None else sample
+            index += n_workers

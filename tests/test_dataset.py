@@ -1,0 +1,197 @@
+"""Datasets: determinism across workers and shard sizes, resume after SIGKILL, corrupt shards,
+true catalogues, and torch datasets."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import astropy.units as u
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import galcubecraft as gcc
+from galcubecraft.dataset import (CubeDataset, DatasetSpec, StreamingCubes, export_fits,
+                                  generate_dataset, read_catalogue)
+from galcubecraft.inject import galaxies_from_table
+
+VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate_fits_cube.py"
+
+PRIORS = {
+    "dataset": {"seed": 7, "shard_size": 3},
+    "grid": {"shape": [12, 24, 24], "pixel_scale": "1 arcsec", "channel_width": "30 km/s",
+             "beam": "3 arcsec", "spectral_response": "hanning"},
+    "noise": {"peak_snr": {"distribution": "loguniform", "low": 5, "high": 20}},
+    "scene": {"n_galaxies": {"distribution": "choice", "values": [1, 2]}, "edge": "4 arcsec"},
+    "galaxy": {"r_eff": {"distribution": "uniform", "low": "1.2 arcsec", "high": "2.5 arcsec"},
+               "v_max": {"distribution": "uniform", "low": "60 km/s", "high": "120 km/s"}},
+}
+
+
+def arrays(path):
+    out = {}
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    for j in range(manifest["n_shards"]):
+        with h5py.File(Path(path) / f"shard_{j:06d}.h5", "r") as f:
+            for key in ("noisy", "clean", "mask", "labels"):
+                out.setdefault(key, []).append(f[key][()])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def same_catalogues(a, b):
+    (ca, ga), (cb, gb) = read_catalogue(a), read_catalogue(b)
+    for x, y in ((ca, cb), (ga, gb)):
+        assert x.colnames == y.colnames
+        for name in x.colnames:
+            if name == "shard":
+                continue
+            np.testing.assert_array_equal(np.asarray(x[name]), np.asarray(y[name]))
+
+
+def test_two_dask_workers_and_one_process_give_the_same_bytes(tmp_path):
+    generate_dataset(PRIORS, 8, tmp_path / "one", progress=False)
+    generate_dataset(PRIORS, 8, tmp_path / "two", workers=2, progress=False)
+    a, b = arrays(tmp_path / "one"), arrays(tmp_path / "two")
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    same_catalogues(tmp_path / "one", tmp_path / "two")
+    # and another shard size: the same cubes
+    generate_dataset(PRIORS, 8, tmp_path / "five", shard_size=5, progress=False)
+    c = arrays(tmp_path / "five")
+    for key in a:
+        assert a[key].tobytes() == c[key].tobytes(), key
+
+
+def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
+    priors = tmp_path / "priors.toml"
+    priors.write_text('''
+[dataset]
+seed = 11
+shard_size = 2
+[grid]
+shape = [12, 24, 24]
+channel_width = "30 km/s"
+beam = "3 arcsec"
+[noise]
+peak_snr = 10
+[galaxy]
+r_eff = {distribution = "uniform", low = "1.2 arcsec", high = "2.5 arcsec"}
+v_max = "100 km/s"
+''')
+    out = tmp_path / "killed"
+    args = ["dataset", str(priors), "--n", "60", "--out", str(out), "--no-progress"]
+    code = f"from galcubecraft.cli import main; main({args!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*.sha256"))) < 3:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("*.sha256")))
+    assert 3 <= done < 30, f"the kill came at {done} of 30 shards"
+    assert not (out / "cubes.ecsv").exists()
+    from galcubecraft.cli import main
+    assert main(args) == 0
+    assert main(["dataset", str(priors), "--n", "60", "--out", str(tmp_path / "whole"),
+                 "--no-progress"]) == 0
+    a, b = arrays(out), arrays(tmp_path / "whole")
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    same_catalogues(out, tmp_path / "whole")
+    cubes, _ = read_catalogue(out)
+    assert list(cubes["index"]) == list(range(60))          # none missing, none twice
+    assert not list(out.glob(".shard_*.part"))
+
+
+def test_a_corrupt_shard_is_detected_and_remade(tmp_path):
+    generate_dataset(PRIORS, 7, tmp_path / "d", progress=False)
+    before = arrays(tmp_path / "d")
+    shard = tmp_path / "d" / "shard_000001.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (tmp_path / "d" / ".shard_000002.h5.x.part").write_bytes(b"partial")
+    generate_dataset(PRIORS, 7, tmp_path / "d", progress=False)
+    after = arrays(tmp_path / "d")
+    for key in before:
+        assert before[key].tobytes() == after[key].tobytes()
+    assert not list((tmp_path / "d").glob(".shard_*.part"))
+    with pytest.raises(ValueError, match="another dataset"):
+        generate_dataset(PRIORS, 7, tmp_path / "d", seed=8, progress=False)
+
+
+def test_the_catalogue_re_renders_the_stored_clean_cubes(tmp_path):
+    generate_dataset(PRIORS, 6, tmp_path / "d", progress=False)
+    data = CubeDataset(tmp_path / "d", keys=("clean", "labels"))
+    _, galaxies = read_catalogue(tmp_path / "d")
+    grid = data.grid
+    for index in (0, 4):
+        rows = galaxies[galaxies["index"] == index]
+        obs = gcc.observe(galaxies_from_table(rows, grid), grid)
+        stored = data[index]["clean"].numpy()
+        np.testing.assert_allclose(obs.clean.unitless_filled_data[:], stored, rtol=0,
+                                   atol=1e-5 * stored.max())
+        assert len(rows) == data[index]["params"]["n_galaxies"]
+
+
+def test_torch_datasets_with_several_workers_repeat_no_cube(tmp_path):
+    generate_dataset(PRIORS, 7, tmp_path / "d", progress=False)
+    data = CubeDataset(tmp_path / "d", transform=lambda s: {**s, "peak": s["clean"].max()})
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    seen = []
+    for batch in loader:
+        seen += batch["index"].tolist()
+        assert batch["noisy"].shape[1:] == (12, 24, 24) and "peak" in batch
+    assert sorted(seen) == list(range(7))
+    stream = StreamingCubes(PRIORS, stop=6, device="cpu")
+    got = {}
+    for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2):
+        got[batch["index"]] = batch["clean"]
+    assert sorted(got) == list(range(6))
+    for i in range(6):          # the same cubes as the written dataset
+        np.testing.assert_allclose(got[i].numpy(), data[i]["clean"].numpy(), rtol=0,
+                                   atol=1e-6 * float(data[i]["clean"].max()))
+
+
+def test_export_to_fits(tmp_path):
+    generate_dataset(PRIORS, 4, tmp_path / "d", progress=False)
+    written = export_fits(tmp_path / "d", [1, 3], tmp_path / "fits")
+    assert len(written) == 4
+    from spectral_cube import SpectralCube
+    cube = SpectralCube.read(written[0])
+    np.testing.assert_allclose(cube.unitless_filled_data[:],
+                               CubeDataset(tmp_path / "d")[1]["noisy"].numpy(), rtol=1e-6)
+    assert cube.header["NOISERMS"] > 0
+    if VALIDATOR.exists():
+        run = subprocess.run([sys.executable, str(VALIDATOR), str(written[0])],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"extra": {}}, ValueError, "unknown table"),
+    ({"grid": {"pixel": "1 arcsec"}}, ValueError, "unknown key"),
+    ({"grid": {"pixel_scale": "1 km/s"}}, u.UnitsError, "pixel_scale"),
+    ({"noise": {"rms": "1 km/s"}}, u.UnitsError, "rms"),
+    ({"noise": {"rms": "1 mJy/beam", "peak_snr": 3}}, ValueError, "one of"),
+    ({"scene": {"n_galaxies": 0}}, ValueError, "n_galaxies"),
+    ({"galaxy": {"flux": "1 Jy"}}, u.UnitsError, "flux"),
+    ({"dataset": {"shard_size": 0}}, ValueError, "shard_size"),
+])
+def test_bad_priors_fail_before_any_work(change, error, match, tmp_path):
+    config = {**PRIORS, **change}
+    with pytest.raises(error, match=match):
+        generate_dataset(config, 3, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_seed_is_required():
+    config = {k: v for k, v in PRIORS.items() if k != "dataset"}
+    with pytest.raises(ValueError, match="seed"):
+        generate_dataset(config, 3, "/nonexistent/never", progress=False)
+    assert DatasetSpec(config).seed is None
