@@ -1,4 +1,4 @@
-"""Command-line interface: ``galcubecraft render``, ``plot``, ``inject``, ``dataset``, ``export``."""
+"""The command line: ``galcubecraft render``, ``plot``, ``inject``, ``dataset``, ``export``."""
 import argparse
 import sys
 import warnings

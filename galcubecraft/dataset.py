@@ -93,14 +93,20 @@ class DatasetSpec:
     ``[galaxy]`` (`~galcubecraft.priors.GalaxyPriors`).  Every key is checked
     before any work starts.  Galaxies are placed as by
     `galcubecraft.inject.random_galaxies`.
+
+    Instead of ``[grid]``, ``[scene]`` and ``[galaxy]``, a ``[preset]`` table with
+    ``name = "galcubecraft-0.1"`` takes GalCubeCraft 0.1.0's population
+    (`~galcubecraft.SeedPopulation`; options ``n_gals``, ``resolution``,
+    ``offset_gals``, ``beam_info``, ``grid_size``, ``n_spectral_slices``,
+    ``spectral_smoothing``), as `~galcubecraft.GalCubeCraft` draws it.
     """
 
     def __init__(self, config):
         config = copy.deepcopy(dict(config))
-        unknown = set(config) - {"dataset", "grid", "noise", "scene", "galaxy"}
+        unknown = set(config) - {"dataset", "grid", "noise", "scene", "galaxy", "preset"}
         if unknown:
             raise ValueError(f"unknown table(s) {sorted(unknown)}; expected [dataset], [grid], "
-                             "[noise], [scene], [galaxy]")
+                             "[noise], [scene], [galaxy] (or [preset])")
         for section, keys in (("dataset", _DATASET_KEYS), ("grid", _GRID_KEYS),
                               ("noise", _NOISE_KEYS), ("scene", _SCENE_KEYS)):
             bad = set(config.get(section, {})) - keys
@@ -116,7 +122,11 @@ class DatasetSpec:
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ValueError(f"[dataset] shard_size must be a positive integer, got "
                              f"{self.shard_size!r}")
-        self.grid = self._grid(config.get("grid", {}))
+        self.population = None
+        if "preset" in config:
+            self._preset(config)
+        else:
+            self.grid = self._grid(config.get("grid", {}))
         self.galaxy_priors = GalaxyPriors(**config.get("galaxy", {}))
         self._noise_cfg = self._noise(config.get("noise", {}))
         scene = config.get("scene", {})
@@ -129,6 +139,33 @@ class DatasetSpec:
         self.min_separation = _quantity("min_separation", scene.get("min_separation", "0 arcsec"),
                                         u.arcsec)
         self.mask_threshold = scene.get("mask_threshold")
+        if self.population is None:
+            from .inject import check_band
+            check_band(self.grid, self.galaxy_priors)
+
+    #: Presets: populations ready to use, with the options they take.
+    PRESETS = {"galcubecraft-0.1": {"n_gals", "resolution", "offset_gals", "beam_info",
+                                    "grid_size", "n_spectral_slices", "spectral_smoothing"}}
+
+    def _preset(self, config):
+        """``[preset] name = "galcubecraft-0.1"``: GalCubeCraft 0.1.0's population and grid."""
+        from .population import SeedPopulation
+        from .response import SampledGaussian
+        preset = dict(config["preset"])
+        name = preset.pop("name", None)
+        if name not in self.PRESETS:
+            raise ValueError(f"[preset] name must be one of {sorted(self.PRESETS)}, got {name!r}")
+        bad = set(preset) - self.PRESETS[name]
+        if bad:
+            raise ValueError(f"unknown [preset] option(s) {sorted(bad)}; known: "
+                             f"{sorted(self.PRESETS[name])}")
+        clash = {"grid", "scene", "galaxy"} & set(config)
+        if clash:
+            raise ValueError(f"the preset describes the grid and the galaxies itself; remove "
+                             f"{sorted(clash)}")
+        smoothing = float(preset.pop("spectral_smoothing", 0.6))
+        self.population = SeedPopulation(**preset)
+        self.grid = self.population.grid(SampledGaussian(smoothing) if smoothing > 0 else None)
 
     @classmethod
     def from_toml(cls, path):
@@ -191,10 +228,13 @@ class DatasetSpec:
         """Cube ``index``'s galaxies, noise model and noise generator."""
         streams = np.random.SeedSequence(seed, spawn_key=(int(index),)).spawn(2)
         rng = np.random.default_rng(streams[0])
-        from .inject import random_galaxies
-        n = int(round(float(self.n_galaxies.sample(rng).value)))
-        galaxies = random_galaxies(self.grid, n, priors=self.galaxy_priors, seed=rng,
-                                   edge=self.edge, min_separation=self.min_separation)
+        if self.population is not None:
+            galaxies = self.population.draw(int(index), rng)["objects"]
+        else:
+            from .inject import random_galaxies
+            n = int(round(float(self.n_galaxies.sample(rng).value)))
+            galaxies = random_galaxies(self.grid, n, priors=self.galaxy_priors, seed=rng,
+                                       edge=self.edge, min_separation=self.min_separation)
         noise = None
         if self._noise_cfg is not None:
             level = self._noise_cfg["distribution"].sample(rng)
@@ -424,12 +464,19 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
 
 
 def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar):
+    import dask
     from distributed import Client, LocalCluster, as_completed
     if scheduler is not None:
         client, cluster = Client(scheduler), None
     else:
-        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        # distributed sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's
+        # dynamic mmap threshold: every large torch allocation then page-faults afresh and
+        # rendering runs about 3x slower.  Our workers keep glibc's defaults.
+        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         client = Client(cluster)
     try:
         futures = [client.submit(_make_shard, config, seed, j, first, count, str(out),

@@ -44,7 +44,7 @@ from .render import render_tensor
 from .units import validate_quantity
 
 __all__ = ["inject", "Injection", "random_galaxies", "galaxies_from_table", "truth_table",
-           "brightness_factors"]
+           "brightness_factors", "check_band"]
 
 _KMS = u.km / u.s
 _C = const.c.to_value(_KMS)
@@ -160,6 +160,25 @@ def _with(galaxy, **changes):
     return new
 
 
+def check_band(grid, priors):
+    """Raise ValueError if the widest line ``priors`` allow does not fit in ``grid``'s band.
+
+    A line needs ``v_max sin i + 4 sigma`` on each side of its systemic velocity.
+    """
+    d = priors.distributions
+    v_hi = d["v_max"].support()[1].to_value(_KMS)
+    i_hi = min(d["inclination"].support()[1].to_value(u.rad), math.pi / 2)
+    s_hi = d["dispersion"].support()[1].to_value(_KMS)
+    room = v_hi * math.sin(i_hi) + 4 * s_hi
+    edges = grid.channel_edges.to_value(_KMS)
+    band = edges.max() - edges.min()
+    if not np.isfinite(room) or band <= 2 * room:
+        raise ValueError(f"the band ({edges.min():.1f} to {edges.max():.1f} km/s) is too "
+                         f"narrow for the widest line the priors allow (v_max sin i + 4 sigma = "
+                         f"{room:.1f} km/s on each side); widen the band or narrow v_max, "
+                         f"inclination or dispersion")
+
+
 def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
                     avoid_threshold=None, min_separation=None, max_tries=10000):
     """``n`` galaxies drawn from ``priors`` and placed at random on ``grid``, for injection tests.
@@ -216,6 +235,7 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
         if avoid_threshold is not None:
             bad |= np.where(np.isfinite(avoid), avoid, -np.inf) >= avoid_threshold
         allowed &= ~maximum_filter(bad.astype(np.uint8), size=2 * ee + 1).astype(bool)
+    check_band(grid, priors)
     candidates = np.flatnonzero(allowed)
     if n and candidates.size == 0:
         raise ValueError("no pixel of the grid is far enough from its edges and from what "

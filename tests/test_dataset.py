@@ -182,6 +182,7 @@ def test_export_to_fits(tmp_path):
     ({"scene": {"n_galaxies": 0}}, ValueError, "n_galaxies"),
     ({"galaxy": {"flux": "1 Jy"}}, u.UnitsError, "flux"),
     ({"dataset": {"shard_size": 0}}, ValueError, "shard_size"),
+    ({"galaxy": {"v_max": "400 km/s"}}, ValueError, "too narrow"),
 ])
 def test_bad_priors_fail_before_any_work(change, error, match, tmp_path):
     config = {**PRIORS, **change}
@@ -195,3 +196,25 @@ def test_a_seed_is_required():
     with pytest.raises(ValueError, match="seed"):
         generate_dataset(config, 3, "/nonexistent/never", progress=False)
     assert DatasetSpec(config).seed is None
+
+
+def test_the_seed_population_is_a_ready_preset(tmp_path):
+    config = {"dataset": {"seed": 3, "shard_size": 2},
+              "preset": {"name": "galcubecraft-0.1", "grid_size": 32, "n_spectral_slices": 16,
+                         "n_gals": 2},
+              "noise": {"peak_snr": 10}}
+    generate_dataset(config, 3, tmp_path / "d", progress=False)
+    cubes, galaxies = read_catalogue(tmp_path / "d")
+    assert list(cubes["n_galaxies"]) == [2, 2, 2] and len(galaxies) == 6
+    spec = DatasetSpec(config)
+    assert spec.grid.shape == (16, 32, 32)
+    # the generator's cube 1 is the dataset's cube 1 before noise: the same stream
+    # SeedSequence(seed, spawn_key=(1, 0)) draws the same galaxies
+    g = gcc.GalCubeCraft(n_gals=2, n_cubes=3, grid_size=32, n_spectral_slices=16, seed=3,
+                         verbose=False, save=False)
+    clean = CubeDataset(tmp_path / "d", keys=("clean",))[1]["clean"].numpy()
+    np.testing.assert_allclose(g.generate_one(1).clean, clean, rtol=0, atol=1e-5 * clean.max())
+    with pytest.raises(ValueError, match="remove"):
+        DatasetSpec({**config, "galaxy": {}})
+    with pytest.raises(ValueError, match="name"):
+        DatasetSpec({"preset": {"name": "galcubecraft-9"}})

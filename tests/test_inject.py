@@ -183,7 +183,7 @@ def test_truth_table_recreates_the_injected_model(tmp_path):
     path = noise_cube(header, tmp_path / "in.fits", 1e-3)
     grid = gcc.CubeGrid.from_fits(path)
     galaxies = random_galaxies(grid, 2, seed=5, priors=GalaxyPriors(
-        r_eff=LogUniform(1.5 * u.arcsec, 2.5 * u.arcsec)))
+        r_eff=LogUniform(1.5 * u.arcsec, 2.5 * u.arcsec), v_max=Uniform(80 * KMS, 200 * KMS)))
     galaxies.append(disk(grid, 28, 28, float(grid.spectral_axis[16].to_value(KMS)),
                          kinematics=gcc.AnalyticRotationCurve(v_0=150 * KMS)))
     result = inject(path, galaxies)
