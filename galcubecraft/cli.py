@@ -283,13 +283,9 @@ def build_parser():
 def dataset_command(args):
     """``galcubecraft dataset``: generate or finish a dataset."""
     from .dataset import generate_dataset
-    try:
-        manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
-                                    workers=args.workers, scheduler=args.scheduler,
-                                    shard_size=args.shard_size, progress=not args.no_progress)
-    except (ValueError, TypeError, KeyError, u.UnitsError, OSError) as exc:
-        print(f"galcubecraft dataset: error: {exc}", file=sys.stderr)
-        return 2
+    manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
+                                workers=args.workers, scheduler=args.scheduler,
+                                shard_size=args.shard_size, progress=not args.no_progress)
     print(f"dataset of {args.n} cubes in {args.out} ({manifest.name}, cubes.ecsv, "
           f"galaxies.ecsv)")
     return 0
@@ -298,21 +294,13 @@ def dataset_command(args):
 def export_command(args):
     """``galcubecraft export``: FITS files of chosen cubes of a dataset."""
     from .dataset import export_fits
-    try:
-        text = args.indices.strip()
-        if ":" in text:
-            a, b = text.split(":", 1)
-            indices = range(int(a), int(b))
-        else:
-            indices = [int(v) for v in text.split(",") if v.strip()]
-        written = export_fits(args.dataset, indices, args.output, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"galcubecraft export: error: {exc.filename or exc} exists; use --overwrite",
-              file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, KeyError, IndexError, OSError) as exc:
-        print(f"galcubecraft export: error: {exc}", file=sys.stderr)
-        return 2
+    text = args.indices.strip()
+    if ":" in text:
+        a, b = text.split(":", 1)
+        indices = range(int(a), int(b))
+    else:
+        indices = [int(v) for v in text.split(",") if v.strip()]
+    written = export_fits(args.dataset, indices, args.output, overwrite=args.overwrite)
     print(f"wrote {len(written)} FITS files to {args.output}")
     return 0
 
@@ -347,45 +335,36 @@ def inject_command(args):
     from .header import parse_bunit, read_header
     from .inject import galaxies_from_table, inject, random_galaxies
     from .priors import GalaxyPriors, read_priors_file
-    try:
-        if os.path.exists(args.output) and os.path.samefile(args.output, args.cube):
-            raise ValueError("OUTPUT is the input cube; injection never overwrites its input")
-        options = dict(beam=_beam_option(args.beam), rest_frequency=(
-            None if args.rest_frequency is None else _line_or_quantity(args.rest_frequency)),
-            spectral_unit=args.spectral_unit)
-        grid = CubeGrid.from_fits(args.cube, **options)
-        if args.catalogue:
-            galaxies = galaxies_from_table(QTable.read(args.catalogue), grid)
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.cube):
+        raise ValueError("OUTPUT is the input cube; injection never overwrites its input")
+    options = dict(beam=_beam_option(args.beam), rest_frequency=(
+        None if args.rest_frequency is None else _line_or_quantity(args.rest_frequency)),
+        spectral_unit=args.spectral_unit)
+    grid = CubeGrid.from_fits(args.cube, **options)
+    if args.catalogue:
+        galaxies = galaxies_from_table(QTable.read(args.catalogue), grid)
+    else:
+        if args.priors:
+            priors, placement = read_priors_file(args.priors)
         else:
-            if args.priors:
-                priors, placement = read_priors_file(args.priors)
-            else:
-                priors, placement = GalaxyPriors(), {"n": args.random}
-            if args.seed is not None:
-                placement["seed"] = args.seed
-            threshold = args.avoid_threshold or placement.pop("avoid_threshold", None)
-            placement.pop("avoid_threshold", None)
-            avoid = None
-            if threshold is not None:
-                header, _ = read_header(args.cube)
-                unit = (u.Unit(args.data_unit) if args.data_unit
-                        else parse_bunit(header.get("BUNIT")))
-                avoid, threshold = _avoid_map(args.cube, threshold, unit)
-            n = placement.pop("n", 1)
-            galaxies = random_galaxies(grid, n, priors=priors, avoid=avoid,
-                                       avoid_threshold=threshold, **placement)
-        result = inject(args.cube, galaxies, data_unit=args.data_unit, device=args.device,
-                        **options)
-        cube_path, truth_path = result.write(args.output, truth=args.truth,
-                                             overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"galcubecraft inject: error: {exc.filename or exc} exists; use --overwrite",
-              file=sys.stderr)
-        return 2
-    except (ConfigError, ValueError, TypeError, KeyError, u.UnitsError, OSError,
-            tomllib.TOMLDecodeError) as exc:
-        print(f"galcubecraft inject: error: {exc}", file=sys.stderr)
-        return 2
+            priors, placement = GalaxyPriors(), {"n": args.random}
+        if args.seed is not None:
+            placement["seed"] = args.seed
+        threshold = args.avoid_threshold or placement.pop("avoid_threshold", None)
+        placement.pop("avoid_threshold", None)
+        avoid = None
+        if threshold is not None:
+            header, _ = read_header(args.cube)
+            unit = (u.Unit(args.data_unit) if args.data_unit
+                    else parse_bunit(header.get("BUNIT")))
+            avoid, threshold = _avoid_map(args.cube, threshold, unit)
+        n = placement.pop("n", 1)
+        galaxies = random_galaxies(grid, n, priors=priors, avoid=avoid,
+                                   avoid_threshold=threshold, **placement)
+    result = inject(args.cube, galaxies, data_unit=args.data_unit, device=args.device,
+                    **options)
+    cube_path, truth_path = result.write(args.output, truth=args.truth,
+                                         overwrite=args.overwrite)
     print(f"wrote {cube_path}: {len(galaxies)} galaxy(ies) injected into {args.cube}; "
           f"truth in {truth_path}")
     return 0
@@ -426,59 +405,54 @@ def plot(args):
 
     from . import visualise
     from ._files import atomic_path
-    try:
-        cube = SpectralCube.read(args.cube)
-        if args.kind == "moments":
-            fig = visualise.moment_maps(cube, moments=(0, 1, 2))
-        elif args.kind == "channels":
-            fig = visualise.channel_maps(cube)
-        elif args.kind == "pv":
-            fig = visualise.pv_diagram(cube, quantity(args.pa, "pa"))
-        else:
-            fig = visualise.spectrum(cube)
-        fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
-        with atomic_path(args.output, overwrite=args.overwrite) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-    except FileExistsError as exc:
-        print(f"galcubecraft plot: error: {exc.filename or exc} exists; use --overwrite",
-              file=sys.stderr)
-        return 2
-    except (ConfigError, ValueError, TypeError, u.UnitsError, OSError) as exc:
-        print(f"galcubecraft plot: error: {exc}", file=sys.stderr)
-        return 2
+    cube = SpectralCube.read(args.cube)
+    if args.kind == "moments":
+        fig = visualise.moment_maps(cube, moments=(0, 1, 2))
+    elif args.kind == "channels":
+        fig = visualise.channel_maps(cube)
+    elif args.kind == "pv":
+        fig = visualise.pv_diagram(cube, quantity(args.pa, "pa"))
+    else:
+        fig = visualise.spectrum(cube)
+    fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
+    with atomic_path(args.output, overwrite=args.overwrite) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
     print(f"wrote {args.output}: {args.kind} of {args.cube}")
     return 0
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.command == "plot":
-        return plot(args)
-    if args.command == "inject":
-        return inject_command(args)
-    if args.command == "dataset":
-        return dataset_command(args)
-    if args.command == "export":
-        return export_command(args)
-    try:
-        grid_cfg, galaxy_cfgs = _settings(args)
-        grid = build_grid(grid_cfg)
-        galaxies = [build_galaxy(c) for c in galaxy_cfgs]
-        cube = render(galaxies, grid, device=args.device, oversample=args.oversample)
-        cube.write(args.output, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        print(f"galcubecraft render: error: {exc.filename or exc} exists; use --overwrite",
-              file=sys.stderr)
-        return 2
-    except (ConfigError, ValueError, TypeError, u.UnitsError, OSError,
-            tomllib.TOMLDecodeError) as exc:
-        print(f"galcubecraft render: error: {exc}", file=sys.stderr)
-        return 2
+def render_command(args):
+    """``galcubecraft render``: one cube from flags or a TOML file, written to FITS."""
+    grid_cfg, galaxy_cfgs = _settings(args)
+    grid = build_grid(grid_cfg)
+    galaxies = [build_galaxy(c) for c in galaxy_cfgs]
+    cube = render(galaxies, grid, device=args.device, oversample=args.oversample)
+    cube.write(args.output, overwrite=args.overwrite)
     data = cube.unitless_filled_data[:]
     total = grid.integrated_flux(data)
     print(f"wrote {args.output}: {len(galaxies)} galaxy(ies), shape {grid.shape}, {cube.unit}, "
           f"peak {np.max(data):.4g}, integrated flux {total:.4g}")
     return 0
+
+
+#: Errors that mean bad input (a flag, a file, a header), reported in one line with status 2.
+_INPUT_ERRORS = (ConfigError, ValueError, TypeError, KeyError, IndexError, u.UnitsError,
+                 OSError, tomllib.TOMLDecodeError)
+COMMANDS = {"render": render_command, "plot": plot, "inject": inject_command,
+            "dataset": dataset_command, "export": export_command}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FileExistsError as exc:
+        print(f"galcubecraft {args.command}: error: {exc.filename or exc} exists; use "
+              f"--overwrite", file=sys.stderr)
+        return 2
+    except _INPUT_ERRORS as exc:
+        print(f"galcubecraft {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
