@@ -47,3 +47,13 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return request.param
+
+
+def casatools_or_skip():
+    """casatools, or skip: not installed, or installed without its data (casaconfig raises
+    errors that are not ImportError at import)."""
+    try:
+        import casatools
+    except Exception as exc:          # noqa: BLE001 - any failure means "not usable here"
+        pytest.skip(f"casatools not usable here: {type(exc).__name__}: {exc}")
+    return casatools

@@ -13,7 +13,7 @@ from radio_beam import Beam
 from spectral_cube import SpectralCube
 
 import galcubecraft as gcc
-from conftest import KMS
+from conftest import casatools_or_skip, KMS
 
 VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate_fits_cube.py"
 
@@ -74,7 +74,7 @@ def test_shared_validator_passes(cube, tmp_path):
 
 
 def test_casatools_reads_the_beam_and_unit(cube, tmp_path):
-    casatools = pytest.importorskip("casatools")
+    casatools = casatools_or_skip()
     path = tmp_path / "galaxy.fits"
     cube.write(path)
     ia = casatools.image()

@@ -11,7 +11,7 @@ from astropy.io import fits
 from spectral_cube import SpectralCube
 
 import galcubecraft as gcc
-from conftest import KMS, make_galaxy
+from conftest import casatools_or_skip, KMS, make_galaxy
 from galcubecraft.lines import LINES, rest_frequency
 
 VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate_fits_cube.py"
@@ -95,3 +95,24 @@ def test_freq_cube_passes_the_shared_validator(tmp_path):
                          text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "FAIL" not in run.stdout
+
+
+def test_casa_reads_the_same_rest_frequency_and_beam_from_freq_and_vrad_cubes(tmp_path):
+    casatools = casatools_or_skip()
+    seen = []
+    for spectral_type in ("VRAD", "FREQ"):
+        path = tmp_path / f"{spectral_type}.fits"
+        gcc.render(make_galaxy(), grid(spectral_type=spectral_type)).write(path)
+        ia = casatools.image()
+        ia.open(str(path))
+        try:
+            cs = ia.coordsys()
+            rest = cs.restfrequency()
+            beam = ia.restoringbeam()
+            seen.append((rest["value"][0], rest["unit"], beam["major"]["value"],
+                         beam["minor"]["value"], beam["positionangle"]["value"]))
+            cs.done()
+        finally:
+            ia.close()
+    assert seen[0] == pytest.approx(seen[1])
+    assert seen[0][0] == pytest.approx(345.7959899e9) and seen[0][1] == "Hz"
