@@ -55,6 +55,15 @@ GALAXY_DEFAULTS = {
 ROTATION_LAWS = ("arctan", "analytic", "flat", "tabulated")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it has one worth showing (not None, not False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ConfigError(ValueError):
     """A settings file or flag that cannot be turned into a grid or galaxy."""
 
@@ -152,7 +161,7 @@ def build_parser():
             "keys in a [grid] table and one [[galaxy]] table per galaxy; flags override "
             "its [grid] values, and its [[galaxy]] tables replace the galaxy described by "
             "the galaxy flags."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     r.add_argument("-o", "--output", default="galaxy.fits", help="FITS file to write")
     r.add_argument("--config", help="TOML file with [grid] and [[galaxy]] tables")
     r.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -201,7 +210,7 @@ def build_parser():
             "maps, a position-velocity diagram along --pa through the field centre, or the "
             "integrated spectrum in Jy. A frequency axis is shown as radio velocity, which "
             "needs the header's RESTFRQ."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     q.add_argument("cube", help="FITS cube to plot")
     q.add_argument("--kind", choices=("moments", "channels", "pv", "spectrum"),
                    default="moments", help="what to draw")
@@ -221,7 +230,7 @@ def build_parser():
             "avoid_threshold), or from the default priors (--random N). Blank (NaN) voxels "
             "stay blank, the header is kept with a HISTORY card, the input is never "
             "written, and OUTPUT and its truth table are written atomically."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     j.add_argument("cube", help="FITS cube to inject into (read only)")
     src = j.add_mutually_exclusive_group(required=True)
     src.add_argument("--catalogue", help="ECSV table of galaxies to inject")
@@ -256,7 +265,7 @@ def build_parser():
             "seed and i. Rerunning the same command finishes an interrupted dataset: only "
             "missing, partial or corrupt shards are made. --workers N runs a local Dask "
             "cluster of N processes; --scheduler ADDRESS an existing one."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     d.add_argument("priors", help="TOML priors file")
     d.add_argument("--n", type=int, required=True, help="number of cubes")
     d.add_argument("--out", required=True, help="dataset folder")
@@ -271,7 +280,7 @@ def build_parser():
         "export", help="write cubes of a dataset as FITS (for CASA, CARTA, spectral-cube)",
         description="Write the noisy and clean cubes of the given indices of a dataset as "
                     "FITS files with WCS, beam and NOISERMS.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     x.add_argument("dataset", help="dataset folder")
     x.add_argument("--indices", required=True,
                    help="cube indices: 'A:B' (B excluded) or a comma-separated list")
