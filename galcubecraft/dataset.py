@@ -323,6 +323,8 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression):
                             "seed": str(seed)})
             opts = dict(chunks=(1,) + shape, compression=compression, shuffle=True,
                         track_times=False)
+            if compression == "gzip":
+                opts["compression_opts"] = 1      # 2x faster than the default level, ~same size
             if compression is None:
                 opts.pop("compression"), opts.pop("shuffle")
             arrays = {"noisy": f.create_dataset("noisy", (count,) + shape, "f4", **opts),

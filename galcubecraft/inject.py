@@ -339,46 +339,58 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
     Sizes are angles (arcsec), so the table re-creates the galaxies exactly with
     `galaxies_from_table` on the same grid.
     """
-    rows = []
-    celestial = grid.wcs.celestial
     f0 = grid.rest_frequency
     edges = grid.channel_edges.to_value(_KMS)
     channel_index = np.arange(len(edges)) - 0.5
     order = np.argsort(edges)
+    units = {"ra": u.deg, "dec": u.deg, "v_sys": _KMS, "freq_sys": u.GHz,
+             "wavelength_sys": u.AA, "r_eff": u.arcsec, "scale_height": u.arcsec,
+             "inclination": u.deg, "position_angle": u.deg, "dispersion": _KMS,
+             "flux": u.Jy * _KMS, "v_max": _KMS, "r_turn": u.arcsec, "v_flat": _KMS,
+             "v_0": _KMS, "r_0": u.arcsec}
+    columns = {name: [] for name in (
+        "id", "ra", "dec", "x_pix", "y_pix", "channel", "v_sys", "z",
+        *(("freq_sys", "wavelength_sys") if f0 is not None else ()),
+        "r_eff", "sersic_n", "scale_height", "inclination", "position_angle", "dispersion",
+        "flux", "rotation", "v_max", "r_turn", "v_flat", "v_0", "r_0")}
     for k, g in enumerate(galaxies):
         p = g.tensors(dtype=torch.float64)
         x, y = grid.pixel_of([float(p["x0"]), float(p["y0"])] * u.arcsec)
-        coord = celestial.pixel_to_world(x, y).icrs
         v = float(p["v_sys"])
-        row = {"id": k, "ra": coord.ra.to(u.deg), "dec": coord.dec.to(u.deg),
-               "x_pix": x, "y_pix": y,
+        row = {"id": k, "x_pix": x, "y_pix": y,
                "channel": float(np.interp(v, edges[order], channel_index[order])),
-               "v_sys": v * _KMS, "z": 1 / (1 - v / _C) - 1}
+               "v_sys": v, "z": 1 / (1 - v / _C) - 1,
+               "r_eff": float(p["r_eff"]), "sersic_n": float(p["n"]),
+               "scale_height": float(p["scale_height"]),
+               "inclination": g.inclination.to_value(u.deg),
+               "position_angle": g.position_angle.to_value(u.deg),
+               "dispersion": g.dispersion.to_value(_KMS), "flux": g.flux.to_value(u.Jy * _KMS)}
         if f0 is not None:
-            nu = f0 * (1 - v / _C)
-            row["freq_sys"] = nu.to(u.GHz)
-            row["wavelength_sys"] = nu.to(u.AA, equivalencies=u.spectral())
-        row.update({"r_eff": float(p["r_eff"]) * u.arcsec, "sersic_n": float(p["n"]),
-                    "scale_height": float(p["scale_height"]) * u.arcsec,
-                    "inclination": g.inclination.to(u.deg),
-                    "position_angle": g.position_angle.to(u.deg),
-                    "dispersion": g.dispersion.to(_KMS), "flux": g.flux.to(u.Jy * _KMS)})
+            nu = f0.to_value(u.GHz) * (1 - v / _C)
+            row["freq_sys"] = nu
+            row["wavelength_sys"] = (nu * u.GHz).to_value(u.AA, equivalencies=u.spectral())
         law = _LAW_NAMES.get(type(g.kinematics))
         # other laws (tabulated) are named but their parameters do not fit a row
         row["rotation"] = law or type(g.kinematics).__name__
         for name in ("v_max", "r_turn", "v_flat", "v_0", "r_0"):
-            if law is not None and name in _LAWS[law][1]:
-                unit = u.arcsec if name.startswith("r_") else _KMS
-                # NaN: not set (r_0 of the analytic law then follows the disk, as it did)
-                row[name] = (float(p[name]) if name in p else np.nan) * unit
-            else:
-                row[name] = np.nan * (u.arcsec if name.startswith("r_") else _KMS)
+            # NaN: not set (r_0 of the analytic law then follows the disk, as it did)
+            row[name] = (float(p[name]) if law is not None and name in _LAWS[law][1]
+                         and name in p else np.nan)
+        for name, value in row.items():
+            columns[name].append(value)
+    if columns["x_pix"]:
+        sky = grid.wcs.celestial.pixel_to_world(np.array(columns["x_pix"]),
+                                                np.array(columns["y_pix"])).icrs
+        columns["ra"], columns["dec"] = sky.ra.deg, sky.dec.deg
+    table = QTable()
+    if galaxies:
+        for name, values in columns.items():
+            table[name] = (np.asarray(values, dtype=float) * units[name] if name in units
+                           else np.asarray(values))
         if flux_in_cube is not None:
-            row["flux_in_cube"] = flux_in_cube[k]
+            table["flux_in_cube"] = u.Quantity(flux_in_cube)
         if peak is not None:
-            row["peak"] = peak[k]
-        rows.append(row)
-    table = QTable(rows=rows)
+            table["peak"] = u.Quantity(peak)
     table.meta["rest_frequency"] = None if f0 is None else str(f0.to(u.GHz))
     if data_unit is not None:
         table.meta["data_unit"] = str(data_unit)
