@@ -219,7 +219,9 @@ class DatasetSpec:
         if dist.support()[0].value <= 0:
             raise ValueError(f"[noise] {kind} must be > 0, got {dist!r}")
         correlation = cfg.get("correlation", "beam" if self.grid.beam is not None else "white")
-        NoiseModel(peak_snr=1, correlation=correlation)          # checks the word
+        if correlation not in ("beam", "white"):
+            raise ValueError(f"[noise] correlation must be 'beam' or 'white', got "
+                             f"{correlation!r}")
         return {"kind": kind, "distribution": dist, "correlation": correlation,
                 "spectral": bool(cfg.get("spectral", True))}
 
@@ -296,13 +298,11 @@ def _table_from_h5(ds):
 def _cube_row(index, obs):
     p = obs.params
     unit = obs.clean.unit
-    row = {"index": index, "n_galaxies": len(p["galaxies"]),
-           "mask_threshold": p["mask_threshold"].to(unit)}
-    for key in ("noise_rms",):
-        row[key] = p[key].to(unit) if key in p else np.nan * unit
-    for key in ("peak_snr", "integrated_snr"):
-        row[key] = p.get(key, np.nan)
-    return row
+    return {"index": index, "n_galaxies": len(p["galaxies"]),
+            "mask_threshold": p["mask_threshold"].to(unit),
+            "noise_rms": p["noise_rms"].to(unit) if "noise_rms" in p else np.nan * unit,
+            "peak_snr": p.get("peak_snr", np.nan),
+            "integrated_snr": p.get("integrated_snr", np.nan)}
 
 
 def _make_shard(config, seed, shard, first, count, out_dir, compression):

@@ -30,7 +30,7 @@ import torch
 
 from .components import ExponentialVertical, SersicDisk
 from .components.base import to_tensor
-from .galaxy import Galaxy, _validate_distance, default_cosmology
+from .galaxy import Galaxy, _to_arcsec, _validate_distance
 from .units import (FWHM_PER_SIGMA, INTERNAL, validate_line_flux, validate_number,
                     validate_quantity, validate_velocity)
 
@@ -82,16 +82,7 @@ class Stream:
         self.cosmology = cosmology
 
     def _to_arcsec(self, name, value):
-        if value.unit.is_equivalent(u.arcsec):
-            return value.to_value(u.arcsec)
-        distance = self.distance
-        if distance is None and self.redshift is not None:
-            distance = (self.cosmology or default_cosmology()).angular_diameter_distance(
-                self.redshift)
-        if distance is None:
-            raise ValueError(f"{name} is a physical length ({value}); give the stream a "
-                             "distance or a redshift, or give it as an angle")
-        return (value / distance).to_value(u.arcsec, equivalencies=u.dimensionless_angles())
+        return _to_arcsec(self, name, value)
 
     def with_distance(self, distance=None, redshift=None, cosmology=None):
         new = object.__new__(Stream)

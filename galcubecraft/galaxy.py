@@ -1,5 +1,4 @@
 """A galaxy (components + geometry + flux) and a scene of galaxies."""
-import astropy.constants as const
 import astropy.units as u
 import torch
 from astropy.cosmology import Cosmology
@@ -8,7 +7,7 @@ from .components.base import to_tensor
 from .components.kinematics import RotationCurve
 from .components.surface import SersicDisk
 from .components.vertical import ExponentialVertical
-from .units import (INTERNAL, validate_line_flux, validate_number, validate_quantity,
+from .units import (C_KMS, INTERNAL, validate_line_flux, validate_number, validate_quantity,
                     validate_velocity)
 
 __all__ = ["Galaxy", "Scene", "default_cosmology", "radio_velocity"]
@@ -25,7 +24,7 @@ def radio_velocity(redshift):
     z = validate_number("redshift", redshift)
     if z <= -1:
         raise ValueError(f"redshift must be > -1, got {z}")
-    return (const.c * z / (1 + z)).to(_KMS)
+    return C_KMS * z / (1 + z) * _KMS
 
 
 def default_cosmology():
@@ -44,6 +43,27 @@ def _validate_distance(distance, redshift, cosmology):
     if cosmology is not None and not isinstance(cosmology, Cosmology):
         raise TypeError(f"cosmology must be an astropy Cosmology, got {cosmology!r}")
     return distance, redshift
+
+
+def _angular_diameter_distance(obj):
+    """The angular-diameter distance of anything placed by ``distance`` or ``redshift``."""
+    if obj.distance is not None:
+        return obj.distance
+    if obj.redshift is not None:
+        cosmo = obj.cosmology or default_cosmology()
+        return cosmo.angular_diameter_distance(obj.redshift).to(u.Mpc)
+    return None
+
+
+def _to_arcsec(obj, name, value):
+    """A size (an angle, or a length at ``obj``'s distance) in arcsec."""
+    if value.unit.is_equivalent(u.arcsec):
+        return value.to_value(u.arcsec)
+    distance = _angular_diameter_distance(obj)
+    if distance is None:
+        raise ValueError(f"{name} is a physical length ({value}); give the {type(obj).__name__} "
+                         "(or its Scene) a distance or a redshift, or give it as an angle")
+    return (value / distance).to_value(u.arcsec, equivalencies=u.dimensionless_angles())
 
 
 class Galaxy:
@@ -146,22 +166,11 @@ class Galaxy:
     @property
     def angular_diameter_distance(self):
         """The distance that converts lengths into angles (None without distance or redshift)."""
-        if self.distance is not None:
-            return self.distance
-        if self.redshift is not None:
-            cosmo = self.cosmology or default_cosmology()
-            return cosmo.angular_diameter_distance(self.redshift).to(u.Mpc)
-        return None
+        return _angular_diameter_distance(self)
 
     def to_arcsec(self, name, value):
         """Convert the size ``name`` (an angle, or a length and the distance) to arcsec."""
-        if value.unit.is_equivalent(u.arcsec):
-            return value.to_value(u.arcsec)
-        distance = self.angular_diameter_distance
-        if distance is None:
-            raise ValueError(f"{name} is a physical length ({value}); give the galaxy (or its "
-                             "Scene) a distance or a redshift, or give it as an angle")
-        return (value / distance).to_value(u.arcsec, equivalencies=u.dimensionless_angles())
+        return _to_arcsec(self, name, value)
 
     def tensors(self, device=None, dtype=torch.float32):
         """All parameters as plain tensors in internal units, the projector's input.

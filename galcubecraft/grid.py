@@ -1,7 +1,6 @@
 """The observation grid: pixels on the sky, velocity channels and the beam."""
 import math
 
-import astropy.constants as const
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
@@ -10,7 +9,7 @@ from radio_beam import Beam
 
 from . import lines
 from .response import SpectralResponse
-from .units import FWHM_PER_SIGMA, validate_quantity
+from .units import C_KMS, FWHM_PER_SIGMA, validate_quantity
 
 __all__ = ["CubeGrid", "CO_1_0", "beam_in_pixels"]
 
@@ -22,17 +21,22 @@ _KMS = u.km / u.s
 MAX_VOXELS = 2**32
 
 
-def beam_in_pixels(beam, pixel_scale):
+def beam_in_pixels(beam, pixel_scale, sky_matrix=None):
     """``(sigma_major, sigma_minor, angle)`` of a `radio_beam.Beam` on square pixels.
 
     Sigmas in pixels; ``angle`` (rad) of the major axis counter-clockwise from
-    +x (columns) on an image with east to the left: ``pi/2 + PA``, what
-    `galcubecraft.functional.beam_transfer_function` takes.
+    +x (columns), what `galcubecraft.functional.beam_transfer_function` takes.
+    ``sky_matrix`` (`CubeGrid.sky_matrix`) gives the pixels' orientation; by
+    default east is to the left and north up, where the angle is ``pi/2 + PA``.
     """
     pixel = u.Quantity(pixel_scale).to_value(u.arcsec)
+    if sky_matrix is None:
+        sky_matrix = np.array([[-pixel, 0.0], [0.0, pixel]])
+    pa = beam.pa.to_value(u.rad)
+    dx, dy = np.linalg.solve(sky_matrix, [math.sin(pa), math.cos(pa)])
     return (beam.major.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
             beam.minor.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
-            math.pi / 2 + beam.pa.to_value(u.rad))
+            math.atan2(dy, dx))
 
 
 def _validate_beam(beam):
@@ -156,7 +160,6 @@ class CubeGrid:
         self._velocity_edges = None     # radio-velocity channel edges (km/s) of a FITS grid
         self._wcs = None                # the WCS of a grid read from, or cut out of, a header
         self.stokes = None              # a FITS grid's degenerate Stokes axis (FITS axis number)
-        self.header = None              # the header a grid was read from
 
     @classmethod
     def from_fits(cls, source, *, hdu=None, beam=None, rest_frequency=None, spectral_unit=None,
@@ -317,8 +320,7 @@ class CubeGrid:
         if self.rest_frequency is None:
             raise ValueError("this grid has no rest frequency; give CubeGrid.from_fits a "
                              "rest_frequency (a Quantity or a line name) to convert to frequency")
-        c = const.c.to_value(_KMS)
-        return (self.rest_frequency * (1 - self.spectral_axis.to_value(_KMS) / c)).to(u.GHz)
+        return (self.rest_frequency * (1 - self.spectral_axis.to_value(_KMS) / C_KMS)).to(u.GHz)
 
     @property
     def wcs(self):
@@ -335,9 +337,8 @@ class CubeGrid:
         else:   # radio convention: f = f0 (1 - v/c), exactly linear in v
             w.wcs.cunit = ["deg", "deg", "Hz"]
             f0 = self.rest_frequency.to_value(u.Hz)
-            c = const.c.to_value(_KMS)
-            spectral = (f0 * (1 - self.velocity_center.to_value(_KMS) / c),
-                        -f0 * self.channel_width.to_value(_KMS) / c)
+            spectral = (f0 * (1 - self.velocity_center.to_value(_KMS) / C_KMS),
+                        -f0 * self.channel_width.to_value(_KMS) / C_KMS)
         w.wcs.cdelt = [-pix, pix, spectral[1]]
         w.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2, (n_chan + 1) / 2]
         w.wcs.crval = [self.center.ra.deg, self.center.dec.deg, spectral[0]]
@@ -372,12 +373,7 @@ class CubeGrid:
         """
         if self.beam is None:
             return None
-        pa = self.beam.pa.to_value(u.rad)
-        dx, dy = np.linalg.solve(self._sky_matrix, [math.sin(pa), math.cos(pa)])
-        pixel = self.pixel_scale.to_value(u.arcsec)
-        return (self.beam.major.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
-                self.beam.minor.to_value(u.arcsec) / pixel / FWHM_PER_SIGMA,
-                math.atan2(dy, dx))
+        return beam_in_pixels(self.beam, self.pixel_scale, self._sky_matrix)
 
     @property
     def pixel_rotation(self):

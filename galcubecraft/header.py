@@ -18,11 +18,11 @@ from radio_beam import Beam, Beams
 from . import lines
 from .units import validate_quantity
 
-__all__ = ["read_header", "grid_from_header", "parse_bunit"]
+__all__ = ["read_header", "cube_hdu", "grid_from_header", "parse_bunit"]
 
 _KMS = u.km / u.s
 #: Spectral CTYPE prefixes whose values are velocities: the rest frequency only names the line.
-_VELOCITY_TYPES = ("VRAD", "VOPT", "VELO", "ZOPT", "BETA", "FELO", "VELOCITY")
+_VELOCITY_TYPES = ("VRAD", "VOPT", "VELO", "ZOPT", "BETA", "FELO")
 #: Relative tolerance on the pixels' squareness (headers round CDELT to ~12 digits).
 _SQUARE_RTOL = 1e-6
 #: CASA / AIPS BUNIT spellings astropy does not parse as written, matched case-insensitively.
@@ -57,6 +57,17 @@ def parse_bunit(text):
     raise ValueError(f"BUNIT {text!r} is not a unit astropy understands; pass data_unit=...")
 
 
+def cube_hdu(hdul, hdu=None, name="the file"):
+    """Index (or name) of the cube in an open HDU list: ``hdu``, or the first image
+    HDU with three or more axes."""
+    if hdu is not None:
+        return hdu
+    for k, h in enumerate(hdul):
+        if h.is_image and h.header.get("NAXIS", 0) >= 3:
+            return k
+    raise ValueError(f"{name} has no image HDU with three or more axes")
+
+
 def read_header(source, hdu=None):
     """``(header, beams)`` of a FITS file, HDU, header or `~spectral_cube.SpectralCube`.
 
@@ -78,12 +89,7 @@ def read_header(source, hdu=None):
         return header, None
     if isinstance(source, (str, Path)):
         with fits.open(source, memmap=True) as hdul:
-            if hdu is None:
-                hdu = next((k for k, h in enumerate(hdul)
-                            if h.is_image and h.header.get("NAXIS", 0) >= 3), None)
-                if hdu is None:
-                    raise ValueError(f"{source} has no image HDU with three or more axes")
-            header = hdul[hdu].header.copy()
+            header = hdul[cube_hdu(hdul, hdu, source)].header.copy()
             beams = None
             if "BEAMS" in hdul:
                 beams = Beams.from_fits_bintable(hdul["BEAMS"])
@@ -234,5 +240,4 @@ def grid_from_header(header, *, beam=None, beams=None, rest_frequency=None, spec
     grid._velocity_edges = edges
     grid._wcs = w.sub([1, 2, spec + 1])
     grid.stokes = (stokes[0] + 1) if stokes else None
-    grid.header = header
     return grid

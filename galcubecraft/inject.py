@@ -36,18 +36,17 @@ from astropy.table import QTable
 from ._files import atomic_path
 from .components import (AnalyticRotationCurve, ArctanRotationCurve, FlatRotationCurve,
                          SersicDisk, ExponentialVertical)
-from .galaxy import Galaxy
+from .galaxy import Galaxy, radio_velocity
 from .grid import CubeGrid
-from .header import parse_bunit, read_header
+from .header import cube_hdu, parse_bunit, read_header
 from .projector import Projector, _FOOTPRINT_HEIGHTS, _BEAM_MARGIN_SIGMAS
 from .render import render_tensor
-from .units import validate_quantity
+from .units import C_KMS, validate_quantity
 
 __all__ = ["inject", "Injection", "random_galaxies", "galaxies_from_table", "truth_table",
            "brightness_factors", "check_band"]
 
 _KMS = u.km / u.s
-_C = const.c.to_value(_KMS)
 #: Rotation laws a truth table can name, and their parameter columns.
 _LAWS = {"arctan": (ArctanRotationCurve, ("v_max", "r_turn")),
          "flat": (FlatRotationCurve, ("v_flat",)),
@@ -103,7 +102,7 @@ def brightness_factors(grid, data_unit):
                          "frequency; pass rest_frequency=...")
     f0 = grid.rest_frequency.to_value(u.Hz)
     edges = grid.channel_edges.to_value(_KMS)
-    nu = f0 * (1 - edges / _C)                                     # Hz
+    nu = f0 * (1 - edges / C_KMS)                                     # Hz
     lam = const.c.to_value(u.AA / u.s) / nu                        # Angstrom
     dnu, dlam = np.abs(np.diff(nu)), np.abs(np.diff(lam))
     jy_hz_per_aa = (1 * u.Jy * u.Hz / u.AA).to_value(data_unit * per)
@@ -119,7 +118,7 @@ def _velocity_reach(galaxy, params):
     radius = torch.linspace(1e-3, rmax, 2048, dtype=torch.float64)
     p64 = {k: v.to(torch.float64) for k, v in params.items()}
     v_max = float(kin.circular_velocity(radius, p64).abs().max())
-    scale = abs(1 - float(params["v_sys"]) / _C)
+    scale = abs(1 - float(params["v_sys"]) / C_KMS)
     sigma = float(params["dispersion"])
     return scale * (1.5 * v_max * math.sin(float(params["inclination"])) + 10 * sigma), rmax
 
@@ -252,11 +251,9 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
         p = priors.sample(rng)
         if any(math.hypot(x - px, y - py) * pixel.value < min_sep.value for px, py in placed):
             continue
+        # check_band made sure this room fits in the band
         room = float(p["v_max"].to_value(_KMS) * np.sin(p["inclination"].to_value(u.rad))
                      + 4 * p["dispersion"].to_value(_KMS))
-        if v_hi - v_lo <= 2 * room:
-            raise ValueError(f"the band ({v_lo:.1f} to {v_hi:.1f} km/s) is too narrow for a "
-                             f"line of half-width {room:.1f} km/s")
         r_eff = p["r_eff"]
         galaxies.append(Galaxy(
             surface=SersicDisk(r_eff=r_eff, n=float(p["sersic_n"].value)),
@@ -317,7 +314,7 @@ def galaxies_from_table(table, grid):
         if "v_sys" in names:
             v_sys = col(row, "v_sys")
         else:
-            v_sys = _C * (1 - 1 / (1 + float(col(row, "z")))) * _KMS
+            v_sys = radio_velocity(float(col(row, "z")))
         law = str(col(row, "rotation", "arctan")).strip().lower()
         if law not in _LAWS:
             raise ValueError(f"rotation {law!r} is not one of {sorted(_LAWS)}")
@@ -359,14 +356,14 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
         v = float(p["v_sys"])
         row = {"id": k, "x_pix": x, "y_pix": y,
                "channel": float(np.interp(v, edges[order], channel_index[order])),
-               "v_sys": v, "z": 1 / (1 - v / _C) - 1,
+               "v_sys": v, "z": 1 / (1 - v / C_KMS) - 1,
                "r_eff": float(p["r_eff"]), "sersic_n": float(p["n"]),
                "scale_height": float(p["scale_height"]),
                "inclination": g.inclination.to_value(u.deg),
                "position_angle": g.position_angle.to_value(u.deg),
                "dispersion": g.dispersion.to_value(_KMS), "flux": g.flux.to_value(u.Jy * _KMS)}
         if f0 is not None:
-            nu = f0.to_value(u.GHz) * (1 - v / _C)
+            nu = f0.to_value(u.GHz) * (1 - v / C_KMS)
             row["freq_sys"] = nu
             row["wavelength_sys"] = (nu * u.GHz).to_value(u.AA, equivalencies=u.spectral())
         law = _LAW_NAMES.get(type(g.kinematics))
@@ -443,10 +440,8 @@ def _read_data(cube, hdu):
     from pathlib import Path
     if isinstance(cube, (str, Path)):
         with fits.open(cube) as hdul:
-            index = hdu if hdu is not None else next(
-                k for k, h in enumerate(hdul) if h.is_image and h.header.get("NAXIS", 0) >= 3)
-            return np.array(hdul[index].data, dtype=np.float32 if hdul[index].data.dtype.itemsize
-                            <= 4 else np.float64)
+            data = hdul[cube_hdu(hdul, hdu, cube)].data
+            return np.array(data, dtype=np.result_type(data.dtype, np.float32))
     if isinstance(cube, (fits.PrimaryHDU, fits.ImageHDU)):
         return np.array(cube.data, dtype=np.result_type(cube.data.dtype, np.float32))
     if hasattr(cube, "filled_data"):

@@ -139,6 +139,21 @@ def _sqrt_beam_filter(shape, beam_pixels):
     return torch.sqrt(transfer)
 
 
+def _mean_power(spectrum, nx):
+    """Mean of ``|spectrum|**2`` over each full 2-D spectrum, from its ``rfft2`` half,
+    summed over any leading (plane) axes.
+
+    The rfft2 bins with ``0 < kx < nx / 2`` stand for two bins each.  For a filter's
+    transfer function this is the variance it gives unit white noise; for the
+    transform of an image, the sum of the image's squares (Parseval).
+    """
+    weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64)
+    weight[0] = 1.0
+    if nx % 2 == 0:
+        weight[-1] = 1.0
+    return float((spectrum.abs() ** 2 * weight).sum()) / (spectrum.shape[-2] * nx)
+
+
 def correlated_noise(shape, beam, rms, seed=None, pixel_scale=1 * u.arcsec):
     """Gaussian noise of rms ``rms`` whose spatial autocorrelation is the beam.
 
@@ -174,13 +189,7 @@ def correlated_noise(shape, beam, rms, seed=None, pixel_scale=1 * u.arcsec):
     ny, nx = shape[-2:]
     white = torch.from_numpy(rng_from_seed(seed).standard_normal(shape))
     filt = _sqrt_beam_filter((ny, nx), beam_pixels)
-    # the power of the filter over the full (not half) spectrum: rfft2 bins with 0 < kx < nx/2
-    # stand for two bins each
-    weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64)
-    weight[0] = 1.0
-    if nx % 2 == 0:
-        weight[-1] = 1.0
-    power = float((filt**2 * weight).sum()) / (ny * nx)
+    power = _mean_power(filt, nx)
     noise = torch.fft.irfft2(torch.fft.rfft2(white) * filt, s=(ny, nx))
     return (noise * (rms / math.sqrt(power))).numpy()
 
@@ -234,12 +243,7 @@ def _spatial_filter(grid, shape2, correlation):
     if correlation == "white":
         return None, 1.0
     filt = _sqrt_beam_filter(shape2, grid.beam_pixels())
-    ny, nx = shape2
-    weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64)
-    weight[0] = 1.0
-    if nx % 2 == 0:
-        weight[-1] = 1.0
-    return filt, float((filt**2 * weight).sum()) / (ny * nx)
+    return filt, _mean_power(filt, shape2[1])
 
 
 class NoiseModel:
@@ -318,11 +322,8 @@ class NoiseModel:
         mixed = torch.zeros((n_chan + k - 1,) + spec.shape[1:], dtype=spec.dtype)
         for j, w in enumerate(kernel):
             mixed[j:j + n_chan] += w * spec
-        weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64)
-        weight[0] = 1.0
-        if nx % 2 == 0:
-            weight[-1] = 1.0
-        total = float((mixed.abs() ** 2 * weight).sum()) / (ny * nx)
+        # Parseval over each (spatial) plane, summed over the mixed channels
+        total = _mean_power(mixed, nx)
         return math.sqrt(total / (power * float(np.sum(kernel**2))))
 
     def resolve_rms(self, clean, grid, mask):

@@ -45,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 import astropy.units as u
 
 from . import functional as F
+from .units import C_KMS
 
 __all__ = ["Projector"]
 
@@ -57,8 +58,6 @@ _COS_FLOOR = 1e-3
 #: beyond (an exponential tail) is one sample at the tail's centroid on each side.
 _WINDOW_TAIL = 3.0
 _SQRT12 = math.sqrt(12.0)
-#: Speed of light (km/s).
-_C_KMS = 299792.458
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
 #: this many cells and this fraction of r_eff: uniform
 #: across narrow windows, and widening away from the centre across the long windows of nearly
@@ -419,7 +418,7 @@ class Projector:
         # line_of_sight_velocity, and its spread over the area each sample stands for
         # velocities within the galaxy are physical (its rest frame); in the radio velocity of
         # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
-        kin = 1 - p["v_sys"] / _C_KMS
+        kin = 1 - p["v_sys"] / C_KMS
         v_circ = kin * kinematics.circular_velocity(radius, p)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
         step = 1e-3 * radius
@@ -479,7 +478,7 @@ class Projector:
         # velocity: linear along the curve; dispersion compressed like a galaxy's, widened by
         # the step between neighbouring clouds
         v = p["v_start"].reshape(-1, 1) + (p["v_end"] - p["v_start"]).reshape(-1, 1) * tt
-        kin = 1 - v / _C_KMS
+        kin = 1 - v / C_KMS
         step = ((p["v_end"] - p["v_start"]).abs() / n).reshape(-1, 1)
         disp = torch.sqrt((kin * p["dispersion"].reshape(-1, 1)).clamp_min(1e-6) ** 2
                           + step**2 / 12)

@@ -8,13 +8,16 @@ floats in the internal units below.  The projector and the kernels in
 import math
 
 import numpy as np
+import astropy.constants as const
 import astropy.units as u
 
-__all__ = ["FWHM_PER_SIGMA", "INTERNAL", "validate_quantity", "validate_number", "validate_size",
-           "validate_velocity", "validate_line_flux", "check_finite"]
+__all__ = ["FWHM_PER_SIGMA", "C_KMS", "INTERNAL", "validate_quantity", "validate_number",
+           "validate_size", "validate_velocity", "validate_line_flux", "check_finite"]
 
 #: FWHM of a Gaussian in units of its standard deviation, sqrt(8 ln 2).
 FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
+#: Speed of light in km/s, the unit of velocities inside the package.
+C_KMS = const.c.to_value(u.km / u.s)
 
 #: Internal unit of each physical quantity handled by the projector.
 INTERNAL = {

@@ -104,8 +104,16 @@ def test_observe_returns_noisy_clean_mask_and_params_in_one_call(tmp_path):
 def test_observe_with_an_integrated_snr_and_a_sigma_mask():
     g = grid()
     obs = gcc.observe(pair(), g, NoiseModel(integrated_snr=30), seed=1)
-    assert obs.params["integrated_snr"] == pytest.approx(30)
     assert obs.noisy.header["INTSNR"] == pytest.approx(30)
+    # independent noise: the masked sum has sigma rms sqrt(N), so rms = S / (30 sqrt(N))
+    white = gcc.observe(pair(), g, NoiseModel(integrated_snr=30, correlation="white",
+                                              spectral=False), seed=1)
+    clean = white.clean.unitless_filled_data[:]
+    expected = clean[white.mask].sum() / (30 * np.sqrt(white.mask.sum()))
+    assert white.params["noise_rms"].to_value(JYB) == pytest.approx(expected, rel=1e-6)  # float32
+    # beam- and channel-correlated noise adds up over the mask faster than independent noise,
+    # so the same integrated S/N needs a smaller rms
+    assert obs.params["noise_rms"] < white.params["noise_rms"]
     sig = gcc.observe(pair(), g, NoiseModel(rms=1 * u.mJy / u.beam), seed=1,
                       mask_threshold="2 sigma")
     assert sig.params["mask_threshold"].to_value(JYB) == pytest.approx(2e-3)
