@@ -257,32 +257,44 @@ class Projector:
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
         plan = self.sampling(params)
+        plan["pixels"], plan["pixel_used"] = self._footprint(params, plan)
         groups = self._group_by_cost(plan)
         if len(groups) == 1:
             return self._project_group(params, plan, kinematics)
         parts, order = [], []
         for idx in groups:
-            sub = {k: v[idx] for k, v in params.items()}
-            parts.append(self._project_group(sub, {k: v[idx] for k, v in plan.items()},
-                                             kinematics))
+            sub = {k: v[idx.to(v.device)] for k, v in params.items()}
+            sub_plan = {k: v[idx.to(v.device)] for k, v in plan.items()}
+            longest = int(sub_plan["pixel_used"].sum(dim=1).max())
+            sub_plan["pixels"] = sub_plan["pixels"][:, :longest]
+            sub_plan["pixel_used"] = sub_plan["pixel_used"][:, :longest]
+            parts.append(self._project_group(sub, sub_plan, kinematics))
             order.append(idx)
         inverse = torch.argsort(torch.cat(order)).to(self.device)
         return torch.cat(parts)[inverse]
 
     @staticmethod
     def _group_by_cost(plan, ratio=1.5):
-        """Split a batch into groups of similar sampling cost, so that cheap galaxies are not
-        padded to the most expensive one's size (results do not depend on the grouping)."""
-        cost = (plan["cells"] ** 2 * plan["minor"]).double()
-        order = torch.argsort(cost)
-        groups, current, floor = [], [], None
-        for i in order.tolist():
-            if current and cost[i] > ratio * floor:
+        """Split a batch into groups of similar shape, so that cheap galaxies are not padded to
+        the most expensive one's size (results do not depend on the grouping).
+
+        A galaxy's cost is its footprint's pixels x cells per pixel x minor-axis samples; a
+        group is padded to the largest of each, and a galaxy joins the current group while
+        the padded cost stays within ``ratio`` of the group's own.
+        """
+        pixels = plan["pixel_used"].sum(dim=1).cpu().double()
+        cells2 = plan["cells"].double() ** 2
+        samples = plan["minor"].double() + 2
+        cost = pixels * cells2 * samples
+        groups, current = [], []
+        for i in torch.argsort(cost, stable=True).tolist():
+            trial = current + [i]
+            padded = len(trial) * float(pixels[trial].max() * cells2[trial].max()
+                                        * samples[trial].max())
+            if current and padded > ratio * float(cost[trial].sum()):
                 groups.append(torch.tensor(current))
-                current = []
-            if not current:
-                floor = float(cost[i])
-            current.append(i)
+                trial = [i]
+            current = trial
         groups.append(torch.tensor(current))
         return groups
 
@@ -307,17 +319,21 @@ class Projector:
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
-        # only the pixels that can hold light of some galaxy of the group are integrated
-        pixels = self._footprint(params, plan)
-        east, north = self._east[pixels], self._north[pixels]
-        n_pix = east.numel()
+        # each galaxy integrates only the pixels that can hold its light (its own footprint,
+        # padded to the group's longest with a spare pixel that is dropped)
+        pixels = plan["pixels"]
+        shaped["pixel_used"] = plan["pixel_used"][:, :, None, None].to(self.dtype)
+        lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
+        east, north = self._east[lookup], self._north[lookup]          # (B, P)
+        n_pix = east.shape[1]
         per_pixel = n_cells**2 * n_minor
         chunk = max(1, self.max_chunk_elements // (batch * per_pixel * (self._edges.numel())))
         need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
         pieces = []
         for start in range(0, n_pix, chunk):
-            args = (east[start:start + chunk], north[start:start + chunk],
-                    shaped, kinematics, n_minor)
+            part = slice(start, start + chunk)
+            args = (east[:, part], north[:, part],
+                    {**shaped, "pixel_used": shaped["pixel_used"][:, part]}, kinematics, n_minor)
             if need_grad:
                 pieces.append(checkpoint(self._integrate_chunk, *args, use_reentrant=False))
             else:
@@ -325,26 +341,42 @@ class Projector:
         n_chan = self._edges.numel() - 1
         spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
         ny_p, nx_p = self.padded_shape
-        cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p))
-        cube = cube.index_copy(2, pixels, spectra.transpose(1, 2))
-        return cube.reshape(batch, n_chan, ny_p, nx_p) * self._inv_widths
+        cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
+        index = pixels[:, None, :].expand(batch, n_chan, n_pix)
+        cube = cube.scatter(2, index, spectra.transpose(1, 2))
+        return cube[..., :-1].reshape(batch, n_chan, ny_p, nx_p) * self._inv_widths
 
     def _footprint(self, params, plan):
-        """Indices of the padded grid's pixels within reach of any galaxy of the batch.
+        """Each galaxy's pixels: indices into the padded grid, ``(batch, P)``, and a mask.
 
         A galaxy's light lies within ``rmax`` of its centre in the disk plane
         and within ``_FOOTPRINT_HEIGHTS`` scale heights of it (all but ~1e-6 of
-        the flux); pixels whose centre is further than that plus a pixel
-        diagonal along either sky axis are skipped (their flux is zero).
+        the flux), so on the sky within ``rmax`` of the centre along its major
+        axis and ``rmax cos i + 15 h sin i`` along its minor axis.  Pixels whose
+        centre is further than that plus half a pixel diagonal are skipped (their
+        flux is zero).  Rows shorter than the group's longest are padded with
+        the index one past the grid (masked out, and dropped after the scatter).
         """
         with torch.no_grad():
-            reach = (plan["rmax"].to(self.device, self.dtype)
-                     + _FOOTPRINT_HEIGHTS * params["scale_height"].detach()
-                     + 1.5 * self.pixel)
-            x0, y0 = params["x0"].detach(), params["y0"].detach()
-            inside = ((self._east[None, :] - x0[:, None]).abs() <= reach[:, None]) & \
-                     ((self._north[None, :] - y0[:, None]).abs() <= reach[:, None])
-            return torch.nonzero(inside.any(dim=0)).flatten()
+            inc = params["inclination"].detach()
+            h = params["scale_height"].detach()
+            rmax = plan["rmax"].to(self.device, self.dtype)
+            pad = 0.5 * math.sqrt(2) * self.pixel
+            along = (rmax + pad)[:, None]
+            across = (rmax * torch.cos(inc) + _FOOTPRINT_HEIGHTS * h * torch.sin(inc)
+                      + pad)[:, None]
+            xi, eta = F.sky_to_disk(self._east[None, :], self._north[None, :],
+                                    params["x0"].detach()[:, None],
+                                    params["y0"].detach()[:, None],
+                                    params["position_angle"].detach()[:, None])
+            inside = (xi.abs() <= along) & (eta.abs() <= across)
+            counts = inside.sum(dim=1)
+            n_pix = int(counts.max()) if counts.numel() else 0
+            # a stable sort puts each row's pixels first, in grid order
+            order = torch.sort((~inside).to(torch.uint8), dim=1, stable=True).indices[:, :n_pix]
+            valid = torch.arange(n_pix, device=inside.device)[None, :] < counts[:, None]
+            spare = self._east.numel()
+            return torch.where(valid, order, torch.full_like(order, spare)), valid
 
     def _cells(self, cells, n_cells):
         """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""
@@ -367,8 +399,8 @@ class Projector:
     def _integrate_chunk(self, east, north, p, kinematics, n_minor):
         cell = p["cell"]
         # sky_to_disk: cells (B, P, C, 1) -> galaxy frame
-        e = east[None, :, None, None] + p["cell_east"]
-        n = north[None, :, None, None] + p["cell_north"]
+        e = east[:, :, None, None] + p["cell_east"]
+        n = north[:, :, None, None] + p["cell_north"]
         xi, eta = F.sky_to_disk(e, n, p["x0"], p["y0"], p["position_angle"])
         sin_i = torch.sin(p["inclination"])
         cos_i = torch.cos(p["inclination"]).clamp_min(_COS_FLOOR)
@@ -414,7 +446,7 @@ class Projector:
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
         # surface_density x area -> flux of each sample (Jy km/s)
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
-                  * (cell**2 / a * p["cell_used"]))
+                  * (cell**2 / a * p["cell_used"] * p["pixel_used"]))
         # line_of_sight_velocity, and its spread over the area each sample stands for
         # velocities within the galaxy are physical (its rest frame); in the radio velocity of
         # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
