@@ -180,10 +180,14 @@ class Projector:
         self._kernel = (None if self._response is None
                         else torch.as_tensor(self._response, device=dev, dtype=dt))
         if self._beam is not None:
-            self._transfer = F.beam_transfer_function(self.fft_shape, *self._beam,
-                                                      device=dev, dtype=dt)
+            # a beam along the pixel axes is two matrix products; a rotated one, an FFT
+            self._beam_matrices = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin,
+                                                  *self._beam, device=dev, dtype=dt)
+            self._transfer = (F.beam_transfer_function(self.fft_shape, *self._beam, device=dev,
+                                                       dtype=dt)
+                              if self._beam_matrices is None else None)
         else:
-            self._transfer = None
+            self._transfer = self._beam_matrices = None
 
     def to(self, device=None, dtype=None):
         """Move the cached grid and beam tensors (in place); returns self."""
@@ -451,11 +455,9 @@ class Projector:
         # velocities within the galaxy are physical (its rest frame); in the radio velocity of
         # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
         kin = 1 - p["v_sys"] / C_KMS
-        v_circ = kin * kinematics.circular_velocity(radius, p)
+        v_circ, dv_dr = kinematics.circular_velocity_and_slope(radius, p)
+        v_circ, dv_dr = kin * v_circ, kin * dv_dr
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
-        step = 1e-3 * radius
-        dv_dr = kin * (kinematics.circular_velocity(radius + step, p)
-                       - kinematics.circular_velocity(radius - step, p)) / (2 * step)
         spread2 = F.velocity_spread(xi, y, radius, v_circ, dv_dr, sin_i, cell, width)
         disp = torch.sqrt((kin * p["dispersion"]).clamp_min(1e-6) ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
@@ -533,9 +535,13 @@ class Projector:
     def observe(self, model):
         """Convolve a padded model with the beam (FFT) and spectral response; cut to the grid."""
         m = self.margin
-        if self._transfer is not None:
-            model = F.convolve_beam(model, self._transfer, self.fft_shape)
+        _, ny, nx = self.grid.shape
+        if self._beam_matrices is not None:
+            model = F.convolve_beam_separable(model, self._beam_matrices)   # cropped too
+        else:
+            if self._transfer is not None:
+                model = F.convolve_beam(model, self._transfer, self.fft_shape)
+            model = model[..., m:m + ny, m:m + nx]
         if self._kernel is not None:
             model = F.convolve_spectral(model, self._kernel)
-        _, ny, nx = self.grid.shape
-        return model[..., m:m + ny, m:m + nx]
+        return model

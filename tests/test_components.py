@@ -36,6 +36,28 @@ def test_tabulated_curve_interpolates_and_stays_flat():
     np.testing.assert_allclose(rc([0, 0.5, 3, 100] * u.arcsec).to_value(KMS), [0, 50, 155, 160])
 
 
+@pytest.mark.parametrize("law", [
+    gcc.AnalyticRotationCurve(v_0=200 * KMS),
+    gcc.AnalyticRotationCurve(v_0=180 * KMS, r_0=3 * u.arcsec),
+    gcc.ArctanRotationCurve(v_max=200 * KMS, r_turn=2 * u.arcsec),
+    gcc.FlatRotationCurve(v_flat=150 * KMS),
+    gcc.TabulatedRotationCurve([1, 2, 4] * u.arcsec, [100, 150, 160] * KMS),
+])
+def test_closed_form_slopes_equal_the_derivative_of_the_law(law):
+    """The slope the projector uses for the velocity spread is dv/dR of the law itself."""
+    import torch
+    galaxy = gcc.Galaxy(surface=gcc.SersicDisk(r_eff=4 * u.arcsec, n=1.3), kinematics=law,
+                        flux=1 * JYKMS, inclination=60 * u.deg, position_angle=0 * u.deg)
+    params = galaxy.tensors(dtype=torch.float64)
+    radius = torch.tensor([0.3, 1.3, 2.7, 5.0, 11.0], dtype=torch.float64)
+    v, slope = law.circular_velocity_and_slope(radius, params)
+    step = 1e-5
+    numeric = (law.circular_velocity(radius + step, params)
+               - law.circular_velocity(radius - step, params)) / (2 * step)
+    np.testing.assert_allclose(v.numpy(), law.circular_velocity(radius, params).numpy())
+    np.testing.assert_allclose(slope.numpy(), numeric.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_surface_brightness_integrates_to_flux():
     disk = gcc.SersicDisk(r_eff=3 * u.arcsec, n=2.0)
     r = np.linspace(0, 300, 300001) * u.arcsec

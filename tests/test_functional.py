@@ -119,6 +119,31 @@ def test_beam_transfer_matches_radio_beam_kernel(pa):
     assert along > 3 * across
 
 
+@pytest.mark.parametrize("beam_pa, separable",
+                         [(None, True), (0, True), (90, True), (30, False)])
+def test_separable_beam_matrices_are_the_fft_convolution_and_crop(beam_pa, separable):
+    """My @ image @ Mx.T equals the FFT convolution followed by the crop, to rounding."""
+    sig = (2.0, 2.0) if beam_pa is None else (2.5, 1.2)
+    angle = math.pi / 2 + math.radians(beam_pa or 0)
+    padded, fft_shape, crop = (37, 30), (40, 32), 6
+    matrices = F.beam_matrices(fft_shape, padded, crop, *sig, angle, dtype=D)
+    assert (matrices is not None) == separable
+    if not separable:
+        return
+    images = torch.rand(3, 2, *padded, dtype=D)
+    transfer = F.beam_transfer_function(fft_shape, *sig, angle, dtype=D)
+    fft = F.convolve_beam(images, transfer, fft_shape)[..., crop:-crop, crop:-crop]
+    dense = F.convolve_beam_separable(images, matrices)
+    assert dense.shape == fft.shape == (3, 2, 25, 18)
+    np.testing.assert_allclose(dense.numpy(), fft.numpy(), atol=1e-14)
+    # an elliptical beam along y (PA 0) spreads along the columns' axis more than the rows'
+    if beam_pa == 0:
+        point = torch.zeros(*padded, dtype=D)
+        point[18, 15] = 1.0
+        out = F.convolve_beam_separable(point, matrices)
+        assert out[12 + 3, 9] > 3 * out[12, 9 + 3]
+
+
 def test_interpolate_linear_batched():
     xp = torch.tensor([[0.0, 1.0, 3.0], [0.0, 2.0, 4.0]], dtype=D)
     fp = torch.tensor([[0.0, 10.0, 30.0], [0.0, 5.0, 5.0]], dtype=D)

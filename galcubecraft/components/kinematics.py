@@ -2,7 +2,9 @@
 
 A new law is one small class: declare ``param_names`` (and which are sizes),
 validate in ``__init__`` and write a torch ``evaluate(radius, ...)`` with radii
-in arcsec and velocities in km/s.
+in arcsec and velocities in km/s.  A law may also give its slope
+``evaluate_slope(radius, ...)`` (dv/dR, km/s per arcsec); without one the
+projector takes a central difference.
 """
 import math
 
@@ -33,6 +35,23 @@ class RotationCurve(Component):
         surface profile can read ``r_eff`` and ``n``).
         """
         return cls.evaluate(radius, *(params[name] for name in cls.param_names))
+
+    #: ``evaluate_slope(radius, *params)``: dv_c/dR, where the law knows it in closed form.
+    evaluate_slope = None
+
+    @classmethod
+    def circular_velocity_and_slope(cls, radius, params):
+        """``v_c(R)`` and ``dv_c/dR`` (*km/s*, *km/s per arcsec*), from the same parameters.
+
+        The slope is the law's closed form when it has one, else a central
+        difference over 1e-3 of the radius.
+        """
+        v = cls.circular_velocity(radius, params)
+        if cls.evaluate_slope is not None:
+            return v, cls.evaluate_slope(radius, *(params[name] for name in cls.param_names))
+        step = 1e-3 * radius
+        return v, (cls.circular_velocity(radius + step, params)
+                   - cls.circular_velocity(radius - step, params)) / (2 * step)
 
     def __call__(self, radius, *, r_eff=None, n=None):
         """Evaluate the law at ``radius`` (Quantity, same kind as the law's sizes).
@@ -94,11 +113,21 @@ class AnalyticRotationCurve(RotationCurve):
 
     @classmethod
     def circular_velocity(cls, radius, params):
+        return cls.evaluate(radius, params["v_0"], cls._r_0(params))
+
+    @classmethod
+    def circular_velocity_and_slope(cls, radius, params):
+        v = cls.evaluate(radius, params["v_0"], cls._r_0(params))
+        return v, 0.0803 * v / radius
+
+    @staticmethod
+    def _r_0(params):
         r_0 = params.get("r_0")
         if r_0 is None:
             n = params["n"]
-            r_0 = 2 * params["r_eff"] / F.sersic_bn(n) ** n
-        return cls.evaluate(radius, params["v_0"], r_0)
+            b_n = params.get("b_n")          # the projector solves it once per batch
+            r_0 = 2 * params["r_eff"] / (F.sersic_bn(n) if b_n is None else b_n) ** n
+        return r_0
 
     def __call__(self, radius, *, r_eff=None, n=None):
         if self.r_0 is None and (r_eff is None or n is None):
@@ -140,6 +169,10 @@ class ArctanRotationCurve(RotationCurve):
     def evaluate(radius, v_max, r_turn):
         return (2 / math.pi) * v_max * torch.atan(radius / r_turn)
 
+    @staticmethod
+    def evaluate_slope(radius, v_max, r_turn):
+        return (2 / math.pi) * v_max * r_turn / (r_turn**2 + radius**2)
+
 
 class FlatRotationCurve(RotationCurve):
     r"""A flat rotation curve, :math:`v_c(R) = v_{\rm flat}` (solid body nowhere).
@@ -159,6 +192,10 @@ class FlatRotationCurve(RotationCurve):
     @staticmethod
     def evaluate(radius, v_flat):
         return v_flat * torch.ones_like(radius)
+
+    @staticmethod
+    def evaluate_slope(radius, v_flat):
+        return torch.zeros_like(radius)
 
 
 class TabulatedRotationCurve(RotationCurve):
