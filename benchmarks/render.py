@@ -47,12 +47,20 @@ def timeit(fn, repeats):
         return _timeit(fn, repeats)
 
 
+def _sync():
+    """Wait for queued GPU work, so that wall times include it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timeit(fn, repeats):
     fn()                                   # warm-up
+    _sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -109,6 +117,9 @@ def main(argv=None):
                                 description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", default=None,
+                   help="comma-separated batch sizes for the throughput rows (default 64, or "
+                        "16 with --quick; on CUDA 64,256,1024)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.md"))
     args = p.parse_args(argv)
     repeats = 3 if args.quick else 7
@@ -138,10 +149,16 @@ def main(argv=None):
                      f"{scaling[-1][3]:.1f} ns/voxel"))
 
     # 3. batched throughput, 64x64x32
-    batch = 16 if args.quick else 64
-    t = batch_time(batch, args.device, max(1, repeats // 2))
-    rows.append((f"batch of {batch} random galaxies, 64x64x32", f"{t * 1e3:.0f} ms",
-                 f"{batch / t:.1f} cubes/s"))
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    elif args.device.startswith("cuda"):
+        batches = [64, 256, 1024]
+    else:
+        batches = [16 if args.quick else 64]
+    for batch in batches:
+        t = batch_time(batch, args.device, max(2, repeats // 2))
+        rows.append((f"batch of {batch} random galaxies, 64x64x32", f"{t * 1e3:.0f} ms",
+                     f"{batch / t:.1f} cubes/s"))
 
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name()
     header = (f"galcubecraft {gcc.__version__}, torch {torch.__version__}, device {device}, "
