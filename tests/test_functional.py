@@ -144,6 +144,54 @@ def test_separable_beam_matrices_are_the_fft_convolution_and_crop(beam_pa, separ
         assert out[12 + 3, 9] > 3 * out[12, 9 + 3]
 
 
+def _random_lines(seed=0, batch=2, n_pix=3, n_samples=60):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.rand(batch, n_pix, n_samples, generator=g, dtype=D)
+    velocity = (torch.rand(batch, n_pix, n_samples, generator=g, dtype=D) - 0.5) * 700
+    # from point-like samples to boxes many nodes wide
+    variance = torch.rand(batch, n_pix, n_samples, generator=g, dtype=D) ** 4 * 900
+    return weight, velocity, variance
+
+
+def test_deposited_lines_keep_flux_mean_and_variance_exactly():
+    edges = torch.linspace(-400, 400, 41, dtype=D)
+    weight, velocity, variance = _random_lines()
+    sigma = torch.tensor([10.0, 37.0], dtype=D)
+    origin, step, n_nodes = F.line_nodes(edges, sigma, 2.0)
+    nodes = F.deposit_lines(weight, velocity, variance, origin.reshape(-1, 1, 1),
+                            step.reshape(-1, 1, 1), n_nodes)
+    u_k = origin.reshape(-1, 1, 1) + step.reshape(-1, 1, 1) * torch.arange(n_nodes, dtype=D)
+    flux = weight.sum(-1)
+    np.testing.assert_allclose(nodes.sum(-1), flux, rtol=1e-12)
+    np.testing.assert_allclose((nodes * u_k).sum(-1), (weight * velocity).sum(-1),
+                               rtol=1e-12, atol=1e-9)
+    added = (step**2 * (0.25 + F._MIN_BOX**2 / 3)).reshape(-1, 1)
+    np.testing.assert_allclose((nodes * u_k**2).sum(-1),
+                               (weight * (velocity**2 + variance)).sum(-1) + flux * added,
+                               rtol=1e-12)
+    assert float(nodes.min()) > -1e-12
+
+
+def test_node_integrated_lines_converge_to_exact_channel_integrals():
+    """Point-like lines through the nodes: L1 error < 5e-4 at 2 nodes per sigma, falling at
+    least 8x when the nodes are twice as dense (the error goes as the fourth power)."""
+    edges = torch.linspace(-400, 400, 41, dtype=D)          # 20 km/s channels
+    weight, velocity, _ = _random_lines(1)
+    sigma = torch.tensor([10.0, 37.0], dtype=D)
+    cdf = 0.5 * torch.erf((edges - velocity.unsqueeze(-1))
+                          / (math.sqrt(2) * sigma.reshape(-1, 1, 1, 1)))
+    exact = (weight.unsqueeze(-1) * (cdf[..., 1:] - cdf[..., :-1])).sum(-2)
+    errors = []
+    for density in (2.0, 4.0):
+        origin, step, n_nodes = F.line_nodes(edges, sigma, density)
+        nodes = F.deposit_lines(weight, velocity, torch.zeros_like(velocity),
+                                origin.reshape(-1, 1, 1), step.reshape(-1, 1, 1), n_nodes)
+        spectra = nodes @ F.node_to_channel_matrix(edges, origin, step, n_nodes, sigma)
+        errors.append(float((spectra - exact).abs().sum() / exact.abs().sum()))
+    assert errors[0] < 5e-4
+    assert errors[1] < errors[0] / 8
+
+
 def test_interpolate_linear_batched():
     xp = torch.tensor([[0.0, 1.0, 3.0], [0.0, 2.0, 4.0]], dtype=D)
     fp = torch.tensor([[0.0, 10.0, 30.0], [0.0, 5.0, 5.0]], dtype=D)
