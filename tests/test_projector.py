@@ -262,7 +262,15 @@ def test_deterministic(small_grid, galaxy):
     assert torch.equal(a, b)
 
 
-def test_runs_on_device(small_grid, galaxy, device):
+@pytest.fixture(params=["erf", "nodes"])
+def line_path(request, monkeypatch):
+    """Run a test through each way of integrating the lines over the channels."""
+    from galcubecraft import projector
+    monkeypatch.setattr(projector, "_NODES_PAY_OFF", 0.0 if request.param == "erf" else 1e9)
+    return request.param
+
+
+def test_runs_on_device(small_grid, galaxy, device, line_path):
     with torch.no_grad():
         out = gcc.render_tensor(galaxy, small_grid, device=device)
     assert out.device.type == device
@@ -273,14 +281,6 @@ def test_runs_on_device(small_grid, galaxy, device):
 # ----------------------------------------------------------------------------- gradients
 GRAD_NAMES = ["r_eff", "n", "inclination", "position_angle", "v_max", "dispersion", "flux",
               "scale_height", "v_sys", "x0", "r_turn"]
-
-
-@pytest.fixture(params=["erf", "nodes"])
-def line_path(request, monkeypatch):
-    """Run a test through each way of integrating the lines over the channels."""
-    from galcubecraft import projector
-    monkeypatch.setattr(projector, "_NODES_PAY_OFF", 0.0 if request.param == "erf" else 1e9)
-    return request.param
 
 
 def _tiny():
