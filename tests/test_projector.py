@@ -266,7 +266,8 @@ def test_deterministic(small_grid, galaxy):
 def line_path(request, monkeypatch):
     """Run a test through each way of integrating the lines over the channels."""
     from galcubecraft import projector
-    monkeypatch.setattr(projector, "_NODES_PAY_OFF", 0.0 if request.param == "erf" else 1e9)
+    for name in ("_NODES_PAY_OFF", "_NODES_PAY_OFF_GPU"):
+        monkeypatch.setattr(projector, name, 0.0 if request.param == "erf" else 1e9)
     return request.param
 
 
