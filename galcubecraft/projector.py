@@ -30,9 +30,11 @@ box, the tails folded into the end bins), clipped to the disk's extent, so
 an edge-on disk stays finite and every cell's weights add up to its exact
 share of the flux.  Each sample's line is a Gaussian of the gas dispersion
 broadened by the spread of the linearised velocity field over the sample's
-area (:func:`~galcubecraft.functional.velocity_spread`), integrated exactly
-over each channel (differences of erf), so fluxes are exact for any
-dispersion and channel width.
+area (:func:`~galcubecraft.functional.velocity_spread`), integrated over each
+channel, so fluxes are exact for any dispersion and channel width: either
+through a grid of velocity nodes that keeps each sample's flux, mean and
+variance (:func:`~galcubecraft.functional.deposit_lines`, the default where it
+saves time) or directly, with differences of erf per sample and channel edge.
 """
 import math
 
