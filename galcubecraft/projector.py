@@ -371,7 +371,10 @@ class Projector:
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
-        lines = self._line_nodes(params, n_cells**2 * (n_minor + 2))
+        # the gas dispersion in the grid's radio velocity (compressed like the rotation)
+        sigma = ((1 - params["v_sys"] / C_KMS) * params["dispersion"]).clamp_min(1e-6)
+        shaped["sigma"] = sigma.reshape(batch, 1, 1, 1)
+        lines = self._line_nodes(sigma, n_cells**2 * (n_minor + 2))
 
         # each galaxy integrates only the pixels that can hold its light (its own footprint,
         # padded to the group's longest with a spare pixel that is dropped)
@@ -451,18 +454,15 @@ class Projector:
             return t.reshape(batch, 1, -1, 1).to(self.device, self.dtype)
         return shaped(east), shaped(north), shaped(mask)
 
-    def _line_nodes(self, params, samples_per_pixel):
+    def _line_nodes(self, sigma, samples_per_pixel):
         """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``."""
         if self.line_nodes_per_sigma is None:
             return None
-        sigma = ((1 - params["v_sys"] / C_KMS) * params["dispersion"]).clamp_min(1e-6)
-        with torch.no_grad():
-            _, _, n_nodes = F.line_nodes(self._edges, sigma.detach(), self.line_nodes_per_sigma)
+        origin, step, n_nodes = F.line_nodes(self._edges, sigma, self.line_nodes_per_sigma)
         # nodes pay off when the node grid is small against samples x edges per pixel
         pay_off = _NODES_PAY_OFF if self.device.type == "cpu" else _NODES_PAY_OFF_GPU
         if n_nodes > pay_off * samples_per_pixel * self._edges.numel():
             return None
-        origin, step, n_nodes = F.line_nodes(self._edges, sigma, self.line_nodes_per_sigma)
         matrix = F.node_to_channel_matrix(self._edges, origin, step, n_nodes, sigma)
         shape = (-1, 1, 1, 1)
         return origin.reshape(shape), step.reshape(shape), n_nodes, matrix
@@ -534,7 +534,7 @@ class Projector:
             nodes = F.deposit_lines(weight, v_los.expand_as(weight),
                                     spread2.expand_as(weight), origin, step, n_nodes)
             return torch.matmul(nodes, matrix)
-        disp = torch.sqrt((kin * p["dispersion"]).clamp_min(1e-6) ** 2 + spread2)
+        disp = torch.sqrt(p["sigma"] ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
         erf = F.erf_at_edges(self._edges, v_los.reshape(batch, n_pix, -1),
                              disp.expand_as(v_los).reshape(batch, n_pix, -1),
@@ -607,7 +607,11 @@ class Projector:
         return buf
 
     def observe(self, model):
-        """Convolve a padded model with the beam (FFT) and spectral response; cut to the grid."""
+        """Convolve a padded model with the beam and spectral response; cut to the grid.
+
+        The beam is two matrix products when it lies along the pixel axes, else an FFT
+        (`galcubecraft.functional.beam_matrices`, `~galcubecraft.functional.convolve_beam`).
+        """
         m = self.margin
         _, ny, nx = self.grid.shape
         if self._beam_matrices is not None:
