@@ -5,8 +5,6 @@ import warnings
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
-from radio_beam import Beam
 
 try:
     import tomllib
@@ -14,133 +12,91 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from . import __version__
-from .components import (AnalyticRotationCurve, ArctanRotationCurve, ExponentialVertical,
-                         FlatRotationCurve, SersicDisk, TabulatedRotationCurve)
+from .components import RotationCurve
 from .galaxy import Galaxy
 from .grid import CubeGrid
+from .parameters import parse_quantity
 from .render import render
 
 __all__ = ["main", "build_parser"]
 
-#: Defaults of every setting, as the strings a user would type (the issue's reference cube).
-GRID_DEFAULTS = {
+#: The reference cube's grid (128 x 128 x 40, 1" pixels, 20 km/s channels, 4" beam), as text.
+REFERENCE_GRID = {
     "shape": [40, 128, 128],
     "pixel_scale": "1 arcsec",
     "channel_width": "20 km/s",
     "beam": "4 arcsec",
-    "beam_minor": None,
     "beam_pa": "0 deg",
     "ra": "150 deg",
     "dec": "2 deg",
     "velocity_center": "0 km/s",
     "rest_frequency": "115.2712018 GHz",
 }
-GALAXY_DEFAULTS = {
+#: The reference galaxy (an exponential disk rotating to 200 km/s at 60 deg), as text; each
+#: rotation law's own defaults under ``laws``.
+REFERENCE_GALAXY = {
     "r_eff": "8.4 arcsec",
     "n": 1.0,
     "scale_height": "0.5 arcsec",
     "rotation": "arctan",
-    "v_max": "200 km/s",
-    "r_turn": "2 arcsec",
-    "r_0": None,
     "dispersion": "10 km/s",
     "inclination": "60 deg",
     "position_angle": "30 deg",
     "v_sys": "0 km/s",
     "flux": "30 Jy km/s",
     "offset": ["0 arcsec", "0 arcsec"],
-    "distance": None,
-    "redshift": None,
+    "laws": {"arctan": {"v_max": "200 km/s", "r_turn": "2 arcsec"},
+             "flat": {"v_flat": "200 km/s"},
+             "analytic": {"v_0": "200 km/s"}},
 }
-ROTATION_LAWS = ("arctan", "analytic", "flat", "tabulated")
+#: What each [grid] setting is, for --help (the keys and their parsing: `CubeGrid.from_dict`).
+GRID_HELP = {
+    "pixel_scale": "pixel size",
+    "channel_width": "channel width",
+    "beam": "beam FWHM major axis, or 'none' for a beam-free Jy/pixel cube",
+    "beam_minor": "beam FWHM minor axis (default: = major)",
+    "beam_pa": "beam position angle, east of north",
+    "ra": "right ascension of the field centre (ICRS)",
+    "dec": "declination of the field centre (ICRS)",
+    "velocity_center": "radio velocity at the cube's spectral centre",
+    "rest_frequency": "rest frequency of the line (RESTFRQ), or a line name such as 'CO(2-1)'",
+    "spectral_type": "the cube's spectral axis: VRAD (km/s) or FREQ (Hz)",
+    "spectral_response": "line-spread function: 'hanning', or a Gaussian FWHM such as '30 km/s'",
+    "projection": "celestial projection code",
+    "specsys": "spectral reference frame (SPECSYS)",
+}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default only when it has one worth showing (not None, not False)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.required:
+        if action.default in (None, False) or action.required or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
 
-class ConfigError(ValueError):
-    """A settings file or flag that cannot be turned into a grid or galaxy."""
+def _law_of(name):
+    """The rotation law a flat galaxy parameter belongs to, or None."""
+    return next((law for law, cls in RotationCurve.laws.items() if name in cls.declarations),
+                None)
 
 
-def quantity(text, name):
-    """Parse ``'8.4 arcsec'`` (or a number, for dimensionless values) into a Quantity."""
-    if isinstance(text, u.Quantity):
-        return text
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        raise ConfigError(f"{name} needs a unit, e.g. '{text} arcsec'; got the bare number {text}")
-    try:
-        return u.Quantity(str(text))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot read {name}={text!r} as a quantity with units: {exc}") from None
-
-
-def build_grid(cfg):
-    beam = None
-    if cfg["beam"] not in (None, "none", "None"):
-        major = quantity(cfg["beam"], "beam")
-        minor = quantity(cfg["beam_minor"], "beam_minor") if cfg["beam_minor"] else major
-        beam = Beam(major=major, minor=minor, pa=quantity(cfg["beam_pa"], "beam_pa"))
-    center = SkyCoord(quantity(cfg["ra"], "ra"), quantity(cfg["dec"], "dec"), frame="icrs")
-    return CubeGrid(shape=cfg["shape"], pixel_scale=quantity(cfg["pixel_scale"], "pixel_scale"),
-                    channel_width=quantity(cfg["channel_width"], "channel_width"), beam=beam,
-                    center=center,
-                    velocity_center=quantity(cfg["velocity_center"], "velocity_center"),
-                    rest_frequency=quantity(cfg["rest_frequency"], "rest_frequency"))
-
-
-def build_galaxy(cfg):
-    unknown = set(cfg) - set(GALAXY_DEFAULTS) - {"radius", "velocity", "v_0"}
-    if unknown:
-        raise ConfigError(f"unknown galaxy setting(s): {', '.join(sorted(unknown))}")
-    cfg = {**GALAXY_DEFAULTS, **cfg}
-    law = cfg["rotation"]
-    if law == "arctan":
-        kin = ArctanRotationCurve(v_max=quantity(cfg["v_max"], "v_max"),
-                                  r_turn=quantity(cfg["r_turn"], "r_turn"))
-    elif law == "analytic":
-        v0 = cfg.get("v_0") or cfg["v_max"]
-        kin = AnalyticRotationCurve(v_0=quantity(v0, "v_0"),
-                                    r_0=quantity(cfg["r_0"], "r_0") if cfg["r_0"] else None)
-    elif law == "flat":
-        kin = FlatRotationCurve(v_flat=quantity(cfg["v_max"], "v_max"))
-    elif law == "tabulated":
-        if "radius" not in cfg or "velocity" not in cfg:
-            raise ConfigError("rotation = 'tabulated' needs 'radius' and 'velocity' lists")
-        kin = TabulatedRotationCurve(quantity(cfg["radius"], "radius") if isinstance(
-            cfg["radius"], str) else u.Quantity([quantity(r, "radius") for r in cfg["radius"]]),
-            quantity(cfg["velocity"], "velocity") if isinstance(cfg["velocity"], str)
-            else u.Quantity([quantity(v, "velocity") for v in cfg["velocity"]]))
-    else:
-        raise ConfigError(f"rotation must be one of {', '.join(ROTATION_LAWS)}, got {law!r}")
-    offset = cfg["offset"]
-    if isinstance(offset, str) or len(offset) != 2:
-        raise ConfigError(f"offset must be two quantities (east, north), got {offset!r}")
-    return Galaxy(
-        surface=SersicDisk(r_eff=quantity(cfg["r_eff"], "r_eff"), n=cfg["n"]),
-        vertical=ExponentialVertical(quantity(cfg["scale_height"], "scale_height")),
-        kinematics=kin,
-        dispersion=quantity(cfg["dispersion"], "dispersion"),
-        inclination=quantity(cfg["inclination"], "inclination"),
-        position_angle=quantity(cfg["position_angle"], "position_angle"),
-        v_sys=quantity(cfg["v_sys"], "v_sys"),
-        flux=quantity(cfg["flux"], "flux"),
-        offset=u.Quantity([quantity(o, "offset") for o in offset]),
-        distance=quantity(cfg["distance"], "distance") if cfg["distance"] else None,
-        redshift=float(cfg["redshift"]) if cfg["redshift"] is not None else None,
-    )
-
-
-def _add_quantity_options(group, defaults, specs):
-    """One ``--key-name`` option per (key, help) pair, its default shown from ``defaults``."""
-    for key, help_ in specs:
-        group.add_argument("--" + key.replace("_", "-"), dest=key,
-                           help=f"{help_} (default {defaults[key]!r})")
+def _galaxy_options(group):
+    """One option per flat galaxy parameter (from the declarations), its reference default shown."""
+    for name, p in Galaxy.flat_parameters().items():
+        if p.shape == "1d":
+            continue            # tables (a tabulated rotation curve) only in --config
+        law = _law_of(name)
+        default = REFERENCE_GALAXY["laws"].get(law, {}).get(name) if law else \
+            REFERENCE_GALAXY.get(name)
+        text = p.help() + (f"; rotation {law!r}" if law else "")
+        if default is not None:
+            text += f" (default {default!r})"
+        if p.shape == (2,):
+            group.add_argument(p.flag, dest=name, nargs=2, metavar=("EAST", "NORTH"), help=text)
+        else:
+            group.add_argument(p.flag, dest=name, help=text)
 
 
 def build_parser():
@@ -170,38 +126,17 @@ def build_parser():
                    help="sub-pixel cells per pixel side (accuracy vs speed)")
     g = r.add_argument_group("grid (observation)")
     g.add_argument("--shape", type=int, nargs=3, metavar=("NCHAN", "NY", "NX"),
-                   help=f"cube shape (default {GRID_DEFAULTS['shape']})")
-    _add_quantity_options(g, GRID_DEFAULTS, [
-                       ("pixel_scale", "pixel size"), ("channel_width", "channel width"),
-                       ("beam", "beam FWHM major axis, or 'none' for a beam-free Jy/pixel cube"),
-                       ("beam_minor", "beam FWHM minor axis (default: = major)"),
-                       ("beam_pa", "beam position angle, east of north"),
-                       ("ra", "right ascension of the field centre (ICRS)"),
-                       ("dec", "declination of the field centre (ICRS)"),
-                       ("velocity_center", "radio velocity at the cube's spectral centre"),
-                       ("rest_frequency", "rest frequency of the line (RESTFRQ)")])
+                   help=f"cube shape (default {REFERENCE_GRID['shape']})")
+    for key, text in GRID_HELP.items():
+        default = REFERENCE_GRID.get(key)
+        g.add_argument("--" + key.replace("_", "-"), dest=key,
+                       help=text + (f" (default {default!r})" if default is not None else ""))
     a = r.add_argument_group("galaxy")
-    a.add_argument("--rotation", choices=ROTATION_LAWS,
-                   help="rotation law: arctan (v_max, r_turn), analytic (GalCubeCraft 0.1.0's "
-                        "law; v_max is its v_0), flat (v_max); tabulated only in --config "
-                        "(default 'arctan')")
-    a.add_argument("--n", type=float, help="Sersic index (default 1.0)")
-    _add_quantity_options(a, GALAXY_DEFAULTS, [
-                       ("r_eff", "half-light radius (angle, or length with --distance)"),
-                       ("scale_height", "exponential scale height"),
-                       ("v_max", "asymptotic / flat rotation speed"),
-                       ("r_turn", "turnover radius of the arctan law"),
-                       ("r_0", "reference radius of the analytic law (default tied to r_eff, n)"),
-                       ("dispersion", "velocity dispersion (Gaussian sigma)"),
-                       ("inclination", "inclination, 0 face-on to 90 deg edge-on"),
-                       ("position_angle", "PA of the receding major axis, east of north"),
-                       ("v_sys", "systemic radio velocity"),
-                       ("flux", "total line flux"),
-                       ("distance", "angular-diameter distance, for sizes in kpc"),
-                       ("redshift", "redshift (Planck18 distance), for sizes in kpc")])
-    a.add_argument("--offset", nargs=2, metavar=("EAST", "NORTH"),
-                   help="offset of the galaxy centre from the field centre "
-                        "(default '0 arcsec' '0 arcsec')")
+    a.add_argument("--rotation", choices=sorted(RotationCurve.laws),
+                   help="rotation law: arctan (--v-max, --r-turn), flat (--v-flat), analytic "
+                        "(GalCubeCraft 0.1.0's law: --v-0, --r-0); tabulated only in --config "
+                        f"(default {REFERENCE_GALAXY['rotation']!r})")
+    _galaxy_options(a)
     q = sub.add_parser(
         "plot", help="plot any FITS cube: moment maps, channel maps, a PV diagram or the spectrum",
         description=(
@@ -317,7 +252,7 @@ def export_command(args):
 def _beam_option(text):
     if text is None or text == "common":
         return text
-    return quantity(text, "beam")
+    return parse_quantity("beam", text)
 
 
 def _avoid_map(path, threshold, unit):
@@ -333,7 +268,7 @@ def _avoid_map(path, threshold, unit):
     if text.endswith("sigma"):
         factor = float(text[:-5])
         return peak, factor * float(mad_std(data, ignore_nan=True))
-    return peak, quantity(text, "avoid_threshold").to_value(unit)
+    return peak, parse_quantity("avoid_threshold", text).to_value(unit)
 
 
 def inject_command(args):
@@ -381,28 +316,31 @@ def inject_command(args):
 
 def _line_or_quantity(text):
     from .lines import LINES
-    return text if text in LINES else quantity(text, "rest_frequency")
+    return text if text in LINES else parse_quantity("rest_frequency", text)
 
 
 def _settings(args):
-    grid_cfg, galaxies = dict(GRID_DEFAULTS), None
+    """The grid settings and the galaxies' flat dictionaries: the reference cube, a --config
+    file's [grid] and [[galaxy]] tables over it, and the flags over those."""
+    grid_cfg, galaxies = dict(REFERENCE_GRID), None
     if args.config:
         with open(args.config, "rb") as fh:
             cfg = tomllib.load(fh)
         unknown = set(cfg) - {"grid", "galaxy"}
         if unknown:
-            raise ConfigError(f"unknown table(s) in {args.config}: {', '.join(sorted(unknown))}")
-        bad = set(cfg.get("grid", {})) - set(GRID_DEFAULTS)
-        if bad:
-            raise ConfigError(f"unknown grid setting(s) in {args.config}: {', '.join(sorted(bad))}")
+            raise ValueError(f"unknown table(s) in {args.config}: {', '.join(sorted(unknown))}")
         grid_cfg.update(cfg.get("grid", {}))
         galaxies = cfg.get("galaxy")
-    for key in GRID_DEFAULTS:
+        if "redshift" in cfg.get("grid", {}) and "velocity_center" not in cfg["grid"]:
+            grid_cfg.pop("velocity_center")         # the band is centred on the redshift
+    for key in GRID_HELP:
         if getattr(args, key, None) is not None:
             grid_cfg[key] = getattr(args, key)
+    if args.shape is not None:
+        grid_cfg["shape"] = args.shape
     if galaxies is None:
-        gal = {k: getattr(args, k) for k in GALAXY_DEFAULTS if getattr(args, k, None) is not None}
-        galaxies = [gal]
+        names = ("rotation", *Galaxy.flat_parameters())
+        galaxies = [{k: getattr(args, k) for k in names if getattr(args, k, None) is not None}]
     return grid_cfg, galaxies
 
 
@@ -420,7 +358,7 @@ def plot(args):
     elif args.kind == "channels":
         fig = visualise.channel_maps(cube)
     elif args.kind == "pv":
-        fig = visualise.pv_diagram(cube, quantity(args.pa, "pa"))
+        fig = visualise.pv_diagram(cube, parse_quantity("pa", args.pa))
     else:
         fig = visualise.spectrum(cube)
     fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
@@ -433,8 +371,9 @@ def plot(args):
 def render_command(args):
     """``galcubecraft render``: one cube from flags or a TOML file, written to FITS."""
     grid_cfg, galaxy_cfgs = _settings(args)
-    grid = build_grid(grid_cfg)
-    galaxies = [build_galaxy(c) for c in galaxy_cfgs]
+    grid = CubeGrid.from_dict(grid_cfg)
+    galaxies = [Galaxy.from_dict(c, defaults=REFERENCE_GALAXY, where=f"galaxy {k + 1}")
+                for k, c in enumerate(galaxy_cfgs)]
     cube = render(galaxies, grid, device=args.device, oversample=args.oversample)
     cube.write(args.output, overwrite=args.overwrite)
     data = cube.unitless_filled_data[:]
@@ -445,7 +384,7 @@ def render_command(args):
 
 
 #: Errors that mean bad input (a flag, a file, a header), reported in one line with status 2.
-_INPUT_ERRORS = (ConfigError, ValueError, TypeError, KeyError, IndexError, u.UnitsError,
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, u.UnitsError,
                  OSError, tomllib.TOMLDecodeError)
 COMMANDS = {"render": render_command, "plot": plot, "inject": inject_command,
             "dataset": dataset_command, "export": export_command}
@@ -453,15 +392,24 @@ COMMANDS = {"render": render_command, "plot": plot, "inject": inject_command,
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except FileExistsError as exc:
-        print(f"galcubecraft {args.command}: error: {exc.filename or exc} exists; use "
-              f"--overwrite", file=sys.stderr)
-        return 2
-    except _INPUT_ERRORS as exc:
-        print(f"galcubecraft {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    prefix = f"galcubecraft {args.command}"
+
+    def one_line(message, category, *_):
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        # the package's deprecations reach the user of the command, in one line each
+        warnings.filterwarnings("default", category=DeprecationWarning, module="galcubecraft")
+        warnings.showwarning = one_line
+        try:
+            return COMMANDS[args.command](args)
+        except FileExistsError as exc:
+            print(f"{prefix}: error: {exc.filename or exc} exists; use --overwrite",
+                  file=sys.stderr)
+            return 2
+        except _INPUT_ERRORS as exc:
+            print(f"{prefix}: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

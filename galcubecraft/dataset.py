@@ -46,10 +46,11 @@ import torch
 from astropy.table import QTable, vstack
 
 from ._files import atomic_path
+from .catalogue import check_band, random_galaxies
 from .grid import CubeGrid
 from .noise import NoiseModel
+from .parameters import parse_quantity
 from .priors import GalaxyPriors, distribution_from_spec
-from .response import GaussianLSF, Hanning
 
 try:
     import tomllib
@@ -63,18 +64,14 @@ _KMS = u.km / u.s
 FORMAT = "galcubecraft-dataset"
 FORMAT_VERSION = 1
 ARRAYS = ("noisy", "clean", "mask", "labels")
-_GRID_KEYS = {"shape", "pixel_scale", "channel_width", "beam", "rest_frequency",
-              "spectral_type", "spectral_response", "velocity_center"}
+_GRID_KEYS = set(CubeGrid.DICT_KEYS)
 _NOISE_KEYS = {"rms", "peak_snr", "integrated_snr", "correlation", "spectral"}
 _SCENE_KEYS = {"n_galaxies", "edge", "min_separation", "mask_threshold"}
 _DATASET_KEYS = {"seed", "shard_size"}
 
 
 def _quantity(name, text, unit):
-    try:
-        q = u.Quantity(text)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot read {text!r} as a quantity") from exc
+    q = parse_quantity(name, text)
     if not q.unit.is_equivalent(unit):
         raise u.UnitsError(f"{name} must be in units of {unit}, got {q.unit or 'no unit'}")
     return q
@@ -140,7 +137,6 @@ class DatasetSpec:
                                         u.arcsec)
         self.mask_threshold = scene.get("mask_threshold")
         if self.population is None:
-            from .inject import check_band
             check_band(self.grid, self.galaxy_priors)
 
     #: Presets: populations ready to use, with the options they take.
@@ -175,34 +171,14 @@ class DatasetSpec:
             except tomllib.TOMLDecodeError as exc:
                 raise ValueError(f"{path}: not valid TOML: {exc}") from exc
 
-    @staticmethod
-    def _grid(cfg):
-        from radio_beam import Beam
-        shape = cfg.get("shape", [32, 64, 64])
-        beam = cfg.get("beam", "3 arcsec")
-        beam = None if beam in (None, "none") else Beam(_quantity("beam", beam, u.arcsec))
-        response = cfg.get("spectral_response")
-        if response in (None, "none"):
-            response = None
-        elif str(response).lower() == "hanning":
-            response = Hanning()
-        else:
-            response = GaussianLSF(_quantity("spectral_response", response, _KMS))
-        rest = cfg.get("rest_frequency", "CO(1-0)")
-        try:
-            rest = _quantity("rest_frequency", rest, u.Hz)
-        except ValueError:
-            pass                    # a line name
-        return CubeGrid(shape=shape,
-                        pixel_scale=_quantity("pixel_scale", cfg.get("pixel_scale", "1 arcsec"),
-                                              u.arcsec),
-                        channel_width=_quantity("channel_width",
-                                                cfg.get("channel_width", "20 km/s"), _KMS),
-                        beam=beam, rest_frequency=rest,
-                        velocity_center=_quantity("velocity_center",
-                                                  cfg.get("velocity_center", "0 km/s"), _KMS),
-                        spectral_type=cfg.get("spectral_type", "VRAD"),
-                        spectral_response=response)
+    #: The ``[grid]`` of a priors file that sets none of it.
+    GRID_DEFAULTS = {"shape": [32, 64, 64], "pixel_scale": "1 arcsec",
+                     "channel_width": "20 km/s", "beam": "3 arcsec",
+                     "rest_frequency": "CO(1-0)", "velocity_center": "0 km/s"}
+
+    @classmethod
+    def _grid(cls, cfg):
+        return CubeGrid.from_dict({**cls.GRID_DEFAULTS, **cfg})
 
     def _noise(self, cfg):
         levels = [k for k in ("rms", "peak_snr", "integrated_snr") if k in cfg]
@@ -233,7 +209,6 @@ class DatasetSpec:
         if self.population is not None:
             galaxies = self.population.draw(int(index), rng)["objects"]
         else:
-            from .inject import random_galaxies
             n = int(round(float(self.n_galaxies.sample(rng).value)))
             galaxies = random_galaxies(self.grid, n, priors=self.galaxy_priors, seed=rng,
                                        edge=self.edge, min_separation=self.min_separation)

@@ -30,16 +30,17 @@ import torch
 
 from .components import ExponentialVertical, SersicDisk
 from .components.base import to_tensor
-from .galaxy import Galaxy, _to_arcsec, _validate_distance
-from .units import (FWHM_PER_SIGMA, INTERNAL, validate_line_flux, validate_number,
-                    validate_quantity, validate_velocity)
+from .distance import Placed
+from .galaxy import Galaxy
+from .parameters import Parameter
+from .units import FWHM_PER_SIGMA, validate_number, validate_quantity, validate_velocity
 
 __all__ = ["Stream", "halo", "bridge", "tail"]
 
 _KMS = u.km / u.s
 
 
-class Stream:
+class Stream(Placed):
     """Gas along a curve on the sky, with a velocity gradient along it.
 
     Parameters
@@ -65,54 +66,53 @@ class Stream:
         For positions and widths given as lengths (as `~galcubecraft.Galaxy`).
     """
 
+    start = Parameter("size", shape=(2,), description="(east, north) offset of the start")
+    end = Parameter("size", shape=(2,), description="(east, north) offset of the end")
+    control = Parameter("size", shape=(2,), optional=True, default=None,
+                        description="control point of the Bezier curve (default: midpoint)")
+    width = Parameter("size", positive=True, description="FWHM of the cross-section")
+    flux = Parameter("line_flux", nonnegative=True, description="total line flux")
+    v_start = Parameter("velocity", description="radio velocity at the start")
+    v_end = Parameter("velocity", description="radio velocity at the end")
+    dispersion = Parameter("velocity", nonnegative=True, default=15 * _KMS,
+                           description="velocity dispersion (Gaussian sigma)")
+    taper = Parameter("dimensionless", minimum=-1, maximum=1, default=0.0,
+                      description="brightness gradient along the stream")
+
     def __init__(self, *, start, end, width, flux, v_start, v_end, control=None,
                  dispersion=15 * _KMS, taper=0.0, distance=None, redshift=None,
                  cosmology=None):
-        self.start = validate_quantity("start", start, (u.arcsec, u.kpc), shape=(2,))
-        self.end = validate_quantity("end", end, (u.arcsec, u.kpc), shape=(2,))
-        self.control = None if control is None else validate_quantity(
-            "control", control, (u.arcsec, u.kpc), shape=(2,))
-        self.width = validate_quantity("width", width, (u.arcsec, u.kpc), positive=True)
-        self.flux = validate_line_flux("flux", flux, nonnegative=True)
-        self.v_start = validate_velocity("v_start", v_start)
-        self.v_end = validate_velocity("v_end", v_end)
-        self.dispersion = validate_velocity("dispersion", dispersion, nonnegative=True)
-        self.taper = validate_number("taper", taper, minimum=-1, maximum=1)
-        self.distance, self.redshift = _validate_distance(distance, redshift, cosmology)
-        self.cosmology = cosmology
-
-    def _to_arcsec(self, name, value):
-        return _to_arcsec(self, name, value)
-
-    def with_distance(self, distance=None, redshift=None, cosmology=None):
-        new = object.__new__(Stream)
-        new.__dict__.update(self.__dict__)
-        new.distance, new.redshift = _validate_distance(distance, redshift, cosmology)
-        new.cosmology = cosmology
-        return new
+        self.start = start
+        self.end = end
+        self.control = control
+        self.width = width
+        self.flux = flux
+        self.v_start = v_start
+        self.v_end = v_end
+        self.dispersion = dispersion
+        self.taper = taper
+        self._place(distance, redshift, cosmology)
 
     @property
     def points(self):
         """The three Bézier control points ``(start, control, end)`` in arcsec, shape (3, 2)."""
-        start = [self._to_arcsec("start", c) for c in self.start]
-        end = [self._to_arcsec("end", c) for c in self.end]
+        start = [self.to_arcsec("start", c) for c in self.start]
+        end = [self.to_arcsec("end", c) for c in self.end]
         if self.control is None:
             control = [(a + b) / 2 for a, b in zip(start, end)]
         else:
-            control = [self._to_arcsec("control", c) for c in self.control]
+            control = [self.to_arcsec("control", c) for c in self.control]
         return np.array([start, control, end])
 
     def tensors(self, device=None, dtype=torch.float32):
         """Parameters as plain tensors in internal units (the projector's input)."""
         return {
             "points": to_tensor(self.points, device, dtype),
-            "sigma": to_tensor(self._to_arcsec("width", self.width) / FWHM_PER_SIGMA,
+            "sigma": to_tensor(self.to_arcsec("width", self.width) / FWHM_PER_SIGMA,
                                device, dtype),
-            "flux": to_tensor(self.flux.to_value(INTERNAL["line_flux"]), device, dtype),
-            "v_start": to_tensor(self.v_start.to_value(_KMS), device, dtype),
-            "v_end": to_tensor(self.v_end.to_value(_KMS), device, dtype),
-            "dispersion": to_tensor(self.dispersion.to_value(_KMS), device, dtype),
-            "taper": to_tensor(self.taper, device, dtype),
+            **{name: to_tensor(self.declarations[name].to_internal(getattr(self, name)),
+                               device, dtype)
+               for name in ("flux", "v_start", "v_end", "dispersion", "taper")},
         }
 
     def __repr__(self):
@@ -127,13 +127,9 @@ def _sizes_in_arcsec(galaxy, value, name):
 
 def _scaled_kinematics(kinematics, factor):
     """The same rotation law with all its speeds multiplied by ``factor``."""
-    cls = type(kinematics)
-    params = {}
-    for name, value in kinematics.parameters.items():
-        if isinstance(value, u.Quantity) and value.unit.is_equivalent(_KMS):
-            value = value * factor
-        params[name] = value
-    return cls(**params)
+    return kinematics.replace(**{
+        name: value * factor for name, value in kinematics.parameters.items()
+        if value is not None and kinematics.declarations[name].kind == "velocity"})
 
 
 def halo(host, *, flux, scale=3.0, thickness=1.0, lag=0.5, dispersion=30 * _KMS):

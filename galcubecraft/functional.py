@@ -18,10 +18,12 @@ Conventions
 """
 import math
 
+import numpy as np
 import torch
+from scipy.special import gammaincinv
 
 __all__ = [
-    "sersic_bn", "sersic_total_flux", "sersic", "exponential_vertical",
+    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "exponential_vertical",
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_matrices",
@@ -78,18 +80,31 @@ class _SersicBn(torch.autograd.Function):
 
 
 def sersic_bn(n):
-    """Exact Sérsic b_n, the root of P(2n, b_n) = 1/2.
+    """Exact Sérsic b_n, the root of P(2n, b_n) = 1/2: the one home of b_n.
 
-    Solved by Newton iterations on `torch.special.gammainc` in float64 (to
-    ~1e-14 relative), differentiable in ``n`` by implicit differentiation.  It
-    equals ``scipy.special.gammaincinv(2 * n, 0.5)``.
+    For a tensor, solved by Newton iterations on `torch.special.gammainc` in
+    float64 (to ~1e-14 relative), differentiable in ``n`` by implicit
+    differentiation.  For a number or a NumPy array (callers outside torch), it
+    is ``scipy.special.gammaincinv(2 * n, 0.5)``, which the tensor path equals.
 
     Parameters
     ----------
-    n : Tensor
+    n : Tensor, float or ndarray
         Sérsic index (dimensionless, > 0).
     """
+    if not isinstance(n, torch.Tensor):
+        return gammaincinv(2 * np.asarray(n, dtype=float), 0.5)
     return _SersicBn.apply(n)
+
+
+def sersic_enclosing_radius(fraction, r_eff, n):
+    """The radius enclosing ``fraction`` of a Sérsic disk's light (NumPy; same unit as r_eff).
+
+    ``r = r_eff (P^-1(2n, fraction) / b_n)^n``; ``fraction = 1 - 1e-6`` is where the
+    projector cuts a disk.
+    """
+    n = np.asarray(n, dtype=float)
+    return np.asarray(r_eff) * (gammaincinv(2 * n, fraction) / sersic_bn(n)) ** n
 
 
 def sersic_total_flux(amplitude, r_eff, n, b_n=None):

@@ -1,72 +1,21 @@
 """A galaxy (components + geometry + flux) and a scene of galaxies."""
 import astropy.units as u
 import torch
-from astropy.cosmology import Cosmology
 
 from .components.base import to_tensor
 from .components.kinematics import RotationCurve
 from .components.surface import SersicDisk
 from .components.vertical import ExponentialVertical
-from .units import (C_KMS, INTERNAL, validate_line_flux, validate_number, validate_quantity,
-                    validate_velocity)
+from .distance import Placed, default_cosmology
+from .parameters import Parameter, resolve_aliases
+from .units import radio_velocity
 
 __all__ = ["Galaxy", "Scene", "default_cosmology", "radio_velocity"]
 
 _KMS = u.km / u.s
 
 
-def radio_velocity(redshift):
-    """The radio velocity ``c z / (1 + z)`` of a line emitted at ``redshift`` (km/s).
-
-    Radio velocity is linear in observed frequency, ``v = c (1 - f / f0)``, and
-    ``f = f0 / (1 + z)``; it is the velocity the projector and VRAD axes use.
-    """
-    z = validate_number("redshift", redshift)
-    if z <= -1:
-        raise ValueError(f"redshift must be > -1, got {z}")
-    return C_KMS * z / (1 + z) * _KMS
-
-
-def default_cosmology():
-    """The cosmology used to turn a redshift into a distance: `astropy.cosmology.Planck18`."""
-    from astropy.cosmology import Planck18
-    return Planck18
-
-
-def _validate_distance(distance, redshift, cosmology):
-    if distance is not None and redshift is not None:
-        raise ValueError("give a distance or a redshift, not both")
-    if distance is not None:
-        distance = validate_quantity("distance", distance, u.Mpc, positive=True)
-    if redshift is not None:
-        redshift = validate_number("redshift", redshift, positive=True)
-    if cosmology is not None and not isinstance(cosmology, Cosmology):
-        raise TypeError(f"cosmology must be an astropy Cosmology, got {cosmology!r}")
-    return distance, redshift
-
-
-def _angular_diameter_distance(obj):
-    """The angular-diameter distance of anything placed by ``distance`` or ``redshift``."""
-    if obj.distance is not None:
-        return obj.distance
-    if obj.redshift is not None:
-        cosmo = obj.cosmology or default_cosmology()
-        return cosmo.angular_diameter_distance(obj.redshift).to(u.Mpc)
-    return None
-
-
-def _to_arcsec(obj, name, value):
-    """A size (an angle, or a length at ``obj``'s distance) in arcsec."""
-    if value.unit.is_equivalent(u.arcsec):
-        return value.to_value(u.arcsec)
-    distance = _angular_diameter_distance(obj)
-    if distance is None:
-        raise ValueError(f"{name} is a physical length ({value}); give the {type(obj).__name__} "
-                         "(or its Scene) a distance or a redshift, or give it as an angle")
-    return (value / distance).to_value(u.arcsec, equivalencies=u.dimensionless_angles())
-
-
-class Galaxy:
+class Galaxy(Placed):
     r"""A rotating disk galaxy: components, orientation, position and flux.
 
     The emission density is :math:`\Sigma(R)\,\rho(z)` in the disk frame,
@@ -128,49 +77,55 @@ class Galaxy:
     51.566
     """
 
+    inclination = Parameter("angle", minimum=0, maximum=90,
+                            description="inclination, 0 face-on to 90 deg edge-on")
+    position_angle = Parameter("angle", description="PA of the receding major axis, east of "
+                                                    "north")
+    flux = Parameter("line_flux", nonnegative=True, description="total line flux")
+    dispersion = Parameter("velocity", nonnegative=True, default=10 * _KMS,
+                           description="velocity dispersion (Gaussian sigma)")
+    v_sys = Parameter("velocity", optional=True, default=None,
+                      description="systemic radio velocity")
+    offset = Parameter("size", shape=(2,), default=[0.0, 0.0] * u.arcsec,
+                       description="(east, north) offset of the centre from the field centre")
+
+    #: The parts of a galaxy: attribute -> base class of the component it holds.
+    COMPONENTS = {"surface": SersicDisk, "vertical": ExponentialVertical,
+                  "kinematics": RotationCurve}
+
     def __init__(self, *, surface, kinematics, inclination, position_angle, flux,
                  vertical=None, dispersion=10 * _KMS, v_sys=None, offset=None,
                  distance=None, redshift=None, cosmology=None):
-        if not isinstance(surface, SersicDisk):
-            raise TypeError(f"surface must be a SersicDisk, got {surface!r}")
-        if not isinstance(kinematics, RotationCurve):
-            raise TypeError(f"kinematics must be a RotationCurve, got {kinematics!r}")
         if vertical is None:
             vertical = ExponentialVertical(0 * u.arcsec)
-        if not isinstance(vertical, ExponentialVertical):
-            raise TypeError(f"vertical must be an ExponentialVertical, got {vertical!r}")
+        for name, value in (("surface", surface), ("kinematics", kinematics),
+                            ("vertical", vertical)):
+            base = self.COMPONENTS[name]
+            if not isinstance(value, base):
+                raise TypeError(f"{name} must be a {base.__name__}, got {value!r}")
         self.surface, self.kinematics, self.vertical = surface, kinematics, vertical
-        self.inclination = validate_quantity("inclination", inclination, u.deg,
-                                             minimum=0 * u.deg, maximum=90 * u.deg)
-        self.position_angle = validate_quantity("position_angle", position_angle, u.deg)
-        self.flux = validate_line_flux("flux", flux, nonnegative=True)
-        self.dispersion = validate_velocity("dispersion", dispersion, nonnegative=True)
+        self.inclination = inclination
+        self.position_angle = position_angle
+        self.flux = flux
+        self.dispersion = dispersion
         self._v_sys_given = v_sys is not None
-        self.v_sys = validate_velocity("v_sys", v_sys) if v_sys is not None else 0 * _KMS
-        if offset is None:
-            offset = [0.0, 0.0] * u.arcsec
-        self.offset = validate_quantity("offset", offset, (u.arcsec, u.kpc), shape=(2,))
-        self.distance, self.redshift = _validate_distance(distance, redshift, cosmology)
-        self.cosmology = cosmology
-        self._follow_redshift()
+        self.offset = [0.0, 0.0] * u.arcsec if offset is None else offset
+        self._place(distance, redshift, cosmology)
+        if v_sys is None:
+            v_sys = radio_velocity(self.redshift) if self.redshift is not None else 0 * _KMS
+        self.v_sys = v_sys
 
-    def _follow_redshift(self):
-        if not self._v_sys_given and self.redshift is not None:
-            self.v_sys = radio_velocity(self.redshift)
+    def _init_arguments(self):
+        return {**super()._init_arguments(), **self.components,
+                "v_sys": self.v_sys if self._v_sys_given else None}
+
+    def _values(self):
+        return {**self._init_arguments(), "v_sys": self.v_sys}
 
     @property
     def components(self):
         return {"surface": self.surface, "vertical": self.vertical,
                 "kinematics": self.kinematics}
-
-    @property
-    def angular_diameter_distance(self):
-        """The distance that converts lengths into angles (None without distance or redshift)."""
-        return _angular_diameter_distance(self)
-
-    def to_arcsec(self, name, value):
-        """Convert the size ``name`` (an angle, or a length and the distance) to arcsec."""
-        return _to_arcsec(self, name, value)
 
     def tensors(self, device=None, dtype=torch.float32):
         """All parameters as plain tensors in internal units, the projector's input.
@@ -179,27 +134,101 @@ class Galaxy:
         ``position_angle`` (rad), ``flux`` (Jy km/s), ``dispersion``, ``v_sys``
         (km/s), and each component's parameters (sizes in arcsec).
         """
+        d = self.declarations
+        offset = d["offset"]
         out = {
-            "x0": to_tensor(self.to_arcsec("offset", self.offset[0]), device, dtype),
-            "y0": to_tensor(self.to_arcsec("offset", self.offset[1]), device, dtype),
-            "inclination": to_tensor(self.inclination.to_value(u.rad), device, dtype),
-            "position_angle": to_tensor(self.position_angle.to_value(u.rad), device, dtype),
-            "flux": to_tensor(self.flux.to_value(INTERNAL["line_flux"]), device, dtype),
-            "dispersion": to_tensor(self.dispersion.to_value(_KMS), device, dtype),
-            "v_sys": to_tensor(self.v_sys.to_value(_KMS), device, dtype),
+            "x0": to_tensor(offset.to_internal(self.offset[0], self.to_arcsec), device, dtype),
+            "y0": to_tensor(offset.to_internal(self.offset[1], self.to_arcsec), device, dtype),
         }
+        for name in ("inclination", "position_angle", "flux", "dispersion", "v_sys"):
+            out[name] = to_tensor(d[name].to_internal(getattr(self, name)), device, dtype)
         for component in self.components.values():
             out.update(component.tensors(self.to_arcsec, device, dtype))
         return out
 
-    def with_distance(self, distance=None, redshift=None, cosmology=None):
-        """A copy placed at another distance (or redshift)."""
-        new = object.__new__(Galaxy)
-        new.__dict__.update(self.__dict__)
-        new.distance, new.redshift = _validate_distance(distance, redshift, cosmology)
-        new.cosmology = cosmology
-        new._follow_redshift()
-        return new
+    # ------------------------------------------------------------------ flat dictionaries
+    @classmethod
+    def flat_parameters(cls):
+        """Every parameter a flat galaxy dictionary may hold: name -> `Parameter`.
+
+        The galaxy's own, its surface's and vertical profile's, and those of every
+        rotation law (one law is chosen by the ``rotation`` key); the names are unique.
+        This is what TOML ``[[galaxy]]`` tables, command-line flags, catalogues and
+        truth tables are made of.
+        """
+        out = {}
+        owners = [cls, SersicDisk, ExponentialVertical, *RotationCurve.laws.values()]
+        for owner in owners:
+            for name, p in owner.declarations.items():
+                if name in out and out[name] is not p:
+                    continue          # a law's parameter shared by name (none today)
+                out[name] = p
+        return out
+
+    def to_dict(self):
+        """The galaxy as a flat dictionary of Quantities and numbers (``rotation``: its law).
+
+        `Galaxy.from_dict` makes the same galaxy from it; truth tables and catalogues
+        are rows of these.
+        """
+        if type(self.kinematics).law is None:
+            raise ValueError(f"{type(self.kinematics).__name__} has no law name; it cannot be "
+                             "written as a flat dictionary")
+        out = {"rotation": type(self.kinematics).law}
+        for part in (self, self.surface, self.vertical, self.kinematics):
+            out.update(part.parameters)
+        out["v_sys"] = self.v_sys
+        return out
+
+    @classmethod
+    def from_dict(cls, values, *, defaults=None, where="galaxy", cosmology=None):
+        """A galaxy from a flat dictionary: Quantities, or text such as ``'8.4 arcsec'``.
+
+        Keys are the names of `flat_parameters` plus ``rotation`` (a law name of
+        `RotationCurve.laws`, default ``'arctan'``).  ``defaults`` fills keys the
+        dictionary lacks (the reference galaxy of the command line, say); keys of other
+        rotation laws than the chosen one are refused, old spellings are accepted with a
+        `DeprecationWarning`, and errors name the key.
+        """
+        flat = cls.flat_parameters()
+        values = {k: v for k, v in dict(values).items() if v is not None}
+        law = str(values.pop("rotation", (defaults or {}).get("rotation", "arctan"))).lower()
+        if law not in RotationCurve.laws:
+            raise ValueError(f"{where}: rotation must be one of {sorted(RotationCurve.laws)}, "
+                             f"got {law!r}")
+        law_cls = RotationCurve.laws[law]
+        mine = {**cls.declarations, **SersicDisk.declarations,
+                **ExponentialVertical.declarations, **law_cls.declarations}
+        values = resolve_aliases(values, law_cls.declarations, where)
+        values = resolve_aliases(values, {k: p for k, p in mine.items()
+                                          if k not in law_cls.declarations}, where)
+        unknown = set(values) - set(flat)
+        if unknown:
+            raise ValueError(f"{where}: unknown galaxy setting(s) {sorted(unknown)}; known: "
+                             f"{sorted(flat)}")
+        other = set(values) - set(mine)
+        if other:
+            raise ValueError(f"{where}: {sorted(other)} belong to another rotation law than "
+                             f"{law!r}, which takes {list(law_cls.param_names)}")
+        merged = {k: v for k, v in (defaults or {}).get("laws", {}).get(law, {}).items()}
+        merged.update({k: v for k, v in (defaults or {}).items()
+                       if k in mine and k not in law_cls.declarations})
+        merged.update(values)
+        parsed = {}
+        for name, value in merged.items():
+            p = mine[name]
+            parsed[name] = (p.parse(value, name) if not isinstance(value, u.Quantity)
+                            else p.validate(value, name))
+        missing = [n for n, p in mine.items() if p.required and n not in parsed]
+        if missing:
+            raise ValueError(f"{where}: missing {missing} (rotation {law!r} needs "
+                             f"{list(law_cls.param_names)})")
+
+        def take(owner):
+            return {n: parsed[n] for n in owner.declarations if n in parsed}
+        return cls(surface=SersicDisk(**take(SersicDisk)),
+                   vertical=ExponentialVertical(**take(ExponentialVertical)),
+                   kinematics=law_cls(**take(law_cls)), cosmology=cosmology, **take(cls))
 
     def __repr__(self):
         where = ""
@@ -213,7 +242,7 @@ class Galaxy:
                 f"dispersion={self.dispersion} v_sys={self.v_sys} offset={self.offset}{where}>")
 
 
-class Scene:
+class Scene(Placed):
     """Several galaxies rendered into one cube, optionally sharing a distance.
 
     Galaxies without a distance or redshift of their own take the scene's.
@@ -232,19 +261,15 @@ class Scene:
         galaxies = list(galaxies)
         if not galaxies:
             raise ValueError("a Scene needs at least one galaxy, got none")
-        from .diffuse import Stream
         for g in galaxies:
-            if not isinstance(g, (Galaxy, Stream)):
+            if not isinstance(g, Placed) or isinstance(g, Scene):
                 raise TypeError(f"Scene holds Galaxy and Stream objects, got {g!r}")
-        self.distance, self.redshift = _validate_distance(distance, redshift, cosmology)
-        self.cosmology = cosmology
-        placed = []
-        for g in galaxies:
-            placed_here = distance is not None or redshift is not None
-            if g.distance is None and g.redshift is None and placed_here:
-                g = g.with_distance(distance, redshift, cosmology)
-            placed.append(g)
-        self.galaxies = placed
+        self._place(distance, redshift, cosmology)
+        self.galaxies = [g.with_distance(distance, redshift, cosmology)
+                         if not g.is_placed and self.is_placed else g for g in galaxies]
+
+    def _init_arguments(self):
+        return {"galaxies": self.galaxies, **super()._init_arguments()}
 
     def __iter__(self):
         return iter(self.galaxies)

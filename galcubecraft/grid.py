@@ -8,10 +8,14 @@ from astropy.wcs import WCS
 from radio_beam import Beam
 
 from . import lines
-from .response import SpectralResponse
-from .units import C_KMS, FWHM_PER_SIGMA, validate_quantity
+from .header import grid_arguments, read_header
+from .parameters import parse_quantity
+from .pixelgrid import PixelGrid
+from .response import GaussianLSF, Hanning, SpectralResponse
+from .units import (C_KMS, FWHM_PER_SIGMA, radio_velocity, validate_quantity,
+                    velocity_compression)
 
-__all__ = ["CubeGrid", "CO_1_0", "beam_in_pixels"]
+__all__ = ["CubeGrid", "CO_1_0", "beam_in_pixels", "PixelGrid"]
 
 #: Rest frequency of CO(1-0), the default line (CDMS/Splatalogue).
 CO_1_0 = 115.2712018 * u.GHz
@@ -19,6 +23,8 @@ CO_1_0 = 115.2712018 * u.GHz
 _KMS = u.km / u.s
 #: Largest number of voxels a grid may have (a float32 cube of this size is 16 GiB).
 MAX_VOXELS = 2**32
+#: Relative tolerance on the pixels' squareness (headers round CDELT to ~12 digits).
+_SQUARE_RTOL = 1e-6
 
 
 def beam_in_pixels(beam, pixel_scale, sky_matrix=None):
@@ -132,7 +138,6 @@ class CubeGrid:
         if redshift is not None:
             if velocity_center is not None:
                 raise ValueError("give velocity_center or redshift, not both")
-            from .galaxy import radio_velocity
             velocity_center = radio_velocity(redshift)
         self.redshift = redshift
         if velocity_center is None:
@@ -140,8 +145,10 @@ class CubeGrid:
         self.velocity_center = validate_quantity("velocity_center", velocity_center, _KMS)
         if isinstance(rest_frequency, str):
             rest_frequency = lines.rest_frequency(rest_frequency)
-        self.rest_frequency = validate_quantity("rest_frequency", rest_frequency, u.Hz,
-                                                positive=True)
+        self.rest_frequency = None if rest_frequency is None else validate_quantity(
+            "rest_frequency", rest_frequency, u.Hz, positive=True)
+        if self.rest_frequency is None and spectral_type != "VRAD":
+            raise ValueError(f"a {spectral_type} axis needs a rest_frequency")
         if spectral_type not in ("VRAD", "FREQ"):
             raise ValueError(f"spectral_type must be 'VRAD' or 'FREQ', got {spectral_type!r}")
         self.spectral_type = spectral_type
@@ -200,10 +207,161 @@ class CubeGrid:
         galaxies' position angles stay measured from north.  A degenerate Stokes
         axis is noted (``grid.stokes``) and dropped from the grid's 3-D WCS.
         """
-        from .header import grid_from_header, read_header
         header, beams = read_header(source, hdu=hdu)
-        return grid_from_header(header, beam=beam, beams=beams, rest_frequency=rest_frequency,
-                                spectral_unit=spectral_unit, spectral_response=spectral_response)
+        return cls.from_wcs(**grid_arguments(header, beam=beam, beams=beams,
+                                             rest_frequency=rest_frequency,
+                                             spectral_unit=spectral_unit),
+                            spectral_response=spectral_response)
+
+    @classmethod
+    def from_wcs(cls, wcs, shape, channel_edges, *, beam=None, rest_frequency=None,
+                 spectral_type="VRAD", specsys="LSRK", stokes=None, spectral_response=None):
+        """The grid of a cube described by a 3-D WCS and its channels' radio-velocity edges.
+
+        This is the grid of any existing cube (`from_fits` reads these from a header):
+        pixels as the WCS places them (square, possibly rotated, any projection),
+        channels as given (they may differ in width).
+
+        Parameters
+        ----------
+        wcs : `~astropy.wcs.WCS`
+            Three axes: the two celestial ones (FITS axes 1 and 2) and the spectral one.
+        shape : tuple of int
+            ``(n_chan, ny, nx)``.
+        channel_edges : `~astropy.units.Quantity` [speed], ``n_chan + 1``
+            Radio-velocity edges of the channels, in channel order, monotonic.
+        beam : `radio_beam.Beam` or angle or None
+        rest_frequency : `~astropy.units.Quantity` [frequency], optional
+            None for a velocity axis whose line is unknown (its frequencies are then
+            unknown too).
+        spectral_type : str
+            The axis type as written in the header (``'VRAD'``, ``'FREQ'``, ``'WAVE'``, ...).
+        specsys : str
+        stokes : int, optional
+            FITS axis number of a degenerate Stokes axis of the file, kept in writes.
+        spectral_response : `~galcubecraft.response.SpectralResponse`, optional
+        """
+        n_chan, ny, nx = cls._validate_shape(shape)
+        edges = validate_quantity("channel_edges", channel_edges, _KMS).to_value(_KMS)
+        steps = np.diff(edges)
+        if edges.shape != (n_chan + 1,) or not (np.all(steps > 0) or np.all(steps < 0)):
+            raise ValueError(f"channel_edges must be {n_chan + 1} monotonic radio velocities, "
+                             f"got {channel_edges!r}")
+        celestial = wcs.celestial
+        matrix = celestial.pixel_scale_matrix * 3600.0     # arcsec, rows = world (header order)
+        if celestial.wcs.lng == 1:
+            matrix = matrix[::-1]
+        area = abs(np.linalg.det(matrix))
+        if not np.allclose(matrix.T @ matrix, area * np.eye(2), rtol=0, atol=_SQUARE_RTOL * area):
+            raise ValueError(f"the pixels are not square (pixel matrix {matrix.tolist()} arcsec);"
+                             " regrid the cube first (e.g. with reproject)")
+        centre = celestial.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+        grid = cls(shape=(n_chan, ny, nx), pixel_scale=math.sqrt(area) * u.arcsec,
+                   channel_width=float(np.mean(steps)) * _KMS, beam=beam, center=centre,
+                   velocity_center=float(np.mean(0.5 * (edges[1:] + edges[:-1]))) * _KMS,
+                   rest_frequency=rest_frequency,
+                   projection=wcs.wcs.ctype[celestial.wcs.lng][5:8].strip("-") or "SIN",
+                   specsys=specsys, spectral_response=spectral_response)
+        grid.spectral_type = str(spectral_type)
+        grid._sky_matrix = matrix
+        grid._velocity_edges = edges.copy()
+        grid._wcs = wcs.deepcopy()
+        grid.stokes = stokes
+        return grid
+
+    def replace(self, **changes):
+        """A copy with some settings changed, built (and validated) by the constructor.
+
+        A grid read from a header (`from_fits`, `from_wcs`, `subgrid`) keeps its pixels and
+        channels; only its ``beam``, ``rest_frequency``, ``specsys`` and
+        ``spectral_response`` can change.
+        """
+        if self._wcs is not None:
+            args = {"beam": self.beam, "rest_frequency": self.rest_frequency,
+                    "specsys": self.specsys, "spectral_response": self.spectral_response}
+            bad = set(changes) - set(args)
+            if bad:
+                raise TypeError(f"a grid read from a header keeps its pixels and channels; "
+                                f"only {sorted(args)} can change, not {sorted(bad)}")
+            args.update(changes)
+            return type(self).from_wcs(self._wcs, self.shape, self.channel_edges,
+                                       spectral_type=self.spectral_type, stokes=self.stokes,
+                                       **args)
+        args = {"shape": self.shape, "pixel_scale": self.pixel_scale,
+                "channel_width": self.channel_width, "beam": self.beam, "center": self.center,
+                "velocity_center": None if self.redshift is not None else self.velocity_center,
+                "redshift": self.redshift, "rest_frequency": self.rest_frequency,
+                "projection": self.projection, "specsys": self.specsys,
+                "spectral_type": self.spectral_type,
+                "spectral_response": self.spectral_response}
+        bad = set(changes) - set(args)
+        if bad:
+            raise TypeError(f"CubeGrid has no setting(s) {sorted(bad)}; it has {sorted(args)}")
+        if "velocity_center" in changes:
+            args["redshift"] = None
+        if "redshift" in changes:
+            args["velocity_center"] = None
+        args.update(changes)
+        return type(self)(**args)
+
+    #: Keys of a ``[grid]`` table (TOML files of ``render`` and ``dataset``), in order.
+    DICT_KEYS = ("shape", "pixel_scale", "channel_width", "beam", "beam_minor", "beam_pa", "ra",
+                 "dec", "velocity_center", "redshift", "rest_frequency", "spectral_type",
+                 "spectral_response", "projection", "specsys")
+
+    @classmethod
+    def from_dict(cls, values, where="[grid]"):
+        """A grid from a ``[grid]`` table or command-line values (text such as ``'1 arcsec'``).
+
+        Keys (`DICT_KEYS`): ``shape``, ``pixel_scale``, ``channel_width``, ``beam`` (FWHM,
+        or ``'none'`` for a beam-free Jy/pixel grid), ``beam_minor``, ``beam_pa``, ``ra``,
+        ``dec`` (of the field centre, ICRS), ``velocity_center`` or ``redshift``,
+        ``rest_frequency`` (a quantity or a line name such as ``'CO(2-1)'``),
+        ``spectral_type``, ``spectral_response`` (``'hanning'`` or a Gaussian LSF FWHM such
+        as ``'30 km/s'``), ``projection``, ``specsys``.  The one reader of grid
+        settings: ``render`` and ``dataset`` files share it.
+        """
+        values = {k: v for k, v in dict(values).items() if v is not None}
+        unknown = set(values) - set(cls.DICT_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown grid setting(s) {sorted(unknown)}; known: "
+                             f"{list(cls.DICT_KEYS)}")
+
+        def q(name):
+            return parse_quantity(name, values[name]) if name in values else None
+
+        beam = None
+        if str(values.get("beam", "none")).lower() != "none":
+            major = q("beam")
+            beam = Beam(major=major, minor=q("beam_minor") if "beam_minor" in values else major,
+                        pa=q("beam_pa") if "beam_pa" in values else 0 * u.deg)
+        elif "beam_minor" in values or "beam_pa" in values:
+            raise ValueError(f"{where}: beam_minor and beam_pa need a beam")
+        center = None
+        if "ra" in values or "dec" in values:
+            center = SkyCoord(q("ra") if "ra" in values else 0 * u.deg,
+                              q("dec") if "dec" in values else 0 * u.deg, frame="icrs")
+        response = values.get("spectral_response")
+        if response is not None and str(response).lower() == "none":
+            response = None
+        elif response is not None and str(response).lower() == "hanning":
+            response = Hanning()
+        elif response is not None:
+            response = GaussianLSF(q("spectral_response"))
+        rest = values.get("rest_frequency", CO_1_0)
+        if isinstance(rest, str) and rest not in lines.LINES:
+            rest = parse_quantity("rest_frequency", rest)
+        for need in ("shape", "pixel_scale", "channel_width"):
+            if need not in values:
+                raise ValueError(f"{where}: {need} is required")
+        return cls(shape=values["shape"], pixel_scale=q("pixel_scale"),
+                   channel_width=q("channel_width"), beam=beam, center=center,
+                   velocity_center=q("velocity_center"),
+                   redshift=values.get("redshift"), rest_frequency=rest,
+                   projection=values.get("projection", "SIN"),
+                   specsys=values.get("specsys", "LSRK"),
+                   spectral_type=values.get("spectral_type", "VRAD"),
+                   spectral_response=response)
 
     @staticmethod
     def _validate_shape(shape):
@@ -286,12 +444,31 @@ class CubeGrid:
         These are the tangent-plane coordinates in which galaxies are placed;
         ``margin`` extends the grid by that many pixels on every side.
         """
-        _, ny, nx = self.shape
-        dx = np.arange(-margin, nx + margin) - (nx - 1) / 2
-        dy = np.arange(-margin, ny + margin) - (ny - 1) / 2
-        dx, dy = np.meshgrid(dx, dy, indexing="xy")
-        m = self._sky_matrix
-        return u.Quantity([m[0, 0] * dx + m[0, 1] * dy, m[1, 0] * dx + m[1, 1] * dy], u.arcsec)
+        return u.Quantity(self.pixel_grid().sky_offsets(margin), u.arcsec)
+
+    def pixel_grid(self):
+        """This grid as plain numbers (arcsec, km/s): the projector's input, a `PixelGrid`."""
+        kernel = self.response_kernel
+        margin = 0 if kernel is None else (len(kernel) - 1) // 2
+        return PixelGrid(shape=self.shape, pixel=self.pixel_scale.to_value(u.arcsec),
+                         sky_matrix=self._sky_matrix.copy(),
+                         channel_edges=self.extended_channel_edges(margin).to_value(_KMS),
+                         chan_margin=margin, response=kernel, beam=self.beam_pixels(),
+                         beam_pixels=self.beam_pixel_ratio)
+
+    @property
+    def response_kernel(self):
+        """The spectral response's kernel over this grid's channels (odd length), or None."""
+        if self.spectral_response is None:
+            return None
+        return np.asarray(self.spectral_response.kernel(self.channel_width), dtype=float)
+
+    @property
+    def beam_pixel_ratio(self):
+        """Ω_beam / Ω_pix: pixels per beam (1 without a beam); Jy/pixel x this = Jy/beam."""
+        if self.beam is None:
+            return 1.0
+        return float((self.beam.sr / self.pixel_area).decompose())
 
     @property
     def pixel_area(self):
@@ -308,8 +485,7 @@ class CubeGrid:
         ``data`` is an array (or Quantity) in `unit`; returns Jy km/s.
         """
         values = data.to_value(self.unit) if isinstance(data, u.Quantity) else np.asarray(data)
-        per_pixel = 1.0 if self.beam is None else float(
-            (self.pixel_area / self.beam.sr).decompose())
+        per_pixel = 1.0 / self.beam_pixel_ratio
         widths = np.abs(self.channel_widths.to_value(_KMS))
         per_channel = np.sum(values, axis=(-2, -1), dtype=np.float64)
         return float(np.sum(per_channel * widths)) * per_pixel * u.Jy * _KMS
@@ -320,7 +496,8 @@ class CubeGrid:
         if self.rest_frequency is None:
             raise ValueError("this grid has no rest frequency; give CubeGrid.from_fits a "
                              "rest_frequency (a Quantity or a line name) to convert to frequency")
-        return (self.rest_frequency * (1 - self.spectral_axis.to_value(_KMS) / C_KMS)).to(u.GHz)
+        return (self.rest_frequency
+                * velocity_compression(self.spectral_axis.to_value(_KMS))).to(u.GHz)
 
     @property
     def wcs(self):
@@ -337,14 +514,14 @@ class CubeGrid:
         else:   # radio convention: f = f0 (1 - v/c), exactly linear in v
             w.wcs.cunit = ["deg", "deg", "Hz"]
             f0 = self.rest_frequency.to_value(u.Hz)
-            spectral = (f0 * (1 - self.velocity_center.to_value(_KMS) / C_KMS),
+            spectral = (f0 * velocity_compression(self.velocity_center.to_value(_KMS)),
                         -f0 * self.channel_width.to_value(_KMS) / C_KMS)
         w.wcs.cdelt = [-pix, pix, spectral[1]]
         w.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2, (n_chan + 1) / 2]
         w.wcs.crval = [self.center.ra.deg, self.center.dec.deg, spectral[0]]
         w.wcs.radesys = "ICRS"
         w.wcs.specsys = self.specsys
-        w.wcs.restfrq = self.rest_frequency.to_value(u.Hz)
+        w.wcs.restfrq = 0.0 if self.rest_frequency is None else self.rest_frequency.to_value(u.Hz)
         w.wcs.set()
         return w
 
@@ -395,17 +572,13 @@ class CubeGrid:
             if stop <= start:
                 raise ValueError(f"{name} slice {sl!r} selects nothing of {n}")
             slices.append(slice(start, stop))
-        edges = self.channel_edges.to_value(_KMS)
-        sub = object.__new__(CubeGrid)
-        sub.__dict__.update(self.__dict__)
-        sub.shape = tuple(s.stop - s.start for s in slices)
-        sub._velocity_edges = edges[slices[0].start:slices[0].stop + 1].copy()
-        sub._wcs = self.wcs[tuple(slices)]
-        _, ny, nx = sub.shape
-        sub.center = sub._wcs.celestial.pixel_to_world((nx - 1) / 2, (ny - 1) / 2).icrs
-        sub.velocity_center = float(np.mean(sub._velocity_centers)) * _KMS
-        sub.channel_width = float(np.mean(np.diff(sub._velocity_edges))) * _KMS
-        return sub
+        edges = self.channel_edges[slices[0].start:slices[0].stop + 1]
+        return type(self).from_wcs(self.wcs[tuple(slices)],
+                                   tuple(sl.stop - sl.start for sl in slices), edges,
+                                   beam=self.beam, rest_frequency=self.rest_frequency,
+                                   spectral_type=self.spectral_type, specsys=self.specsys,
+                                   stokes=self.stokes,
+                                   spectral_response=self.spectral_response)
 
     @property
     def _velocity_centers(self):

@@ -5,7 +5,6 @@ leave out (the beam, the spectral unit, the rest frequency of a frequency or
 wavelength axis) is either given explicitly by the caller or refused with an
 error that says which argument to pass; nothing is guessed.
 """
-import math
 import warnings
 from pathlib import Path
 
@@ -18,13 +17,11 @@ from radio_beam import Beam, Beams
 from . import lines
 from .units import validate_quantity
 
-__all__ = ["read_header", "cube_hdu", "grid_from_header", "parse_bunit"]
+__all__ = ["read_header", "cube_hdu", "grid_arguments", "parse_bunit"]
 
 _KMS = u.km / u.s
 #: Spectral CTYPE prefixes whose values are velocities: the rest frequency only names the line.
 _VELOCITY_TYPES = ("VRAD", "VOPT", "VELO", "ZOPT", "BETA", "FELO")
-#: Relative tolerance on the pixels' squareness (headers round CDELT to ~12 digits).
-_SQUARE_RTOL = 1e-6
 #: CASA / AIPS BUNIT spellings astropy does not parse as written, matched case-insensitively.
 _BUNIT_ALIASES = {
     "jy/beam": u.Jy / u.beam, "jy beam-1": u.Jy / u.beam, "jy/bm": u.Jy / u.beam,
@@ -133,13 +130,14 @@ def _beam(header, beam, beams):
     return Beam.from_fits_header(header)
 
 
-def grid_from_header(header, *, beam=None, beams=None, rest_frequency=None, spectral_unit=None,
-                     spectral_response=None):
-    """Build a `~galcubecraft.CubeGrid` on exactly the pixels and channels of a FITS header.
+def grid_arguments(header, *, beam=None, beams=None, rest_frequency=None, spectral_unit=None):
+    """What a FITS header says about its cube's grid, as `CubeGrid.from_wcs` takes it.
 
-    See `galcubecraft.CubeGrid.from_fits` for the arguments.
+    Returns a dict: ``wcs`` (the 3-D celestial + spectral WCS), ``shape``,
+    ``channel_edges`` (radio velocity), ``beam``, ``rest_frequency`` (or None),
+    ``spectral_type``, ``specsys`` and ``stokes``.  See `galcubecraft.CubeGrid.from_fits`
+    for the arguments.
     """
-    from .grid import CubeGrid
     header = header.copy()
     naxis = int(header.get("NAXIS", 0))
     if naxis == 0 and "WCSAXES" in header:
@@ -215,29 +213,9 @@ def grid_from_header(header, *, beam=None, beams=None, rest_frequency=None, spec
     if not (np.all(np.isfinite(edges)) and (np.all(steps > 0) or np.all(steps < 0))):
         raise ValueError(f"the {ctypes[spec]} axis does not map to monotonic radio velocities")
 
-    # ---- pixels: square, possibly rotated; offsets are intermediate world coordinates
-    celestial = w.celestial
-    matrix = celestial.pixel_scale_matrix * 3600.0         # arcsec, rows = world (header order)
-    if celestial.wcs.lng == 1:
-        matrix = matrix[::-1]
-    area = abs(np.linalg.det(matrix))
-    if not np.allclose(matrix.T @ matrix, area * np.eye(2), rtol=0, atol=_SQUARE_RTOL * area):
-        raise ValueError(f"the pixels are not square (pixel matrix {matrix.tolist()} arcsec); "
-                         "regrid the cube first (e.g. with reproject)")
     nx, ny = sizes[lng], sizes[lat]
-    centre = celestial.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
-    centre_velocity = float(np.mean(0.5 * (edges[1:] + edges[:-1]))) * _KMS
-    grid = CubeGrid(shape=(n_chan, ny, nx), pixel_scale=math.sqrt(area) * u.arcsec,
-                    channel_width=float(np.mean(steps)) * _KMS,
-                    beam=_beam(header, beam, beams), center=centre,
-                    velocity_center=centre_velocity, rest_frequency=f0 if f0 is not None
-                    else 1 * u.Hz, projection=w.wcs.ctype[lng][5:8].strip("-") or "SIN",
-                    specsys=header.get("SPECSYS", w.wcs.specsys) or "",
-                    spectral_response=spectral_response)
-    grid.rest_frequency = f0
-    grid.spectral_type = spectral_type
-    grid._sky_matrix = matrix
-    grid._velocity_edges = edges
-    grid._wcs = w.sub([1, 2, spec + 1])
-    grid.stokes = (stokes[0] + 1) if stokes else None
-    return grid
+    return {"wcs": w.sub([1, 2, spec + 1]), "shape": (n_chan, ny, nx),
+            "channel_edges": edges * _KMS, "beam": _beam(header, beam, beams),
+            "rest_frequency": f0, "spectral_type": spectral_type,
+            "specsys": header.get("SPECSYS", w.wcs.specsys) or "",
+            "stokes": (stokes[0] + 1) if stokes else None}

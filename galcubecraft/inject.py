@@ -24,34 +24,28 @@ channel, then converted, channel by channel, to:
 """
 import math
 import warnings
+from pathlib import Path
 
 import astropy.constants as const
 import astropy.units as u
 import numpy as np
 import torch
-from astropy.coordinates import SkyCoord
 from astropy.io import fits
-from astropy.table import QTable
 
+from . import __version__
 from ._files import atomic_path
-from .components import (AnalyticRotationCurve, ArctanRotationCurve, FlatRotationCurve,
-                         SersicDisk, ExponentialVertical)
-from .galaxy import Galaxy, radio_velocity
+from .catalogue import check_band, galaxies_from_table, random_galaxies, truth_table
+from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import cube_hdu, parse_bunit, read_header
-from .projector import Projector, _FOOTPRINT_HEIGHTS, _BEAM_MARGIN_SIGMAS
+from .projector import Projector
 from .render import render_tensor
-from .units import C_KMS, validate_quantity
+from .units import velocity_compression
 
 __all__ = ["inject", "Injection", "random_galaxies", "galaxies_from_table", "truth_table",
            "brightness_factors", "check_band"]
 
 _KMS = u.km / u.s
-#: Rotation laws a truth table can name, and their parameter columns.
-_LAWS = {"arctan": (ArctanRotationCurve, ("v_max", "r_turn")),
-         "flat": (FlatRotationCurve, ("v_flat",)),
-         "analytic": (AnalyticRotationCurve, ("v_0", "r_0"))}
-_LAW_NAMES = {cls: name for name, (cls, _) in _LAWS.items()}
 _F_LAMBDA = u.erg / u.s / u.cm**2 / u.AA
 
 
@@ -89,9 +83,9 @@ def brightness_factors(grid, data_unit):
     if to_per == "beam":
         if grid.beam is None:
             raise ValueError(f"data in {data_unit} need a beam; pass beam=...")
-        spatial = 1.0 if rendered == u.Jy / u.beam else float(grid.beam.sr / grid.pixel_area)
+        spatial = 1.0 if rendered == u.Jy / u.beam else grid.beam_pixel_ratio
     else:
-        spatial = 1.0 if rendered == u.Jy / u.pix else float(grid.pixel_area / grid.beam.sr)
+        spatial = 1.0 if rendered == u.Jy / u.pix else 1 / grid.beam_pixel_ratio
         if to_per == "area":
             spatial /= grid.pixel_area.to_value(u.sr)
     if per_nu is not None:
@@ -102,7 +96,7 @@ def brightness_factors(grid, data_unit):
                          "frequency; pass rest_frequency=...")
     f0 = grid.rest_frequency.to_value(u.Hz)
     edges = grid.channel_edges.to_value(_KMS)
-    nu = f0 * (1 - edges / C_KMS)                                     # Hz
+    nu = f0 * velocity_compression(edges)                             # Hz
     lam = const.c.to_value(u.AA / u.s) / nu                        # Angstrom
     dnu, dlam = np.abs(np.diff(nu)), np.abs(np.diff(lam))
     jy_hz_per_aa = (1 * u.Jy * u.Hz / u.AA).to_value(data_unit * per)
@@ -113,23 +107,24 @@ def brightness_factors(grid, data_unit):
 def _velocity_reach(galaxy, params):
     """Largest |v_los - v_sys| (km/s, radio) a galaxy's line reaches, generously."""
     kin = type(galaxy.kinematics)
-    rmax = float(Projector._truncation_radius({k: v.reshape(1) for k, v in params.items()
-                                               if k in ("n", "r_eff")})[0])
+    rmax = float(Projector.truncation_radius({k: v.reshape(1) for k, v in params.items()
+                                              if k in ("n", "r_eff")})[0])
     radius = torch.linspace(1e-3, rmax, 2048, dtype=torch.float64)
     p64 = {k: v.to(torch.float64) for k, v in params.items()}
     v_max = float(kin.circular_velocity(radius, p64).abs().max())
-    scale = abs(1 - float(params["v_sys"]) / C_KMS)
+    scale = abs(velocity_compression(float(params["v_sys"])))
     sigma = float(params["dispersion"])
-    return scale * (1.5 * v_max * math.sin(float(params["inclination"])) + 10 * sigma), rmax
+    return scale * (1.5 * v_max * math.sin(float(params["inclination"])) + 10 * sigma)
 
 
 def _cutout(grid, galaxy):
     """The sub-grid around a galaxy holding all its light, and the galaxy re-centred on it."""
     params = galaxy.tensors(dtype=torch.float64)
-    dv, rmax = _velocity_reach(galaxy, params)
-    reach = rmax + _FOOTPRINT_HEIGHTS * float(params["scale_height"]) + 2 * grid.pixel_scale.value
-    if grid.beam is not None:
-        reach += _BEAM_MARGIN_SIGMAS * grid.beam.major.to_value(u.arcsec) / 2.3548
+    dv = _velocity_reach(galaxy, params)
+    pixel = grid.pixel_scale.to_value(u.arcsec)
+    batch = {k: v.reshape(1) for k, v in params.items() if v.dim() == 0}
+    reach = float(Projector.sky_reach(batch)[0]) + 2 * pixel
+    reach += Projector.beam_margin(grid.beam_pixels()) * pixel
     x, y = grid.pixel_of([float(params["x0"]), float(params["y0"])] * u.arcsec)
     half = reach / grid.pixel_scale.to_value(u.arcsec)
     n_chan, ny, nx = grid.shape
@@ -149,249 +144,7 @@ def _cutout(grid, galaxy):
     cs = slice(max(0, inside[0] - extra), min(n_chan, inside[-1] + 1 + extra))
     sub = grid.subgrid(cs, ys, xs)
     offset = sub.offset_of_pixel(x - xs.start, y - ys.start)
-    return sub, _with(galaxy, offset=offset), (xs, ys, cs)
-
-
-def _with(galaxy, **changes):
-    new = object.__new__(Galaxy)
-    new.__dict__.update(galaxy.__dict__)
-    new.__dict__.update(changes)
-    return new
-
-
-def check_band(grid, priors):
-    """Raise ValueError if the widest line ``priors`` allow does not fit in ``grid``'s band.
-
-    A line needs ``v_max sin i + 4 sigma`` on each side of its systemic velocity.
-    """
-    d = priors.distributions
-    v_hi = d["v_max"].support()[1].to_value(_KMS)
-    i_hi = min(d["inclination"].support()[1].to_value(u.rad), math.pi / 2)
-    s_hi = d["dispersion"].support()[1].to_value(_KMS)
-    room = v_hi * math.sin(i_hi) + 4 * s_hi
-    edges = grid.channel_edges.to_value(_KMS)
-    band = edges.max() - edges.min()
-    if not np.isfinite(room) or band <= 2 * room:
-        raise ValueError(f"the band ({edges.min():.1f} to {edges.max():.1f} km/s) is too "
-                         f"narrow for the widest line the priors allow (v_max sin i + 4 sigma = "
-                         f"{room:.1f} km/s on each side); widen the band or narrow v_max, "
-                         f"inclination or dispersion")
-
-
-def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
-                    avoid_threshold=None, min_separation=None, max_tries=10000):
-    """``n`` galaxies drawn from ``priors`` and placed at random on ``grid``, for injection tests.
-
-    Parameters
-    ----------
-    grid : `~galcubecraft.CubeGrid`
-    n : int
-    priors : `~galcubecraft.priors.GalaxyPriors`, optional
-        Distributions of the galaxy parameters (default ``GalaxyPriors()``).
-        Rotation is arctan with ``r_turn = turnover * r_eff``; the scale height
-        is ``thickness * r_eff``.
-    seed : int or `numpy.random.SeedSequence`, optional
-        Same seed, same galaxies.
-    edge : `~astropy.units.Quantity` [angle], optional
-        Least distance of a centre from the field's edges (default: twice the
-        largest ``r_eff`` the priors allow, if that is an angle, else 8 pixels).
-    avoid : 2-D array, optional
-        A map on the grid's pixels (say the cube's peak or moment-0 map); NaN
-        marks blank pixels.  Centres keep ``edge`` away from blank pixels and
-        from pixels where ``avoid >= avoid_threshold``.
-    min_separation : `~astropy.units.Quantity` [angle], optional
-        Least distance between centres (default: ``edge``).
-
-    Positions are uniform over the allowed pixels; systemic velocities are uniform
-    over the band, leaving room for each galaxy's line (``v_max sin i + 4 sigma``)
-    on both sides.
-    """
-    from .priors import GalaxyPriors
-    priors = GalaxyPriors() if priors is None else priors
-    if not isinstance(priors, GalaxyPriors):
-        raise TypeError(f"priors must be a GalaxyPriors, got {priors!r}")
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = np.random.default_rng(seed)
-    _, ny, nx = grid.shape
-    pixel = grid.pixel_scale.to(u.arcsec)
-    if edge is None:
-        r_hi = priors.distributions["r_eff"].support()[1]
-        edge = 2 * r_hi if r_hi.unit.is_equivalent(u.arcsec) else 8 * pixel
-    edge = validate_quantity("edge", edge, u.arcsec, nonnegative=True).to(u.arcsec)
-    min_sep = edge if min_separation is None else validate_quantity(
-        "min_separation", min_separation, u.arcsec, nonnegative=True).to(u.arcsec)
-    ee = int(math.ceil((edge / pixel).decompose().value))
-    allowed = np.zeros((ny, nx), dtype=bool)
-    allowed[ee:ny - ee, ee:nx - ee] = True
-    if avoid is not None:
-        from scipy.ndimage import maximum_filter
-        avoid = np.asarray(avoid, dtype=float)
-        if avoid.shape != (ny, nx):
-            raise ValueError(f"avoid has shape {avoid.shape}, the grid's pixels are {(ny, nx)}")
-        bad = ~np.isfinite(avoid)
-        if avoid_threshold is not None:
-            bad |= np.where(np.isfinite(avoid), avoid, -np.inf) >= avoid_threshold
-        allowed &= ~maximum_filter(bad.astype(np.uint8), size=2 * ee + 1).astype(bool)
-    check_band(grid, priors)
-    candidates = np.flatnonzero(allowed)
-    if n and candidates.size == 0:
-        raise ValueError("no pixel of the grid is far enough from its edges and from what "
-                         "avoid excludes; lower edge or avoid_threshold")
-    edges = grid.channel_edges.to_value(_KMS)
-    v_lo, v_hi = edges.min(), edges.max()
-    galaxies, placed = [], []
-    for _ in range(max_tries):
-        if len(galaxies) == n:
-            break
-        k = int(rng.choice(candidates))
-        y, x = divmod(k, nx)
-        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
-        p = priors.sample(rng)
-        if any(math.hypot(x - px, y - py) * pixel.value < min_sep.value for px, py in placed):
-            continue
-        # check_band made sure this room fits in the band
-        room = float(p["v_max"].to_value(_KMS) * np.sin(p["inclination"].to_value(u.rad))
-                     + 4 * p["dispersion"].to_value(_KMS))
-        r_eff = p["r_eff"]
-        galaxies.append(Galaxy(
-            surface=SersicDisk(r_eff=r_eff, n=float(p["sersic_n"].value)),
-            vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
-            kinematics=ArctanRotationCurve(v_max=p["v_max"],
-                                           r_turn=float(p["turnover"].value) * r_eff),
-            inclination=p["inclination"], position_angle=p["position_angle"] % (360 * u.deg),
-            flux=p["flux"], dispersion=p["dispersion"],
-            v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
-            offset=grid.offset_of_pixel(x, y)))
-        placed.append((x, y))
-    if len(galaxies) < n:
-        raise ValueError(f"placed only {len(galaxies)} of {n} galaxies {min_sep} apart; "
-                         "lower min_separation or n")
-    return galaxies
-
-
-def galaxies_from_table(table, grid):
-    """Galaxies from a catalogue (e.g. a truth table `inject` wrote), placed on ``grid``.
-
-    Columns: a position as ``ra``, ``dec`` (angles, ICRS) or ``x_pix``,
-    ``y_pix`` (0-based array pixels); ``v_sys`` (radio km/s) or ``z`` (redshift
-    of the line's rest frequency); ``r_eff``, ``inclination``, ``position_angle``,
-    ``flux`` (Jy km/s); optional ``sersic_n`` (1), ``scale_height`` (0),
-    ``dispersion`` (10 km/s), ``distance`` (for sizes given as lengths), and
-    ``rotation`` (``arctan`` by default, ``flat``, ``analytic``) with its
-    parameters (``v_max``, ``r_turn``; ``v_flat``; ``v_0``, ``r_0``).  Unit-less
-    columns are refused (`~astropy.units.UnitTypeError` from the components).
-    """
-    table = QTable(table)
-    names = set(table.colnames)
-    for need in ("r_eff", "inclination", "position_angle", "flux"):
-        if need not in names:
-            raise ValueError(f"the catalogue has no {need!r} column (has {sorted(names)})")
-    if not ({"ra", "dec"} <= names or {"x_pix", "y_pix"} <= names):
-        raise ValueError("the catalogue needs positions: ra and dec, or x_pix and y_pix columns")
-    if not ({"v_sys"} & names or {"z"} & names):
-        raise ValueError("the catalogue needs a systemic velocity: a v_sys or a z column")
-
-    def col(row, name, default=None):
-        if name not in names:
-            return default
-        value = row[name]
-        if isinstance(value, np.ma.core.MaskedConstant):
-            return default
-        if np.ndim(value) == 0 and not isinstance(value, str) and np.isnan(
-                u.Quantity(value).value if isinstance(value, u.Quantity) else float(value)):
-            return default
-        return value
-
-    galaxies = []
-    for row in table:
-        if {"ra", "dec"} <= names:
-            coord = SkyCoord(col(row, "ra"), col(row, "dec"), frame="icrs")
-            offset = grid.offset_of(coord)
-        else:
-            offset = grid.offset_of_pixel(float(col(row, "x_pix")), float(col(row, "y_pix")))
-        if "v_sys" in names:
-            v_sys = col(row, "v_sys")
-        else:
-            v_sys = radio_velocity(float(col(row, "z")))
-        law = str(col(row, "rotation", "arctan")).strip().lower()
-        if law not in _LAWS:
-            raise ValueError(f"rotation {law!r} is not one of {sorted(_LAWS)}")
-        cls, pnames = _LAWS[law]
-        kwargs = {p: col(row, p) for p in pnames if col(row, p) is not None}
-        galaxies.append(Galaxy(
-            surface=SersicDisk(r_eff=col(row, "r_eff"), n=float(col(row, "sersic_n", 1.0))),
-            vertical=ExponentialVertical(col(row, "scale_height", 0 * u.arcsec)),
-            kinematics=cls(**kwargs), inclination=col(row, "inclination"),
-            position_angle=col(row, "position_angle"), flux=col(row, "flux"),
-            dispersion=col(row, "dispersion", 10 * _KMS), v_sys=v_sys, offset=offset,
-            distance=col(row, "distance")))
-    return galaxies
-
-
-def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
-    """One row per galaxy: where it is (sky, pixels, velocity, frequency) and all its parameters.
-
-    Sizes are angles (arcsec), so the table re-creates the galaxies exactly with
-    `galaxies_from_table` on the same grid.
-    """
-    f0 = grid.rest_frequency
-    edges = grid.channel_edges.to_value(_KMS)
-    channel_index = np.arange(len(edges)) - 0.5
-    order = np.argsort(edges)
-    units = {"ra": u.deg, "dec": u.deg, "v_sys": _KMS, "freq_sys": u.GHz,
-             "wavelength_sys": u.AA, "r_eff": u.arcsec, "scale_height": u.arcsec,
-             "inclination": u.deg, "position_angle": u.deg, "dispersion": _KMS,
-             "flux": u.Jy * _KMS, "v_max": _KMS, "r_turn": u.arcsec, "v_flat": _KMS,
-             "v_0": _KMS, "r_0": u.arcsec}
-    columns = {name: [] for name in (
-        "id", "ra", "dec", "x_pix", "y_pix", "channel", "v_sys", "z",
-        *(("freq_sys", "wavelength_sys") if f0 is not None else ()),
-        "r_eff", "sersic_n", "scale_height", "inclination", "position_angle", "dispersion",
-        "flux", "rotation", "v_max", "r_turn", "v_flat", "v_0", "r_0")}
-    for k, g in enumerate(galaxies):
-        p = g.tensors(dtype=torch.float64)
-        x, y = grid.pixel_of([float(p["x0"]), float(p["y0"])] * u.arcsec)
-        v = float(p["v_sys"])
-        row = {"id": k, "x_pix": x, "y_pix": y,
-               "channel": float(np.interp(v, edges[order], channel_index[order])),
-               "v_sys": v, "z": 1 / (1 - v / C_KMS) - 1,
-               "r_eff": float(p["r_eff"]), "sersic_n": float(p["n"]),
-               "scale_height": float(p["scale_height"]),
-               "inclination": g.inclination.to_value(u.deg),
-               "position_angle": g.position_angle.to_value(u.deg),
-               "dispersion": g.dispersion.to_value(_KMS), "flux": g.flux.to_value(u.Jy * _KMS)}
-        if f0 is not None:
-            nu = f0.to_value(u.GHz) * (1 - v / C_KMS)
-            row["freq_sys"] = nu
-            row["wavelength_sys"] = (nu * u.GHz).to_value(u.AA, equivalencies=u.spectral())
-        law = _LAW_NAMES.get(type(g.kinematics))
-        # other laws (tabulated) are named but their parameters do not fit a row
-        row["rotation"] = law or type(g.kinematics).__name__
-        for name in ("v_max", "r_turn", "v_flat", "v_0", "r_0"):
-            # NaN: not set (r_0 of the analytic law then follows the disk, as it did)
-            row[name] = (float(p[name]) if law is not None and name in _LAWS[law][1]
-                         and name in p else np.nan)
-        for name, value in row.items():
-            columns[name].append(value)
-    if columns["x_pix"]:
-        sky = grid.wcs.celestial.pixel_to_world(np.array(columns["x_pix"]),
-                                                np.array(columns["y_pix"])).icrs
-        columns["ra"], columns["dec"] = sky.ra.deg, sky.dec.deg
-    table = QTable()
-    if galaxies:
-        for name, values in columns.items():
-            table[name] = (np.asarray(values, dtype=float) * units[name] if name in units
-                           else np.asarray(values))
-        if flux_in_cube is not None:
-            table["flux_in_cube"] = u.Quantity(flux_in_cube)
-        if peak is not None:
-            table["peak"] = u.Quantity(peak)
-    table.meta["rest_frequency"] = None if f0 is None else str(f0.to(u.GHz))
-    if data_unit is not None:
-        table.meta["data_unit"] = str(data_unit)
-    return table
+    return sub, galaxy.replace(offset=offset), (xs, ys, cs)
 
 
 # --------------------------------------------------------------------------- injection
@@ -425,7 +178,6 @@ class Injection:
     def write(self, filename, truth=None, overwrite=False):
         """Write the cube (FITS) and its truth table (ECSV, default ``<name>_truth.ecsv``),
         each atomically."""
-        from pathlib import Path
         path = Path(filename)
         truth = Path(truth) if truth is not None else path.with_name(
             path.name.removesuffix(".gz").removesuffix(".fits") + "_truth.ecsv")
@@ -437,7 +189,6 @@ class Injection:
 
 
 def _read_data(cube, hdu):
-    from pathlib import Path
     if isinstance(cube, (str, Path)):
         with fits.open(cube) as hdul:
             data = hdul[cube_hdu(hdul, hdu, cube)].data
@@ -509,7 +260,6 @@ def inject(cube, galaxies, *, hdu=None, beam=None, rest_frequency=None, spectral
     out_header = header.copy()
     for key in ("BSCALE", "BZERO", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM"):
         out_header.remove(key, ignore_missing=True, remove_all=True)
-    from . import __version__
     out_header.add_history(f"galcubecraft {__version__}: injected {len(galaxies)} model "
                            f"galaxies in {unit.to_string()}")
     out_hdu = fits.PrimaryHDU(data=new, header=out_header)

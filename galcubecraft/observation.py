@@ -28,7 +28,8 @@ from .cube import to_spectral_cube
 from .galaxy import Galaxy
 from .noise import rng_from_seed
 from .projector import Projector
-from .render import _galaxies, render_tensor
+from .catalogue import truth_table
+from .render import render_tensor, scene_items
 
 __all__ = ["observe", "Observation"]
 
@@ -123,8 +124,7 @@ def observe(scene, grid, noise=None, *, seed=None, mask_threshold=None, device=N
     -------
     `Observation`
     """
-    from .inject import truth_table
-    galaxies = _galaxies(scene)
+    galaxies = scene_items(scene)
     if projector is None:
         projector = Projector(grid, device=device, dtype=dtype, **sampling)
     elif projector.grid is not grid:

@@ -12,7 +12,7 @@ a table naming a distribution::
     dispersion = {distribution = "truncnormal", mean = "12 km/s", std = "4 km/s",
                   low = "5 km/s", high = "30 km/s"}
     flux = {distribution = "loguniform", low = "0.5 Jy km/s", high = "5 Jy km/s"}
-    sersic_n = {distribution = "choice", values = [0.5, 1, 1.5], weights = [1, 2, 1]}
+    n = {distribution = "choice", values = [0.5, 1, 1.5], weights = [1, 2, 1]}
 
     [placement]              # for galcubecraft inject
     n = 10
@@ -30,6 +30,9 @@ except ModuleNotFoundError:  # Python 3.10
 import astropy.units as u
 import numpy as np
 
+from .components import ArctanRotationCurve, SersicDisk
+from .galaxy import Galaxy
+from .parameters import Parameter, resolve_aliases
 from .units import validate_number, validate_quantity
 
 __all__ = ["Distribution", "Fixed", "Uniform", "LogUniform", "Normal", "TruncatedNormal",
@@ -250,8 +253,8 @@ class GalaxyPriors:
     ----------
     r_eff : angle or length
         Half-light radius (default log-uniform 2-6 arcsec).
-    sersic_n : number
-        Sérsic index (default 1).
+    n : number
+        Sérsic index (default 1; ``sersic_n`` is its old spelling).
     thickness : number
         Scale height over ``r_eff`` (default 0.1).
     inclination : angle
@@ -268,21 +271,24 @@ class GalaxyPriors:
         Integrated line flux (default log-uniform 1-10 Jy km/s).
     """
 
-    #: name: (unit it must convert to, lower bound, upper bound, inclusive lower?)
+    #: name -> `~galcubecraft.parameters.Parameter`: what each distribution draws, with its
+    #: units and bounds.  The galaxy's own declarations, and two sizes relative to r_eff.
     PARAMETERS = {
-        "r_eff": ((u.arcsec, u.kpc), 0, None, False),
-        "sersic_n": (u.one, 0, None, False),
-        "thickness": (u.one, 0, None, True),
-        "inclination": (u.deg, 0, 90, True),
-        "position_angle": (u.deg, None, None, True),
-        "v_max": (_KMS, 0, None, True),
-        "turnover": (u.one, 0, None, False),
-        "dispersion": (_KMS, 0, None, True),
-        "flux": (u.Jy * _KMS, 0, None, True),
+        "r_eff": SersicDisk.r_eff,
+        "n": SersicDisk.n,
+        "thickness": Parameter("dimensionless", nonnegative=True, name="thickness",
+                               description="scale height over r_eff"),
+        "inclination": Galaxy.inclination,
+        "position_angle": Galaxy.position_angle,
+        "v_max": ArctanRotationCurve.v_max,
+        "turnover": Parameter("dimensionless", positive=True, name="turnover",
+                              description="arctan turnover radius over r_eff"),
+        "dispersion": Galaxy.dispersion,
+        "flux": Galaxy.flux,
     }
     DEFAULTS = {
         "r_eff": LogUniform(2 * u.arcsec, 6 * u.arcsec, name="r_eff"),
-        "sersic_n": Fixed(1.0, name="sersic_n"),
+        "n": Fixed(1.0, name="n"),
         "thickness": Fixed(0.1, name="thickness"),
         "inclination": Isotropic(20 * u.deg, 80 * u.deg),
         "position_angle": Uniform(0 * u.deg, 360 * u.deg, name="position_angle"),
@@ -293,6 +299,7 @@ class GalaxyPriors:
     }
 
     def __init__(self, **distributions):
+        distributions = resolve_aliases(distributions, self.PARAMETERS, "priors")
         unknown = set(distributions) - set(self.PARAMETERS)
         if unknown:
             raise ValueError(f"unknown galaxy parameter(s) {sorted(unknown)}; known: "
@@ -304,20 +311,9 @@ class GalaxyPriors:
             self.distributions[name] = dist
 
     def _check(self, name, dist):
-        unit, lo, hi, inclusive = self.PARAMETERS[name]
-        units = unit if isinstance(unit, tuple) else (unit,)
-        if not any(dist.unit.is_equivalent(x) for x in units):
-            raise u.UnitsError(f"{name} must be in units of {' or '.join(map(str, units))}, "
-                               f"got {dist.unit or 'no unit'}")
+        """The distribution's unit and support against the parameter's declaration."""
         low, high = dist.support()
-        base = next(x for x in units if dist.unit.is_equivalent(x))
-        low, high = low.to_value(base), high.to_value(base)
-        if lo is not None and (low < lo or (low == lo and not inclusive)):
-            raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {lo} {base}, but its "
-                             f"distribution {dist!r} reaches {low:g}")
-        if hi is not None and high > hi:
-            raise ValueError(f"{name} must be <= {hi} {base}, but its distribution {dist!r} "
-                             f"reaches {high:g}")
+        self.PARAMETERS[name].check_range(low, high, name)
 
     @classmethod
     def from_dict(cls, table):

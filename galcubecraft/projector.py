@@ -41,18 +41,16 @@ import math
 import numpy as np
 import scipy.fft
 import torch
-from scipy.special import gammaincinv
 from torch.utils.checkpoint import checkpoint
 
-import astropy.units as u
-
 from . import functional as F
-from .units import C_KMS
+from .pixelgrid import PixelGrid
+from .conventions import velocity_compression
 
-__all__ = ["Projector"]
+__all__ = ["Projector", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS", "TRUNCATION_FRACTION"]
 
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
-_TRUNCATION_FRACTION = 1e-6
+TRUNCATION_FRACTION = 1e-6
 #: Floor on cos(i): an exactly edge-on disk is rendered at i = 89.94 deg (projected minor axis
 #: 1e-3 of the major axis), which keeps the window arithmetic finite in float32.
 _COS_FLOOR = 1e-3
@@ -77,7 +75,7 @@ def _shift_rule(nodes):
 
 
 #: Scale heights above the midplane beyond which a galaxy's light is neglected (e^-15 = 3e-7).
-_FOOTPRINT_HEIGHTS = 15.0
+FOOTPRINT_HEIGHTS = 15.0
 #: The velocity nodes are used when they number at most this fraction of a pixel's
 #: samples x channel edges (each sample then costs eight scatters instead of an erf per edge).
 #: On a GPU erf is cheap and scatters are atomic: nodes pay off only with many channels
@@ -85,7 +83,7 @@ _FOOTPRINT_HEIGHTS = 15.0
 _NODES_PAY_OFF = 0.25
 _NODES_PAY_OFF_GPU = 0.05
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
-_BEAM_MARGIN_SIGMAS = 5.0
+BEAM_MARGIN_SIGMAS = 5.0
 
 
 class Projector:
@@ -178,35 +176,41 @@ class Projector:
         self._set_budgets()
         self.dtype = dtype
 
-        n_chan, ny, nx = grid.shape
-        self.pixel = grid.pixel_scale.to_value(u.arcsec)
+        # the grid as plain numbers, converted once (the projector never sees units)
+        pixels = grid if isinstance(grid, PixelGrid) else grid.pixel_grid()
+        self.pixels = pixels
+        n_chan, ny, nx = pixels.shape
+        self.pixel = pixels.pixel
         # (east, north) per (column, row) pixel step, and the position angle of the +y pixel
         # axis (0 unless the grid came from a rotated header)
-        self._sky_matrix = grid.sky_matrix
-        self._rotation = math.atan2(self._sky_matrix[0, 1], self._sky_matrix[1, 1])
-        if grid.beam is not None:
-            self._beam = grid.beam_pixels()
-            self.margin = int(math.ceil(_BEAM_MARGIN_SIGMAS * self._beam[0]))
-            self.brightness_scale = float((grid.beam.sr / grid.pixel_area).decompose())
-        else:
-            self.margin, self._beam, self.brightness_scale = 0, None, 1.0
+        self._sky_matrix = pixels.sky_matrix
+        self._rotation = pixels.rotation
+        self._beam = pixels.beam
+        self.margin = self.beam_margin(pixels.beam)
+        self.brightness_scale = pixels.beam_pixels
         self.padded_shape = (ny + 2 * self.margin, nx + 2 * self.margin)
         # the spectral response reaches this many channels beyond the band: render them too
-        response = getattr(grid, "spectral_response", None)
-        self._response = None if response is None else np.asarray(
-            response.kernel(grid.channel_width), dtype=float)
-        self.chan_margin = 0 if response is None else (len(self._response) - 1) // 2
+        self._response = pixels.response
+        self.chan_margin = pixels.chan_margin
         self.fft_shape = tuple(scipy.fft.next_fast_len(s, real=True) for s in self.padded_shape)
         self._erf_work = None      # scratch for erf_at_edges, grown on demand
         self._build_cache()
 
+    @staticmethod
+    def beam_margin(beam):
+        """Pixels rendered beyond the field on each side so that the beam brings their light in.
+
+        ``beam`` as `PixelGrid.beam` (sigmas in pixels), or None.
+        """
+        return 0 if beam is None else int(math.ceil(BEAM_MARGIN_SIGMAS * beam[0]))
+
     # ------------------------------------------------------------------ cached tensors
     def _build_cache(self):
         dev, dt = self.device, self.dtype
-        east, north = self.grid.sky_offsets(margin=self.margin).to_value(u.arcsec)
+        east, north = self.pixels.sky_offsets(margin=self.margin)
         self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
-        edges = self.grid.extended_channel_edges(self.chan_margin).to_value(u.km / u.s)
+        edges = self.pixels.channel_edges
         self._edges = torch.as_tensor(edges, device=dev, dtype=dt)
         # brightness per channel is its flux over its width (widths differ on wavelength axes;
         # signed: on a descending axis the erf differences are negative too)
@@ -265,7 +269,7 @@ class Projector:
             cells = cells.clamp(self.oversample, max(self.oversample, self.max_oversample))
             cell = self.pixel / cells
             window = 1.5 * cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
-            rmax = self._truncation_radius(params)
+            rmax = self.truncation_radius(params)
             span = torch.minimum(window, 2 * rmax)
             # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is
             # at most 2 asinh(W / 2s), and the bins must be no wider than a cell where they are
@@ -282,11 +286,19 @@ class Projector:
         return torch.clamp(_STRETCH_R_EFF * r_eff, min=_STRETCH_CELLS * cell)
 
     @staticmethod
-    def _truncation_radius(params):
+    def truncation_radius(params):
+        """Where each galaxy's disk is cut (arcsec): the radius enclosing all but
+        `TRUNCATION_FRACTION` of its light (``params``: ``n``, ``r_eff`` tensors)."""
         n = params["n"].detach().double().cpu().numpy()
         r_eff = params["r_eff"].detach().double().cpu().numpy()
-        scale = (gammaincinv(2 * n, 1 - _TRUNCATION_FRACTION) / gammaincinv(2 * n, 0.5)) ** n
-        return torch.as_tensor(r_eff * scale)
+        return torch.as_tensor(F.sersic_enclosing_radius(1 - TRUNCATION_FRACTION, r_eff, n))
+
+    @classmethod
+    def sky_reach(cls, params):
+        """How far (arcsec) from its centre each galaxy's light can reach on the sky, any
+        orientation: its truncation radius plus `FOOTPRINT_HEIGHTS` scale heights."""
+        return cls.truncation_radius(params) + FOOTPRINT_HEIGHTS * \
+            params["scale_height"].detach().double().cpu()
 
     # ------------------------------------------------------------------ rendering
     def __call__(self, params, kinematics):
@@ -372,7 +384,7 @@ class Projector:
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
         # the gas dispersion in the grid's radio velocity (compressed like the rotation)
-        sigma = ((1 - params["v_sys"] / C_KMS) * params["dispersion"]).clamp_min(1e-6)
+        sigma = (velocity_compression(params["v_sys"]) * params["dispersion"]).clamp_min(1e-6)
         shaped["sigma"] = sigma.reshape(batch, 1, 1, 1)
         lines = self._line_nodes(sigma, n_cells**2 * (n_minor + 2))
 
@@ -408,7 +420,7 @@ class Projector:
         """Each galaxy's pixels: indices into the padded grid, ``(batch, P)``, and a mask.
 
         A galaxy's light lies within ``rmax`` of its centre in the disk plane
-        and within ``_FOOTPRINT_HEIGHTS`` scale heights of it (all but ~1e-6 of
+        and within ``FOOTPRINT_HEIGHTS`` scale heights of it (all but ~1e-6 of
         the flux), so on the sky within ``rmax`` of the centre along its major
         axis and ``rmax cos i + 15 h sin i`` along its minor axis.  Pixels whose
         centre is further than that plus half a pixel diagonal are skipped (their
@@ -421,7 +433,7 @@ class Projector:
             rmax = plan["rmax"].to(self.device, self.dtype)
             pad = 0.5 * math.sqrt(2) * self.pixel
             along = (rmax + pad)[:, None]
-            across = (rmax * torch.cos(inc) + _FOOTPRINT_HEIGHTS * h * torch.sin(inc)
+            across = (rmax * torch.cos(inc) + FOOTPRINT_HEIGHTS * h * torch.sin(inc)
                       + pad)[:, None]
             xi, eta = F.sky_to_disk(self._east[None, :], self._north[None, :],
                                     params["x0"].detach()[:, None],
@@ -521,7 +533,7 @@ class Projector:
         # line_of_sight_velocity, and its spread over the area each sample stands for
         # velocities within the galaxy are physical (its rest frame); in the radio velocity of
         # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
-        kin = 1 - p["v_sys"] / C_KMS
+        kin = velocity_compression(p["v_sys"])
         v_circ, dv_dr = kinematics.circular_velocity_and_slope(radius, p)
         v_circ, dv_dr = kin * v_circ, kin * dv_dr
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
@@ -570,7 +582,7 @@ class Projector:
         # cloud centres in the padded grid's pixel coordinates
         inv = torch.as_tensor(np.linalg.inv(self._sky_matrix), device=self.device,
                               dtype=self.dtype)
-        _, ny, nx = self.grid.shape
+        _, ny, nx = self.pixels.shape
         pix = pos @ inv.T                                                 # (B, n, 2): dx, dy
         x = pix[..., 0] + (nx - 1) / 2 + self.margin
         y = pix[..., 1] + (ny - 1) / 2 + self.margin
@@ -586,7 +598,7 @@ class Projector:
         # velocity: linear along the curve; dispersion compressed like a galaxy's, widened by
         # the step between neighbouring clouds
         v = p["v_start"].reshape(-1, 1) + (p["v_end"] - p["v_start"]).reshape(-1, 1) * tt
-        kin = 1 - v / C_KMS
+        kin = velocity_compression(v)
         step = ((p["v_end"] - p["v_start"]).abs() / n).reshape(-1, 1)
         disp = torch.sqrt((kin * p["dispersion"].reshape(-1, 1)).clamp_min(1e-6) ** 2
                           + step**2 / 12)
@@ -613,7 +625,7 @@ class Projector:
         (`galcubecraft.functional.beam_matrices`, `~galcubecraft.functional.convolve_beam`).
         """
         m = self.margin
-        _, ny, nx = self.grid.shape
+        _, ny, nx = self.pixels.shape
         if self._beam_matrices is not None:
             model = F.convolve_beam_separable(model, self._beam_matrices)   # cropped too
         else:

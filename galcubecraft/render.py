@@ -4,15 +4,19 @@ from collections import defaultdict
 import torch
 
 from .cube import to_spectral_cube
+from .diffuse import Stream
 from .galaxy import Galaxy, Scene
 from .projector import Projector
 
-__all__ = ["render", "render_tensor", "stack_parameters"]
+__all__ = ["render", "render_tensor", "stack_parameters", "scene_items"]
 
 
-def _galaxies(scene):
-    """The scene's items (galaxies and diffuse streams) as a list, checked."""
-    from .diffuse import Stream
+def scene_items(scene):
+    """The items of a scene (galaxies and diffuse streams) as a checked list.
+
+    ``scene`` is a `~galcubecraft.Galaxy`, a `~galcubecraft.diffuse.Stream`, a
+    `~galcubecraft.Scene` or a sequence of galaxies and streams.
+    """
     if isinstance(scene, (Galaxy, Stream)):
         return [scene]
     if isinstance(scene, Scene):
@@ -43,8 +47,7 @@ def stack_parameters(galaxies, device=None, dtype=torch.float32):
 
 def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=None, **sampling):
     """Render galaxies into one ``(n_chan, ny, nx)`` tensor (sum of all galaxies, beam applied)."""
-    from .diffuse import Stream
-    items = _galaxies(scene)
+    items = scene_items(scene)
     galaxies = [g for g in items if isinstance(g, Galaxy)]
     streams = [s for s in items if isinstance(s, Stream)]
     projector = projector or Projector(grid, device=device, dtype=dtype, **sampling)

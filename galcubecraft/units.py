@@ -8,16 +8,15 @@ floats in the internal units below.  The projector and the kernels in
 import math
 
 import numpy as np
-import astropy.constants as const
 import astropy.units as u
 
-__all__ = ["FWHM_PER_SIGMA", "C_KMS", "INTERNAL", "validate_quantity", "validate_number",
-           "validate_size", "validate_velocity", "validate_line_flux", "check_finite"]
+from .conventions import (C_KMS, FWHM_PER_SIGMA, redshift_of_radio_velocity,
+                          velocity_compression)
 
-#: FWHM of a Gaussian in units of its standard deviation, sqrt(8 ln 2).
-FWHM_PER_SIGMA = math.sqrt(8 * math.log(2))
-#: Speed of light in km/s, the unit of velocities inside the package.
-C_KMS = const.c.to_value(u.km / u.s)
+__all__ = ["FWHM_PER_SIGMA", "C_KMS", "INTERNAL", "validate_quantity", "validate_number",
+           "validate_size", "validate_velocity", "validate_line_flux", "check_finite",
+           "radio_velocity", "redshift_of_radio_velocity", "velocity_compression"]
+
 
 #: Internal unit of each physical quantity handled by the projector.
 INTERNAL = {
@@ -136,3 +135,15 @@ def validate_velocity(name, value, **kwargs):
 def validate_line_flux(name, value, **kwargs):
     """A line flux (flux density times speed, e.g. Jy km/s); keywords as `validate_quantity`."""
     return validate_quantity(name, value, _LINE_FLUX, **kwargs)
+
+
+def radio_velocity(redshift):
+    """The radio velocity ``c z / (1 + z)`` of a line emitted at ``redshift`` (km/s).
+
+    Radio velocity is linear in observed frequency, ``v = c (1 - f / f0)``, and
+    ``f = f0 / (1 + z)``; it is the velocity the projector and VRAD axes use.
+    """
+    z = validate_number("redshift", redshift)
+    if z <= -1:
+        raise ValueError(f"redshift must be > -1, got {z}")
+    return C_KMS * z / (1 + z) * (u.km / u.s)

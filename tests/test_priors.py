@@ -35,7 +35,7 @@ r_eff = {distribution = "loguniform", low = "1 arcsec", high = "4 arcsec"}
 inclination = {distribution = "isotropic", low = "20 deg", high = "80 deg"}
 dispersion = "12 km/s"
 flux = {distribution = "uniform", low = "1 Jy km/s", high = "2 Jy km/s"}
-sersic_n = {distribution = "choice", values = [0.5, 1.0]}
+n = {distribution = "choice", values = [0.5, 1.0]}
 
 [placement]
 n = 4
@@ -54,12 +54,13 @@ edge = "6 arcsec"
 
 @pytest.mark.parametrize("spec, error, match", [
     ({"colour": "red"}, ValueError, "unknown galaxy parameter"),
-    ({"r_eff": "3 km/s"}, u.UnitsError, "r_eff must be in units"),
+    ({"r_eff": "3 km/s"}, u.UnitsError, "r_eff must be an angle or a length"),
     ({"flux": {"distribution": "uniform", "low": "2 Jy km/s", "high": "1 Jy km/s"}},
      ValueError, "empty range"),
     ({"inclination": {"distribution": "uniform", "low": "10 deg", "high": "100 deg"}},
      ValueError, "inclination must be <= 90"),
-    ({"sersic_n": 0}, ValueError, "sersic_n must be > 0"),
+    ({"n": 0}, ValueError, "n must be > 0"),
+    ({"n": {"distribution": "uniform", "low": 1, "high": 50}}, ValueError, "n must be <= 20"),
     ({"dispersion": {"distribution": "normal", "mean": "10 km/s", "std": "3 km/s"}},
      ValueError, "dispersion must be >= 0"),
     ({"v_max": {"distribution": "gaussian", "mean": "1 km/s"}}, ValueError, "distribution must"),
@@ -84,6 +85,14 @@ def test_priors_file_errors(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         read_priors_file(path)
+
+
+def test_old_spelling_of_the_sersic_index_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="'sersic_n' is now called 'n'"):
+        priors = GalaxyPriors(sersic_n=2.0)
+    assert priors.distributions["n"].sample(np.random.default_rng(0)) == 2.0
+    with pytest.raises(ValueError, match="not both"):
+        GalaxyPriors(sersic_n=2.0, n=3.0)
 
 
 def test_a_distribution_passes_through():

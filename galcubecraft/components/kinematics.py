@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import functional as F
-from ..units import validate_quantity, validate_size, validate_velocity
+from ..parameters import Parameter
 from .base import Component
 
 __all__ = ["RotationCurve", "AnalyticRotationCurve", "ArctanRotationCurve",
@@ -23,9 +23,22 @@ _KMS = u.km / u.s
 
 
 class RotationCurve(Component):
-    """Base class of rotation laws ``v_c(R)``."""
+    """Base class of rotation laws ``v_c(R)``.
 
-    internal_units = {}
+    Each concrete law has a short ``law`` name (``'arctan'``, ``'flat'``, ...): the
+    value of ``rotation`` in TOML files, truth tables and ``--rotation``.
+    `RotationCurve.laws` maps the names to the classes.
+    """
+
+    #: The law's name in files and on the command line (None: not a concrete law).
+    law = None
+    #: name -> class of every concrete law (filled as laws are defined).
+    laws = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.law is not None:
+            RotationCurve.laws[cls.law] = cls
 
     @classmethod
     def circular_velocity(cls, radius, params):
@@ -99,13 +112,17 @@ class AnalyticRotationCurve(RotationCurve):
         (and then differentiable through ``r_eff`` and ``n``).
     """
 
-    param_names = ("v_0", "r_0")
-    size_names = ("r_0",)
-    internal_units = {"v_0": _KMS}
+    law = "analytic"
+    v_0 = Parameter("velocity", nonnegative=True, default=200 * _KMS,
+                    description="characteristic speed of GalCubeCraft 0.1.0's law",
+                    aliases=("v_max",))
+    r_0 = Parameter("size", positive=True, optional=True, default=None,
+                    description="reference radius of the analytic law (default tied to r_eff "
+                                "and n)")
 
     def __init__(self, v_0=200 * _KMS, r_0=None):
-        self.v_0 = validate_velocity("v_0", v_0, nonnegative=True)
-        self.r_0 = None if r_0 is None else validate_size("r_0", r_0)
+        self.v_0 = v_0
+        self.r_0 = r_0
 
     @staticmethod
     def evaluate(radius, v_0, r_0):
@@ -157,13 +174,13 @@ class ArctanRotationCurve(RotationCurve):
     <Quantity 100. km / s>
     """
 
-    param_names = ("v_max", "r_turn")
-    size_names = ("r_turn",)
-    internal_units = {"v_max": _KMS}
+    law = "arctan"
+    v_max = Parameter("velocity", nonnegative=True, description="asymptotic rotation speed")
+    r_turn = Parameter("size", positive=True, description="turnover radius")
 
     def __init__(self, v_max, r_turn):
-        self.v_max = validate_velocity("v_max", v_max, nonnegative=True)
-        self.r_turn = validate_size("r_turn", r_turn)
+        self.v_max = v_max
+        self.r_turn = r_turn
 
     @staticmethod
     def evaluate(radius, v_max, r_turn):
@@ -183,11 +200,12 @@ class FlatRotationCurve(RotationCurve):
         Circular velocity at every radius, >= 0.
     """
 
-    param_names = ("v_flat",)
-    internal_units = {"v_flat": _KMS}
+    law = "flat"
+    v_flat = Parameter("velocity", nonnegative=True, description="rotation speed at every radius",
+                       aliases=("v_max",))
 
     def __init__(self, v_flat):
-        self.v_flat = validate_velocity("v_flat", v_flat, nonnegative=True)
+        self.v_flat = v_flat
 
     @staticmethod
     def evaluate(radius, v_flat):
@@ -220,13 +238,15 @@ class TabulatedRotationCurve(RotationCurve):
     <Quantity [ 50., 155., 160.] km / s>
     """
 
-    param_names = ("radius", "velocity")
-    size_names = ("radius",)
-    internal_units = {"velocity": _KMS}
+    law = "tabulated"
+    radius = Parameter("size", nonnegative=True, shape="1d",
+                       description="radii of the rotation-curve table, increasing")
+    velocity = Parameter("velocity", nonnegative=True, shape="1d",
+                         description="circular speed at each radius of the table")
 
     def __init__(self, radius, velocity):
-        radius = validate_quantity("radius", radius, (u.arcsec, u.kpc), nonnegative=True)
-        velocity = validate_velocity("velocity", velocity, nonnegative=True)
+        radius = type(self).radius.validate(radius)
+        velocity = type(self).velocity.validate(velocity)
         if radius.ndim != 1 or velocity.shape != radius.shape or radius.size < 1:
             raise ValueError("radius and velocity must be 1-D of the same, non-zero length, got "
                              f"shapes {radius.shape} and {velocity.shape}")
@@ -237,7 +257,8 @@ class TabulatedRotationCurve(RotationCurve):
             velocity = np.concatenate([[0] * velocity.unit, velocity])
         if radius.size < 2:
             raise ValueError(f"radius must reach beyond R = 0, got {radius}")
-        self.radius, self.velocity = radius, velocity
+        self.radius = radius
+        self.velocity = velocity
 
     def __repr__(self):
         return f"<TabulatedRotationCurve({self.radius.size} points, R <= {self.radius[-1]})>"

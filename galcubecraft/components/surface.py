@@ -1,10 +1,10 @@
 """Face-on surface-brightness profiles of the disk."""
 import numpy as np
 import torch
-from scipy.special import gammaincinv
 
 from .. import functional as F
-from ..units import validate_number, validate_size, validate_line_flux
+from ..parameters import Parameter
+from ..units import validate_line_flux, validate_size
 from .base import Component
 
 __all__ = ["SersicDisk", "ExponentialDisk"]
@@ -46,17 +46,20 @@ class SersicDisk(Component):
     1.6783
     """
 
-    param_names = ("r_eff", "n")
-    size_names = ("r_eff",)
+    r_eff = Parameter("size", positive=True,
+                      description="half-light radius in the disk plane")
+    n = Parameter("dimensionless", positive=True, maximum=20.0, default=1.0,
+                  description="Sersic index (1: exponential, 4: de Vaucouleurs)",
+                  aliases=("sersic_n",))
 
     def __init__(self, r_eff, n=1.0):
-        self.r_eff = validate_size("r_eff", r_eff)
-        self.n = validate_number("n", n, positive=True, maximum=20.0)
+        self.r_eff = r_eff
+        self.n = n
 
     @property
     def b_n(self):
         """The exact :math:`b_n` of this profile (float)."""
-        return float(gammaincinv(2 * self.n, 0.5))
+        return float(F.sersic_bn(self.n))
 
     @staticmethod
     def evaluate(radius, amplitude, r_eff, n):
@@ -87,7 +90,7 @@ class ExponentialDisk(SersicDisk):
     ----------
     scale_length : `~astropy.units.Quantity` [angle or length]
         Exponential scale length :math:`h`; the half-light radius is
-        :math:`R_e = b_1 h \approx 1.678\,h`.
+        :math:`R_e = b_1 h \approx 1.678\,h`.  (Or give ``r_eff`` instead.)
 
     Examples
     --------
@@ -97,9 +100,14 @@ class ExponentialDisk(SersicDisk):
     <Quantity 8.39173459 arcsec>
     """
 
-    def __init__(self, scale_length):
-        scale_length = validate_size("scale_length", scale_length)
-        super().__init__(r_eff=scale_length * float(gammaincinv(2.0, 0.5)), n=1.0)
+    def __init__(self, scale_length=None, *, r_eff=None, n=1.0):
+        if (scale_length is None) == (r_eff is None):
+            raise TypeError("give an ExponentialDisk its scale_length or its r_eff (one of them)")
+        if n != 1.0:
+            raise ValueError(f"an ExponentialDisk has n = 1, got n={n!r}; use SersicDisk")
+        if scale_length is not None:
+            r_eff = validate_size("scale_length", scale_length) * float(F.sersic_bn(1.0))
+        super().__init__(r_eff=r_eff, n=1.0)
 
     @property
     def scale_length(self):

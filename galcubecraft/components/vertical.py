@@ -2,7 +2,7 @@
 import astropy.units as u
 
 from .. import functional as F
-from ..units import validate_size
+from ..parameters import Parameter
 from .base import Component
 
 __all__ = ["ExponentialVertical"]
@@ -32,11 +32,11 @@ class ExponentialVertical(Component):
     <ExponentialVertical(scale_height=0.5 arcsec)>
     """
 
-    param_names = ("scale_height",)
-    size_names = ("scale_height",)
+    scale_height = Parameter("size", nonnegative=True, default=0 * u.arcsec,
+                             description="exponential scale height of the disk")
 
     def __init__(self, scale_height=0 * u.arcsec):
-        self.scale_height = validate_size("scale_height", scale_height, allow_zero=True)
+        self.scale_height = scale_height
 
     @staticmethod
     def evaluate(z, scale_height):

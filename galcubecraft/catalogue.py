@@ -1,0 +1,260 @@
+"""Galaxies placed on a grid, and the tables that write them down.
+
+* `random_galaxies`: galaxies drawn from `~galcubecraft.priors.GalaxyPriors` and placed at
+  random on a grid (clear of its edges, of each other, of blank or bright pixels), for
+  injection tests and training sets; `check_band` says up front whether the widest line
+  the priors allow fits in the band.
+* `truth_table`: one row per galaxy, where it is (sky, pixels, velocity, frequency) and
+  every parameter; `galaxies_from_table` makes the same galaxies from such a table (or any
+  catalogue with those columns).
+
+The parameter columns are the galaxies' flat dictionaries (`Galaxy.to_dict`), so they
+follow the parameters' declarations: a new parameter is a new column with nothing to
+add here.  Observation, injection and datasets all write their truth through this module.
+"""
+import math
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.table import QTable
+
+from .components import ArctanRotationCurve, ExponentialVertical, SersicDisk
+from .galaxy import Galaxy
+from .priors import GalaxyPriors
+from .units import (radio_velocity, redshift_of_radio_velocity, validate_quantity,
+                    velocity_compression)
+
+__all__ = ["random_galaxies", "check_band", "truth_table", "galaxies_from_table",
+           "PARAMETER_COLUMNS"]
+
+_KMS = u.km / u.s
+#: Parameters a truth table holds besides the position and systemic velocity: every flat
+#: galaxy parameter that fits in one cell (tabulated curves do not; positions and distances
+#: are written as sky and pixel coordinates and angles).
+PARAMETER_COLUMNS = {name: p for name, p in Galaxy.flat_parameters().items()
+                     if p.shape is None and name not in ("v_sys", "distance", "redshift")}
+
+
+def check_band(grid, priors):
+    """Raise ValueError if the widest line ``priors`` allow does not fit in ``grid``'s band.
+
+    A line needs ``v_max sin i + 4 sigma`` on each side of its systemic velocity.
+    """
+    d = priors.distributions
+    v_hi = d["v_max"].support()[1].to_value(_KMS)
+    i_hi = min(d["inclination"].support()[1].to_value(u.rad), math.pi / 2)
+    s_hi = d["dispersion"].support()[1].to_value(_KMS)
+    room = v_hi * math.sin(i_hi) + 4 * s_hi
+    edges = grid.channel_edges.to_value(_KMS)
+    band = edges.max() - edges.min()
+    if not np.isfinite(room) or band <= 2 * room:
+        raise ValueError(f"the band ({edges.min():.1f} to {edges.max():.1f} km/s) is too "
+                         f"narrow for the widest line the priors allow (v_max sin i + 4 sigma = "
+                         f"{room:.1f} km/s on each side); widen the band or narrow v_max, "
+                         f"inclination or dispersion")
+
+
+def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
+                    avoid_threshold=None, min_separation=None, max_tries=10000):
+    """``n`` galaxies drawn from ``priors`` and placed at random on ``grid``, for injection tests.
+
+    Parameters
+    ----------
+    grid : `~galcubecraft.CubeGrid`
+    n : int
+    priors : `~galcubecraft.priors.GalaxyPriors`, optional
+        Distributions of the galaxy parameters (default ``GalaxyPriors()``).
+        Rotation is arctan with ``r_turn = turnover * r_eff``; the scale height
+        is ``thickness * r_eff``.
+    seed : int or `numpy.random.SeedSequence`, optional
+        Same seed, same galaxies.
+    edge : `~astropy.units.Quantity` [angle], optional
+        Least distance of a centre from the field's edges (default: twice the
+        largest ``r_eff`` the priors allow, if that is an angle, else 8 pixels).
+    avoid : 2-D array, optional
+        A map on the grid's pixels (say the cube's peak or moment-0 map); NaN
+        marks blank pixels.  Centres keep ``edge`` away from blank pixels and
+        from pixels where ``avoid >= avoid_threshold``.
+    min_separation : `~astropy.units.Quantity` [angle], optional
+        Least distance between centres (default: ``edge``).
+
+    Positions are uniform over the allowed pixels; systemic velocities are uniform
+    over the band, leaving room for each galaxy's line (``v_max sin i + 4 sigma``)
+    on both sides.
+    """
+    priors = GalaxyPriors() if priors is None else priors
+    if not isinstance(priors, GalaxyPriors):
+        raise TypeError(f"priors must be a GalaxyPriors, got {priors!r}")
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = np.random.default_rng(seed)
+    _, ny, nx = grid.shape
+    pixel = grid.pixel_scale.to(u.arcsec)
+    if edge is None:
+        r_hi = priors.distributions["r_eff"].support()[1]
+        edge = 2 * r_hi if r_hi.unit.is_equivalent(u.arcsec) else 8 * pixel
+    edge = validate_quantity("edge", edge, u.arcsec, nonnegative=True).to(u.arcsec)
+    min_sep = edge if min_separation is None else validate_quantity(
+        "min_separation", min_separation, u.arcsec, nonnegative=True).to(u.arcsec)
+    ee = int(math.ceil((edge / pixel).decompose().value))
+    allowed = np.zeros((ny, nx), dtype=bool)
+    allowed[ee:ny - ee, ee:nx - ee] = True
+    if avoid is not None:
+        from scipy.ndimage import maximum_filter
+        avoid = np.asarray(avoid, dtype=float)
+        if avoid.shape != (ny, nx):
+            raise ValueError(f"avoid has shape {avoid.shape}, the grid's pixels are {(ny, nx)}")
+        bad = ~np.isfinite(avoid)
+        if avoid_threshold is not None:
+            bad |= np.where(np.isfinite(avoid), avoid, -np.inf) >= avoid_threshold
+        allowed &= ~maximum_filter(bad.astype(np.uint8), size=2 * ee + 1).astype(bool)
+    check_band(grid, priors)
+    candidates = np.flatnonzero(allowed)
+    if n and candidates.size == 0:
+        raise ValueError("no pixel of the grid is far enough from its edges and from what "
+                         "avoid excludes; lower edge or avoid_threshold")
+    edges = grid.channel_edges.to_value(_KMS)
+    v_lo, v_hi = edges.min(), edges.max()
+    galaxies, placed = [], []
+    for _ in range(max_tries):
+        if len(galaxies) == n:
+            break
+        k = int(rng.choice(candidates))
+        y, x = divmod(k, nx)
+        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+        p = priors.sample(rng)
+        if any(math.hypot(x - px, y - py) * pixel.value < min_sep.value for px, py in placed):
+            continue
+        # check_band made sure this room fits in the band
+        room = float(p["v_max"].to_value(_KMS) * np.sin(p["inclination"].to_value(u.rad))
+                     + 4 * p["dispersion"].to_value(_KMS))
+        r_eff = p["r_eff"]
+        galaxies.append(Galaxy(
+            surface=SersicDisk(r_eff=r_eff, n=float(p["n"].value)),
+            vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
+            kinematics=ArctanRotationCurve(v_max=p["v_max"],
+                                           r_turn=float(p["turnover"].value) * r_eff),
+            inclination=p["inclination"], position_angle=p["position_angle"] % (360 * u.deg),
+            flux=p["flux"], dispersion=p["dispersion"],
+            v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
+            offset=grid.offset_of_pixel(x, y)))
+        placed.append((x, y))
+    if len(galaxies) < n:
+        raise ValueError(f"placed only {len(galaxies)} of {n} galaxies {min_sep} apart; "
+                         "lower min_separation or n")
+    return galaxies
+
+
+def galaxies_from_table(table, grid):
+    """Galaxies from a catalogue (e.g. a truth table `inject` wrote), placed on ``grid``.
+
+    Columns: a position as ``ra``, ``dec`` (angles, ICRS) or ``x_pix``, ``y_pix``
+    (0-based array pixels); ``v_sys`` (radio km/s) or ``z`` (redshift of the line's rest
+    frequency); and the galaxy's parameters by their declared names (`PARAMETER_COLUMNS`,
+    e.g. ``r_eff``, ``n``, ``scale_height``, ``inclination``, ``position_angle``,
+    ``dispersion``, ``flux``, ``rotation`` with its law's parameters, and ``distance``
+    for sizes given as lengths).  Missing or blank (NaN, masked) cells take the parameter's
+    default; old column names (``sersic_n``) are read with a `DeprecationWarning`.
+    Unit-less columns where a unit is needed are refused (`~astropy.units.UnitTypeError`
+    naming the column).
+    """
+    table = QTable(table)
+    names = set(table.colnames)
+    for need in ("r_eff", "inclination", "position_angle", "flux"):
+        if need not in names:
+            raise ValueError(f"the catalogue has no {need!r} column (has {sorted(names)})")
+    if not ({"ra", "dec"} <= names or {"x_pix", "y_pix"} <= names):
+        raise ValueError("the catalogue needs positions: ra and dec, or x_pix and y_pix columns")
+    if not ({"v_sys"} & names or {"z"} & names):
+        raise ValueError("the catalogue needs a systemic velocity: a v_sys or a z column")
+    known = {*Galaxy.flat_parameters(), "rotation",
+             *(a for p in Galaxy.flat_parameters().values() for a in p.aliases)}
+    columns = [c for c in table.colnames if c in known and c not in ("v_sys", "offset")]
+
+    def blank(value):
+        if isinstance(value, np.ma.core.MaskedConstant):
+            return True
+        if isinstance(value, str) or np.ndim(value) != 0:
+            return False
+        return bool(np.isnan(value.value if isinstance(value, u.Quantity) else float(value)))
+
+    galaxies = []
+    for k, row in enumerate(table):
+        if {"ra", "dec"} <= names:
+            offset = grid.offset_of(SkyCoord(row["ra"], row["dec"], frame="icrs"))
+        else:
+            offset = grid.offset_of_pixel(float(row["x_pix"]), float(row["y_pix"]))
+        v_sys = row["v_sys"] if "v_sys" in names else radio_velocity(float(row["z"]))
+        values = {c: row[c] for c in columns if not blank(row[c])}
+        if "rotation" in values:
+            values["rotation"] = str(values["rotation"]).strip().lower()
+        values.update(offset=offset, v_sys=v_sys)
+        galaxies.append(Galaxy.from_dict(values, where=f"catalogue row {k}"))
+    return galaxies
+
+
+def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
+    """One row per galaxy: where it is (sky, pixels, velocity, frequency) and all its parameters.
+
+    Sizes are angles (arcsec), so the table re-creates the galaxies exactly with
+    `galaxies_from_table` on the same grid.  The parameter columns are `PARAMETER_COLUMNS`,
+    in their table units (arcsec, deg, km/s, Jy km/s); a rotation law's parameters are
+    blank (NaN) in the rows of galaxies with another law.
+    """
+    f0 = grid.rest_frequency
+    edges = grid.channel_edges.to_value(_KMS)
+    channel_index = np.arange(len(edges)) - 0.5
+    order = np.argsort(edges)
+    place = {"id": None, "ra": u.deg, "dec": u.deg, "x_pix": None, "y_pix": None,
+             "channel": None, "v_sys": _KMS, "z": None}
+    if f0 is not None:
+        place.update(freq_sys=u.GHz, wavelength_sys=u.AA)
+    columns = {name: [] for name in place}
+    params = {name: [] for name in ("rotation", *PARAMETER_COLUMNS)}
+    for k, g in enumerate(galaxies):
+        flat = g.to_dict()
+        x, y = grid.pixel_of([g.to_arcsec("offset", c) for c in g.offset] * u.arcsec)
+        v = g.v_sys.to_value(_KMS)
+        row = {"id": k, "x_pix": x, "y_pix": y,
+               "channel": float(np.interp(v, edges[order], channel_index[order])),
+               "v_sys": v, "z": redshift_of_radio_velocity(v)}
+        if f0 is not None:
+            nu = f0.to_value(u.GHz) * velocity_compression(v)
+            row["freq_sys"] = nu
+            row["wavelength_sys"] = (nu * u.GHz).to_value(u.AA, equivalencies=u.spectral())
+        for name, value in row.items():
+            columns[name].append(value)
+        params["rotation"].append(flat["rotation"])
+        for name, p in PARAMETER_COLUMNS.items():
+            value = flat.get(name)
+            if value is None:
+                params[name].append(np.nan)
+            elif p.kind == "size":
+                params[name].append(g.to_arcsec(name, value))
+            elif p.kind == "dimensionless":
+                params[name].append(float(value))
+            else:
+                params[name].append(value.to_value(p.table_unit))
+    table = QTable()
+    if galaxies:
+        sky = grid.wcs.celestial.pixel_to_world(np.array(columns["x_pix"]),
+                                                np.array(columns["y_pix"])).icrs
+        columns["ra"], columns["dec"] = sky.ra.deg, sky.dec.deg
+        for name, unit in place.items():
+            values = np.asarray(columns[name], dtype=float if name != "id" else int)
+            table[name] = values * unit if unit is not None else values
+        table["rotation"] = np.asarray(params.pop("rotation"))
+        for name, values in params.items():
+            unit = PARAMETER_COLUMNS[name].table_unit
+            values = np.asarray(values, dtype=float)
+            table[name] = values * unit if unit is not None else values
+        if flux_in_cube is not None:
+            table["flux_in_cube"] = u.Quantity(flux_in_cube)
+        if peak is not None:
+            table["peak"] = u.Quantity(peak)
+    table.meta["rest_frequency"] = None if f0 is None else str(f0.to(u.GHz))
+    if data_unit is not None:
+        table.meta["data_unit"] = str(data_unit)
+    return table
