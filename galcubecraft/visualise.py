@@ -17,6 +17,7 @@ import torch
 from spectral_cube import SpectralCube
 
 from ._files import atomic_path
+from .units import velocity_compression
 
 __all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_maps",
            "pv_slice", "pv_diagram", "galaxy_pv_curve", "compare_cubes", "velocity_cube"]
@@ -220,15 +221,19 @@ def pv_diagram(cube, position_angle, center=None, rotation_curve=None, figsize=(
 
 
 def galaxy_pv_curve(galaxy, offsets):
-    """``v_sys + sign(x) v_c(|x|) sin i`` of a `~galcubecraft.Galaxy` along its major axis.
+    """Where a `~galcubecraft.Galaxy`'s line lies along its major axis, as the cube shows it.
 
-    ``offsets`` (angles, positive towards the position angle) as `pv_slice` returns them.
+    ``v_sys + sign(x) v_c(|x|) sin i (1 - v_sys / c)``: the rotation is a velocity in the
+    galaxy's frame, compressed by ``1 / (1 + z)`` on the cube's radio-velocity axis
+    (`galcubecraft.units.velocity_compression`).  ``offsets`` (angles, positive towards the
+    position angle) as `pv_slice` returns them.
     """
     offsets = u.Quantity(offsets, u.arcsec)
     params = galaxy.tensors(dtype=torch.float64)
     radius = torch.as_tensor(np.abs(offsets.value), dtype=torch.float64)
     v_c = galaxy.kinematics.circular_velocity(radius, params).numpy() * _KMS
-    return offsets, (galaxy.v_sys + np.sign(offsets.value) * v_c
+    compression = velocity_compression(galaxy.v_sys.to_value(_KMS))
+    return offsets, (galaxy.v_sys + np.sign(offsets.value) * v_c * compression
                      * np.sin(galaxy.inclination)).to(_KMS)
 
 
