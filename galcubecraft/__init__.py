@@ -4,10 +4,7 @@ Units-aware model components compose into galaxies, a torch projector renders
 them onto an observation grid, and the result is a `spectral_cube.SpectralCube`
 with a real WCS and a `radio_beam.Beam`.
 """
-try:
-    from .version import version as __version__
-except ImportError:  # pragma: no cover - running from a source tree without setuptools_scm
-    __version__ = "0.0.0.dev0"
+from ._about import version as __version__
 
 from .components import (AnalyticRotationCurve, ArctanRotationCurve, Component,
                          ExponentialDisk, ExponentialVertical, FlatRotationCurve,

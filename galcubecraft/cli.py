@@ -11,11 +11,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from . import __version__
+from ._about import version as __version__
+from ._files import atomic_path
+from .catalogue import galaxies_from_table, random_galaxies
 from .components import RotationCurve
+from .dataset import export_fits, generate_dataset
 from .galaxy import Galaxy
 from .grid import CubeGrid
+from .header import parse_bunit, read_header
+from .inject import inject
+from .lines import LINES
 from .parameters import parse_quantity
+from .priors import GalaxyPriors, read_priors_file
 from .render import render
 
 __all__ = ["main", "build_parser"]
@@ -226,7 +233,6 @@ def build_parser():
 
 def dataset_command(args):
     """``galcubecraft dataset``: generate or finish a dataset."""
-    from .dataset import generate_dataset
     manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
                                 workers=args.workers, scheduler=args.scheduler,
                                 shard_size=args.shard_size, progress=not args.no_progress)
@@ -237,7 +243,6 @@ def dataset_command(args):
 
 def export_command(args):
     """``galcubecraft export``: FITS files of chosen cubes of a dataset."""
-    from .dataset import export_fits
     text = args.indices.strip()
     if ":" in text:
         a, b = text.split(":", 1)
@@ -276,9 +281,6 @@ def inject_command(args):
     import os
     from astropy.table import QTable
 
-    from .header import parse_bunit, read_header
-    from .inject import galaxies_from_table, inject, random_galaxies
-    from .priors import GalaxyPriors, read_priors_file
     if os.path.exists(args.output) and os.path.samefile(args.output, args.cube):
         raise ValueError("OUTPUT is the input cube; injection never overwrites its input")
     options = dict(beam=_beam_option(args.beam), rest_frequency=(
@@ -315,7 +317,6 @@ def inject_command(args):
 
 
 def _line_or_quantity(text):
-    from .lines import LINES
     return text if text in LINES else parse_quantity("rest_frequency", text)
 
 
@@ -351,7 +352,6 @@ def plot(args):
     from spectral_cube import SpectralCube
 
     from . import visualise
-    from ._files import atomic_path
     cube = SpectralCube.read(args.cube)
     if args.kind == "moments":
         fig = visualise.moment_maps(cube, moments=(0, 1, 2))

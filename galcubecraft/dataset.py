@@ -45,12 +45,18 @@ import numpy as np
 import torch
 from astropy.table import QTable, vstack
 
+from ._about import version as __version__
 from ._files import atomic_path
 from .catalogue import check_band, random_galaxies
+from .cube import to_spectral_cube
 from .grid import CubeGrid
 from .noise import NoiseModel
+from .observation import observe
 from .parameters import parse_quantity
+from .population import SeedPopulation
 from .priors import GalaxyPriors, distribution_from_spec
+from .projector import Projector
+from .response import SampledGaussian
 
 try:
     import tomllib
@@ -145,8 +151,6 @@ class DatasetSpec:
 
     def _preset(self, config):
         """``[preset] name = "galcubecraft-0.1"``: GalCubeCraft 0.1.0's population and grid."""
-        from .population import SeedPopulation
-        from .response import SampledGaussian
         preset = dict(config["preset"])
         name = preset.pop("name", None)
         if name not in self.PRESETS:
@@ -223,7 +227,6 @@ class DatasetSpec:
 
     def make(self, index, seed, projector=None):
         """Render cube ``index``: an `~galcubecraft.Observation`."""
-        from .observation import observe
         galaxies, noise, noise_rng = self.draw(index, seed)
         return observe(galaxies, self.grid, noise, seed=noise_rng,
                        mask_threshold=self.mask_threshold, projector=projector)
@@ -284,7 +287,6 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression):
     """Task: render cubes [first, first + count) into shard file ``shard``; returns its checksum."""
     import h5py
     torch.set_num_threads(1)        # the same arithmetic on every worker
-    from .projector import Projector
     spec = DatasetSpec(config)
     projector = Projector(spec.grid)
     out_dir = Path(out_dir)
@@ -340,7 +342,6 @@ def _valid_shard(path):
 
 
 def _manifest(spec, n, seed, shard_size):
-    from . import __version__
     grid = spec.grid
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "galcubecraft": __version__,
@@ -501,7 +502,6 @@ def read_catalogue(path):
 
 def export_fits(path, indices, out, overwrite=False):
     """Write cubes of a dataset as FITS for CASA/CARTA: ``<out>/cube_<i>_{noisy,clean}.fits``."""
-    from .cube import to_spectral_cube
     data = CubeDataset(path, keys=("noisy", "clean"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -598,7 +598,6 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         self.keys, self.transform, self.device = tuple(keys), transform, device
 
     def __iter__(self):
-        from .projector import Projector
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
         device = self.device

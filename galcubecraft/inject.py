@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from astropy.io import fits
 
-from . import __version__
+from ._about import version as __version__
 from ._files import atomic_path
 from .catalogue import check_band, galaxies_from_table, random_galaxies, truth_table
 from .galaxy import Galaxy

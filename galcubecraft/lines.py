@@ -9,6 +9,7 @@ wavelengths from the NIST Atomic Spectra Database (their air wavelengths are 656
 import astropy.constants as const
 import astropy.units as u
 
+from .distance import default_cosmology
 from .units import validate_number, validate_quantity
 
 __all__ = ["LINES", "rest_frequency", "line_luminosity", "line_flux_from_luminosity",
@@ -51,7 +52,6 @@ def rest_frequency(line):
 
 
 def _distances(redshift, cosmology):
-    from .galaxy import default_cosmology
     z = validate_number("redshift", redshift, positive=True)
     cosmo = cosmology or default_cosmology()
     return z, cosmo.luminosity_distance(z)

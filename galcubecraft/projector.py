@@ -126,6 +126,14 @@ class Projector:
         sigma).  With None, or where the grid would be too fine for that to save
         time (dispersions far below the channel width), every sample's Gaussian
         is integrated over every channel with ``erf``: exact, and the reference.
+    line_integration : {'auto', 'nodes', 'erf'}
+        ``'auto'`` (default) takes the velocity nodes where they save time (many
+        samples and channels per node); ``'nodes'`` and ``'erf'`` force one way.
+    footprint : bool
+        Integrate each galaxy over its own footprint only (default): the pixels within
+        its truncation radius along the major axis and ``rmax cos i + 15 h sin i``
+        along the minor one.  False integrates every pixel of the padded grid (slower;
+        a check that the footprint loses nothing).
     max_chunk_elements : int, optional
         Largest intermediate tensor (elements); bounds the memory per chunk.
         Default 2**23 on a CPU (32 MB in float32, cache-friendly) and 2**28 on
@@ -148,7 +156,8 @@ class Projector:
 
     def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2, max_oversample=8,
                  minor_density=1.0, max_minor_samples=64, footprint_nodes=1,
-                 line_nodes_per_sigma=2.0, max_chunk_elements=None, group_ratio=None):
+                 line_nodes_per_sigma=2.0, line_integration="auto", footprint=True,
+                 max_chunk_elements=None, group_ratio=None):
         if int(oversample) != oversample or oversample < 1:
             raise ValueError(f"oversample must be a positive integer, got {oversample!r}")
         if not minor_density > 0:
@@ -160,7 +169,14 @@ class Projector:
         if line_nodes_per_sigma is not None and not line_nodes_per_sigma >= 1:
             raise ValueError(f"line_nodes_per_sigma must be >= 1 or None, got "
                              f"{line_nodes_per_sigma!r}")
+        if line_integration not in ("auto", "nodes", "erf"):
+            raise ValueError(f"line_integration must be 'auto', 'nodes' or 'erf', got "
+                             f"{line_integration!r}")
+        if line_integration == "nodes" and line_nodes_per_sigma is None:
+            raise ValueError("line_integration='nodes' needs line_nodes_per_sigma")
         self.line_nodes_per_sigma = line_nodes_per_sigma
+        self.line_integration = line_integration
+        self.use_footprint = bool(footprint)
         self._shift_rule = _shift_rule(footprint_nodes)
         self.grid = grid
         self.oversample = int(oversample)
@@ -316,7 +332,7 @@ class Projector:
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
         plan = self.sampling(params)
-        plan["pixels"], plan["pixel_used"] = self._footprint(params, plan)
+        plan["pixels"], plan["pixel_used"] = self.footprint(params, plan)
         groups = self._group_by_cost(plan, self.group_ratio)
         if len(groups) == 1:
             return self._project_group(params, plan, kinematics)
@@ -416,7 +432,7 @@ class Projector:
         cube = cube.scatter(2, index, spectra.transpose(1, 2))
         return cube[..., :-1].reshape(batch, n_chan, ny_p, nx_p) * self._inv_widths
 
-    def _footprint(self, params, plan):
+    def footprint(self, params, plan=None):
         """Each galaxy's pixels: indices into the padded grid, ``(batch, P)``, and a mask.
 
         A galaxy's light lies within ``rmax`` of its centre in the disk plane
@@ -426,8 +442,16 @@ class Projector:
         centre is further than that plus half a pixel diagonal are skipped (their
         flux is zero).  Rows shorter than the group's longest are padded with
         the index one past the grid (masked out, and dropped after the scatter).
+        With ``footprint=False`` every pixel of the padded grid is a galaxy's.
+        ``plan`` is `sampling`'s (computed when not given).
         """
         with torch.no_grad():
+            if not self.use_footprint:
+                n_pix = self._east.numel()
+                batch = params["flux"].shape[0]
+                every = torch.arange(n_pix, device=self._east.device).expand(batch, n_pix)
+                return every, torch.ones(batch, n_pix, dtype=torch.bool, device=every.device)
+            plan = self.sampling(params) if plan is None else plan
             inc = params["inclination"].detach()
             h = params["scale_height"].detach()
             rmax = plan["rmax"].to(self.device, self.dtype)
@@ -468,12 +492,13 @@ class Projector:
 
     def _line_nodes(self, sigma, samples_per_pixel):
         """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``."""
-        if self.line_nodes_per_sigma is None:
+        if self.line_nodes_per_sigma is None or self.line_integration == "erf":
             return None
         origin, step, n_nodes = F.line_nodes(self._edges, sigma, self.line_nodes_per_sigma)
         # nodes pay off when the node grid is small against samples x edges per pixel
         pay_off = _NODES_PAY_OFF if self.device.type == "cpu" else _NODES_PAY_OFF_GPU
-        if n_nodes > pay_off * samples_per_pixel * self._edges.numel():
+        if self.line_integration == "auto" and \
+                n_nodes > pay_off * samples_per_pixel * self._edges.numel():
             return None
         matrix = F.node_to_channel_matrix(self._edges, origin, step, n_nodes, sigma)
         shape = (-1, 1, 1, 1)

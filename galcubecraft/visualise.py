@@ -17,6 +17,9 @@ import torch
 from spectral_cube import SpectralCube
 
 from ._files import atomic_path
+from .cube import to_spectral_cube
+from .grid import CubeGrid
+from .noise import beam_from_info
 from .units import velocity_compression
 
 __all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_maps",
@@ -294,9 +297,6 @@ def _as_cube(item):
     if hasattr(item, "to_spectral_cube"):
         return item.to_spectral_cube(), params
     # a bare 0.1.0-style pair: rebuild the grid from its keys (1" pixels)
-    from .cube import to_spectral_cube
-    from .grid import CubeGrid
-    from .noise import beam_from_info
     vels = np.asarray(params["average_vels"], dtype=float)
     width = float(np.diff(vels).mean()) if vels.size > 1 else 1.0
     grid = CubeGrid(shape=np.shape(cube), pixel_scale=1 * u.arcsec, channel_width=width * _KMS,

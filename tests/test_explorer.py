@@ -16,13 +16,14 @@ def explorer():
 
 
 def images(e):
-    return [np.asarray(im.get_array(), float).copy() for im in e._images]
+    """The moment-0 and moment-1 maps on display (the figure's first two panels)."""
+    return [np.asarray(ax.images[0].get_array(), float).copy() for ax in e.figure.axes[:2]]
 
 
 def test_every_slider_is_wired(explorer):
     from astropy.visualization.wcsaxes import WCSAxes
     assert set(explorer.sliders) == set(SLIDERS)
-    assert all(isinstance(ax, WCSAxes) for ax in explorer._axes[:2])
+    assert all(isinstance(ax, WCSAxes) for ax in explorer.figure.axes[:2])
     box = explorer.widget()
     assert explorer.save_button in box.children[-1].children
 
