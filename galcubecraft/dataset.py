@@ -25,7 +25,7 @@ A dataset is described once, by a priors file (`DatasetSpec`), and made by
   PBS, start one with dask-jobqueue and pass its address).
 * **Catalogue.** ``cubes.ecsv`` (one row per cube: noise rms, S/N, number of
   galaxies) and ``galaxies.ecsv`` (one row per galaxy: the truth table of
-  `galcubecraft.inject.truth_table` with the cube index); ``manifest.json``
+  `galcubecraft.catalogue.truth_table` with the cube index); ``manifest.json``
   records the package version, the priors, the seed, the grid and the shards, so
   that a dataset can be re-made exactly.
 
@@ -95,7 +95,7 @@ class DatasetSpec:
     distribution; ``edge``; ``min_separation``; ``mask_threshold``) and
     ``[galaxy]`` (`~galcubecraft.priors.GalaxyPriors`).  Every key is checked
     before any work starts.  Galaxies are placed as by
-    `galcubecraft.inject.random_galaxies`.
+    `galcubecraft.catalogue.random_galaxies`.
 
     Instead of ``[grid]``, ``[scene]`` and ``[galaxy]``, a ``[preset]`` table with
     ``name = "galcubecraft-0.1"`` takes GalCubeCraft 0.1.0's population

@@ -34,7 +34,7 @@ from astropy.io import fits
 
 from ._about import version as __version__
 from ._files import atomic_path
-from .catalogue import check_band, galaxies_from_table, random_galaxies, truth_table
+from .catalogue import check_band, galaxies_from_table, random_galaxies, truth_table  # noqa: F401
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import cube_hdu, parse_bunit, read_header
@@ -42,8 +42,9 @@ from .projector import Projector
 from .render import render_tensor
 from .units import velocity_compression
 
-__all__ = ["inject", "Injection", "random_galaxies", "galaxies_from_table", "truth_table",
-           "brightness_factors", "check_band"]
+# random_galaxies, galaxies_from_table, truth_table and check_band live in
+# galcubecraft.catalogue; they stay importable from here
+__all__ = ["inject", "Injection", "brightness_factors"]
 
 _KMS = u.km / u.s
 _F_LAMBDA = u.erg / u.s / u.cm**2 / u.AA
@@ -159,7 +160,7 @@ class Injection:
     model : `numpy.ndarray`
         What was added, in the data's unit, same shape as ``hdu.data``.
     truth : `~astropy.table.QTable`
-        One row per galaxy (`truth_table`), with ``flux_in_cube``: the line
+        One row per galaxy (`galcubecraft.catalogue.truth_table`), with ``flux_in_cube``: the line
         flux (Jy km/s) the model puts in the cube's non-blank voxels.
     grid : `~galcubecraft.CubeGrid`
     """
@@ -212,7 +213,8 @@ def inject(cube, galaxies, *, hdu=None, beam=None, rest_frequency=None, spectral
         Placed on the cube's grid (``CubeGrid.from_fits(cube)``): offsets from its
         field centre (`CubeGrid.offset_of` turns a `~astropy.coordinates.SkyCoord`
         into one), ``v_sys`` in radio velocity for the cube's rest frequency.
-        See `random_galaxies` and `galaxies_from_table`.
+        See `galcubecraft.catalogue.random_galaxies` and
+        `galcubecraft.catalogue.galaxies_from_table`.
     hdu, beam, rest_frequency, spectral_unit
         As for `CubeGrid.from_fits` (e.g. ``beam=0.7 * u.arcsec`` as the PSF of an
         optical cube without one in its header).

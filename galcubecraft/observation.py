@@ -11,7 +11,7 @@ and returns, beside the two cubes:
   outside the mask), for segmentation tasks;
 * **params**: the noise rms (also written as ``NOISERMS`` into both cubes'
   headers), the S/N it gives, the mask threshold, the seed, and the truth table
-  of the galaxies (`galcubecraft.inject.truth_table`).
+  of the galaxies (`galcubecraft.catalogue.truth_table`).
 
 A detection-style mask of the *noisy* cube (what a source finder would return) is
 a different thing; build it with your finder, e.g. ``astrodendro``, on ``noisy``.

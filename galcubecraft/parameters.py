@@ -22,7 +22,7 @@ import warnings
 import astropy.units as u
 import numpy as np
 
-from .units import INTERNAL, validate_number, validate_quantity
+from .units import INTERNAL, validate_number
 
 __all__ = ["Parameter", "Declared", "REQUIRED", "parse_quantity", "declared_parameters",
            "resolve_aliases"]
@@ -153,17 +153,42 @@ class Parameter:
             raise u.UnitTypeError(
                 f"{name} must be {_DESCRIBED[self.kind]}, an astropy Quantity (e.g. "
                 f"{self.example}), got {value!r}")
-        if not any(value.unit.is_equivalent(x) for x in self.units):
+        ref = self._reference_unit(value.unit)
+        if ref is None:
             raise u.UnitsError(f"{name} must be {_DESCRIBED[self.kind]} (e.g. {self.example}), "
                                f"got {value}")
-        shape = None if self.shape == "1d" else self.shape
         if self.shape == "1d" and value.ndim != 1:
             raise ValueError(f"{name} must be 1-D, got shape {value.shape}")
-        bound = self.table_unit if self.table_unit is not None else None
-        return validate_quantity(
-            name, value, self.units, positive=self.positive, nonnegative=self.nonnegative,
-            minimum=None if self.minimum is None else self.minimum * bound,
-            maximum=None if self.maximum is None else self.maximum * bound, shape=shape)
+        if self.shape not in (None, "1d") and value.shape != tuple(self.shape):
+            raise ValueError(f"{name} must have shape {tuple(self.shape)}, got {value.shape}")
+        v = np.asarray(value.to_value(ref))
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} must be finite, got {value}")
+        if self.positive and np.any(v <= 0):
+            raise ValueError(f"{name} must be positive, got {value}")
+        if self.nonnegative and np.any(v < 0):
+            raise ValueError(f"{name} must not be negative, got {value}")
+        low, high = self._bounds(ref)
+        if low is not None and np.any(v < low):
+            raise ValueError(f"{name} must be >= {self.minimum * self.table_unit}, got {value}")
+        if high is not None and np.any(v > high):
+            raise ValueError(f"{name} must be <= {self.maximum * self.table_unit}, got {value}")
+        return value
+
+    def _reference_unit(self, unit):
+        """The one of this kind's units ``unit`` converts to (None if none), remembered."""
+        cache = self.__dict__.setdefault("_matches", {})
+        if unit not in cache:
+            cache[unit] = next((x for x in self.units if unit.is_equivalent(x)), None)
+        return cache[unit]
+
+    def _bounds(self, ref):
+        """``(minimum, maximum)`` as floats in ``ref`` (None where unbounded), remembered."""
+        cache = self.__dict__.setdefault("_bound_values", {})
+        if ref not in cache:
+            cache[ref] = tuple(None if b is None else (b * self.table_unit).to_value(ref)
+                               for b in (self.minimum, self.maximum))
+        return cache[ref]
 
     def parse(self, text, name=None):
         """A value from a file or a command line: text (``'8.4 arcsec'``), a number, a list."""

@@ -1,6 +1,4 @@
 """The command line: `galcubecraft render`."""
-import subprocess
-import sys
 
 import astropy.units as u
 import numpy as np
@@ -31,7 +29,7 @@ beam = "3 arcsec"
 r_eff = "1 kpc"
 distance = "50 Mpc"
 rotation = "analytic"
-v_max = "180 km/s"
+v_0 = "180 km/s"
 flux = "5 Jy km/s"
 offset = ["-6 arcsec", "4 arcsec"]
 
@@ -64,6 +62,34 @@ def test_bad_flags_give_a_clear_error(tmp_path, capsys, args, message):
     assert not (tmp_path / "x.fits").exists()
 
 
+@pytest.mark.parametrize("law, old, new", [("flat", "--v-max", "--v-flat"),
+                                           ("analytic", "--v-max", "--v-0")])
+def test_old_spellings_still_work_with_a_one_line_warning(tmp_path, capsys, law, old, new):
+    """v_max was the flat and analytic laws' speed on the command line; it is v_flat / v_0
+    now (as in truth tables); the old flag renders the same cube and says so in one line."""
+    args = ["--shape", "8", "24", "24", "--rotation", law]
+    assert main(["render", "-o", str(tmp_path / "old.fits"), *args, old, "150 km/s"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and new.lstrip("-").replace("-", "_") in err
+    assert main(["render", "-o", str(tmp_path / "new.fits"), *args, new, "150 km/s"]) == 0
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(SpectralCube.read(tmp_path / "old.fits").filled_data[:],
+                                  SpectralCube.read(tmp_path / "new.fits").filled_data[:])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rotation", "flat", "--r-turn", "2 arcsec"], "belong to another rotation law"),
+    (["--r-eff", "8"], "r_eff needs a unit"),
+    (["--n", "abc"], "n must be a number"),
+    (["--flux", "30 Jy"], "flux must be a line flux"),
+])
+def test_flag_errors_name_the_flag(tmp_path, capsys, args, message):
+    assert main(["render", "-o", str(tmp_path / "x.fits"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.fits").exists()
+
+
 def test_existing_output_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "x.fits"
     out.write_text("keep me")
@@ -72,13 +98,14 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     assert out.read_text() == "keep me"
 
 
-def test_help_is_complete():
-    run = subprocess.run([sys.executable, "-m", "galcubecraft.cli", "render", "--help"],
-                         capture_output=True, text=True)
-    assert run.returncode == 0
+def test_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["render", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
     for flag in ("--config", "--beam", "--inclination", "--position-angle", "--rotation",
-                 "--distance", "--offset", "east of north"):
-        assert flag in run.stdout
+                 "--distance", "--offset", "east of north", "--v-flat", "--v-0"):
+        assert flag in out
 
 
 # ----------------------------------------------------------------------------- inject

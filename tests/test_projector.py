@@ -342,8 +342,12 @@ def test_gradcheck_catches_a_wrong_gradient():
         def backward(ctx, grad):
             return 1.01 * grad
 
-    def f(r_eff, flux):
-        return projector({**params, "r_eff": Scaled.apply(r_eff), "flux": flux}, law)
+    weights = torch.rand(projector.pixels.shape, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64)
+
+    def f(r_eff, flux):       # one output: torch reruns a failed check in slow mode, per output
+        cube = projector({**params, "r_eff": Scaled.apply(r_eff), "flux": flux}, law)
+        return (cube * weights).sum()
 
     inputs = (params["r_eff"].clone().requires_grad_(True),
               params["flux"].clone().requires_grad_(True))
