@@ -210,9 +210,12 @@ def sky_to_disk(east, north, x0, y0, position_angle):
     return xi, eta
 
 
-def line_of_sight_velocity(x_disk, radius, v_circ, v_sys, inclination):
-    """``v_sys + v_c(R) sin(i) cos(phi)`` with ``cos(phi) = x_disk / R`` (*km/s*)."""
-    return v_sys + v_circ * torch.sin(inclination) * x_disk / radius
+def line_of_sight_velocity(x_disk, radius, v_circ, v_sys, sin_i):
+    """``v_sys + v_c(R) sin(i) cos(phi)`` with ``cos(phi) = x_disk / R`` (*km/s*).
+
+    ``sin_i`` is the sine of the inclination (computed once per batch by the caller).
+    """
+    return v_sys + v_circ * sin_i * x_disk / radius
 
 
 def interpolate_linear(x, xp, fp):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ._files import atomic_path
 from .cube import to_spectral_cube
-from .noise import correlated_noise, peak_rms, white_noise
+from .noise import NoiseModel, peak_rms
 from .population import SeedPopulation
 from .projector import Projector
 from .render import render_tensor
@@ -130,7 +130,9 @@ class GalCubeCraft:
         cube is then the noisy one; the clean model is ``result.clean``.
     noise : {'correlated', 'white'}
         Noise correlated by the beam (autocorrelation = beam, as in an
-        interferometric image) or white.
+        interferometric image) or white; either passes through the spectral response
+        like the signal (`~galcubecraft.NoiseModel`, as in `~galcubecraft.observe` and
+        the ``galcubecraft-0.1`` dataset preset).
     save : bool
         Write each cube (``cube_<i>.npy`` as 0.1.0, plus ``cube_<i>.fits`` with
         WCS and beam, and ``cube_<i>_galaxies.ecsv``, the truth table).
@@ -327,12 +329,11 @@ class GalCubeCraft:
         cube = clean
         if self.peak_snr is not None:
             rms = peak_rms(clean, self.peak_snr)
-            rng = self._rng(index, 1)
-            if self.noise == "white":
-                noise = white_noise(clean.shape, rms, rng)
-            else:
-                noise = correlated_noise(clean.shape, self.grid.beam, rms, rng,
-                                         pixel_scale=self.population.pixel_scale)
+            # the one noise path of observations and datasets (the dataset preset of this
+            # population draws the same kind of noise): through the spectral response too
+            model = NoiseModel(peak_snr=self.peak_snr,
+                               correlation="white" if self.noise == "white" else "beam")
+            noise = model.draw(self.grid, rms, self._rng(index, 1))
             cube = (clean + noise).astype(np.float32)
             params["noise_rms"] = rms * self.grid.unit
         return GeneratedCube(cube, params, clean, self.grid)

@@ -297,10 +297,8 @@ class NoiseModel:
         self.spectral = bool(spectral)
 
     def _kernel(self, grid):
-        response = grid.spectral_response
-        if not self.spectral or response is None:
-            return np.ones(1)
-        return np.asarray(response.kernel(grid.channel_width), dtype=float)
+        kernel = grid.response_kernel
+        return np.ones(1) if not self.spectral or kernel is None else kernel
 
     def _check(self, grid):
         if self.correlation == "beam" and grid.beam is None:

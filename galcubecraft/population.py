@@ -14,7 +14,6 @@ import astropy.units as u
 import numpy as np
 import torch
 from astropy.table import QTable
-from scipy.special import gammaincinv
 
 from . import functional as F
 from .components import AnalyticRotationCurve, ExponentialVertical, SersicDisk
@@ -198,7 +197,7 @@ class SeedPopulation:
                 inclination=inclination[k] * u.deg, position_angle=position_angle[k] * u.deg,
                 flux=flux, dispersion=dispersion[k] * _KMS, v_sys=v_sys[k] * _KMS,
                 offset=u.Quantity([east, north]), distance=distance))
-        b_n = gammaincinv(2 * sersic_n, 0.5)
+        b_n = F.sersic_bn(sersic_n)
         pixel = self.pixel_scale.to(u.arcsec)
         table = QTable({
             "role": ["primary"] + ["satellite"] * n_sat,

@@ -399,6 +399,10 @@ class Projector:
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
+        # the inclination's sine and (floored) cosine, once per group
+        inc = params["inclination"].reshape(batch, 1, 1, 1)
+        shaped.update(sin_i=torch.sin(inc), cos_i=torch.cos(inc).clamp_min(_COS_FLOOR))
+
         # the gas dispersion in the grid's radio velocity (compressed like the rotation)
         sigma = (velocity_compression(params["v_sys"]) * params["dispersion"]).clamp_min(1e-6)
         shaped["sigma"] = sigma.reshape(batch, 1, 1, 1)
@@ -510,8 +514,7 @@ class Projector:
         e = east[:, :, None, None] + p["cell_east"]
         n = north[:, :, None, None] + p["cell_north"]
         xi, eta = F.sky_to_disk(e, n, p["x0"], p["y0"], p["position_angle"])
-        sin_i = torch.sin(p["inclination"])
-        cos_i = torch.cos(p["inclination"]).clamp_min(_COS_FLOOR)
+        sin_i, cos_i = p["sin_i"], p["cos_i"]
         # vertical window: the cell's sky strip seen in the disk plane, integrated over Z
         lam = (p["scale_height"] * sin_i / cos_i).clamp_min(1e-6 * cell)
         # the cell is a sky-aligned square: across the minor axis its footprint is a box of
@@ -561,7 +564,7 @@ class Projector:
         kin = velocity_compression(p["v_sys"])
         v_circ, dv_dr = kinematics.circular_velocity_and_slope(radius, p)
         v_circ, dv_dr = kin * v_circ, kin * dv_dr
-        v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], p["inclination"])
+        v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], sin_i)
         spread2 = F.velocity_spread(xi, y, radius, v_circ, dv_dr, sin_i, cell, width)
         batch, n_pix = weight.shape[:2]
         if lines is not None:

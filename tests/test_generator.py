@@ -206,3 +206,25 @@ def test_moment1_of_a_generated_galaxy_follows_its_position_angle():
     xr, yr = int(round(x)), int(round(y))
     xa, ya = int(round(2 * c - x)), int(round(2 * c - y))
     assert mom1[yr, xr] > 20 and mom1[ya, xa] < -20
+
+
+def test_the_seed_population_gets_the_same_noise_from_either_entry_point():
+    """GalCubeCraft(peak_snr=...) and the galcubecraft-0.1 dataset preset draw their noise the
+    same way: beam-correlated and smoothed by the spectral response like the signal, so
+    adjacent channels are correlated alike (they were independent through GalCubeCraft)."""
+    from galcubecraft.dataset import DatasetSpec
+
+    def adjacent_correlation(noise):
+        a, b = noise[:-1].ravel(), noise[1:].ravel()
+        return float(np.corrcoef(a, b)[0, 1])
+
+    gen = small(n_cubes=1, grid_size=64, n_spectral_slices=48, peak_snr=5).generate_one(0)
+    spec = DatasetSpec({"preset": {"name": "galcubecraft-0.1", "grid_size": 64,
+                                   "n_spectral_slices": 48},
+                        "noise": {"peak_snr": 5}})
+    obs = spec.make(0, seed=11)
+    via_generator = adjacent_correlation(np.asarray(gen.cube - gen.clean, float))
+    via_dataset = adjacent_correlation(np.asarray(obs.noisy - obs.clean, float))
+    # a Gaussian response of 0.6 channel correlates neighbours by exp(-1 / (4 * 0.6**2)) = 0.5
+    assert via_generator == pytest.approx(via_dataset, abs=0.05)
+    assert via_generator > 0.3
