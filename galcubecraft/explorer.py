@@ -13,7 +13,6 @@ import torch
 from matplotlib.figure import Figure
 from radio_beam import Beam
 
-from .components import ArctanRotationCurve, ExponentialVertical, SersicDisk
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .render import render
@@ -23,18 +22,28 @@ __all__ = ["Explorer"]
 
 _KMS = u.km / u.s
 
-#: name: (label, unit, min, max, step, default)
+#: name: (label, min, max, step, default).  Galaxy sliders are named after the parameters'
+#: declarations and move in their table units (deg, arcsec, km/s); ``beam`` is the grid's FWHM.
 SLIDERS = {
-    "inclination": ("inclination", u.deg, 0.0, 90.0, 1.0, 60.0),
-    "position_angle": ("PA", u.deg, 0.0, 360.0, 1.0, 30.0),
-    "r_eff": ("R_e", u.arcsec, 0.5, 20.0, 0.1, 6.0),
-    "n": ("Sérsic n", u.dimensionless_unscaled, 0.5, 4.0, 0.05, 1.0),
-    "scale_height": ("h_z", u.arcsec, 0.0, 3.0, 0.05, 0.5),
-    "v_max": ("v_max", _KMS, 0.0, 400.0, 5.0, 200.0),
-    "r_turn": ("r_turn", u.arcsec, 0.1, 10.0, 0.1, 2.0),
-    "dispersion": ("σ", _KMS, 0.0, 100.0, 1.0, 10.0),
-    "beam": ("beam FWHM", u.arcsec, 0.5, 10.0, 0.1, 3.0),
+    "inclination": ("inclination", 0.0, 90.0, 1.0, 60.0),
+    "position_angle": ("PA", 0.0, 360.0, 1.0, 30.0),
+    "r_eff": ("R_e", 0.5, 20.0, 0.1, 6.0),
+    "n": ("Sérsic n", 0.5, 4.0, 0.05, 1.0),
+    "scale_height": ("h_z", 0.0, 3.0, 0.05, 0.5),
+    "v_max": ("v_max", 0.0, 400.0, 5.0, 200.0),
+    "r_turn": ("r_turn", 0.1, 10.0, 0.1, 2.0),
+    "dispersion": ("σ", 0.0, 100.0, 1.0, 10.0),
+    "beam": ("beam FWHM", 0.5, 10.0, 0.1, 3.0),
 }
+#: Sliders that are settings of the grid, not of the galaxy, and their units.
+_GRID_SLIDERS = {"beam": u.arcsec}
+
+
+def slider_unit(name):
+    """The unit a slider moves in: its parameter's table unit (from the declarations)."""
+    if name in _GRID_SLIDERS:
+        return _GRID_SLIDERS[name]
+    return Galaxy.flat_parameters()[name].table_unit or u.dimensionless_unscaled
 
 
 class Explorer:
@@ -69,11 +78,12 @@ class Explorer:
         self.flux, self.device = flux, device
         self.sliders = {
             name: widgets.FloatSlider(value=default, min=low, max=high, step=step,
-                                      description=f"{label} [{unit.to_string()}]"
-                                      if unit != u.dimensionless_unscaled else label,
+                                      description=f"{label} [{slider_unit(name).to_string()}]"
+                                      if slider_unit(name) != u.dimensionless_unscaled
+                                      else label,
                                       continuous_update=False,
                                       style={"description_width": "initial"})
-            for name, (label, unit, low, high, step, default) in SLIDERS.items()}
+            for name, (label, low, high, step, default) in SLIDERS.items()}
         self.filename = widgets.Text(value="explorer.fits", description="file")
         self.save_button = widgets.Button(description="Save FITS", icon="save")
         self.status = widgets.Label()
@@ -87,18 +97,14 @@ class Explorer:
     # ------------------------------------------------------------------ model
     def value(self, name):
         """The slider ``name`` as a Quantity."""
-        unit = SLIDERS[name][1]
-        return self.sliders[name].value * unit
+        return self.sliders[name].value * slider_unit(name)
 
     def galaxy(self):
         """The `~galcubecraft.Galaxy` the sliders describe."""
-        return Galaxy(surface=SersicDisk(r_eff=self.value("r_eff"),
-                                         n=self.sliders["n"].value),
-                      vertical=ExponentialVertical(self.value("scale_height")),
-                      kinematics=ArctanRotationCurve(v_max=self.value("v_max"),
-                                                     r_turn=self.value("r_turn")),
-                      dispersion=self.value("dispersion"), inclination=self.value("inclination"),
-                      position_angle=self.value("position_angle"), flux=self.flux)
+        values = {name: (self.sliders[name].value if name == "n" else self.value(name))
+                  for name in SLIDERS if name not in _GRID_SLIDERS}
+        return Galaxy.from_dict({**values, "rotation": "arctan", "flux": self.flux},
+                                where="explorer")
 
     def grid(self):
         """The `~galcubecraft.CubeGrid`, with the beam slider's beam."""
@@ -146,8 +152,7 @@ class Explorer:
         self._images[1].set_data(mom1)
         vmax = np.nanmax(np.abs(mom1)) if np.any(np.isfinite(mom1)) else 1.0
         self._images[1].set_clim(-vmax, vmax)
-        beam_pixels = float((grid.beam.sr / grid.pixel_area).decompose())
-        self._line.set_data(velocity, data.sum(axis=(1, 2)) / beam_pixels)
+        self._line.set_data(velocity, data.sum(axis=(1, 2)) / grid.beam_pixel_ratio)
         self._axes[2].relim()
         self._axes[2].autoscale_view()
         total = grid.integrated_flux(data)

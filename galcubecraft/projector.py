@@ -3,8 +3,11 @@
 It knows pixels, channels and the beam, and nothing about component classes,
 units, files or plots.  The stages are small named steps, in order::
 
-    sky_to_disk -> vertical window -> surface_density -> line_of_sight_velocity
-    -> line_profile (channel-integrated) -> integrate_los -> convolve_beam
+    sampling (a SamplingPlan per galaxy) -> footprint -> sky_to_disk -> vertical window
+    -> surface_density -> line_of_sight_velocity -> line_profile (channel-integrated)
+    -> integrate_los -> observe (beam, spectral response)
+
+Streams (`galcubecraft.streams`) are integrated beside the disks and observed the same way.
 
 How the integral is sampled
 ---------------------------
@@ -37,6 +40,8 @@ variance (:func:`~galcubecraft.functional.deposit_lines`, the default where it
 saves time) or directly, with differences of erf per sample and channel edge.
 """
 import math
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 import scipy.fft
@@ -44,10 +49,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import functional as F
+from . import streams
 from .pixelgrid import PixelGrid
 from .conventions import velocity_compression
 
-__all__ = ["Projector", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS", "TRUNCATION_FRACTION"]
+__all__ = ["Projector", "SamplingPlan", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS",
+           "TRUNCATION_FRACTION"]
 
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 TRUNCATION_FRACTION = 1e-6
@@ -84,6 +91,42 @@ _NODES_PAY_OFF = 0.25
 _NODES_PAY_OFF_GPU = 0.05
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 BEAM_MARGIN_SIGMAS = 5.0
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How each galaxy of a batch is sampled; every field has one row per galaxy.
+
+    Attributes
+    ----------
+    cells : Tensor (batch,), int
+        Cells per pixel side.
+    minor : Tensor (batch,), int
+        Disk-plane samples per cell along the minor axis.
+    rmax : Tensor (batch,)
+        Truncation radius (arcsec): the disk holds all but `TRUNCATION_FRACTION` of its
+        light within it.
+    pixels, pixel_used : Tensor (batch, P), optional
+        The footprint (`Projector.footprint`): indices into the padded grid and a mask.
+    """
+
+    cells: torch.Tensor
+    minor: torch.Tensor
+    rmax: torch.Tensor
+    pixels: Optional[torch.Tensor] = None
+    pixel_used: Optional[torch.Tensor] = None
+
+    def with_footprint(self, pixels, pixel_used):
+        return replace(self, pixels=pixels, pixel_used=pixel_used)
+
+    def select(self, idx):
+        """The plan of the galaxies ``idx``, their footprints trimmed to the longest."""
+        rows = {name: getattr(self, name)[idx.to(getattr(self, name).device)]
+                for name in ("cells", "minor", "rmax", "pixels", "pixel_used")}
+        longest = int(rows["pixel_used"].sum(dim=1).max())
+        rows["pixels"], rows["pixel_used"] = (rows["pixels"][:, :longest],
+                                              rows["pixel_used"][:, :longest])
+        return SamplingPlan(**rows)
 
 
 class Projector:
@@ -294,7 +337,7 @@ class Projector:
             u_range = 2 * torch.asinh(span / (2 * stretch))
             minor = torch.ceil(u_range * stretch * self.minor_density / cell - 1e-3)
             minor = minor.clamp(1, self.max_minor_samples)
-        return {"cells": cells.to(torch.int64), "minor": minor.to(torch.int64), "rmax": rmax}
+        return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax)
 
     @staticmethod
     def _stretch(r_eff, cell):
@@ -332,18 +375,14 @@ class Projector:
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
         plan = self.sampling(params)
-        plan["pixels"], plan["pixel_used"] = self.footprint(params, plan)
+        plan = plan.with_footprint(*self.footprint(params, plan))
         groups = self._group_by_cost(plan, self.group_ratio)
         if len(groups) == 1:
             return self._project_group(params, plan, kinematics)
         parts, order = [], []
         for idx in groups:
             sub = {k: v[idx.to(v.device)] for k, v in params.items()}
-            sub_plan = {k: v[idx.to(v.device)] for k, v in plan.items()}
-            longest = int(sub_plan["pixel_used"].sum(dim=1).max())
-            sub_plan["pixels"] = sub_plan["pixels"][:, :longest]
-            sub_plan["pixel_used"] = sub_plan["pixel_used"][:, :longest]
-            parts.append(self._project_group(sub, sub_plan, kinematics))
+            parts.append(self._project_group(sub, plan.select(idx), kinematics))
             order.append(idx)
         inverse = torch.argsort(torch.cat(order)).to(self.device)
         return torch.cat(parts)[inverse]
@@ -357,9 +396,9 @@ class Projector:
         group is padded to the largest of each, and a galaxy joins the current group while
         the padded cost stays within ``ratio`` of the group's own.
         """
-        pixels = plan["pixel_used"].sum(dim=1).cpu().double()
-        cells2 = plan["cells"].double() ** 2
-        samples = plan["minor"].double() + 2
+        pixels = plan.pixel_used.sum(dim=1).cpu().double()
+        cells2 = plan.cells.double() ** 2
+        samples = plan.minor.double() + 2
         cost = pixels * cells2 * samples
         groups, current, widest, total = [], [], None, 0.0
         for i in torch.argsort(cost, stable=True).tolist():
@@ -380,10 +419,10 @@ class Projector:
 
     def _project_group(self, params, plan, kinematics):
         batch = params["flux"].shape[0]
-        rmax = plan["rmax"].to(self.device, self.dtype)
-        n_cells = int(plan["cells"].max())
-        n_minor = int(plan["minor"].max())
-        cell_east, cell_north, cell_used = self._cells(plan["cells"], n_cells)
+        rmax = plan.rmax.to(self.device, self.dtype)
+        n_cells = int(plan.cells.max())
+        n_minor = int(plan.minor.max())
+        cell_east, cell_north, cell_used = self._cells(plan.cells, n_cells)
 
         # One b_n solve per galaxy; the amplitude makes the total flux exact.
         b_n = F.sersic_bn(params["n"])
@@ -394,8 +433,8 @@ class Projector:
         shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),
                       amplitude=amplitude.reshape(batch, 1, 1, 1),
                       rmax=rmax.reshape(batch, 1, 1, 1),
-                      n_minor=plan["minor"].to(self.device, self.dtype).reshape(batch, 1, 1, 1),
-                      cell=(self.pixel / plan["cells"]).to(self.device, self.dtype)
+                      n_minor=plan.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                      cell=(self.pixel / plan.cells).to(self.device, self.dtype)
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
 
@@ -410,8 +449,8 @@ class Projector:
 
         # each galaxy integrates only the pixels that can hold its light (its own footprint,
         # padded to the group's longest with a spare pixel that is dropped)
-        pixels = plan["pixels"]
-        shaped["pixel_used"] = plan["pixel_used"][:, :, None, None].to(self.dtype)
+        pixels = plan.pixels
+        shaped["pixel_used"] = plan.pixel_used[:, :, None, None].to(self.dtype)
         lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
         east, north = self._east[lookup], self._north[lookup]          # (B, P)
         n_pix = east.shape[1]
@@ -458,7 +497,7 @@ class Projector:
             plan = self.sampling(params) if plan is None else plan
             inc = params["inclination"].detach()
             h = params["scale_height"].detach()
-            rmax = plan["rmax"].to(self.device, self.dtype)
+            rmax = plan.rmax.to(self.device, self.dtype)
             pad = 0.5 * math.sqrt(2) * self.pixel
             along = (rmax + pad)[:, None]
             across = (rmax * torch.cos(inc) + FOOTPRINT_HEIGHTS * h * torch.sin(inc)
@@ -586,55 +625,13 @@ class Projector:
         """Streams (`galcubecraft.diffuse.Stream`) on the padded grid, like `project`.
 
         ``params`` holds tensors of shape ``(batch,)`` (``points``: ``(batch, 3, 2)``,
-        the Bézier control points in arcsec).  Each stream becomes a chain of
-        circular Gaussian clouds spaced at most half its sigma (and half a pixel)
-        apart along the curve, weighted by the arc length each stands for and
-        the taper; every cloud is integrated exactly over the pixels and channels.
+        the Bézier control points in arcsec); see `galcubecraft.streams.project_streams`.
         """
         p = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
              for k, v in params.items()}
-        points, sigma = p["points"], p["sigma"].clamp_min(1e-6)
-        with torch.no_grad():
-            chord = (points[:, 1:] - points[:, :-1]).norm(dim=-1).sum(dim=-1)   # >= length
-            spacing = 0.5 * torch.clamp(sigma, max=self.pixel)
-            n = int(torch.clamp(torch.ceil(chord / spacing).max(), min=8, max=20000))
-        t = (torch.arange(n, device=self.device, dtype=self.dtype) + 0.5) / n
-        t = t.reshape(1, n, 1)
-        p0, p1, p2 = points[:, 0:1], points[:, 1:2], points[:, 2:3]      # (B, 1, 2)
-        pos = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2      # (B, n, 2)
-        speed = (2 * (1 - t) * (p1 - p0) + 2 * t * (p2 - p1)).norm(dim=-1)   # |dB/dt|
-        tt = t.reshape(1, n)
-        weight = speed * (1 + p["taper"].reshape(-1, 1) * (1 - 2 * tt))
-        weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-30)
-        flux = p["flux"].reshape(-1, 1) * weight                          # (B, n)
-        # cloud centres in the padded grid's pixel coordinates
-        inv = torch.as_tensor(np.linalg.inv(self._sky_matrix), device=self.device,
-                              dtype=self.dtype)
-        _, ny, nx = self.pixels.shape
-        pix = pos @ inv.T                                                 # (B, n, 2): dx, dy
-        x = pix[..., 0] + (nx - 1) / 2 + self.margin
-        y = pix[..., 1] + (ny - 1) / 2 + self.margin
-        s_pix = (sigma / self.pixel).reshape(-1, 1, 1) * math.sqrt(2)
-        ny_p, nx_p = self.padded_shape
-
-        def pixel_integrals(centre, size):
-            edges = torch.arange(size + 1, device=self.device, dtype=self.dtype) - 0.5
-            cdf = torch.erf((edges.reshape(1, 1, -1) - centre.unsqueeze(-1)) / s_pix)
-            return 0.5 * (cdf[..., 1:] - cdf[..., :-1])                   # (B, n, size)
-
-        sx, sy = pixel_integrals(x, nx_p), pixel_integrals(y, ny_p)
-        # velocity: linear along the curve; dispersion compressed like a galaxy's, widened by
-        # the step between neighbouring clouds
-        v = p["v_start"].reshape(-1, 1) + (p["v_end"] - p["v_start"]).reshape(-1, 1) * tt
-        kin = velocity_compression(v)
-        step = ((p["v_end"] - p["v_start"]).abs() / n).reshape(-1, 1)
-        disp = torch.sqrt((kin * p["dispersion"].reshape(-1, 1)).clamp_min(1e-6) ** 2
-                          + step**2 / 12)
-        cdf = torch.erf((self._edges.reshape(1, 1, -1) - v.unsqueeze(-1))
-                        / (math.sqrt(2) * disp.unsqueeze(-1)))
-        spectra = 0.5 * (cdf[..., 1:] - cdf[..., :-1]) * flux.unsqueeze(-1)   # (B, n, C)
-        cube = torch.einsum("bkc,bky,bkx->bcyx", spectra, sy, sx)
-        return cube * self._inv_widths
+        return streams.project_streams(
+            p, pixel=self.pixel, sky_matrix=self._sky_matrix, shape=self.pixels.shape,
+            margin=self.margin, edges=self._edges) * self._inv_widths
 
     def _erf_buffer(self, n):
         """A reused scratch tensor of at least ``n`` elements for `erf_at_edges` (no autograd)."""
