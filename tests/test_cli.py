@@ -159,3 +159,18 @@ def test_cli_inject_reports_what_the_header_lacks(tmp_path, capsys):
                       '[placement]\nn = 1\n')
     assert main(["inject", str(cube), "--priors", str(priors), "-o", str(tmp_path / "o.fits"),
                  "--rest-frequency", "Halpha", "--beam", "0.7 arcsec", "--seed", "1"]) == 0
+
+
+def test_the_example_scene_renders(tmp_path, capsys):
+    """examples/scene.toml (the docs' example) renders both its galaxies; the flux is theirs."""
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "examples" / "scene.toml"
+    out = tmp_path / "scene.fits"
+    assert main(["render", "--config", str(example), "-o", str(out)]) == 0
+    assert "2 galaxy(ies)" in capsys.readouterr().out
+    cube = SpectralCube.read(out)
+    assert cube.shape == (48, 128, 128)
+    pixel_area = (cube.header["CDELT2"] * u.deg) ** 2
+    total = float(np.nansum(cube.unitless_filled_data[:])) * 15 * float(
+        (pixel_area / cube.beam.sr).decompose())
+    assert total == pytest.approx(30, rel=5e-3)
