@@ -117,6 +117,38 @@ def closure(start):
     return seen
 
 
+#: module -> (layer, group).  A module imports only from lower layers, or from its own group
+#: of its own layer.  The docs' Architecture page draws this table; a new module is placed here.
+LAYERS = {
+    **{m: (0, "foundations") for m in ("_about", "_files", "conventions", "units", "parameters",
+                                       "pixelgrid", "functional")},
+    **{m: (1, "physics") for m in ("distance", "lines", "response", "header")},
+    **{m: (2, "models") for m in ("components", "components.base", "components.kinematics",
+                                  "components.surface", "components.vertical", "galaxy",
+                                  "diffuse", "priors")},
+    **{m: (2, "instrument") for m in ("grid", "noise", "cube")},
+    **{m: (2, "engine") for m in ("streams", "projector")},
+    **{m: (3, "assembly") for m in ("render", "catalogue", "population", "visualise")},
+    **{m: (4, "outputs") for m in ("observation", "inject", "dataset", "generator")},
+    **{m: (5, "front ends") for m in ("cli", "explorer")},
+}
+
+
+def test_every_module_imports_only_from_below_or_beside_it():
+    place = {f"galcubecraft.{m}": v for m, v in LAYERS.items()}
+    unplaced = sorted(set(MODULES) - set(place) - {"galcubecraft"})
+    assert not unplaced, f"place these modules in LAYERS: {unplaced}"
+    upward = []
+    for m, targets in graph().items():
+        if m == "galcubecraft":
+            continue
+        for t in targets:
+            (lm, gm), (lt, gt) = place[m], place[t]
+            if lt > lm or (lt == lm and gt != gm):
+                upward.append(f"{m} ({gm}) -> {t} ({gt})")
+    assert not upward, upward
+
+
 def test_the_projector_sees_no_units():
     """Neither the projector nor anything it imports imports astropy, spectral-cube or
     radio-beam: grids and galaxies hand it plain numbers."""
