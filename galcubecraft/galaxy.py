@@ -217,8 +217,9 @@ class Galaxy(Placed):
         parsed = {}
         for name, value in merged.items():
             p = mine[name]
-            parsed[name] = (p.parse(value, name) if not isinstance(value, u.Quantity)
-                            else p.validate(value, name))
+            text = isinstance(value, str) or (isinstance(value, (list, tuple))
+                                               and not isinstance(value, u.Quantity))
+            parsed[name] = p.parse(value, name) if text else p.validate(value, name)
         missing = [n for n, p in mine.items() if p.required and n not in parsed]
         if missing:
             raise ValueError(f"{where}: missing {missing} (rotation {law!r} needs "

@@ -4,6 +4,7 @@ import math
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 from astropy.wcs import WCS
 from radio_beam import Beam
 
@@ -212,6 +213,14 @@ class CubeGrid:
                                              rest_frequency=rest_frequency,
                                              spectral_unit=spectral_unit),
                             spectral_response=spectral_response)
+
+    @classmethod
+    def from_header(cls, header, **kwargs):
+        """The grid of the cube a FITS `~astropy.io.fits.Header` describes (see `from_fits`)."""
+        if not isinstance(header, fits.Header):
+            raise TypeError(f"header must be an astropy.io.fits.Header, got "
+                            f"{type(header).__name__}")
+        return cls.from_fits(header, **kwargs)
 
     @classmethod
     def from_wcs(cls, wcs, shape, channel_edges, *, beam=None, rest_frequency=None,

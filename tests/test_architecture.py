@@ -198,12 +198,14 @@ def test_flat_galaxy_parameter_names_are_unique_across_the_parts():
     assert not shared, shared
 
 
-def test_a_new_parameter_reaches_the_command_line_and_the_truth_table():
+def test_a_new_parameter_reaches_the_command_line_and_the_truth_table(capsys):
     """Declaring a parameter is all it takes: the CLI flag, the flat dictionary and the
     truth-table column follow."""
     from galcubecraft.catalogue import PARAMETER_COLUMNS
-    from galcubecraft.cli import build_parser
-    help_text = build_parser()._subparsers._group_actions[0].choices["render"].format_help()
+    from galcubecraft.cli import main
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    help_text = capsys.readouterr().out
     for name, p in gcc.Galaxy.flat_parameters().items():
         if p.shape is None:
             assert p.flag in help_text, name

@@ -322,3 +322,27 @@ def test_legacy_velocity_axes_follow_the_aips_convention(ctype, velref, conventi
     # channel centres are the mid-points of the channel edges in radio velocity, which differ
     # from the header's value at the pixel centre by the second-order term (~3e-4 km/s here)
     np.testing.assert_allclose(grid.spectral_axis.to_value(KMS), expected, atol=1e-3)
+
+
+def test_grids_are_values_made_by_their_constructors(tmp_path):
+    """from_header, subgrid and replace go through validation; a read grid keeps its pixels and
+    channels; a changed copy leaves the original as it was."""
+    header = casa_header(n_chan=20, n_pix=32)
+    grid = gcc.CubeGrid.from_header(header)
+    assert grid.shape == (20, 32, 32)
+    sub = grid.subgrid(slice(2, 12), slice(4, 20), slice(0, 16))
+    np.testing.assert_array_equal(sub.channel_edges, grid.channel_edges[2:13])
+    assert sub.wcs.pixel_to_world(0, 0, 0)[0].separation(
+        grid.wcs.pixel_to_world(0, 4, 2)[0]).to_value(u.arcsec) < 1e-9
+    wider = grid.replace(beam=4 * u.arcsec)
+    assert wider.beam.major == 4 * u.arcsec and grid.beam.major != 4 * u.arcsec
+    np.testing.assert_array_equal(wider.channel_edges, grid.channel_edges)
+    with pytest.raises(TypeError, match="keeps its pixels"):
+        grid.replace(pixel_scale=2 * u.arcsec)
+    with pytest.raises(ValueError, match="beam must be positive"):
+        grid.replace(beam=0 * u.arcsec)
+    with pytest.raises(TypeError, match="Header"):
+        gcc.CubeGrid.from_header(str(tmp_path / "x.fits"))
+    built = gcc.CubeGrid(shape=(8, 16, 16), pixel_scale=1 * u.arcsec, channel_width=10 * KMS)
+    assert built.replace(redshift=0.1).velocity_center == gcc.radio_velocity(0.1)
+    assert built.replace(channel_width=5 * KMS).channel_width == 5 * KMS
