@@ -217,8 +217,7 @@ class Galaxy(Placed):
         parsed = {}
         for name, value in merged.items():
             p = mine[name]
-            text = isinstance(value, str) or (isinstance(value, (list, tuple))
-                                               and not isinstance(value, u.Quantity))
+            text = isinstance(value, (str, list, tuple))
             parsed[name] = p.parse(value, name) if text else p.validate(value, name)
         missing = [n for n, p in mine.items() if p.required and n not in parsed]
         if missing:

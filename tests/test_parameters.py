@@ -3,7 +3,6 @@ the declarations, for every rotation law."""
 import warnings
 
 import astropy.units as u
-import numpy as np
 import pytest
 import torch
 
