@@ -55,7 +55,10 @@ def test_fixed_galaxies_per_cube(pairs):
 def test_resolution_ratio_is_log_uniform_in_its_range(resolution):
     low, high = RESOLUTION_RANGES[resolution]
     pop = SeedPopulation(n_gals=1, resolution=resolution)
-    r = np.array([d["r"] for d in draws(pop, n=600, seed=2)])
+    rng = np.random.default_rng(2)
+    r = np.array([pop.resolution_ratio(i, rng) for i in range(600)])
+    assert [pop.resolution_ratio(i, np.random.default_rng(5)) for i in range(3)] == \
+        [d["r"] for d in (pop.draw(i, np.random.default_rng(5)) for i in range(3))]
     assert r.min() >= low and r.max() <= high
     # log10 r is uniform on [log low, log high] (and r itself is not)
     log_low, log_high = math.log10(low), math.log10(high)
