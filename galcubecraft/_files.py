@@ -5,7 +5,45 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "same_file", "check_paths"]
+
+
+def same_file(a, b):
+    """Whether two paths name the same file: any spelling, a symbolic link, or a hard link."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_paths(inputs, outputs, overwrite=False):
+    """Refuse, before any work, outputs that would destroy an input or each other.
+
+    ``inputs`` and ``outputs`` map a name the user knows (an option such as ``--truth``) to
+    a path (None: not used).  Raises `ValueError` naming both when an output is an input
+    (whatever the spelling, through symbolic or hard links) or another output, and
+    `FileExistsError` when an output exists and ``overwrite`` is false.
+    """
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    outputs = {k: v for k, v in outputs.items() if v is not None}
+    for out_name, out in outputs.items():
+        for in_name, source in inputs.items():
+            if same_file(out, source):
+                raise ValueError(f"{out_name} ({out}) is the input {in_name} ({source}); it "
+                                 "would be overwritten: choose another path")
+    names = list(outputs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if same_file(outputs[a], outputs[b]):
+                raise ValueError(f"{a} and {b} are the same file ({outputs[a]}); give them "
+                                 "different paths")
+    if not overwrite:
+        for name, out in outputs.items():
+            if Path(out).exists():
+                raise FileExistsError(errno.EEXIST, f"{name} ({out}) exists", str(out))
 
 
 @contextmanager

@@ -12,14 +12,14 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ._about import version as __version__
-from ._files import atomic_path
+from ._files import atomic_path, check_paths
 from .catalogue import galaxies_from_table, random_galaxies
 from .components import RotationCurve
 from .dataset import export_fits, generate_dataset
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import parse_bunit, read_header
-from .inject import inject
+from .inject import Injection, inject
 from .lines import LINES
 from .parameters import parse_quantity
 from .priors import GalaxyPriors, read_priors_file
@@ -278,11 +278,12 @@ def _avoid_map(path, threshold, unit):
 
 def inject_command(args):
     """``galcubecraft inject``: add galaxies to a cube, write it and its truth table."""
-    import os
     from astropy.table import QTable
 
-    if os.path.exists(args.output) and os.path.samefile(args.output, args.cube):
-        raise ValueError("OUTPUT is the input cube; injection never overwrites its input")
+    truth = args.truth or Injection.default_truth_path(args.output)
+    check_paths({"the input cube": args.cube, "--catalogue": args.catalogue,
+                 "--priors": args.priors},
+                {"--output": args.output, "--truth": truth}, overwrite=args.overwrite)
     options = dict(beam=_beam_option(args.beam), rest_frequency=(
         None if args.rest_frequency is None else _line_or_quantity(args.rest_frequency)),
         spectral_unit=args.spectral_unit)
@@ -309,8 +310,7 @@ def inject_command(args):
                                    avoid_threshold=threshold, **placement)
     result = inject(args.cube, galaxies, data_unit=args.data_unit, device=args.device,
                     **options)
-    cube_path, truth_path = result.write(args.output, truth=args.truth,
-                                         overwrite=args.overwrite)
+    cube_path, truth_path = result.write(args.output, truth=truth, overwrite=args.overwrite)
     print(f"wrote {cube_path}: {len(galaxies)} galaxy(ies) injected into {args.cube}; "
           f"truth in {truth_path}")
     return 0
@@ -351,8 +351,20 @@ def plot(args):
     matplotlib.use("Agg")
     from spectral_cube import SpectralCube
 
+    from matplotlib.figure import Figure
+
     from . import visualise
-    cube = SpectralCube.read(args.cube)
+    fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
+    formats = Figure().canvas.get_supported_filetypes()
+    if fmt not in formats:
+        raise ValueError(f"--output: cannot write a .{fmt} image; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    check_paths({"the cube": args.cube}, {"--output": args.output}, overwrite=args.overwrite)
+    try:
+        cube = SpectralCube.read(args.cube)
+    except Exception as exc:       # noqa: BLE001 - spectral-cube raises many kinds for non-cubes
+        raise ValueError(f"cannot read {args.cube} as a spectral cube ({type(exc).__name__}: "
+                         f"{_one_line(exc)})") from None
     if args.kind == "moments":
         fig = visualise.moment_maps(cube, moments=(0, 1, 2))
     elif args.kind == "channels":
@@ -361,7 +373,6 @@ def plot(args):
         fig = visualise.pv_diagram(cube, parse_quantity("pa", args.pa))
     else:
         fig = visualise.spectrum(cube)
-    fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
     with atomic_path(args.output, overwrite=args.overwrite) as tmp:
         fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
     print(f"wrote {args.output}: {args.kind} of {args.cube}")
@@ -370,6 +381,7 @@ def plot(args):
 
 def render_command(args):
     """``galcubecraft render``: one cube from flags or a TOML file, written to FITS."""
+    check_paths({"--config": args.config}, {"--output": args.output}, overwrite=args.overwrite)
     grid_cfg, galaxy_cfgs = _settings(args)
     grid = CubeGrid.from_dict(grid_cfg)
     galaxies = [Galaxy.from_dict(c, defaults=REFERENCE_GALAXY, where=f"galaxy {k + 1}")
@@ -390,6 +402,12 @@ COMMANDS = {"render": render_command, "plot": plot, "inject": inject_command,
             "dataset": dataset_command, "export": export_command}
 
 
+def _one_line(exc):
+    """An error's message on one line (other libraries' messages can run to tables)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] + (" [...]" if len(lines) > 1 else "")) if lines else type(exc).__name__
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     prefix = f"galcubecraft {args.command}"
@@ -404,11 +422,12 @@ def main(argv=None):
         try:
             return COMMANDS[args.command](args)
         except FileExistsError as exc:
-            print(f"{prefix}: error: {exc.filename or exc} exists; use --overwrite",
-                  file=sys.stderr)
+            what = exc.strerror if str(exc.strerror).endswith(" exists") else \
+                f"{exc.filename or exc} exists"
+            print(f"{prefix}: error: {what}; use --overwrite", file=sys.stderr)
             return 2
         except _INPUT_ERRORS as exc:
-            print(f"{prefix}: error: {exc}", file=sys.stderr)
+            print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
 
 

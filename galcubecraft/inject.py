@@ -33,7 +33,7 @@ import torch
 from astropy.io import fits
 
 from ._about import version as __version__
-from ._files import atomic_path
+from ._files import atomic_path, check_paths
 from .catalogue import check_band, galaxies_from_table, random_galaxies, truth_table  # noqa: F401
 from .galaxy import Galaxy
 from .grid import CubeGrid
@@ -165,8 +165,17 @@ class Injection:
     grid : `~galcubecraft.CubeGrid`
     """
 
-    def __init__(self, hdu, model, truth, grid):
+    def __init__(self, hdu, model, truth, grid, source=None):
         self.hdu, self.model, self.truth, self.grid = hdu, model, truth, grid
+        #: The input file the cube was read from (None for an HDU or a SpectralCube).
+        self.source = source
+
+    @staticmethod
+    def default_truth_path(filename):
+        """The truth table that goes with cube ``filename``: ``<name>_truth.ecsv`` beside it."""
+        path = Path(filename)
+        return path.with_name(path.name.removesuffix(".gz").removesuffix(".fits")
+                              + "_truth.ecsv")
 
     @property
     def cube(self):
@@ -178,10 +187,15 @@ class Injection:
 
     def write(self, filename, truth=None, overwrite=False):
         """Write the cube (FITS) and its truth table (ECSV, default ``<name>_truth.ecsv``),
-        each atomically."""
+        each atomically.
+
+        Both paths are checked before either is written: neither may be the input cube
+        (any spelling or link) or the other, nor exist unless ``overwrite``.
+        """
         path = Path(filename)
-        truth = Path(truth) if truth is not None else path.with_name(
-            path.name.removesuffix(".gz").removesuffix(".fits") + "_truth.ecsv")
+        truth = Path(truth) if truth is not None else self.default_truth_path(path)
+        check_paths({"the input cube": self.source}, {"the cube": path, "the truth table": truth},
+                    overwrite=overwrite)
         with atomic_path(path, overwrite=overwrite) as tmp:
             self.hdu.writeto(tmp, overwrite=True, checksum=True)
         with atomic_path(truth, overwrite=overwrite) as tmp:
@@ -267,4 +281,5 @@ def inject(cube, galaxies, *, hdu=None, beam=None, rest_frequency=None, spectral
     out_hdu = fits.PrimaryHDU(data=new, header=out_header)
     truth = truth_table(grid, galaxies, flux_in_cube=u.Quantity(flux_in_cube),
                         peak=u.Quantity(peaks), data_unit=unit)
-    return Injection(out_hdu, model.reshape(data.shape), truth, grid)
+    source = Path(cube) if isinstance(cube, (str, Path)) else None
+    return Injection(out_hdu, model.reshape(data.shape), truth, grid, source=source)
