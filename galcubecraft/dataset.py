@@ -15,8 +15,16 @@ A dataset is described once, by a priors file (`DatasetSpec`), and made by
   then recorded beside it; h5py, PyTorch data loaders, IDL and MATLAB read it
   directly.  A shard is valid when its file and checksum exist and agree.
 * **Resume.** Running the same command again makes only the shards that are
-  missing, partial (temporary files are removed) or corrupt (checksum mismatch);
-  nothing is duplicated or lost.
+  missing, partial (temporary files are removed) or not what they should be: a shard is
+  kept only if its SHA-256 matches and its own attributes say it holds cubes
+  ``[j K, (j + 1) K)`` of this seed and these priors (a swapped or foreign shard is
+  remade); nothing is duplicated or lost.  A damaged ``manifest.json`` is rewritten; a
+  manifest of other priors is refused once a shard exists, and replaced before.
+* **One run per folder.** A run holds an exclusive lock on ``<out>/.lock`` from start to
+  end (`lock_folder`); a second run on the same folder stops at once with
+  `DatasetInUse`, naming the holder's process and host.
+* **Reading back.** `CubeDataset` checks each shard's checksum against the manifest and
+  its attributes the first time a process opens it (`CorruptShard` otherwise).
 * **Dask.** Each shard is one task; what a worker receives is the priors (a small
   dict), the seed and the shard's index range; what the scheduler keeps is the
   futures and each shard's checksum.  By default the work runs in this process;
@@ -33,11 +41,13 @@ Feed torch with `CubeDataset` (a written dataset) or `StreamingCubes` (cubes ren
 on the fly, with no disk in between).
 """
 import copy
+import errno
 import hashlib
 import json
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import astropy.units as u
@@ -64,7 +74,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["DatasetSpec", "generate_dataset", "CubeDataset", "StreamingCubes", "export_fits",
-           "read_catalogue"]
+           "read_catalogue", "lock_folder", "shard_problem", "priors_digest", "DatasetError",
+           "DatasetInUse", "CorruptShard"]
 
 _KMS = u.km / u.s
 FORMAT = "galcubecraft-dataset"
@@ -297,7 +308,7 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression):
         with h5py.File(tmp, "w", track_order=True) as f:
             f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                             "shard": shard, "first": first, "n_cubes": count,
-                            "seed": str(seed)})
+                            "seed": str(seed), "priors_sha256": priors_digest(config)})
             opts = dict(chunks=(1,) + shape, compression=compression, shuffle=True,
                         track_times=False)
             if compression == "gzip":
@@ -330,15 +341,90 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression):
     return shard, count, digest
 
 
-def _valid_shard(path):
+def priors_digest(config):
+    """SHA-256 of a dataset's priors (their canonical JSON): what every shard records."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def shard_problem(path, shard, first, count, seed, config, expected_sha256=None):
+    """Why the file at ``path`` is not shard ``shard`` of this dataset, or None if it is.
+
+    A shard is valid when its checksum matches (its ``.sha256`` file, and ``expected_sha256``
+    when given: the manifest's) and its own attributes say it holds cubes
+    ``[first, first + count)`` of this seed and priors, completely: a shard swapped with
+    another, or copied from another dataset, is not accepted on its checksum alone.
+    """
+    import h5py
+    path = Path(path)
     check = path.with_suffix(".sha256")
-    if not (path.exists() and check.exists()):
-        return False
+    if not path.exists():
+        return "missing"
     try:
-        expected = check.read_text().split()[0]
+        recorded = check.read_text().split()[0]
     except (OSError, IndexError):
-        return False
-    return _sha256(path) == expected
+        return "no checksum file"
+    digest = _sha256(path)
+    if digest != recorded or (expected_sha256 is not None and digest != expected_sha256):
+        return "checksum mismatch (corrupt or replaced)"
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    want = {"format": FORMAT, "shard": shard, "first": first, "n_cubes": count,
+            "seed": str(seed), "priors_sha256": priors_digest(config), "complete": True}
+    wrong = [k for k, v in want.items()
+             if k not in attrs or (attrs[k].decode() if isinstance(attrs[k], bytes)
+                                   else attrs[k]) != v]
+    if wrong:
+        return f"holds other cubes (its {', '.join(wrong)} differ)"
+    return None
+
+
+class DatasetError(OSError):
+    """A dataset folder that cannot be used as it is (its message says why and what to do)."""
+
+    def __str__(self):
+        return str(self.strerror)
+
+
+class DatasetInUse(DatasetError):
+    """Another run holds the dataset folder."""
+
+
+class CorruptShard(DatasetError):
+    """A shard that is not what the manifest says: corrupt, truncated, swapped or foreign."""
+
+
+@contextmanager
+def lock_folder(out):
+    """Hold the dataset folder ``out`` for this run (an exclusive lock on ``out/.lock``).
+
+    `generate_dataset` holds it from start to end; a second run on the same folder gets
+    `DatasetInUse` naming the holder's process and host, before it touches anything.
+    """
+    import fcntl
+    import socket
+    path = Path(out) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+            raise DatasetInUse(errno.EBUSY, f"the dataset folder {out} is in use by {holder}; "
+                               "wait for that run to finish, or use another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_parts(out):
+    """Temporary files of interrupted writes (safe: the caller holds the folder's lock)."""
+    for stray in Path(out).glob(".*.part"):
+        stray.unlink(missing_ok=True)
 
 
 def _manifest(spec, n, seed, shard_size):
@@ -401,26 +487,40 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
                          "[dataset] seed) so that it can be re-made")
     seed = int(seed)
     shard_size = int(shard_size or spec.shard_size)
-    out = Path(out)
+    # absolute: Dask workers (on other hosts too) resolve paths in their own directories
+    out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out):
+        return _generate_locked(spec, n, out, seed, shard_size, workers, scheduler,
+                                compression, progress)
+
+
+def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compression, progress):
     manifest = _manifest(spec, n, seed, shard_size)
     manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        keys = ("format", "n_cubes", "seed", "shard_size", "priors", "galcubecraft")
-        if any(old.get(k) != manifest.get(k) for k in keys):
-            diff = [k for k in keys if old.get(k) != manifest.get(k)]
-            raise ValueError(f"{out} holds another dataset (differs in {diff}); use a new "
-                             "folder, or the same priors, seed, size and package version")
-    else:
-        with atomic_path(manifest_path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=1))
-    for stray in out.glob(".shard_*.part"):
-        stray.unlink()
+    config = spec.config
     shards = [(j, j * shard_size, min(shard_size, n - j * shard_size))
               for j in range(manifest["n_shards"])]
-    todo = [s for s in shards if not _valid_shard(out / f"shard_{s[0]:06d}.h5")]
-    config = spec.config
+    _remove_stale_parts(out)
+    old = None
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            old = None          # damaged: the shards' own records decide what is kept
+    keys = ("format", "n_cubes", "seed", "shard_size", "priors", "galcubecraft")
+    if old is not None and any(old.get(k) != manifest.get(k) for k in keys):
+        diff = [k for k in keys if old.get(k) != manifest.get(k)]
+        kept = [p.name for p in sorted(out.glob("shard_*.h5"))]
+        if kept:
+            raise ValueError(f"{out} holds another dataset (differs in {diff}); use a new "
+                             "folder, or the same priors, seed, size and package version")
+        old = None              # no shard was made under it: nothing is lost by replacing it
+    if old is None:
+        with atomic_path(manifest_path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1))
+    todo = [s for s in shards
+            if shard_problem(out / f"shard_{s[0]:06d}.h5", *s, seed, config) is not None]
     from tqdm.auto import tqdm
     bar = tqdm(total=n, initial=n - sum(c for _, _, c in todo), unit="cube",
                disable=not progress, desc="galcubecraft dataset")
@@ -437,6 +537,7 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
                 torch.set_num_threads(threads)
     finally:
         bar.close()
+    _remove_stale_parts(out)     # a worker killed mid-shard leaves one
     _write_catalogue(out, manifest)
     return manifest_path
 
@@ -527,10 +628,16 @@ class CubeDataset(torch.utils.data.Dataset):
     ``mask``, ``labels``), ``params`` (the cube's catalogue row as floats) and
     ``index``; ``transform`` is applied to that dict.  Shards are opened lazily,
     once per process, so the dataset works with ``DataLoader(num_workers=...)``.
+
+    With ``verify`` (default), each shard is checked when a process first opens it: its
+    SHA-256 against the manifest's and its own record of the cubes it holds (index range,
+    seed, priors), so a corrupt, truncated or swapped shard raises `CorruptShard` instead
+    of serving wrong cubes.  It costs one read of each shard per process.
     """
 
-    def __init__(self, path, keys=("noisy", "clean", "mask"), transform=None):
+    def __init__(self, path, keys=("noisy", "clean", "mask"), transform=None, verify=True):
         self.path = Path(path)
+        self.verify = bool(verify)
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         bad = set(keys) - set(ARRAYS)
         if bad:
@@ -555,7 +662,19 @@ class CubeDataset(torch.utils.data.Dataset):
         if self._pid != os.getpid():              # a forked DataLoader worker: reopen
             self._files, self._pid = {}, os.getpid()
         if shard not in self._files:
-            self._files[shard] = h5py.File(self.path / f"shard_{shard:06d}.h5", "r")
+            path = self.path / f"shard_{shard:06d}.h5"
+            if self.verify:
+                m = self.manifest
+                first = shard * self.shard_size
+                count = min(self.shard_size, self.n - first)
+                recorded = (m.get("shards") or [{}] * m["n_shards"])[shard].get("sha256")
+                problem = shard_problem(path, shard, first, count, m["seed"], m["priors"],
+                                        expected_sha256=recorded)
+                if problem is not None:
+                    raise CorruptShard(errno.EIO, f"{path.name}: {problem}; rerun galcubecraft "
+                                       "dataset with the same priors, seed and size to remake "
+                                       "it", str(path))
+            self._files[shard] = h5py.File(path, "r")
         return self._files[shard]
 
     def __getitem__(self, index):

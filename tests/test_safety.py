@@ -128,3 +128,151 @@ def test_plot_refuses_formats_it_cannot_write_before_reading_anything(folder, ca
 def test_plot_of_a_file_that_is_not_a_cube_is_one_line(folder, capsys):
     status, err = run(capsys, "plot", folder / "priors.toml", "-o", folder / "x.png")
     assert status == 2 and "cannot read" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- datasets
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from galcubecraft.dataset import (CorruptShard, CubeDataset, DatasetInUse,  # noqa: E402
+                                  generate_dataset, lock_folder)
+from test_dataset import PRIORS, arrays  # noqa: E402
+
+
+def test_swapped_shards_are_caught_by_resume_and_by_cube_dataset(tmp_path):
+    """Two shards and their checksum files swapped: each checksum matches its file, but the
+    shards say which cubes they hold; CubeDataset refuses them, a rerun remakes them."""
+    d = tmp_path / "d"
+    generate_dataset(PRIORS, 7, d, progress=False)
+    before = arrays(d)
+    for suffix in (".h5", ".sha256"):
+        a, b = d / f"shard_000000{suffix}", d / f"shard_000001{suffix}"
+        a.rename(tmp_path / "swap"), b.rename(a), (tmp_path / "swap").rename(b)
+    data = CubeDataset(d)
+    with pytest.raises(CorruptShard, match="shard_000000.h5: checksum mismatch"):
+        data[0]
+    assert data[6]["noisy"].shape == (12, 24, 24)        # the untouched shard still serves
+    generate_dataset(PRIORS, 7, d, progress=False)
+    after = arrays(d)
+    for key in before:
+        assert before[key].tobytes() == after[key].tobytes(), key
+    assert CubeDataset(d)[0]["index"] == 0
+
+
+def test_a_flipped_byte_is_caught_when_the_shard_is_first_read(tmp_path):
+    d = tmp_path / "d"
+    generate_dataset(PRIORS, 4, d, compression=None, progress=False)
+    shard = d / "shard_000001.h5"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    shard.write_bytes(bytes(raw))
+    (d / "shard_000001.sha256").write_text(
+        f"{__import__('hashlib').sha256(bytes(raw)).hexdigest()}  shard_000001.h5\n")
+    data = CubeDataset(d)
+    data[0]
+    with pytest.raises(CorruptShard, match="checksum mismatch"):
+        data[3]
+    assert CubeDataset(d, verify=False)[3]["index"] == 3          # on request only
+
+
+def test_a_damaged_manifest_does_not_block_resume(tmp_path):
+    d = tmp_path / "d"
+    generate_dataset(PRIORS, 7, d, progress=False)
+    before = arrays(d)
+    text = (d / "manifest.json").read_text()
+    (d / "manifest.json").write_text(text[: len(text) // 3])
+    (d / "shard_000002.h5").unlink()
+    generate_dataset(PRIORS, 7, d, progress=False)
+    json.loads((d / "manifest.json").read_text())
+    after = arrays(d)
+    for key in before:
+        assert before[key].tobytes() == after[key].tobytes(), key
+
+
+def test_corrected_priors_replace_a_manifest_that_has_no_shard_yet(tmp_path):
+    d = tmp_path / "d"
+    generate_dataset(PRIORS, 3, d, progress=False)
+    for shard in d.glob("shard_*"):
+        shard.unlink()              # as if the first shard had failed
+    changed = {**PRIORS, "dataset": {"seed": 8, "shard_size": 3}}
+    generate_dataset(changed, 3, d, progress=False)
+    assert json.loads((d / "manifest.json").read_text())["seed"] == 8
+
+
+def test_stale_temporary_files_are_removed_and_paths_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    (tmp_path / "rel" / ".shard_000000.h5.abc.part").write_bytes(b"killed mid-write")
+    manifest = generate_dataset(PRIORS, 2, "rel", progress=False)
+    assert manifest.is_absolute()          # what Dask workers on other hosts are given
+    assert not list((tmp_path / "rel").glob(".*.part"))
+
+
+def test_a_held_folder_is_refused_before_anything_is_touched(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    code = (f"from galcubecraft.dataset import generate_dataset; "
+            f"generate_dataset({PRIORS!r}, 2, {str(d)!r}, progress=False)")
+    with lock_folder(d):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0 and "DatasetInUse" in run.stderr and "in use by process" \
+        in run.stderr
+    assert sorted(p.name for p in d.iterdir()) == [".lock"]
+    with pytest.raises(DatasetInUse):        # and in Python, while another process holds it
+        holder = subprocess.Popen([sys.executable, "-c",
+                                   f"from galcubecraft.dataset import lock_folder; import time\n"
+                                   f"with lock_folder({str(d)!r}):\n"
+                                   f"    print('held', flush=True); time.sleep(20)"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            generate_dataset(PRIORS, 2, d, progress=False)
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.mark.parametrize("seeds", [(7, 7), (7, 9)])
+def test_two_runs_into_one_folder_never_both_succeed_wrongly(tmp_path, seeds):
+    """Two CLI runs started together on one folder: one makes the dataset; the other is told
+    the folder is in use (or, if it starts after the first finished, resumes the same
+    dataset or refuses another); the cubes on disk are one seed's, complete."""
+    d = tmp_path / "d"
+    priors = tmp_path / "p.toml"
+    shutil.copy(Path_to_priors(tmp_path), priors)
+    runs = [subprocess.Popen([sys.executable, "-m", "galcubecraft.cli", "dataset", str(priors),
+                              "--n", "24", "--out", str(d), "--seed", str(s), "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for s in seeds]
+    results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    ok = [k for k, (status, _) in enumerate(results) if status == 0]
+    assert ok, results
+    for status, err in results:
+        if status != 0:
+            assert status == 2 and err.count("\n") == 1
+            assert "in use by process" in err or "holds another dataset" in err
+    if seeds[0] != seeds[1]:
+        assert len(ok) == 1
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["seed"] == seeds[ok[0]] and len(manifest["shards"]) == 8
+    data = CubeDataset(d)
+    assert all(data[i]["index"] == i for i in range(0, 24, 5))
+
+
+def Path_to_priors(tmp_path):
+    """PRIORS as a TOML file."""
+    lines = []
+    for table, values in PRIORS.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{{inner}}}")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+    path = tmp_path / "priors_source.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
