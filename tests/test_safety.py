@@ -1,11 +1,18 @@
 """Nothing lost: every output path of every command is checked against every input and against
 the other outputs (any spelling, symbolic link, hard link) before any work or write."""
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from galcubecraft.cli import main
+from galcubecraft.dataset import (CorruptShard, CubeDataset, DatasetInUse, generate_dataset,
+                                  lock_folder)
+from test_dataset import PRIORS, arrays
 from test_header import casa_header, write
 
 
@@ -131,15 +138,6 @@ def test_plot_of_a_file_that_is_not_a_cube_is_one_line(folder, capsys):
 
 
 # --------------------------------------------------------------------------- datasets
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from galcubecraft.dataset import (CorruptShard, CubeDataset, DatasetInUse,  # noqa: E402
-                                  generate_dataset, lock_folder)
-from test_dataset import PRIORS, arrays  # noqa: E402
 
 
 def test_swapped_shards_are_caught_by_resume_and_by_cube_dataset(tmp_path):
