@@ -218,6 +218,8 @@ def build_parser():
                    help="local Dask worker processes (1: in this process)")
     d.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--no-space-check", action="store_true",
+                   help="do not refuse a dataset larger (uncompressed) than the free disk space")
     x = sub.add_parser(
         "export", help="write cubes of a dataset as FITS (for CASA, CARTA, spectral-cube)",
         description="Write the noisy and clean cubes of the given indices of a dataset as "
@@ -235,7 +237,8 @@ def dataset_command(args):
     """``galcubecraft dataset``: generate or finish a dataset."""
     manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
                                 workers=args.workers, scheduler=args.scheduler,
-                                shard_size=args.shard_size, progress=not args.no_progress)
+                                shard_size=args.shard_size, progress=not args.no_progress,
+                                check_space=not args.no_space_check)
     print(f"dataset of {args.n} cubes in {args.out} ({manifest.name}, cubes.ecsv, "
           f"galaxies.ecsv)")
     return 0

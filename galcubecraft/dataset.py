@@ -46,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,7 @@ from .parameters import parse_quantity
 from .population import SeedPopulation
 from .priors import GalaxyPriors, distribution_from_spec
 from .projector import Projector
+from .resources import format_bytes
 from .response import SampledGaussian
 
 try:
@@ -381,6 +383,22 @@ def shard_problem(path, shard, first, count, seed, config, expected_sha256=None)
     return None
 
 
+#: Bytes per voxel of a shard, uncompressed: noisy and clean float32, mask uint8, labels int16.
+_BYTES_PER_VOXEL = 4 + 4 + 1 + 2
+
+
+def _check_space(out, n, shape):
+    """Refuse a dataset that cannot fit on the folder's disk (uncompressed upper bound)."""
+    need = n * math.prod(shape) * _BYTES_PER_VOXEL
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise DatasetError(errno.ENOSPC, f"{n} cubes of {shape[0]} x {shape[1]} x {shape[2]} "
+                           f"need up to {format_bytes(need)} on disk (uncompressed), and the "
+                           f"disk of {out} has {format_bytes(free)} free; make fewer cubes, or "
+                           "pass --no-space-check (check_space=False) if compression will "
+                           "make them fit")
+
+
 class DatasetError(OSError):
     """A dataset folder that cannot be used as it is (its message says why and what to do)."""
 
@@ -445,7 +463,7 @@ def _manifest(spec, n, seed, shard_size):
 
 
 def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shard_size=None,
-                     compression="gzip", progress=True):
+                     compression="gzip", progress=True, check_space=True):
     """Make (or finish) a dataset of ``n`` cubes in folder ``out``.
 
     Parameters
@@ -470,6 +488,9 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
         HDF5 compression of the arrays (default ``'gzip'``).
     progress : bool
         Show a tqdm bar of cubes done, rate and ETA.
+    check_space : bool
+        Refuse, before any work, a dataset larger (uncompressed) than the free space of the
+        folder's disk (default True).
 
     Returns
     -------
@@ -490,6 +511,8 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
     # absolute: Dask workers (on other hosts too) resolve paths in their own directories
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if check_space:
+        _check_space(out, n, spec.grid.shape)
     with lock_folder(out):
         return _generate_locked(spec, n, out, seed, shard_size, workers, scheduler,
                                 compression, progress)

@@ -26,7 +26,7 @@ __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "exponential_vertical",
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
-    "beam_transfer_function", "convolve_beam", "beam_matrices",
+    "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
     "convolve_beam_separable", "interpolate_linear",
 ]
 
@@ -432,6 +432,12 @@ def convolve_spectral(cubes, kernel):
     return out
 
 
+def beam_is_separable(sigma_major, sigma_minor, angle):
+    """Whether a Gaussian beam's axes lie along the pixel axes (or it is circular)."""
+    cxx, cyy, cxy = _beam_covariance(sigma_major, sigma_minor, angle)
+    return abs(cxy) <= 1e-12 * (cxx + cyy)
+
+
 def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle, *,
                   device=None, dtype=torch.float32):
     """The FFT beam convolution as two dense matrices, when the beam is separable.
@@ -448,9 +454,9 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
     ``(nx - 2 crop, nx)`` for ``padded_shape = (ny, nx)``, or None when the
     beam is rotated with respect to the pixels (not separable).
     """
-    cxx, cyy, cxy = _beam_covariance(sigma_major, sigma_minor, angle)
-    if abs(cxy) > 1e-12 * (cxx + cyy):
+    if not beam_is_separable(sigma_major, sigma_minor, angle):
         return None
+    cxx, cyy, _ = _beam_covariance(sigma_major, sigma_minor, angle)
 
     def matrix(n_fft, n_in, variance):
         k = torch.fft.fftfreq(n_fft, dtype=torch.float64)

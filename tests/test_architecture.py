@@ -121,7 +121,7 @@ def closure(start):
 #: of its own layer.  The docs' Architecture page draws this table; a new module is placed here.
 LAYERS = {
     **{m: (0, "foundations") for m in ("_about", "_files", "conventions", "units", "parameters",
-                                       "pixelgrid", "functional")},
+                                       "pixelgrid", "functional", "resources")},
     **{m: (1, "physics") for m in ("distance", "lines", "response", "header")},
     **{m: (2, "models") for m in ("components", "components.base", "components.kinematics",
                                   "components.surface", "components.vertical", "galaxy",

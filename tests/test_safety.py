@@ -274,3 +274,59 @@ def Path_to_priors(tmp_path):
     path = tmp_path / "priors_source.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- memory and disk
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.parametrize("shape, beam", [((256, 4096, 4096), "4 arcsec"),
+                                         ((40, 128, 128), "3600 arcsec"),
+                                         ((64, 4096, 4096), "60 arcsec")])
+def test_renders_too_large_for_memory_are_refused_with_the_estimate(tmp_path, capsys, shape,
+                                                                     beam, monkeypatch):
+    """The largest legal shape, a beam that pads every channel to thousands of pixels: refused
+    before anything large is allocated, with the estimate and how to override it (the limit
+    is set to 16 GB, so that the test means the same on any machine)."""
+    monkeypatch.setenv("GALCUBECRAFT_MAX_MEMORY", "16 GB")
+    before = rss_mb()
+    status = main(["render", "-o", str(tmp_path / "x.fits"), "--shape", *map(str, shape),
+                   "--beam", beam])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "needs about" in err and "GB of memory" in err and "GALCUBECRAFT_MAX_MEMORY" in err
+    assert rss_mb() - before < 2048
+    assert not (tmp_path / "x.fits").exists()
+
+
+def test_the_memory_limit_is_the_users_to_set(monkeypatch):
+    import astropy.units as u
+    import galcubecraft as gcc
+    from galcubecraft.resources import MemoryLimitError
+    grid = gcc.CubeGrid(shape=(40, 128, 128), pixel_scale=1 * u.arcsec,
+                        channel_width=20 * u.km / u.s, beam=4 * u.arcsec)
+    estimate = gcc.Projector(grid).memory_estimate()
+    assert 100e6 < estimate < 400e6                         # measured peak: ~90 MB over baseline
+    with pytest.raises(MemoryLimitError, match="more than the 50.0 MB allowed"):
+        gcc.Projector(grid, max_memory="50 MB")
+    monkeypatch.setenv("GALCUBECRAFT_MAX_MEMORY", "50MB")
+    with pytest.raises(MemoryLimitError):
+        gcc.Projector(grid)
+    projector = gcc.Projector(grid, max_memory="1 GB")
+    (law, params), = gcc.stack_parameters([gcc.Galaxy(
+        surface=gcc.SersicDisk(r_eff=4 * u.arcsec), inclination=30 * u.deg,
+        kinematics=gcc.FlatRotationCurve(v_flat=100 * u.km / u.s), position_angle=0 * u.deg,
+        flux=1 * u.Jy * u.km / u.s)] * 64)
+    with pytest.raises(MemoryLimitError, match="rendering 64 x 40 channels"):
+        projector(params, law)                           # a batch is checked too
+
+
+def test_a_dataset_larger_than_the_disk_is_refused_before_any_work(tmp_path, capsys):
+    priors = Path_to_priors(tmp_path)
+    status = main(["dataset", str(priors), "--n", str(10**10), "--out", str(tmp_path / "d"),
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and "on disk" in err and "--no-space-check" in err
+    assert not (tmp_path / "d" / "manifest.json").exists()
