@@ -9,6 +9,8 @@
    cloud count that matches our error follows, and KinMS is timed there.
 3. Scaling: time and peak memory with output size, for the three codes where they finish.
 4. Throughput: cubes per second for a batch of 64 random galaxies on 64 x 64 x 32.
+5. Contention: the reference render while every core runs another process, against the
+   quiet single-thread time (``benchmarks/contention.py``).
 
 The codes we compare against are installed on first use into their own folders under
 ``.bench/`` (see ``benchmarks/external.py``); the table (Markdown and reStructuredText, for the
@@ -29,7 +31,7 @@ import torch
 
 import galcubecraft as gcc
 
-from . import external
+from . import contention, external
 from .render import (batch_time, peak_memory_mib, reference_galaxy, reference_grid, timeit)
 
 RESULTS = Path(__file__).parent / "results"
@@ -231,6 +233,8 @@ def table(res):
     thr = res["throughput"]
     rows.append((f"Batch of {thr['batch']} random galaxies 64x64x32, cubes/s",
                  f"{thr['cubes_per_s']:.1f}", "", ""))
+    if "contention" in res:
+        rows += contention.rows(res["contention"])
     return rows
 
 
@@ -318,7 +322,8 @@ def main(argv=None):
     t0 = time.time()
     res = {"machine": machine(args.device), "quick": args.quick}
     steps = [("quick_start", quick_start), ("accuracy", lambda a: accuracy(a, scratch)),
-             ("scaling", scaling), ("throughput", throughput)]
+             ("scaling", scaling), ("throughput", throughput),
+             ("contention", lambda a: contention.measure(3 if a.quick else 7))]
     for name, step in steps:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", file=sys.stderr, flush=True)
         res[name] = step(args)

@@ -40,6 +40,7 @@ variance (:func:`~galcubecraft.functional.deposit_lines`, the default where it
 saves time) or directly, with differences of erf per sample and channel edge.
 """
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -55,7 +56,7 @@ from .resources import check_memory
 from .conventions import velocity_compression
 
 __all__ = ["Projector", "SamplingPlan", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS",
-           "TRUNCATION_FRACTION"]
+           "TRUNCATION_FRACTION", "SMALL_RENDER"]
 
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 TRUNCATION_FRACTION = 1e-6
@@ -90,6 +91,27 @@ FOOTPRINT_HEIGHTS = 15.0
 #: (measured on an H100: 0.25 made batches of 64 x 64 x 32 cubes a fifth slower).
 _NODES_PAY_OFF = 0.25
 _NODES_PAY_OFF_GPU = 0.05
+#: Renders of fewer padded output elements (batch x channels x pixels) than this run on one
+#: CPU thread by default: they are made of many small kernels, each an OpenMP barrier, which a
+#: busy machine turns into waits (measured on 2 cores, the 128^2 x 40 reference: 0.13 s quiet on
+#: 1 or 2 threads; beside two CPU-bound processes 0.16 s on 1 thread, 0.47 s on 2).
+SMALL_RENDER = 2**23
+
+
+@contextmanager
+def _torch_threads(n):
+    """Run the block with ``n`` intra-op threads (torch's setting is global: restored after)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 BEAM_MARGIN_SIGMAS = 5.0
 
@@ -183,6 +205,15 @@ class Projector:
         ``GALCUBECRAFT_MAX_MEMORY`` if set, else the memory available.  A grid (or a
         batch) whose `memory_estimate` exceeds it is refused before anything is
         allocated, with the estimate in the message.
+    threads : int, optional
+        CPU threads for a render (torch's intra-op threads, set for the render and restored
+        after).  Default: one for renders smaller than `SMALL_RENDER` padded output
+        elements (they are made of many small kernels, and on a busy machine each thread
+        barrier waits for a core: one thread is as fast when the machine is quiet and stays
+        fast when it is not), torch's own setting for larger ones.  On a machine shared
+        with other work, ``threads=1`` keeps large batches from collapsing too (measured on
+        2 cores beside two CPU-bound processes: 64 cubes of 64^2 x 32 in 1.9 s on one thread,
+        4.6 s on two; 1.3 s and 0.9 s on a quiet machine).
     max_chunk_elements : int, optional
         Largest intermediate tensor (elements); bounds the memory per chunk.
         Default 2**23 on a CPU (32 MB in float32, cache-friendly) and 2**28 on
@@ -206,7 +237,7 @@ class Projector:
     def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2, max_oversample=8,
                  minor_density=1.0, max_minor_samples=64, footprint_nodes=1,
                  line_nodes_per_sigma=2.0, line_integration="auto", footprint=True,
-                 max_chunk_elements=None, group_ratio=None, max_memory=None):
+                 max_chunk_elements=None, group_ratio=None, max_memory=None, threads=None):
         if int(oversample) != oversample or oversample < 1:
             raise ValueError(f"oversample must be a positive integer, got {oversample!r}")
         if not minor_density > 0:
@@ -259,6 +290,9 @@ class Projector:
         self.chan_margin = pixels.chan_margin
         self.fft_shape = tuple(scipy.fft.next_fast_len(s, real=True) for s in self.padded_shape)
         self.max_memory = max_memory
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = threads
         self.check_memory(batch=1)      # before the grid's caches are allocated
         self._erf_work = None      # scratch for erf_at_edges, grown on demand
         self._build_cache()
@@ -400,6 +434,16 @@ class Projector:
         """Render a batch: ``(batch, n_chan, ny, nx)`` in Jy/beam (or Jy/pixel)."""
         return self.observe(self.project(params, kinematics))
 
+    def threads_for(self, batch):
+        """The CPU threads a render of ``batch`` cubes uses (see ``threads``)."""
+        if self.device.type != "cpu":
+            return None
+        if self.threads is not None:
+            return int(self.threads)
+        n_chan = self.pixels.shape[0] + 2 * self.chan_margin
+        size = batch * n_chan * self.padded_shape[0] * self.padded_shape[1]
+        return 1 if size < SMALL_RENDER else None
+
     def project(self, params, kinematics):
         """The model before the beam, on the grid padded by the beam margin.
 
@@ -410,7 +454,12 @@ class Projector:
         """
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
-        self.check_memory(batch=int(params["flux"].shape[0]))
+        batch = int(params["flux"].shape[0])
+        self.check_memory(batch=batch)
+        with _torch_threads(self.threads_for(batch)):
+            return self._project(params, kinematics)
+
+    def _project(self, params, kinematics):
         plan = self.sampling(params)
         plan = plan.with_footprint(*self.footprint(params, plan))
         groups = self._group_by_cost(plan, self.group_ratio)
@@ -686,6 +735,10 @@ class Projector:
         The beam is two matrix products when it lies along the pixel axes, else an FFT
         (`galcubecraft.functional.beam_matrices`, `~galcubecraft.functional.convolve_beam`).
         """
+        with _torch_threads(self.threads_for(model.shape[0] if model.dim() == 4 else 1)):
+            return self._observe(model)
+
+    def _observe(self, model):
         m = self.margin
         _, ny, nx = self.pixels.shape
         if self._beam_matrices is not None:
