@@ -162,12 +162,25 @@ class CubeGrid:
                              f"got {projection!r}")
         self.projection = projection.upper()
         self.specsys = str(specsys).upper()
+        self._check_band(self._hand_built_edges())
         pix = self.pixel_scale.to_value(u.arcsec)
         # (east, north) arcsec per (column, row) pixel step: east to the left, north up
         self._sky_matrix = np.array([[-pix, 0.0], [0.0, pix]])
         self._velocity_edges = None     # radio-velocity channel edges (km/s) of a FITS grid
         self._wcs = None                # the WCS of a grid read from, or cut out of, a header
         self.stokes = None              # a FITS grid's degenerate Stokes axis (FITS axis number)
+
+    def _hand_built_edges(self):
+        k = np.arange(self.n_chan + 1) - self.n_chan / 2
+        return self.velocity_center.to_value(_KMS) + k * self.channel_width.to_value(_KMS)
+
+    @staticmethod
+    def _check_band(edges):
+        """Radio velocities are below c: a channel at or beyond it has no positive frequency."""
+        if np.max(edges) >= C_KMS:
+            raise ValueError(f"the band reaches radio velocity {np.max(edges):.6g} km/s, at or "
+                             f"beyond c ({C_KMS} km/s): that is a frequency <= 0; check the "
+                             "spectral axis (velocity_center, channel_width, CRVAL3/CDELT3)")
 
     @classmethod
     def from_fits(cls, source, *, hdu=None, beam=None, rest_frequency=None, spectral_unit=None,
@@ -256,6 +269,7 @@ class CubeGrid:
         if edges.shape != (n_chan + 1,) or not (np.all(steps > 0) or np.all(steps < 0)):
             raise ValueError(f"channel_edges must be {n_chan + 1} monotonic radio velocities, "
                              f"got {channel_edges!r}")
+        cls._check_band(edges)
         celestial = wcs.celestial
         matrix = celestial.pixel_scale_matrix * 3600.0     # arcsec, rows = world (header order)
         if celestial.wcs.lng == 1:

@@ -22,7 +22,7 @@ import warnings
 import astropy.units as u
 import numpy as np
 
-from .units import INTERNAL, validate_number
+from .units import C_KMS, INTERNAL, validate_number
 
 __all__ = ["Parameter", "Declared", "REQUIRED", "parse_quantity", "declared_parameters",
            "resolve_aliases"]
@@ -168,6 +168,8 @@ class Parameter:
             raise ValueError(f"{name} must be positive, got {value}")
         if self.nonnegative and np.any(v < 0):
             raise ValueError(f"{name} must not be negative, got {value}")
+        if self.kind == "velocity" and np.any(np.abs(value.to_value(_KMS)) >= C_KMS):
+            raise ValueError(f"{name} must be below the speed of light, got {value}")
         low, high = self._bounds(ref)
         if low is not None and np.any(v < low):
             raise ValueError(f"{name} must be >= {self.minimum * self.table_unit}, got {value}")

@@ -53,10 +53,10 @@ from . import functional as F
 from . import streams
 from .pixelgrid import PixelGrid
 from .resources import check_memory
-from .conventions import velocity_compression
+from .conventions import C_KMS, velocity_compression
 
 __all__ = ["Projector", "SamplingPlan", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS",
-           "TRUNCATION_FRACTION", "SMALL_RENDER"]
+           "TRUNCATION_FRACTION", "SMALL_RENDER", "DOMAIN"]
 
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 TRUNCATION_FRACTION = 1e-6
@@ -96,6 +96,38 @@ _NODES_PAY_OFF_GPU = 0.05
 #: busy machine turns into waits (measured on 2 cores, the 128^2 x 40 reference: 0.13 s quiet on
 #: 1 or 2 threads; beside two CPU-bound processes 0.16 s on 1 thread, 0.47 s on 2).
 SMALL_RENDER = 2**23
+
+
+def _check_device(device):
+    """A `torch.device` that exists here, or a ValueError that says what to use instead."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: torch sees no CUDA device here "
+                         "(torch.cuda.is_available() is False); use 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA "
+                         "devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps': torch's MPS backend is not available here; use 'cpu'")
+    return device
+
+
+#: What the projector's integral needs of its inputs (internal units): name -> (low, high,
+#: low inclusive?).  Checked once per batch by `Projector.check_inputs`; outside these the
+#: arithmetic gives NaN or empty cubes.  The user-facing bounds (e.g. n <= 20) are the
+#: parameters' declarations, checked when galaxies are made.
+DOMAIN = {
+    "r_eff": (0.0, math.inf, False), "n": (0.0, math.inf, False),
+    "scale_height": (0.0, math.inf, True), "inclination": (0.0, math.pi / 2 + 1e-6, True),
+    "dispersion": (0.0, math.inf, True), "flux": (0.0, math.inf, True),
+    "v_sys": (-math.inf, C_KMS, True),
+}
 
 
 @contextmanager
@@ -263,7 +295,9 @@ class Projector:
         self.max_oversample = int(max_oversample)
         self.minor_density = float(minor_density)
         self.max_minor_samples = int(max_minor_samples)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = _check_device(device)
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if (max_chunk_elements is not None and int(max_chunk_elements) < 1) or \
                 (group_ratio is not None and not group_ratio >= 1):
             raise ValueError(f"max_chunk_elements must be >= 1 and group_ratio >= 1, got "
@@ -434,6 +468,32 @@ class Projector:
         """Render a batch: ``(batch, n_chan, ny, nx)`` in Jy/beam (or Jy/pixel)."""
         return self.observe(self.project(params, kinematics))
 
+    @staticmethod
+    def check_inputs(params):
+        """Raise `ValueError` naming the parameter and the galaxy if a batch's tensors cannot
+        be rendered: missing, not a number, infinite, or outside `DOMAIN` (once per batch)."""
+        missing = [k for k in ("x0", "y0", "inclination", "position_angle", "flux",
+                               "dispersion", "v_sys", "r_eff", "n", "scale_height")
+                   if k not in params]
+        if missing:
+            raise ValueError(f"the parameter tensors lack {missing}; make them with "
+                             "Galaxy.tensors() and stack_parameters")
+        with torch.no_grad():
+            for name, value in params.items():
+                bad = ~torch.isfinite(value)
+                if name in DOMAIN:
+                    low, high, closed = DOMAIN[name]
+                    bad = bad | (value > high) | ((value < low) if closed else (value <= low))
+                if bool(bad.any()):
+                    where = torch.nonzero(bad.reshape(bad.shape[0], -1).any(dim=1))[0].item() \
+                        if bad.dim() else 0
+                    low, high, closed = DOMAIN.get(name, (-math.inf, math.inf, True))
+                    rule = "finite" if name not in DOMAIN else (
+                        f"finite and in {'[' if closed else '('}{low:g}, {high:g}]")
+                    raise ValueError(f"{name} must be {rule} (internal units), got "
+                                     f"{value.reshape(value.shape[0], -1)[where].tolist()} "
+                                     f"for galaxy {where} of the batch")
+
     def threads_for(self, batch):
         """The CPU threads a render of ``batch`` cubes uses (see ``threads``)."""
         if self.device.type != "cpu":
@@ -455,6 +515,7 @@ class Projector:
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
         batch = int(params["flux"].shape[0])
+        self.check_inputs(params)
         self.check_memory(batch=batch)
         with _torch_threads(self.threads_for(batch)):
             return self._project(params, kinematics)

@@ -76,15 +76,14 @@ def validate_quantity(name, value, unit, *, positive=False, nonnegative=False,
         If ``value`` is NaN, infinite, or out of range.
     """
     units = unit if isinstance(unit, (list, tuple)) else (unit,)
-    expected = " or ".join(str(un.physical_type) for un in units)
+    # units by name ('Jy km / s'), not astropy's physical types (a line flux is a 'yank' there)
+    expected = " or ".join(f"{un.to_string()}-compatible units" for un in units)
     if not isinstance(value, u.Quantity):
         raise u.UnitTypeError(
-            f"{name} must be an astropy Quantity with units of {expected} "
+            f"{name} must be an astropy Quantity with {expected} "
             f"(e.g. 1 * {units[0]}), got {_describe(value)}")
     if not any(value.unit.is_equivalent(un, equivalencies=equivalencies) for un in units):
-        raise u.UnitsError(
-            f"{name} must have units of {expected}, got {value} "
-            f"({value.unit.physical_type})")
+        raise u.UnitsError(f"{name} must have {expected}, got {value}")
     if shape is not None and value.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
     check_finite(name, value)
