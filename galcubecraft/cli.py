@@ -329,7 +329,10 @@ def _settings(args):
     grid_cfg, galaxies = dict(REFERENCE_GRID), None
     if args.config:
         with open(args.config, "rb") as fh:
-            cfg = tomllib.load(fh)
+            try:
+                cfg = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{args.config}: not valid TOML: {exc}") from None
         unknown = set(cfg) - {"grid", "galaxy"}
         if unknown:
             raise ValueError(f"unknown table(s) in {args.config}: {', '.join(sorted(unknown))}")

@@ -157,6 +157,13 @@ class DatasetSpec:
         self.mask_threshold = scene.get("mask_threshold")
         if self.population is None:
             check_band(self.grid, self.galaxy_priors)
+        # a first cube's galaxies, drawn (not rendered) now: a placement the grid cannot hold
+        # fails here, before any file is written, rather than in the first shard
+        try:
+            self.draw(0, 0 if self.seed is None else self.seed)
+        except ValueError as exc:
+            raise ValueError(f"[scene]/[galaxy]: the first cube cannot be drawn: {exc}") \
+                from None
 
     #: Presets: populations ready to use, with the options they take.
     PRESETS = {"galcubecraft-0.1": {"n_gals", "resolution", "offset_gals", "beam_info",

@@ -85,7 +85,13 @@ def read_header(source, hdu=None):
             header.update(beam.to_header_keywords())
         return header, None
     if isinstance(source, (str, Path)):
-        with fits.open(source, memmap=True) as hdul:
+        try:
+            hdul = fits.open(source, memmap=True)
+        except OSError as exc:
+            if not Path(source).exists():
+                raise
+            raise ValueError(f"{source}: not a FITS file astropy can read ({exc})") from None
+        with hdul:
             header = hdul[cube_hdu(hdul, hdu, source)].header.copy()
             beams = None
             if "BEAMS" in hdul:

@@ -242,6 +242,9 @@ class Parameter:
         if self.maximum is not None and hi > self.maximum:
             raise ValueError(f"{name} must be <= {self.maximum}{label}, but its distribution "
                              f"reaches {hi:g}")
+        if self.kind == "velocity" and max(abs(lo), abs(hi)) >= C_KMS:
+            raise ValueError(f"{name} must be below the speed of light, but its distribution "
+                             f"reaches {max(abs(lo), abs(hi)):g}{label}")
         if not (math.isfinite(lo) or lo == -math.inf) or math.isnan(hi):
             raise ValueError(f"{name}: its distribution's support is not finite")
 

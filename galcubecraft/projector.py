@@ -514,8 +514,8 @@ class Projector:
         """
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
-        batch = int(params["flux"].shape[0])
         self.check_inputs(params)
+        batch = int(params["flux"].shape[0])
         self.check_memory(batch=batch)
         with _torch_threads(self.threads_for(batch)):
             return self._project(params, kinematics)

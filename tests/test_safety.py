@@ -285,8 +285,8 @@ def rss_mb():
 @pytest.mark.parametrize("shape, beam", [((256, 4096, 4096), "4 arcsec"),
                                          ((40, 128, 128), "3600 arcsec"),
                                          ((64, 4096, 4096), "60 arcsec")])
-def test_renders_too_large_for_memory_are_refused_with_the_estimate(tmp_path, capsys, shape,
-                                                                     beam, monkeypatch):
+def test_renders_too_large_for_memory_are_refused_with_the_estimate(
+        tmp_path, capsys, shape, beam, monkeypatch):
     """The largest legal shape, a beam that pads every channel to thousands of pixels: refused
     before anything large is allocated, with the estimate and how to override it (the limit
     is set to 16 GB, so that the test means the same on any machine)."""
