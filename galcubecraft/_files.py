@@ -1,11 +1,46 @@
 """Atomic file output: write beside the target under a temporary name, then rename."""
 import errno
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "same_file", "check_paths"]
+__all__ = ["atomic_path", "same_file", "check_paths", "remove_stale_parts"]
+
+#: Who writes a temporary file: ``<host>-<pid>`` in its name, so that a later write can tell
+#: the leftovers of a killed process from the work of a live one.
+_OWNER = f"{re.sub(r'[^A-Za-z0-9]', '', socket.gethostname())[:32]}-{os.getpid()}"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_parts(folder, name=None):
+    """Remove the temporary files of interrupted writes in ``folder`` (of ``name`` only, if
+    given): those whose writer, a process of this host, is no longer running.
+
+    Returns the paths removed.  Temporary files of other hosts, or of live processes, stay.
+    """
+    host = _OWNER.rsplit("-", 1)[0]
+    pattern = f".{name}.*.part" if name else ".*.part"
+    removed = []
+    for part in Path(folder).glob(pattern):
+        owner = part.name[:-len(".part")].rsplit(".", 2)[-2] if part.name.count(".") >= 3 \
+            else ""
+        who, _, pid = owner.rpartition("-")
+        if who == host and pid.isdigit() and not _alive(int(pid)):
+            part.unlink(missing_ok=True)
+            removed.append(part)
+    return removed
 
 
 def same_file(a, b):
@@ -58,8 +93,9 @@ def atomic_path(filename, overwrite=False):
     if path.exists() and not overwrite:
         raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to replace it",
                               str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part",
-                               dir=path.parent if str(path.parent) else ".")
+    folder = path.parent if str(path.parent) else Path(".")
+    remove_stale_parts(folder, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".part", dir=folder)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

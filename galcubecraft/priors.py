@@ -1,6 +1,7 @@
 """Priors: a distribution for every galaxy parameter, in Python or in a TOML file.
 
-A priors file describes a population once; `GalaxyPriors.from_toml` reads it and
+A priors file describes a population once (inline tables stay on one line, as TOML
+requires); `GalaxyPriors.from_toml` reads it and
 checks it completely (unknown parameters, wrong units, empty or impossible ranges)
 before any work starts.  Each value is either a fixed quantity (``"10 km/s"``) or
 a table naming a distribution::
@@ -9,8 +10,7 @@ a table naming a distribution::
     r_eff = {distribution = "loguniform", low = "1 arcsec", high = "4 arcsec"}
     inclination = {distribution = "isotropic", low = "20 deg", high = "80 deg"}
     v_max = {distribution = "uniform", low = "100 km/s", high = "300 km/s"}
-    dispersion = {distribution = "truncnormal", mean = "12 km/s", std = "4 km/s",
-                  low = "5 km/s", high = "30 km/s"}
+    dispersion = {distribution = "uniform", low = "8 km/s", high = "20 km/s"}
     flux = {distribution = "loguniform", low = "0.5 Jy km/s", high = "5 Jy km/s"}
     n = {distribution = "choice", values = [0.5, 1, 1.5], weights = [1, 2, 1]}
 

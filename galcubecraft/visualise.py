@@ -272,11 +272,13 @@ def spectrum(cube, figsize=(7, 4.5)):
     """The integrated spectrum (flux density summed over the field, Jy) against velocity."""
     cube = velocity_cube(cube)
     data = cube.filled_data[:]
+    # blank (NaN) pixels, the edges of most ALMA and VLA cubes, hold no flux
+    total = np.nansum(data.value, axis=(1, 2)) * data.unit
     if data.unit.is_equivalent(u.Jy / u.beam):
         beam_pixels = (cube.beam.sr / _pixel_scale(cube)**2).decompose().value
-        flux = (data.sum(axis=(1, 2)) / beam_pixels).value * u.Jy
+        flux = (total / beam_pixels).value * u.Jy
     else:
-        flux = data.sum(axis=(1, 2))
+        flux = total
     fig, ax = plt.subplots(figsize=figsize)
     ax.step(cube.spectral_axis.to_value(_KMS), flux.value, where="mid", color="xkcd:blue",
             lw=1.2)

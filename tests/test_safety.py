@@ -330,3 +330,22 @@ def test_a_dataset_larger_than_the_disk_is_refused_before_any_work(tmp_path, cap
     err = capsys.readouterr().err
     assert status == 2 and "on disk" in err and "--no-space-check" in err
     assert not (tmp_path / "d" / "manifest.json").exists()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path, capsys):
+    """A render killed mid-write leaves ``.galaxy.fits.<host>-<pid>.*.part``; the next write of
+    that file removes it, and leaves alone those of live processes and other hosts."""
+    from galcubecraft._files import atomic_path
+    with atomic_path(tmp_path / "probe.txt") as tmp:
+        owner = tmp.name.split(".")[3]                      # <host>-<pid> of this process
+        tmp.write_text("x")
+    host = owner.rsplit("-", 1)[0]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".galaxy.fits.{host}-{dead.pid}.a1b2c3.part"
+    live = tmp_path / f".galaxy.fits.{owner}.d4e5f6.part"
+    elsewhere = tmp_path / ".galaxy.fits.otherhost-1.g7h8.part"
+    for part in (stale, live, elsewhere):
+        part.write_bytes(b"\0" * 1000)
+    assert main(["render", "-o", str(tmp_path / "galaxy.fits"), "--shape", "4", "16", "16"]) == 0
+    assert not stale.exists() and live.exists() and elsewhere.exists()

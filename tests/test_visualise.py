@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 import astropy.units as u  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from spectral_cube import SpectralCube  # noqa: E402
 from astropy.visualization.wcsaxes import WCSAxes  # noqa: E402
 
 from galcubecraft import GalCubeCraft  # noqa: E402
@@ -228,3 +229,21 @@ def test_cli_plot_errors(tmp_path, capsys):
     (tmp_path / "exists.png").write_bytes(b"x")
     assert cli_main(["plot", str(good), "-o", str(tmp_path / "exists.png")]) == 2
     assert (tmp_path / "exists.png").read_bytes() == b"x"
+
+
+def test_the_spectrum_of_a_cube_with_blank_pixels_is_its_flux(model, tmp_path):
+    """Most ALMA and VLA cubes are blanked (NaN) outside their primary beam: the spectrum
+    sums what is there (it was all NaN, an empty plot)."""
+    from astropy.io import fits
+    galaxy, cube = model
+    path = tmp_path / "c.fits"
+    cube.write(path)
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].data[:, :, :5] = np.nan          # a blank strip, far from the galaxy
+    blanked = SpectralCube.read(path)
+    flux = spectrum(blanked).axes[0].lines[0].get_ydata()
+    full = spectrum(cube).axes[0].lines[0].get_ydata()
+    assert np.all(np.isfinite(flux))
+    np.testing.assert_allclose(flux, full, rtol=1e-3, atol=1e-5 * np.max(full))
+    dv = abs(np.diff(cube.spectral_axis.to_value(KMS))[0])
+    assert np.sum(flux) * dv == pytest.approx(galaxy.flux.to_value(u.Jy * KMS), rel=2e-3)
