@@ -160,6 +160,9 @@ def build_parser():
                    help="image file to write (.png, .pdf, .svg)")
     q.add_argument("--pa", default="0 deg",
                    help="position angle of the PV slit, east of north (--kind pv)")
+    q.add_argument("--clip", help="moments 1 and 2 from voxels above this: 'N sigma' (N times "
+                                  "the cube's robust rms) or a brightness such as "
+                                  "'2 mJy/beam' (default: 1e-3 of the peak, for models)")
     q.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     j = sub.add_parser(
         "inject", help="add model galaxies to a real FITS cube, with a truth table",
@@ -195,6 +198,11 @@ def build_parser():
                    help="random placement keeps clear of pixels whose peak over the channels "
                         "is at least this: a quantity in the data's unit, or 'N sigma' (N "
                         "times the cube's robust rms)")
+    j.add_argument("--edge", help="least distance of a random galaxy's centre from the field's "
+                                  "edges and blank pixels (default: twice the largest r_eff "
+                                  "of the priors, or 8 pixels)")
+    j.add_argument("--min-separation", help="least distance between random galaxies' centres "
+                                            "(default: --edge)")
     j.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     j.add_argument("--overwrite", action="store_true",
                    help="replace OUTPUT and its truth table if they exist (never the input)")
@@ -300,6 +308,9 @@ def inject_command(args):
             priors, placement = GalaxyPriors(), {"n": args.random}
         if args.seed is not None:
             placement["seed"] = args.seed
+        for key in ("edge", "min_separation"):
+            if getattr(args, key) is not None:
+                placement[key] = parse_quantity("--" + key.replace("_", "-"), getattr(args, key))
         threshold = args.avoid_threshold or placement.pop("avoid_threshold", None)
         placement.pop("avoid_threshold", None)
         avoid = None
@@ -372,7 +383,8 @@ def plot(args):
         raise ValueError(f"cannot read {args.cube} as a spectral cube ({type(exc).__name__}: "
                          f"{_one_line(exc)})") from None
     if args.kind == "moments":
-        fig = visualise.moment_maps(cube, moments=(0, 1, 2))
+        mask = None if args.clip is None else visualise.clip_mask(cube, args.clip, "--clip")
+        fig = visualise.moment_maps(cube, mask=mask, moments=(0, 1, 2))
     elif args.kind == "channels":
         fig = visualise.channel_maps(cube)
     elif args.kind == "pv":

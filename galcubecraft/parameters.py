@@ -68,9 +68,13 @@ def parse_quantity(name, text):
         raise ValueError(f"{name} needs a unit, e.g. '{text} arcsec' or '{text} km/s'; got the "
                          f"bare number {text}")
     try:
-        return u.Quantity(str(text))
+        value = u.Quantity(str(text))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot read {name}={text!r} as a quantity with units: {exc}") from None
+    if value.unit == u.one and not str(text).strip().endswith(("dimensionless", "one")):
+        raise ValueError(f"{name} needs a unit, e.g. '{text} arcsec' or '{text} km/s'; got "
+                         f"{text!r}")
+    return value
 
 
 class Parameter:

@@ -20,10 +20,12 @@ from ._files import atomic_path
 from .cube import to_spectral_cube
 from .grid import CubeGrid
 from .noise import beam_from_info
+from .parameters import parse_quantity
 from .units import velocity_compression
 
 __all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_maps",
-           "pv_slice", "pv_diagram", "galaxy_pv_curve", "compare_cubes", "velocity_cube"]
+           "pv_slice", "pv_diagram", "galaxy_pv_curve", "compare_cubes", "velocity_cube",
+           "clip_mask"]
 
 _KMS = u.km / u.s
 
@@ -42,6 +44,25 @@ def emission_mask(cube, noise_rms=None, threshold=3.0, fraction=1e-3):
     else:
         level = fraction * np.nanmax(data)
     return data > level
+
+
+def clip_mask(cube, clip, name="clip"):
+    """Voxels above ``clip``: ``'N sigma'`` (N times the cube's robust rms, from the median
+    absolute deviation) or a brightness (a Quantity or text such as ``'2 mJy/beam'``)."""
+    from astropy.stats import mad_std
+    data = cube.filled_data[:].value
+    text = str(clip).strip()
+    if text.endswith("sigma"):
+        try:
+            factor = float(text[:-5])
+        except ValueError:
+            raise ValueError(f"{name}: cannot read {text!r}; give e.g. '3 sigma' or "
+                             "'2 mJy/beam'") from None
+        return data > factor * float(mad_std(data, ignore_nan=True))
+    level = parse_quantity(name, clip)
+    if not level.unit.is_equivalent(cube.unit):
+        raise ValueError(f"{name} must be 'N sigma' or a brightness in {cube.unit}, got {clip}")
+    return data > level.to_value(cube.unit)
 
 
 def _scale_bar(ax, cube, kpc_per_pixel, color):

@@ -200,3 +200,22 @@ def test_the_example_priors_make_a_dataset_and_every_toml_block_of_the_docs_pars
     import galcubecraft.priors
     doc = galcubecraft.priors.__doc__
     tomllib.loads("\n".join(line[4:] for line in doc[doc.index("    [galaxy]"):].splitlines()))
+
+
+def test_inject_random_galaxies_into_a_small_field_with_edge(tmp_path, capsys):
+    """A small field (a 24 arcsec ALMA cube) cannot keep the default distance from its edges
+    (twice the priors' largest r_eff); --edge and --min-separation set it."""
+    from test_header import casa_header, write
+    header = casa_header(n_chan=40, n_pix=24)
+    cube = write(header, tmp_path / "small.fits")
+    out = tmp_path / "o.fits"
+    assert main(["inject", str(cube), "--random", "1", "-o", str(out)]) == 2
+    assert "far enough from its edges" in capsys.readouterr().err
+    assert main(["inject", str(cube), "--random", "2", "-o", str(out), "--edge", "3 arcsec",
+                 "--min-separation", "4 arcsec", "--seed", "3"]) == 0
+    from astropy.table import QTable
+    truth = QTable.read(tmp_path / "o_truth.ecsv")
+    assert len(truth) == 2
+    assert main(["inject", str(cube), "--random", "1", "-o", str(tmp_path / "p.fits"),
+                 "--edge", "3"]) == 2
+    assert "--edge needs a unit" in capsys.readouterr().err

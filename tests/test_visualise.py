@@ -247,3 +247,32 @@ def test_the_spectrum_of_a_cube_with_blank_pixels_is_its_flux(model, tmp_path):
     np.testing.assert_allclose(flux, full, rtol=1e-3, atol=1e-5 * np.max(full))
     dv = abs(np.diff(cube.spectral_axis.to_value(KMS))[0])
     assert np.sum(flux) * dv == pytest.approx(galaxy.flux.to_value(u.Jy * KMS), rel=2e-3)
+
+
+@pytest.mark.parametrize("clip", ["3 sigma", "2 mJy/beam"])
+def test_moment_maps_of_a_noisy_cube_can_be_clipped(model, tmp_path, clip):
+    """Moment 1 of a noisy cube is noise everywhere unless clipped; --clip keeps the disk."""
+    from astropy.io import fits
+    galaxy, cube = model
+    path = tmp_path / "noisy.fits"
+    cube.write(path)
+    with fits.open(path, mode="update") as hdul:
+        rng = np.random.default_rng(1)
+        hdul[0].data = hdul[0].data + rng.normal(0, 5e-4, hdul[0].data.shape).astype("f4")
+    for args, name in (([], "plain.png"), (["--clip", clip], "clipped.png")):
+        assert cli_main(["plot", str(path), "-o", str(tmp_path / name), *args]) == 0
+    noisy = SpectralCube.read(path)
+    fig = moment_maps(noisy, moments=(1,))
+    unclipped = np.isfinite(np.asarray(fig.axes[0].images[0].get_array(), float)).mean()
+    from galcubecraft.visualise import clip_mask
+    fig = moment_maps(noisy, mask=clip_mask(noisy, clip), moments=(1,))
+    clipped = np.isfinite(np.asarray(fig.axes[0].images[0].get_array(), float)).mean()
+    assert unclipped > 0.9 and clipped < 0.5
+
+
+def test_plot_clip_errors_name_the_option(model, tmp_path, capsys):
+    galaxy, cube = model
+    cube.write(tmp_path / "c.fits")
+    assert cli_main(["plot", str(tmp_path / "c.fits"), "-o", str(tmp_path / "x.png"),
+                     "--clip", "3 km/s"]) == 2
+    assert "--clip" in capsys.readouterr().err
