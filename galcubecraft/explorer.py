@@ -7,6 +7,8 @@ Every slider change re-renders the cube with the torch projector and redraws the
 moment-1 maps and the spectrum; "Save FITS" writes the current cube (atomically).  Needs
 ``ipywidgets`` (``pip install "galcubecraft[explorer]"``).
 """
+import io
+
 import astropy.units as u
 import numpy as np
 import torch
@@ -16,7 +18,7 @@ from radio_beam import Beam
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .render import render
-from .visualise import emission_mask
+from .visualise import emission_mask, tidy_sky_axes
 
 __all__ = ["Explorer"]
 
@@ -118,6 +120,8 @@ class Explorer:
         self._axes = [self.figure.add_subplot(1, 3, 1, projection=sky),
                       self.figure.add_subplot(1, 3, 2, projection=sky),
                       self.figure.add_subplot(1, 3, 3)]
+        for ax in self._axes[:2]:
+            tidy_sky_axes(ax)
         blank = np.zeros(self.shape[1:])
         self._images = [self._axes[0].imshow(blank, origin="lower", cmap="inferno"),
                         self._axes[1].imshow(blank, origin="lower", cmap="RdBu_r")]
@@ -160,10 +164,18 @@ class Explorer:
         self._show()
 
     def _show(self):
-        from IPython.display import clear_output, display
+        """Draw the figure into the output area as a PNG image.
+
+        A bare matplotlib `~matplotlib.figure.Figure` is shown as its text repr
+        (``<Figure size ...>``) wherever IPython's inline backend has not registered a
+        formatter for it (Voila, nbconvert, a fresh kernel), so the image is sent itself.
+        """
+        from IPython.display import Image, clear_output, display
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=90)
         with self.output:
             clear_output(wait=True)
-            display(self.figure)
+            display(Image(data=buffer.getvalue(), format="png"))
 
     # ------------------------------------------------------------------ saving
     def save(self, filename=None):

@@ -25,7 +25,7 @@ from .units import velocity_compression
 
 __all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_maps",
            "pv_slice", "pv_diagram", "galaxy_pv_curve", "compare_cubes", "velocity_cube",
-           "clip_mask"]
+           "clip_mask", "tidy_sky_axes"]
 
 _KMS = u.km / u.s
 
@@ -106,8 +106,16 @@ def _sky_axes(fig, n_rows, n_cols, index, n_panels, cube):
     ax.coords[1].set_axislabel("Declination" if first_column else " ")
     ax.coords[0].set_ticklabel_visible(bottom)
     ax.coords[1].set_ticklabel_visible(first_column)
-    ax.coords[0].set_ticks(number=3)
+    tidy_sky_axes(ax)
     return ax
+
+
+def tidy_sky_axes(ax):
+    """Right-ascension labels that do not overlap: at most three, overlapping ones dropped
+    (sexagesimal RA labels are long; four or more collide on a panel a few inches wide)."""
+    ax.coords[0].set_ticks(number=3)
+    ax.coords[0].set_ticklabel(exclude_overlapping=True)
+    ax.coords[1].set_ticklabel(exclude_overlapping=True)
 
 
 def moment_maps(cube, mask=None, kpc_per_pixel=None, moments=(0, 1), figsize=None):
@@ -141,6 +149,7 @@ def moment_maps(cube, mask=None, kpc_per_pixel=None, moments=(0, 1), figsize=Non
             image = (cube.moment0() if order == 0 else
                      masked.moment1() if order == 1 else masked.linewidth_sigma())
         ax = fig.add_subplot(1, len(moments), k + 1, projection=cube.wcs.celestial)
+        tidy_sky_axes(ax)
         values = image.value
         kwargs = {}
         if scale == "sym" and np.any(np.isfinite(values)):
@@ -275,6 +284,7 @@ def compare_cubes(clean, noisy, channel=None, figsize=(15, 4.6)):
     vmax = float(np.nanmax(images[1].value))
     for k, (image, title) in enumerate(zip(images, ("clean", "noisy", "residual"))):
         ax = fig.add_subplot(1, 3, k + 1, projection=clean.wcs.celestial)
+        tidy_sky_axes(ax)
         kwargs = ({"vmin": -vmax / 4, "vmax": vmax / 4, "cmap": "RdBu_r"} if k == 2 else
                   {"vmin": min(0, float(np.nanmin(images[1].value))), "vmax": vmax,
                    "cmap": "inferno"})

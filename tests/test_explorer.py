@@ -70,3 +70,23 @@ def test_save_button_writes_the_current_cube(explorer, tmp_path):
     second = SpectralCube.read(path)
     assert not np.allclose(first.unmasked_data[:].value, second.unmasked_data[:].value)
     assert "saved" in explorer.status.value
+
+
+def test_the_explorer_shows_its_maps_in_a_real_notebook(tmp_path):
+    """Executed in a fresh kernel as a notebook is (nbclient): the explorer's output area holds
+    an image/png of its maps, not the text '<Figure size ...>'."""
+    import json
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from galcubecraft.explorer import Explorer\nExplorer(shape=(8, 24, 24))")]
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in outputs)
+    state = json.dumps(nb.metadata["widgets"])
+    assert "image/png" in state
+    assert "Figure size" not in state
