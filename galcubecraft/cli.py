@@ -33,7 +33,6 @@ REFERENCE_GRID = {
     "pixel_scale": "1 arcsec",
     "channel_width": "20 km/s",
     "beam": "4 arcsec",
-    "beam_pa": "0 deg",
     "ra": "150 deg",
     "dec": "2 deg",
     "velocity_center": "0 km/s",
@@ -255,11 +254,15 @@ def dataset_command(args):
 def export_command(args):
     """``galcubecraft export``: FITS files of chosen cubes of a dataset."""
     text = args.indices.strip()
-    if ":" in text:
-        a, b = text.split(":", 1)
-        indices = range(int(a), int(b))
-    else:
-        indices = [int(v) for v in text.split(",") if v.strip()]
+    try:
+        if ":" in text:
+            a, b = text.split(":", 1)
+            indices = range(int(a), int(b))
+        else:
+            indices = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--indices must be 'A:B' (B excluded) or a comma-separated list of "
+                         f"integers, got {args.indices!r}") from None
     written = export_fits(args.dataset, indices, args.output, overwrite=args.overwrite)
     print(f"wrote {len(written)} FITS files to {args.output}")
     return 0
@@ -399,6 +402,9 @@ def plot(args):
 
 def render_command(args):
     """``galcubecraft render``: one cube from flags or a TOML file, written to FITS."""
+    if not str(args.output).lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
+        raise ValueError(f"--output must be a FITS file name (.fits or .fits.gz), got "
+                         f"{args.output!r}")
     check_paths({"--config": args.config}, {"--output": args.output}, overwrite=args.overwrite)
     grid_cfg, galaxy_cfgs = _settings(args)
     grid = CubeGrid.from_dict(grid_cfg)

@@ -55,6 +55,9 @@ class SyntheticCube(SpectralCube):
         if not is_fits:
             if stokes:
                 raise ValueError("stokes=True is for FITS output")
+            if format is None:
+                raise ValueError(f"cannot tell the format of {filename!r} from its name; use "
+                                 "a FITS name (.fits, .fits.gz) or pass format=...")
             return super().write(filename, overwrite=overwrite, format=format)
         return write_fits(self, filename, overwrite=overwrite, stokes=stokes)
 

@@ -517,6 +517,8 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
     shard_size = int(shard_size or spec.shard_size)
     # absolute: Dask workers (on other hosts too) resolve paths in their own directories
     out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the dataset folder {out} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
     if check_space:
         _check_space(out, n, spec.grid.shape)
@@ -668,6 +670,8 @@ class CubeDataset(torch.utils.data.Dataset):
     def __init__(self, path, keys=("noisy", "clean", "mask"), transform=None, verify=True):
         self.path = Path(path)
         self.verify = bool(verify)
+        if not (self.path / "manifest.json").is_file():
+            raise ValueError(f"{self.path} is not a dataset folder (it has no manifest.json)")
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         bad = set(keys) - set(ARRAYS)
         if bad:

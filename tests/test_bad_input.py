@@ -297,6 +297,7 @@ CLI = [
     (["render", "--config", "{tmp}/unknown.toml"], "colour"),
     (["render", "--shape", "256", "4096", "4096"], "needs about"),
     (["render", "--oversample", "0"], "oversample"),
+    (["render", "-o", "{tmp}/cube.txt"], "--output must be a FITS file name"),
     (["plot", "{tmp}/missing.fits", "-o", "{tmp}/x.png"], "missing.fits"),
     (["plot", "{tmp}/bad.toml", "-o", "{tmp}/x.png"], "cannot read"),
     (["plot", "{tmp}/bad.toml", "-o", "{tmp}/x.txt"], "cannot write a .txt"),
@@ -310,6 +311,9 @@ CLI = [
     (["dataset", "{tmp}/priors.toml", "--n", "4", "--out", "{tmp}/d", "--seed", "-2"],
      "seed"),
     (["export", "{tmp}/nothing", "--indices", "0:2", "-o", "{tmp}/e"], "nothing"),
+    (["export", "{tmp}/bad.toml", "--indices", "0:2", "-o", "{tmp}/e"], "not a dataset folder"),
+    (["export", "{tmp}", "--indices", "a:b", "-o", "{tmp}/e"], "--indices must be"),
+    (["dataset", "{tmp}/priors.toml", "--n", "2", "--out", "{tmp}/bad.toml"], "is a file"),
 ]
 
 
@@ -327,7 +331,7 @@ def test_cli_errors_are_one_line_naming_the_option(args, message, cli_folder, ca
     args = [a.format(tmp=cli_folder) for a in args]
     out = cli_folder / "out.fits"
     before = sorted(p.name for p in cli_folder.iterdir())
-    extra = ["-o", str(out)] if args[0] == "render" else []
+    extra = ["-o", str(out)] if args[0] == "render" and "-o" not in args else []
     status = main(args + extra)
     err = capsys.readouterr().err
     assert status == 2, err

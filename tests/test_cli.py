@@ -8,6 +8,17 @@ from spectral_cube import SpectralCube
 from galcubecraft.cli import main
 
 
+def test_render_without_a_beam(tmp_path):
+    """--beam none: a beam-free cube in Jy/pixel (the reference grid's other beam settings do
+    not get in the way)."""
+    out = tmp_path / "nobeam.fits"
+    assert main(["render", "-o", str(out), "--shape", "40", "64", "64", "--beam", "none",
+                 "--r-eff", "3 arcsec"]) == 0
+    cube = SpectralCube.read(out)
+    assert cube.unit == u.Jy / u.pix
+    assert float(np.sum(cube.unitless_filled_data[:])) * 20 == pytest.approx(30, rel=2e-3)
+
+
 def test_render_defaults(tmp_path, capsys):
     out = tmp_path / "galaxy.fits"
     assert main(["render", "-o", str(out), "--shape", "20", "48", "48"]) == 0
