@@ -402,10 +402,10 @@ def plot(args):
 
 def render_command(args):
     """``galcubecraft render``: one cube from flags or a TOML file, written to FITS."""
+    check_paths({"--config": args.config}, {"--output": args.output}, overwrite=args.overwrite)
     if not str(args.output).lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
         raise ValueError(f"--output must be a FITS file name (.fits or .fits.gz), got "
                          f"{args.output!r}")
-    check_paths({"--config": args.config}, {"--output": args.output}, overwrite=args.overwrite)
     grid_cfg, galaxy_cfgs = _settings(args)
     grid = CubeGrid.from_dict(grid_cfg)
     galaxies = [Galaxy.from_dict(c, defaults=REFERENCE_GALAXY, where=f"galaxy {k + 1}")
