@@ -41,7 +41,9 @@ class Galaxy(Placed):
         Angle of the *receding* half of the major axis, measured from north
         through east (the radio convention, as `radio_beam.Beam.pa`).
     flux : `~astropy.units.Quantity` [spectral flux density x speed]
-        Total line flux, e.g. in Jy km/s (>= 0).
+        Total line flux, e.g. in Jy km/s (>= 0): the observed-frame :math:`S\Delta V`
+        (velocities at the line's observed frequency), as `galcubecraft.lines` uses it; on
+        the grid's radio-velocity axis the line integrates to ``flux (1 - v_sys / c)``.
     vertical : `~galcubecraft.ExponentialVertical`, optional
         Vertical profile; razor-thin by default.
     dispersion : `~astropy.units.Quantity` [speed]
@@ -81,7 +83,8 @@ class Galaxy(Placed):
                             description="inclination, 0 face-on to 90 deg edge-on")
     position_angle = Parameter("angle", description="PA of the receding major axis, east of "
                                                     "north")
-    flux = Parameter("line_flux", nonnegative=True, description="total line flux")
+    flux = Parameter("line_flux", nonnegative=True,
+                     description="total line flux (observed-frame S dV)")
     dispersion = Parameter("velocity", nonnegative=True, default=10 * _KMS,
                            description="velocity dispersion (Gaussian sigma)")
     v_sys = Parameter("velocity", optional=True, default=None,

@@ -503,13 +503,19 @@ class CubeGrid:
         return u.Jy / u.beam if self.beam is not None else u.Jy / u.pix
 
     def integrated_flux(self, data):
-        """Total line flux of a cube on this grid: ``sum(data dv) Omega_pix / Omega_beam``.
+        r"""Total line flux of a cube on this grid, the observed-frame :math:`S\Delta V`.
 
+        ``sum(data dv_obs) Omega_pix / Omega_beam``, each channel's width taken in the
+        velocity of its own observed frequency, ``dv_obs = dv_rad / (1 - v_rad / c)``
+        (Solomon & Vanden Bout 2005): the quantity that `galcubecraft.lines.line_luminosity`
+        and gas masses take, and what a galaxy's ``flux`` is.  For a line at redshift z it
+        is (1 + z) times the plain sum over the radio-velocity axis; at z = 0 the two agree.
         ``data`` is an array (or Quantity) in `unit`; returns Jy km/s.
         """
         values = data.to_value(self.unit) if isinstance(data, u.Quantity) else np.asarray(data)
         per_pixel = 1.0 / self.beam_pixel_ratio
         widths = np.abs(self.channel_widths.to_value(_KMS))
+        widths = widths / velocity_compression(self.spectral_axis.to_value(_KMS))
         per_channel = np.sum(values, axis=(-2, -1), dtype=np.float64)
         return float(np.sum(per_channel * widths)) * per_pixel * u.Jy * _KMS
 

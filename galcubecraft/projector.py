@@ -571,10 +571,14 @@ class Projector:
         n_minor = int(plan.minor.max())
         cell_east, cell_north, cell_used = self._cells(plan.cells, n_cells)
 
-        # One b_n solve per galaxy; the amplitude makes the total flux exact.
+        # One b_n solve per galaxy; the amplitude makes the total flux exact.  ``flux`` is the
+        # observed-frame S dV (velocities at the line's observed frequency f_sys, as L' and gas
+        # masses use it); on the grid's radio-velocity axis (relative to f0) the line's
+        # integral is S dV f_sys / f0 = S dV (1 - v_sys / c)
         b_n = F.sersic_bn(params["n"])
-        amplitude = params["flux"] / F.sersic_total_flux(torch.ones_like(b_n), params["r_eff"],
-                                                         params["n"], b_n=b_n)
+        flux = params["flux"] * velocity_compression(params["v_sys"])
+        amplitude = flux / F.sersic_total_flux(torch.ones_like(b_n), params["r_eff"],
+                                               params["n"], b_n=b_n)
         shaped = {k: (v.reshape(batch, 1, 1, 1) if v.dim() == 1 else v)
                   for k, v in params.items()}
         shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),

@@ -55,7 +55,7 @@ def project_streams(p, *, pixel, sky_matrix, shape, margin, edges):
     tt = t.reshape(1, n)
     weight = speed * (1 + p["taper"].reshape(-1, 1) * (1 - 2 * tt))
     weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    flux = p["flux"].reshape(-1, 1) * weight                          # (B, n)
+    flux = p["flux"].reshape(-1, 1) * weight                          # (B, n): observed S dV
     # cloud centres in the padded grid's pixel coordinates
     inv = torch.as_tensor(np.linalg.inv(sky_matrix), device=device, dtype=dtype)
     _, ny, nx = shape
@@ -79,5 +79,6 @@ def project_streams(p, *, pixel, sky_matrix, shape, margin, edges):
                       + step**2 / 12)
     cdf = torch.erf((edges.reshape(1, 1, -1) - v.unsqueeze(-1))
                     / (math.sqrt(2) * disp.unsqueeze(-1)))
-    spectra = 0.5 * (cdf[..., 1:] - cdf[..., :-1]) * flux.unsqueeze(-1)   # (B, n, C)
+    # each cloud's observed-frame S dV on the radio-velocity axis: times f_cloud / f0
+    spectra = 0.5 * (cdf[..., 1:] - cdf[..., :-1]) * (flux * kin).unsqueeze(-1)   # (B, n, C)
     return torch.einsum("bkc,bky,bkx->bcyx", spectra, sy, sx)
