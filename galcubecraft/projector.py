@@ -40,6 +40,7 @@ variance (:func:`~galcubecraft.functional.deposit_lines`, the default where it
 saves time) or directly, with differences of erf per sample and channel edge.
 """
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -93,8 +94,9 @@ _NODES_PAY_OFF = 0.25
 _NODES_PAY_OFF_GPU = 0.05
 #: Renders of fewer padded output elements (batch x channels x pixels) than this run on one
 #: CPU thread by default: they are made of many small kernels, each an OpenMP barrier, which a
-#: busy machine turns into waits (measured on 2 cores, the 128^2 x 40 reference: 0.13 s quiet on
-#: 1 or 2 threads; beside two CPU-bound processes 0.16 s on 1 thread, 0.47 s on 2).
+#: busy machine turns into waits (measured on 2 cores, the 128^2 x 40 reference: quiet, 0.12-0.14
+#: s on 1 thread and 0.09-0.10 s on 2; beside two CPU-bound processes 0.17-0.26 s on 1, 0.5-0.7 s
+#: on 2).  Robustness is bought with the quiet two-thread speed-up (see ``Projector(threads=)``).
 SMALL_RENDER = 2**23
 
 
@@ -239,13 +241,16 @@ class Projector:
         allocated, with the estimate in the message.
     threads : int, optional
         CPU threads for a render (torch's intra-op threads, set for the render and restored
-        after).  Default: one for renders smaller than `SMALL_RENDER` padded output
-        elements (they are made of many small kernels, and on a busy machine each thread
-        barrier waits for a core: one thread is as fast when the machine is quiet and stays
-        fast when it is not), torch's own setting for larger ones.  On a machine shared
-        with other work, ``threads=1`` keeps large batches from collapsing too (measured on
-        2 cores beside two CPU-bound processes: 64 cubes of 64^2 x 32 in 1.9 s on one thread,
-        4.6 s on two; 1.3 s and 0.9 s on a quiet machine).
+        after).  Default: ``GALCUBECRAFT_THREADS`` if set, else one for renders smaller
+        than `SMALL_RENDER` padded output elements and torch's own setting for larger ones.
+        A small render is hundreds of small kernels, each ending in a thread barrier that,
+        on a busy machine, waits for a core: measured on 2 cores, the 128^2 x 40 reference
+        takes 0.12-0.14 s on one thread and 0.09-0.10 s on two when the machine is quiet,
+        but 0.17-0.26 s on one and 0.5-0.7 s on two beside two CPU-bound processes.  On a
+        dedicated machine ``threads=2`` (or ``GALCUBECRAFT_THREADS=2``) takes the quiet
+        speed-up back; on a shared one ``threads=1`` keeps large batches from collapsing
+        too (64 cubes of 64^2 x 32: 1.9 s on one thread, 4.6 s on two, beside two busy
+        processes; 1.3 s and 0.9 s on a quiet machine).
     max_chunk_elements : int, optional
         Largest intermediate tensor (elements); bounds the memory per chunk.
         Default 2**23 on a CPU (32 MB in float32, cache-friendly) and 2**28 on
@@ -324,6 +329,12 @@ class Projector:
         self.chan_margin = pixels.chan_margin
         self.fft_shape = tuple(scipy.fft.next_fast_len(s, real=True) for s in self.padded_shape)
         self.max_memory = max_memory
+        if threads is None and os.environ.get("GALCUBECRAFT_THREADS"):
+            try:
+                threads = int(os.environ["GALCUBECRAFT_THREADS"])
+            except ValueError:
+                raise ValueError("GALCUBECRAFT_THREADS must be a positive integer, got "
+                                 f"{os.environ['GALCUBECRAFT_THREADS']!r}") from None
         if threads is not None and (int(threads) != threads or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
