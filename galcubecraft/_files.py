@@ -4,10 +4,15 @@ import os
 import re
 import socket
 import tempfile
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "same_file", "check_paths", "remove_stale_parts"]
+__all__ = ["atomic_path", "same_file", "check_paths", "remove_stale_parts", "read_toml"]
 
 #: Who writes a temporary file: ``<host>-<pid>`` in its name, so that a later write can tell
 #: the leftovers of a killed process from the work of a live one.
@@ -24,11 +29,14 @@ def _alive(pid):
     return True
 
 
-def remove_stale_parts(folder, name=None):
+def remove_stale_parts(folder, name=None, every_writer=False):
     """Remove the temporary files of interrupted writes in ``folder`` (of ``name`` only, if
     given): those whose writer, a process of this host, is no longer running.
 
-    Returns the paths removed.  Temporary files of other hosts, or of live processes, stay.
+    With ``every_writer``, all of them, whoever wrote them: for a caller that holds the folder
+    (a dataset run under its lock, whose killed workers may have run on other hosts).
+    Returns the paths removed.  Otherwise temporary files of other hosts, or of live
+    processes, stay.
     """
     host = _OWNER.rsplit("-", 1)[0]
     pattern = f".{name}.*.part" if name else ".*.part"
@@ -37,7 +45,7 @@ def remove_stale_parts(folder, name=None):
         owner = part.name[:-len(".part")].rsplit(".", 2)[-2] if part.name.count(".") >= 3 \
             else ""
         who, _, pid = owner.rpartition("-")
-        if who == host and pid.isdigit() and not _alive(int(pid)):
+        if every_writer or (who == host and pid.isdigit() and not _alive(int(pid))):
             part.unlink(missing_ok=True)
             removed.append(part)
     return removed
@@ -107,3 +115,13 @@ def atomic_path(filename, overwrite=False):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_toml(path):
+    """The tables of the TOML file at ``path``; `ValueError` naming the file if it is not TOML
+    (a syntax error, or a binary file such as a FITS cube given by mistake)."""
+    with open(path, "rb") as fh:
+        try:
+            return tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None

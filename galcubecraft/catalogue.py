@@ -228,15 +228,7 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
             columns[name].append(value)
         params["rotation"].append(flat["rotation"])
         for name, p in PARAMETER_COLUMNS.items():
-            value = flat.get(name)
-            if value is None:
-                params[name].append(np.nan)
-            elif p.kind == "size":
-                params[name].append(g.to_arcsec(name, value))
-            elif p.kind == "dimensionless":
-                params[name].append(float(value))
-            else:
-                params[name].append(value.to_value(p.table_unit))
+            params[name].append(p.to_table(flat.get(name), g.to_arcsec))
     table = QTable()
     if galaxies:
         sky = grid.wcs.celestial.pixel_to_world(np.array(columns["x_pix"]),

@@ -6,13 +6,9 @@ import warnings
 import astropy.units as u
 import numpy as np
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from ._about import version as __version__
-from ._files import atomic_path, check_paths
+from ._files import atomic_path, check_paths, read_toml
 from .catalogue import galaxies_from_table, random_galaxies
 from .components import RotationCurve
 from .dataset import export_fits, generate_dataset
@@ -303,7 +299,14 @@ def inject_command(args):
         spectral_unit=args.spectral_unit)
     grid = CubeGrid.from_fits(args.cube, **options)
     if args.catalogue:
-        galaxies = galaxies_from_table(QTable.read(args.catalogue), grid)
+        try:
+            table = QTable.read(args.catalogue)
+        except OSError:
+            raise                       # a missing file: its own message names it
+        except Exception as exc:        # noqa: BLE001 - astropy's readers raise many kinds
+            raise ValueError(f"--catalogue {args.catalogue}: not a table astropy can read "
+                             f"({type(exc).__name__}: {_one_line(exc)})") from None
+        galaxies = galaxies_from_table(table, grid)
     else:
         if args.priors:
             priors, placement = read_priors_file(args.priors)
@@ -342,11 +345,7 @@ def _settings(args):
     file's [grid] and [[galaxy]] tables over it, and the flags over those."""
     grid_cfg, galaxies = dict(REFERENCE_GRID), None
     if args.config:
-        with open(args.config, "rb") as fh:
-            try:
-                cfg = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{args.config}: not valid TOML: {exc}") from None
+        cfg = read_toml(args.config)
         unknown = set(cfg) - {"grid", "galaxy"}
         if unknown:
             raise ValueError(f"unknown table(s) in {args.config}: {', '.join(sorted(unknown))}")
@@ -374,12 +373,13 @@ def plot(args):
     from matplotlib.figure import Figure
 
     from . import visualise
+    check_paths({"the input cube": args.cube}, {"--output": args.output},
+                overwrite=args.overwrite)
     fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else "png"
     formats = Figure().canvas.get_supported_filetypes()
     if fmt not in formats:
         raise ValueError(f"--output: cannot write a .{fmt} image; use one of "
                          f"{', '.join('.' + f for f in sorted(formats))}")
-    check_paths({"the cube": args.cube}, {"--output": args.output}, overwrite=args.overwrite)
     try:
         cube = SpectralCube.read(args.cube)
     except Exception as exc:       # noqa: BLE001 - spectral-cube raises many kinds for non-cubes
@@ -421,7 +421,7 @@ def render_command(args):
 
 #: Errors that mean bad input (a flag, a file, a header), reported in one line with status 2.
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, u.UnitsError,
-                 OSError, tomllib.TOMLDecodeError)
+                 OSError)
 COMMANDS = {"render": render_command, "plot": plot, "inject": inject_command,
             "dataset": dataset_command, "export": export_command}
 

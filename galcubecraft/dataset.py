@@ -57,7 +57,7 @@ import torch
 from astropy.table import QTable, vstack
 
 from ._about import version as __version__
-from ._files import atomic_path
+from ._files import atomic_path, read_toml, remove_stale_parts
 from .catalogue import check_band, random_galaxies
 from .cube import to_spectral_cube
 from .grid import CubeGrid
@@ -70,10 +70,6 @@ from .projector import Projector
 from .resources import format_bytes
 from .response import SampledGaussian
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 __all__ = ["DatasetSpec", "generate_dataset", "CubeDataset", "StreamingCubes", "export_fits",
            "read_catalogue", "lock_folder", "shard_problem", "priors_digest", "DatasetError",
@@ -189,11 +185,7 @@ class DatasetSpec:
 
     @classmethod
     def from_toml(cls, path):
-        with open(path, "rb") as fh:
-            try:
-                return cls(tomllib.load(fh))
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+        return cls(read_toml(path))
 
     #: The ``[grid]`` of a priors file that sets none of it.
     GRID_DEFAULTS = {"shape": [32, 64, 64], "pixel_scale": "1 arcsec",
@@ -446,12 +438,6 @@ def lock_folder(out):
         os.close(fd)
 
 
-def _remove_stale_parts(out):
-    """Temporary files of interrupted writes (safe: the caller holds the folder's lock)."""
-    for stray in Path(out).glob(".*.part"):
-        stray.unlink(missing_ok=True)
-
-
 def _manifest(spec, n, seed, shard_size):
     grid = spec.grid
     return {
@@ -533,7 +519,7 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
     config = spec.config
     shards = [(j, j * shard_size, min(shard_size, n - j * shard_size))
               for j in range(manifest["n_shards"])]
-    _remove_stale_parts(out)
+    remove_stale_parts(out, every_writer=True)
     old = None
     if manifest_path.exists():
         try:
@@ -569,7 +555,7 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
                 torch.set_num_threads(threads)
     finally:
         bar.close()
-    _remove_stale_parts(out)     # a worker killed mid-shard leaves one
+    remove_stale_parts(out, every_writer=True)     # a worker killed mid-shard leaves one
     _write_catalogue(out, manifest)
     return manifest_path
 

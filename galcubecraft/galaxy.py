@@ -189,8 +189,9 @@ class Galaxy(Placed):
 
         Keys are the names of `flat_parameters` plus ``rotation`` (a law name of
         `RotationCurve.laws`, default ``'arctan'``).  ``defaults`` fills keys the
-        dictionary lacks (the reference galaxy of the command line, say); keys of other
-        rotation laws than the chosen one are refused, old spellings are accepted with a
+        dictionary lacks (the reference galaxy of the command line, say), its ``laws`` entry
+        the chosen law's own (``{"flat": {"v_flat": ...}, ...}``); keys of other rotation
+        laws than the chosen one are refused, old spellings are accepted with a
         `DeprecationWarning`, and errors name the key.
         """
         flat = cls.flat_parameters()
@@ -202,9 +203,7 @@ class Galaxy(Placed):
         law_cls = RotationCurve.laws[law]
         mine = {**cls.declarations, **SersicDisk.declarations,
                 **ExponentialVertical.declarations, **law_cls.declarations}
-        values = resolve_aliases(values, law_cls.declarations, where)
-        values = resolve_aliases(values, {k: p for k, p in mine.items()
-                                          if k not in law_cls.declarations}, where)
+        values = resolve_aliases(values, mine, where)
         unknown = set(values) - set(flat)
         if unknown:
             raise ValueError(f"{where}: unknown galaxy setting(s) {sorted(unknown)}; known: "
@@ -213,7 +212,7 @@ class Galaxy(Placed):
         if other:
             raise ValueError(f"{where}: {sorted(other)} belong to another rotation law than "
                              f"{law!r}, which takes {list(law_cls.param_names)}")
-        merged = {k: v for k, v in (defaults or {}).get("laws", {}).get(law, {}).items()}
+        merged = dict((defaults or {}).get("laws", {}).get(law, {}))
         merged.update({k: v for k, v in (defaults or {}).items()
                        if k in mine and k not in law_cls.declarations})
         merged.update(values)

@@ -162,17 +162,13 @@ class CubeGrid:
                              f"got {projection!r}")
         self.projection = projection.upper()
         self.specsys = str(specsys).upper()
-        self._check_band(self._hand_built_edges())
         pix = self.pixel_scale.to_value(u.arcsec)
         # (east, north) arcsec per (column, row) pixel step: east to the left, north up
         self._sky_matrix = np.array([[-pix, 0.0], [0.0, pix]])
         self._velocity_edges = None     # radio-velocity channel edges (km/s) of a FITS grid
         self._wcs = None                # the WCS of a grid read from, or cut out of, a header
         self.stokes = None              # a FITS grid's degenerate Stokes axis (FITS axis number)
-
-    def _hand_built_edges(self):
-        k = np.arange(self.n_chan + 1) - self.n_chan / 2
-        return self.velocity_center.to_value(_KMS) + k * self.channel_width.to_value(_KMS)
+        self._check_band(self.channel_edges.to_value(_KMS))
 
     @staticmethod
     def _check_band(edges):

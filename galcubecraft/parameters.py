@@ -263,14 +263,16 @@ class Parameter:
             return value
         return value.to_value(self.internal_unit)
 
-    def to_table(self, value):
-        """``value`` as a table column entry: a Quantity in the kind's table unit, or a float."""
+    def to_table(self, value, to_arcsec=None):
+        """``value`` as a number in the kind's table unit (arcsec, deg, km/s, Jy km/s; sizes
+        through ``to_arcsec``), NaN for an unset value: a truth-table cell."""
         if value is None:
-            return None
-        if self.table_unit is None or (self.kind == "size"
-                                       and value.unit.is_equivalent(u.kpc)):
-            return value
-        return value.to(self.table_unit)
+            return math.nan
+        if self.kind == "size":
+            return float(to_arcsec(self.name, value))
+        if self.kind == "dimensionless":
+            return float(value)
+        return float(value.to_value(self.table_unit))
 
     @property
     def flag(self):

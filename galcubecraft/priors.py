@@ -22,14 +22,11 @@ a table naming a distribution::
 """
 import math
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 import astropy.units as u
 import numpy as np
 
+from ._files import read_toml
 from .components import ArctanRotationCurve, SersicDisk
 from .galaxy import Galaxy
 from .parameters import Parameter, resolve_aliases
@@ -330,11 +327,7 @@ class GalaxyPriors:
 
 def read_priors_file(path):
     """``(GalaxyPriors, placement dict)`` from a TOML priors file (see the module docstring)."""
-    with open(path, "rb") as f:
-        try:
-            cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    cfg = read_toml(path)
     unknown = set(cfg) - {"galaxy", "placement"}
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; expected [galaxy] "

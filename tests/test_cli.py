@@ -202,12 +202,16 @@ def test_the_example_priors_make_a_dataset_and_every_toml_block_of_the_docs_pars
     spec = DatasetSpec.from_toml(root / "examples" / "priors.toml")
     generate_dataset(spec, 2, tmp_path / "d", progress=False)
     assert len(CubeDataset(tmp_path / "d")) == 2
-    blocks = 0
+    shown = []                   # every TOML the docs show: inline blocks and included files
     for page in sorted((root / "docs").glob("*.rst")):
-        for block in re.findall(r"\.\. code-block:: toml\n\n((?:    .*\n|\n)+)", page.read_text()):
-            text = "\n".join(line[4:] for line in block.splitlines())
-            tomllib.loads(text)
-            blocks += 1
+        text = page.read_text()
+        shown += ["\n".join(line[4:] for line in block.splitlines()) for block in
+                  re.findall(r"\.\. code-block:: toml\n\n((?:    .*\n|\n)+)", text)]
+        shown += [(page.parent / name).read_text()
+                  for name in re.findall(r"\.\. literalinclude:: (\S+\.toml)", text)]
+    assert shown
+    for text in shown:
+        tomllib.loads(text)
     import galcubecraft.priors
     doc = galcubecraft.priors.__doc__
     tomllib.loads("\n".join(line[4:] for line in doc[doc.index("    [galaxy]"):].splitlines()))
