@@ -23,7 +23,8 @@ import torch
 from scipy.special import gammaincinv
 
 __all__ = [
-    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "exponential_vertical",
+    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "sersic_log_slope",
+    "midpoint_correction", "exponential_vertical",
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
@@ -137,6 +138,37 @@ def sersic(radius, amplitude, r_eff, n, b_n=None):
     if b_n is None:
         b_n = sersic_bn(n)
     return amplitude * torch.exp(-b_n * ((radius / r_eff) ** (1.0 / n) - 1.0))
+
+
+def sersic_log_slope(radius, r_eff, n, b_n):
+    """``d ln Sigma / dR`` of a Sérsic disk and its radial derivative (1/arcsec, 1/arcsec^2).
+
+    ``q = -(b_n / (n R)) (R / r_eff)^(1/n)`` and ``dq/dR = q (1/n - 1) / R``.
+    """
+    q = -(b_n / (n * radius)) * (radius / r_eff) ** (1.0 / n)
+    return q, q * (1.0 / n - 1.0) / radius
+
+
+def midpoint_correction(along, across, radius, width, q, dq, taper=None):
+    """The midpoint rule's leading term for a radial profile ``Sigma(R) T(R)`` along a direction.
+
+    A sample standing for a width ``w`` along a disk-plane direction (coordinates ``along``,
+    ``across`` it, ``radius = hypot``) underestimates the integral of a convex profile by
+    ``w^2 / 24`` times its second derivative there.  Returned divided by ``Sigma``:
+    ``w^2 / 24 (K T + 2 q_s T_s + T_ss)`` with ``q = d ln Sigma / dR``, ``dq`` its
+    derivative (`sersic_log_slope`), ``K = Sigma_ss / Sigma`` and ``taper = (T, T_R, T_RR)``
+    (None: ``T = 1``).  The projector adds it to each sample's ``T``.
+    """
+    cos = along / radius
+    r3 = radius * radius * radius
+    q_s = q * cos
+    curvature = q_s * q_s + dq * cos * cos + q * across * across / r3
+    if taper is None:
+        return width * width / 24.0 * curvature
+    t, t_r, t_rr = taper
+    t_s = t_r * cos
+    t_ss = t_rr * cos * cos + t_r * across * across / r3
+    return width * width / 24.0 * (curvature * t + 2 * q_s * t_s + t_ss)
 
 
 def exponential_vertical(z, scale_height):

@@ -51,7 +51,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import functional as F
-from . import streams
+from . import refine, streams
 from .pixelgrid import PixelGrid
 from .resources import check_memory
 from .conventions import C_KMS, velocity_compression
@@ -64,9 +64,19 @@ TRUNCATION_FRACTION = 1e-6
 #: Floor on cos(i): an exactly edge-on disk is rendered at i = 89.94 deg (projected minor axis
 #: 1e-3 of the major axis), which keeps the window arithmetic finite in float32.
 _COS_FLOOR = 1e-3
-#: The Y window's bins extend this many Laplace scales (h tan i) beyond its box; the light
-#: beyond (an exponential tail) is one sample at the tail's centroid on each side.
+#: The Y window's bins extend at least this many Laplace scales (h tan i) beyond its box, and at
+#: most _MAX_TAIL; the light beyond (an exponential tail) is one sample at the tail's centroid
+#: on each side.  Between, a galaxy's reach is where that sample's error, the tail's mass
+#: e^-T times half the squared ratio of the Laplace scale to the light's e-folding length
+#: at r_eff, falls below _TAIL_ERROR (thick disks seen nearly edge-on reach furthest).
 _WINDOW_TAIL = 3.0
+_MAX_TAIL = 12.0
+_TAIL_ERROR = 1e-4
+#: Windows of at least this many bins (long ones: thick or nearly edge-on disks) are integrated
+#: with two Gauss-Legendre nodes per bin instead of the midpoint.
+_TWO_NODE_BINS = 3
+_GL2 = 0.5 / math.sqrt(3.0)
+_BIN_EFOLDS = 0.5
 _SQRT12 = math.sqrt(12.0)
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
 #: this many cells and this fraction of r_eff: uniform
@@ -159,30 +169,55 @@ class SamplingPlan:
     cells : Tensor (batch,), int
         Cells per pixel side.
     minor : Tensor (batch,), int
-        Disk-plane samples per cell along the minor axis.
+        Disk-plane bins per cell along the minor axis.
     rmax : Tensor (batch,)
         Truncation radius (arcsec): the disk holds all but `TRUNCATION_FRACTION` of its
         light within it.
+    tail : Tensor (batch,)
+        Laplace scales by which each cell's window reaches beyond its box before its tails
+        are one sample each.
+    two_node : Tensor (batch,), bool
+        Whether the bins take two Gauss-Legendre nodes (long windows) or their midpoint.
+    bands : `galcubecraft.refine.BandPlan`, optional
+        The central bands (planned with the rotation law).
     pixels, pixel_used : Tensor (batch, P), optional
         The footprint (`Projector.footprint`): indices into the padded grid and a mask.
+    entries : `galcubecraft.refine.BandEntries`, optional
+        The cells of the bands.
     """
 
     cells: torch.Tensor
     minor: torch.Tensor
     rmax: torch.Tensor
+    tail: Optional[torch.Tensor] = None
+    two_node: Optional[torch.Tensor] = None
+    bands: Optional[refine.BandPlan] = None
     pixels: Optional[torch.Tensor] = None
     pixel_used: Optional[torch.Tensor] = None
+    entries: Optional[refine.BandEntries] = None
 
     def with_footprint(self, pixels, pixel_used):
         return replace(self, pixels=pixels, pixel_used=pixel_used)
 
+    def with_entries(self, entries):
+        return replace(self, entries=entries)
+
     def select(self, idx):
         """The plan of the galaxies ``idx``, their footprints trimmed to the longest."""
         rows = {name: getattr(self, name)[idx.to(getattr(self, name).device)]
-                for name in ("cells", "minor", "rmax", "pixels", "pixel_used")}
+                for name in ("cells", "minor", "rmax", "tail", "two_node", "pixels",
+                             "pixel_used")}
         longest = int(rows["pixel_used"].sum(dim=1).max())
         rows["pixels"], rows["pixel_used"] = (rows["pixels"][:, :longest],
                                               rows["pixel_used"][:, :longest])
+        cpu = idx.cpu()
+        if self.bands is not None:
+            b = self.bands
+            rows["bands"] = refine.BandPlan(outer=b.outer[cpu.numpy()],
+                                            levels=b.levels[cpu.numpy()],
+                                            envelope=b.envelope[cpu.numpy()])
+        if self.entries is not None:
+            rows["entries"] = self.entries.select(cpu)
         return SamplingPlan(**rows)
 
 
@@ -272,8 +307,9 @@ class Projector:
     """
 
     def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2, max_oversample=8,
-                 minor_density=1.0, max_minor_samples=64, footprint_nodes=1,
+                 minor_density=1.0, max_minor_samples=512, footprint_nodes=1,
                  line_nodes_per_sigma=2.0, line_integration="auto", footprint=True,
+                 refine=True, band_cells=refine.BAND_CELLS,
                  max_chunk_elements=None, group_ratio=None, max_memory=None, threads=None):
         if int(oversample) != oversample or oversample < 1:
             raise ValueError(f"oversample must be a positive integer, got {oversample!r}")
@@ -294,6 +330,10 @@ class Projector:
         self.line_nodes_per_sigma = line_nodes_per_sigma
         self.line_integration = line_integration
         self.use_footprint = bool(footprint)
+        if int(band_cells) != band_cells or band_cells < 1:
+            raise ValueError(f"band_cells must be a positive integer, got {band_cells!r}")
+        self.refine = bool(refine)
+        self.band_cells = int(band_cells)
         self._shift_rule = _shift_rule(footprint_nodes)
         self.grid = grid
         self.oversample = int(oversample)
@@ -421,7 +461,7 @@ class Projector:
         return self
 
     # ------------------------------------------------------------------ sampling plan
-    def sampling(self, params):
+    def sampling(self, params, kinematics=None):
         """The sampling plan: cells per pixel side and minor-axis samples per cell, per galaxy.
 
         A galaxy is split into at least ``oversample`` cells per pixel side,
@@ -429,7 +469,9 @@ class Projector:
         narrower than 1.5 cells (up to ``max_oversample``); its window along
         the minor axis gets as many bins as it needs (up to
         ``max_minor_samples``); ``rmax`` is where the disk is cut (the radius
-        enclosing all but 1e-6 of its light).  Counts are per galaxy (``cells``, ``minor``),
+        enclosing all but 1e-6 of its light).  With the rotation law (``kinematics``), the
+        centre of each galaxy the cells cannot resolve is planned into bands
+        (`galcubecraft.refine.plan_bands`).  Counts are per galaxy (``cells``, ``minor``),
         so a galaxy renders the same whatever else is in its batch: the batch's
         tensors are sized for the largest counts and the extra cells and bins
         of the others carry zero weight.
@@ -443,7 +485,15 @@ class Projector:
             cells = torch.ceil(_CELLS_PER_MINOR_AXIS * self.pixel / projected - 1e-6)
             cells = cells.clamp(self.oversample, max(self.oversample, self.max_oversample))
             cell = self.pixel / cells
-            window = 1.5 * cell / cos_i + 2 * _WINDOW_TAIL * h * sin_i / cos_i
+            lam = h * sin_i / cos_i
+            n = params["n"].detach().double().cpu()
+            b_n = torch.as_tensor(F.sersic_bn(n.numpy()))
+            efold = n * r_eff / b_n
+            # whole scales: the reach is a step function of the parameters, so that renders
+            # stay differentiable (gradients do not see the sampling move)
+            tail = torch.ceil(torch.log(0.5 * (lam / efold) ** 2 / _TAIL_ERROR)).clamp(
+                _WINDOW_TAIL, _MAX_TAIL)
+            window = 1.5 * cell / cos_i + 2 * tail * lam
             rmax = self.truncation_radius(params)
             span = torch.minimum(window, 2 * rmax)
             # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is
@@ -451,9 +501,26 @@ class Projector:
             # finest
             stretch = self._stretch(r_eff, cell)
             u_range = 2 * torch.asinh(span / (2 * stretch))
-            minor = torch.ceil(u_range * stretch * self.minor_density / cell - 1e-3)
+            # bins no wider than a cell at the window's centre and, where they widen (asinh),
+            # at most _BIN_EFOLDS e-folding lengths of the light at the furthest radius the
+            # window reaches within the radius holding all but 1e-4 of the light (long windows:
+            # thick disks nearly edge-on, whose bins must resolve the disk along the sight line)
+            far = torch.minimum(0.5 * span, torch.as_tensor(F.sersic_enclosing_radius(
+                1 - 1e-4, r_eff.numpy(), n.numpy())))
+            efold_far = n * far / (b_n * (far / r_eff) ** (1 / n))
+            du = torch.minimum(cell / stretch, _BIN_EFOLDS * efold_far / torch.hypot(far, stretch))
+            minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
+            two_node = torch.zeros_like(minor, dtype=torch.bool)
             minor = minor.clamp(1, self.max_minor_samples)
-        return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax)
+            bands = None
+            if kinematics is not None and self.refine:
+                solid = kinematics.solid_body_radius(params).detach().double().cpu()
+                bands = refine.plan_bands(
+                    r_eff.numpy(), n.numpy(), b_n.numpy(), rmax.numpy(), cell.numpy(),
+                    solid.expand_as(r_eff).numpy(), inc.numpy(), h.numpy(),
+                    FOOTPRINT_HEIGHTS, _COS_FLOOR, band_cells=self.band_cells)
+        return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax,
+                            tail=tail, two_node=two_node, bands=bands)
 
     @staticmethod
     def _stretch(r_eff, cell):
@@ -539,8 +606,10 @@ class Projector:
             return self._project(params, kinematics)
 
     def _project(self, params, kinematics):
-        plan = self.sampling(params)
+        plan = self.sampling(params, kinematics)
         plan = plan.with_footprint(*self.footprint(params, plan))
+        if plan.bands is not None and plan.bands.any:
+            plan = plan.with_entries(self.band_entries(params, plan))
         groups = self._group_by_cost(plan, self.group_ratio)
         if len(groups) == 1:
             return self._project_group(params, plan, kinematics)
@@ -565,12 +634,19 @@ class Projector:
         cells2 = plan.cells.double() ** 2
         samples = plan.minor.double() + 2
         cost = pixels * cells2 * samples
+        entries = band_samples = torch.zeros_like(pixels)
+        if plan.entries is not None:
+            entries = plan.entries.used.sum(dim=1).double()
+            band_samples = plan.entries.minor.double() + 2
+            cost = cost + entries * band_samples
         groups, current, widest, total = [], [], None, 0.0
         for i in torch.argsort(cost, stable=True).tolist():
-            shape = (float(pixels[i]), float(cells2[i]), float(samples[i]))
+            shape = (float(pixels[i]), float(cells2[i]), float(samples[i]), float(entries[i]),
+                     float(band_samples[i]))
             if current:
                 wider = [max(a, b) for a, b in zip(widest, shape)]
-                padded = (len(current) + 1) * wider[0] * wider[1] * wider[2]
+                padded = (len(current) + 1) * (wider[0] * wider[1] * wider[2]
+                                               + wider[3] * wider[4])
                 if padded > ratio * (total + float(cost[i])):
                     groups.append(torch.tensor(current))
                     current, wider, total = [], list(shape), 0.0
@@ -603,9 +679,15 @@ class Projector:
                       amplitude=amplitude.reshape(batch, 1, 1, 1),
                       rmax=rmax.reshape(batch, 1, 1, 1),
                       n_minor=plan.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                      tail=plan.tail.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       cell=(self.pixel / plan.cells).to(self.device, self.dtype)
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
+        long_window = plan.two_node
+        if bool(long_window.any()):
+            # long windows: two Gauss-Legendre nodes per bin (the others keep the midpoint)
+            shaped["two_node"] = torch.where(long_window, _GL2, 0.0).to(
+                self.device, self.dtype).reshape(batch, 1, 1, 1)
 
         # the inclination's sine and (floored) cosine, once per group
         inc = params["inclination"].reshape(batch, 1, 1, 1)
@@ -614,7 +696,13 @@ class Projector:
         # the gas dispersion in the grid's radio velocity (compressed like the rotation)
         sigma = (velocity_compression(params["v_sys"]) * params["dispersion"]).clamp_min(1e-6)
         shaped["sigma"] = sigma.reshape(batch, 1, 1, 1)
-        lines = self._line_nodes(sigma, n_cells**2 * (n_minor + 2))
+        refined = plan.bands is not None and plan.bands.any
+        if refined:
+            # the pixel cells integrate the envelope, Sigma (1 - w(R; a_0))
+            shaped["inv_outer"] = torch.zeros_like(shaped["cell"])
+            shaped["inv_inner"] = torch.as_tensor(
+                refine.envelope_inverse_radius(plan.bands), device=self.device,
+                dtype=self.dtype).reshape(batch, 1, 1, 1)
 
         # each galaxy integrates only the pixels that can hold its light (its own footprint,
         # padded to the group's longest with a spare pixel that is dropped)
@@ -622,27 +710,87 @@ class Projector:
         shaped["pixel_used"] = plan.pixel_used[:, :, None, None].to(self.dtype)
         lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
         east, north = self._east[lookup], self._north[lookup]          # (B, P)
-        n_pix = east.shape[1]
-        per_pixel = n_cells**2 * n_minor
-        chunk = max(1, self.max_chunk_elements // (batch * per_pixel * (self._edges.numel())))
-        need_grad = torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
-        pieces = []
-        for start in range(0, n_pix, chunk):
-            part = slice(start, start + chunk)
-            args = (east[:, part], north[:, part],
-                    {**shaped, "pixel_used": shaped["pixel_used"][:, part]}, kinematics, n_minor,
-                    lines)
-            if need_grad:
-                pieces.append(checkpoint(self._integrate_chunk, *args, use_reentrant=False))
-            else:
-                pieces.append(self._integrate_chunk(*args))
+        per_bin = 2 if "two_node" in shaped else 1
+        lines = self._line_nodes(sigma, n_cells**2 * (per_bin * n_minor + 2))
+        spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
+                                     n_minor, n_cells**2 * (per_bin * n_minor + 2), lines)
         n_chan = self._edges.numel() - 1
-        spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
         ny_p, nx_p = self.padded_shape
         cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
-        index = pixels[:, None, :].expand(batch, n_chan, n_pix)
+        index = pixels[:, None, :].expand(batch, n_chan, pixels.shape[1])
         cube = cube.scatter(2, index, spectra.transpose(1, 2))
+        if refined and plan.entries is not None:
+            cube = self._add_bands(cube, shaped, plan, kinematics, sigma)
         return cube[..., :-1].reshape(batch, n_chan, ny_p, nx_p) * self._inv_widths
+
+    def _add_bands(self, cube, shaped, plan, kinematics, sigma):
+        """Integrate the central bands (`galcubecraft.refine`), each scaled to its exact flux,
+        and add them to the flat padded ``cube`` (batch, n_chan, pixels + 1)."""
+        entries = plan.entries
+        batch = cube.shape[0]
+
+        def per_entry(t):
+            return t.to(self.device, self.dtype)[:, :, None, None]
+        cell = per_entry(entries.cell)
+        clip = per_entry(entries.clip)
+        p = dict(shaped)
+        n_minor = int(entries.minor.max())
+        p.update(cell=cell, rmax=torch.minimum(clip, shaped["rmax"]),
+                 stretch=torch.maximum(4 * cell, clip),
+                 inv_outer=per_entry(entries.inv_outer), inv_inner=per_entry(entries.inv_inner),
+                 n_minor=entries.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                 cell_east=torch.zeros_like(shaped["cell"]),
+                 cell_north=torch.zeros_like(shaped["cell"]),
+                 cell_used=torch.ones_like(shaped["cell"]),
+                 pixel_used=per_entry(entries.used))
+        east = entries.east.to(self.device, self.dtype)
+        north = entries.north.to(self.device, self.dtype)
+        per_bin = 2 if "two_node" in p else 1
+        lines = self._line_nodes(sigma, per_bin * n_minor + 2)
+        spectra, weights = self._integrate(
+            east, north, p, ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used"),
+            kinematics, n_minor, per_bin * n_minor + 2, lines, weights=True)
+        # each band's sampled flux scaled to its exact flux
+        level = entries.level.to(self.device)
+        n_levels = entries.n_levels
+        sampled = weights.new_zeros((batch, n_levels)).scatter_add(1, level, weights)
+        bands, cores = refine.band_fluxes(shaped["amplitude"].reshape(-1),
+                                          shaped["r_eff"].reshape(-1), shaped["n"].reshape(-1),
+                                          shaped["b_n"].reshape(-1), plan.bands.outer, n_levels)
+        last = torch.as_tensor(plan.bands.levels - 1, device=self.device)[:, None]
+        k = torch.arange(n_levels, device=self.device)[None, :]
+        exact = torch.where(k == last, cores, bands)
+        safe = torch.where(sampled > 0, sampled, torch.ones_like(sampled))
+        scale = torch.where(sampled > 0, exact / safe, torch.zeros_like(sampled))
+        spectra = spectra * torch.gather(scale, 1, level)[..., None]
+        index = entries.pixel.to(self.device)[:, None, :].expand(batch, cube.shape[1], -1)
+        return cube.scatter_add(2, index, spectra.transpose(1, 2))
+
+    def _integrate(self, east, north, p, sliced, kinematics, n_minor, per_point, lines,
+                   weights=False):
+        """Spectra (batch, P, n_chan) of the points ``(east, north)`` (pixels or band cells),
+        in chunks of at most ``max_chunk_elements`` (checkpointed under autograd); with
+        ``weights``, also each point's sampled flux (batch, P).  ``sliced`` names the entries
+        of ``p`` that have one row per point."""
+        batch, n_pts = east.shape
+        chunk = max(1, self.max_chunk_elements // (batch * per_point * (self._edges.numel())))
+        need_grad = torch.is_grad_enabled() and any(
+            isinstance(v, torch.Tensor) and v.requires_grad for v in p.values())
+        pieces, sums = [], []
+        for start in range(0, n_pts, chunk):
+            part = slice(start, start + chunk)
+            q = {**p, **{name: p[name][:, part] for name in sliced}}
+            args = (east[:, part], north[:, part], q, kinematics, n_minor, lines, weights)
+            out = (checkpoint(self._integrate_chunk, *args, use_reentrant=False) if need_grad
+                   else self._integrate_chunk(*args))
+            spectra, wsum = out if weights else (out, None)
+            pieces.append(spectra)
+            sums.append(wsum)
+        n_chan = self._edges.numel() - 1
+        spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
+        wsum = (torch.cat(sums, dim=1) if pieces else east.new_zeros((batch, 0))) \
+            if weights else None
+        return spectra, wsum
 
     def footprint(self, params, plan=None):
         """Each galaxy's pixels: indices into the padded grid, ``(batch, P)``, and a mask.
@@ -676,6 +824,10 @@ class Projector:
                                     params["y0"].detach()[:, None],
                                     params["position_angle"].detach()[:, None])
             inside = (xi.abs() <= along) & (eta.abs() <= across)
+            if plan.bands is not None:
+                # a galaxy wholly in its bands has no envelope for the pixel cells
+                envelope = torch.as_tensor(plan.bands.envelope, device=inside.device)
+                inside = inside & envelope[:, None]
             counts = inside.sum(dim=1)
             n_pix = int(counts.max()) if counts.numel() else 0
             # a stable sort puts each row's pixels first, in grid order
@@ -683,6 +835,16 @@ class Projector:
             valid = torch.arange(n_pix, device=inside.device)[None, :] < counts[:, None]
             spare = self._east.numel()
             return torch.where(valid, order, torch.full_like(order, spare)), valid
+
+    def band_entries(self, params, plan):
+        """The cells of each galaxy's central bands (`galcubecraft.refine.band_entries`)."""
+        return refine.band_entries(
+            plan.bands, x0=params["x0"], y0=params["y0"],
+            position_angle=params["position_angle"], inclination=params["inclination"],
+            scale_height=params["scale_height"], pixel=self.pixel, sky_matrix=self._sky_matrix,
+            shape=self.pixels.shape, margin=self.margin, footprint_heights=FOOTPRINT_HEIGHTS,
+            cos_floor=_COS_FLOOR, minor_density=self.minor_density,
+            max_minor_samples=self.max_minor_samples, band_cells=self.band_cells)
 
     def _cells(self, cells, n_cells):
         """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""
@@ -716,7 +878,7 @@ class Projector:
         shape = (-1, 1, 1, 1)
         return origin.reshape(shape), step.reshape(shape), n_nodes, matrix
 
-    def _integrate_chunk(self, east, north, p, kinematics, n_minor, lines=None):
+    def _integrate_chunk(self, east, north, p, kinematics, n_minor, lines=None, weights=False):
         cell = p["cell"]
         # sky_to_disk: cells (B, P, C, 1) -> galaxy frame
         e = east[:, :, None, None] + p["cell_east"]
@@ -733,11 +895,11 @@ class Projector:
         cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
         a, b = cell * torch.maximum(cs, sn), cell * torch.minimum(cs, sn)
         y1, y2 = (eta - 0.5 * a) / cos_i, (eta + 0.5 * a) / cos_i
-        reach = 0.5 * b / cos_i + _WINDOW_TAIL * lam
+        reach = 0.5 * b / cos_i + p["tail"] * lam
         lo_free, hi_free = y1 - reach, y2 + reach
         lo = torch.clamp(lo_free, min=-p["rmax"], max=p["rmax"])
         hi = torch.clamp(hi_free, min=-p["rmax"], max=p["rmax"])
-        stretch = self._stretch(p["r_eff"], cell)
+        stretch = p["stretch"] if "stretch" in p else self._stretch(p["r_eff"], cell)
         u_max = torch.asinh(0.5 * (hi - lo) / stretch)
         # this galaxy's own p["n_minor"] bins; any further bins of the batch have zero width
         j = torch.arange(n_minor + 1, device=east.device, dtype=east.dtype)
@@ -759,13 +921,37 @@ class Projector:
         # beyond the bins the window is exactly exponential (scale lam): each tail becomes one
         # more sample at its centroid, with the width (sqrt(12) lam) that gives its variance
         lam_b = lam.expand_as(lo)
-        g = torch.cat([g, tail_lo, tail_hi], dim=-1)
-        y = torch.cat([start + 0.5 * width, lo - lam_b, hi + lam_b], dim=-1)
-        width = torch.cat([width, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
+        if "two_node" in p:
+            # two nodes per bin at the Gauss-Legendre points (or both at the midpoint), each
+            # standing for half of the bin
+            offset = p["two_node"] * width
+            mid = start + 0.5 * width
+            g = torch.cat([0.5 * g, 0.5 * g, tail_lo, tail_hi], dim=-1)
+            y = torch.cat([mid - offset, mid + offset, lo - lam_b, hi + lam_b], dim=-1)
+            half = torch.where(p["two_node"] > 0, 0.5 * width, width)
+            width = torch.cat([half, half, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
+        else:
+            g = torch.cat([g, tail_lo, tail_hi], dim=-1)
+            y = torch.cat([start + 0.5 * width, lo - lam_b, hi + lam_b], dim=-1)
+            width = torch.cat([width, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
         # surface_density x area -> flux of each sample (Jy km/s)
+        # this pass's share of the light, T: the whole disk, its envelope or a central band
+        # (refine), and the midpoint rule's leading error for Sigma T along the major axis
+        # (the cell) and the bins (the tails are exact exponentials, taken at their centroids)
+        taper = None
+        if "inv_inner" in p:
+            outer = refine.radial_window_derivatives(radius, p["inv_outer"])
+            inner = refine.radial_window_derivatives(radius, p["inv_inner"])
+            taper = tuple(o - i for o, i in zip(outer, inner))
+        bins = width.shape[-1] - 2
+        bin_width = torch.cat([width[..., :bins], torch.zeros_like(width[..., bins:])], -1)
+        q, dq = F.sersic_log_slope(radius, p["r_eff"], p["n"], p["b_n"])
+        share = ((1.0 if taper is None else taper[0])
+                 + F.midpoint_correction(xi, y, radius, cell, q, dq, taper)
+                 + F.midpoint_correction(y, xi, radius, bin_width, q, dq, taper))
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
-                  * (cell**2 / a * p["cell_used"] * p["pixel_used"]))
+                  * share.clamp_min(0.0) * (cell**2 / a * p["cell_used"] * p["pixel_used"]))
         # line_of_sight_velocity, and its spread over the area each sample stands for
         # velocities within the galaxy are physical (its rest frame); in the radio velocity of
         # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
@@ -781,14 +967,16 @@ class Projector:
             origin, step, n_nodes, matrix = lines
             nodes = F.deposit_lines(weight, v_los.expand_as(weight),
                                     spread2.expand_as(weight), origin, step, n_nodes)
-            return torch.matmul(nodes, matrix)
+            spectra = torch.matmul(nodes, matrix)
+            return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
         disp = torch.sqrt(p["sigma"] ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
         erf = F.erf_at_edges(self._edges, v_los.reshape(batch, n_pix, -1),
                              disp.expand_as(v_los).reshape(batch, n_pix, -1),
                              out=self._erf_buffer(v_los.numel() * self._edges.numel()))
         summed = torch.matmul(weight.reshape(batch, n_pix, 1, -1), erf).squeeze(-2)
-        return 0.5 * (summed[..., 1:] - summed[..., :-1])
+        spectra = 0.5 * (summed[..., 1:] - summed[..., :-1])
+        return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
 
     def project_streams(self, params):
         """Streams (`galcubecraft.diffuse.Stream`) on the padded grid, like `project`.

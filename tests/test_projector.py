@@ -249,9 +249,14 @@ def test_tabulated_curve_reproduces_the_analytic_law(small_grid):
     r = np.linspace(0, 60, 1201) * u.arcsec
     table = gcc.TabulatedRotationCurve(r, arctan(r))
     with torch.no_grad():
-        a = gcc.render_tensor(make_galaxy(kinematics=arctan), small_grid)
-        b = gcc.render_tensor(make_galaxy(kinematics=table), small_grid)
-    assert l1(b, a) < 2e-4
+        # the same sampling for both (the table's first node, 0.05", would refine the centre:
+        # galcubecraft.refine), so that only the laws differ
+        a = gcc.render_tensor(make_galaxy(kinematics=arctan), small_grid, refine=False)
+        b = gcc.render_tensor(make_galaxy(kinematics=table), small_grid, refine=False)
+        assert l1(b, a) < 2e-4
+        # and at default sampling both are within the renderer's accuracy of each other
+        c = gcc.render_tensor(make_galaxy(kinematics=table), small_grid)
+    assert l1(c, a) < 5e-3
 
 
 def test_deterministic(small_grid, galaxy):

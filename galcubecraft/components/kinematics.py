@@ -53,6 +53,17 @@ class RotationCurve(Component):
     evaluate_slope = None
 
     @classmethod
+    def solid_body_radius(cls, params):
+        """Radius (*arcsec*, one per galaxy) within which ``v_c`` rises linearly with R.
+
+        The projector's cells integrate a linear velocity field exactly; where the curve
+        turns over within a few cells of the centre it refines the centre
+        (`galcubecraft.refine`).  The default, zero, is right for any law that is not
+        linear at the centre (a flat curve, a power law).
+        """
+        return torch.zeros_like(params["r_eff"])
+
+    @classmethod
     def circular_velocity_and_slope(cls, radius, params):
         """``v_c(R)`` and ``dv_c/dR`` (*km/s*, *km/s per arcsec*), from the same parameters.
 
@@ -190,6 +201,11 @@ class ArctanRotationCurve(RotationCurve):
     def evaluate_slope(radius, v_max, r_turn):
         return (2 / math.pi) * v_max * r_turn / (r_turn**2 + radius**2)
 
+    @classmethod
+    def solid_body_radius(cls, params):
+        """The turnover radius: within it the curve is nearly linear."""
+        return params["r_turn"]
+
 
 class FlatRotationCurve(RotationCurve):
     r"""A flat rotation curve, :math:`v_c(R) = v_{\rm flat}` (solid body nowhere).
@@ -266,3 +282,9 @@ class TabulatedRotationCurve(RotationCurve):
     @staticmethod
     def evaluate(radius, radius_table, velocity_table):
         return F.interpolate_linear(radius, radius_table, velocity_table)
+
+    @classmethod
+    def solid_body_radius(cls, params):
+        """The table's second radius where it starts at (0, 0), else zero."""
+        radius, velocity = params["radius"], params["velocity"]
+        return torch.where(velocity[..., 0] == 0, radius[..., 1], torch.zeros_like(radius[..., 1]))
