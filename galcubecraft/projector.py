@@ -76,7 +76,7 @@ _TAIL_ERROR = 1e-4
 #: with two Gauss-Legendre nodes per bin instead of the midpoint.
 _TWO_NODE_BINS = 3
 _GL2 = 0.5 / math.sqrt(3.0)
-_BIN_EFOLDS = 0.5
+_BIN_EFOLDS = 1.0
 _SQRT12 = math.sqrt(12.0)
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
 #: this many cells and this fraction of r_eff: uniform

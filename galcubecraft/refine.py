@@ -40,8 +40,10 @@ __all__ = ["BandPlan", "BandEntries", "plan_bands", "envelope_inverse_radius", "
            "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "MAX_BAND_ENTRIES"]
 
 #: The pixel cells resolve the velocity field where the rotation curve is linear over this many
-#: cells (and the envelope's step is twice as wide).
-RESOLVE_CELLS = 3.0
+#: cells.
+RESOLVE_CELLS = 2.0
+#: The envelope's step (from a_0 / 2 to a_0) is at least this many pixel cells wide.
+STEP_CELLS = 3.0
 #: ... and the light where its e-folding length is at least this many cells (the projector
 #: corrects the midpoint rule's leading error, so the error left is fourth order).
 RESOLVE_LIGHT_CELLS = 1.0
@@ -113,8 +115,9 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
     ``n R / (b_n (R / r_eff)^(1/n))`` is at least `RESOLVE_LIGHT_CELLS` cells, and the
     velocity field beyond `RESOLVE_CELLS` cells or where the rotation curve is still
     linear (``R < solid_body``).  Bands start at twice the largest unresolved radius
-    beyond which light remains (and at least ``2 RESOLVE_CELLS`` cells, so that the
-    envelope's step is resolved), and halve until the core encloses `CORE_LIGHT`, or
+    beyond which light remains (and at least ``2 STEP_CELLS`` cells, so that the
+    envelope's step is resolved), and halve until the core encloses `CORE_LIGHT`, or until
+    the core lies within the solid-body radius with its light resolved by its cells, or
     until a band's cells would number more than ``max_entries`` (a band much thinner than
     the disk is thick, seen inclined, spans ``footprint_heights`` scale heights along the
     minor axis): that band is then the core, its flux still exact.
@@ -133,13 +136,18 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
     relevant = unresolved & (1 - enclosed > _NEGLIGIBLE)
     needed = relevant.any(axis=1)
     last = np.where(relevant, radius, 0.0).max(axis=1)
-    outer = np.where(needed, np.maximum(2 * last, 2 * RESOLVE_CELLS * cell), np.inf)
+    outer = np.where(needed, np.maximum(2 * last, 2 * STEP_CELLS * cell), np.inf)
     envelope = ~needed | (1 - _enclosed(outer / 2, r_eff, n, b_n) > _NEGLIGIBLE)
     levels = np.zeros(len(r_eff), dtype=np.int64)
     for row in np.flatnonzero(needed):
         a, k = outer[row], 1
         while k < _MAX_LEVELS and _enclosed(a, r_eff[row], n[row], b_n[row]) > CORE_LIGHT:
             inner = a / 2
+            if 2 * inner <= solid_body[row] and \
+                    _efold(inner / 4, r_eff[row], n[row], b_n[row]) >= inner / band_cells:
+                # within the solid-body radius, with the light resolved by the band's cells:
+                # the core (this band and all within) is integrated as well as further bands
+                break
             side = inner / band_cells
             across = inner * cos_i[row] + footprint_heights * h[row] * sin_i[row]
             if 4 * (inner + side) * (across + side) / side**2 > max_entries:
@@ -153,6 +161,11 @@ def envelope_inverse_radius(bands):
     """``1 / a_0`` of each galaxy's envelope, ``Sigma (1 - w(R; a_0))`` (a huge number where
     there are no bands: the envelope is then the whole disk)."""
     return np.where(bands.levels > 0, 1.0 / bands.outer, _NONE)
+
+
+def _efold(radius, r_eff, n, b_n):
+    """The e-folding length of a Sérsic disk's light at ``radius``."""
+    return n * radius / (b_n * (radius / r_eff) ** (1 / n))
 
 
 def _enclosed(radius, r_eff, n, b_n):
