@@ -23,7 +23,8 @@ import torch
 from scipy.special import gammaincinv
 
 __all__ = [
-    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "sersic_log_slope",
+    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "sersic_efold",
+    "sersic_log_slope",
     "midpoint_correction", "exponential_vertical",
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
@@ -138,6 +139,12 @@ def sersic(radius, amplitude, r_eff, n, b_n=None):
     if b_n is None:
         b_n = sersic_bn(n)
     return amplitude * torch.exp(-b_n * ((radius / r_eff) ** (1.0 / n) - 1.0))
+
+
+def sersic_efold(radius, r_eff, n, b_n):
+    """The e-folding length of a Sérsic disk's light at ``radius``, ``-1 / (d ln Sigma / dR)``
+    ``= n R / (b_n (R / r_eff)^(1/n))`` (tensors or NumPy arrays; same unit as ``radius``)."""
+    return n * radius / (b_n * (radius / r_eff) ** (1.0 / n))
 
 
 def sersic_log_slope(radius, r_eff, n, b_n):

@@ -72,10 +72,6 @@ _COS_FLOOR = 1e-3
 _WINDOW_TAIL = 3.0
 _MAX_TAIL = 12.0
 _TAIL_ERROR = 1e-4
-#: Windows of at least this many bins (long ones: thick or nearly edge-on disks) are integrated
-#: with two Gauss-Legendre nodes per bin instead of the midpoint.
-_TWO_NODE_BINS = 3
-_GL2 = 0.5 / math.sqrt(3.0)
 _BIN_EFOLDS = 1.0
 _SQRT12 = math.sqrt(12.0)
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
@@ -176,8 +172,6 @@ class SamplingPlan:
     tail : Tensor (batch,)
         Laplace scales by which each cell's window reaches beyond its box before its tails
         are one sample each.
-    two_node : Tensor (batch,), bool
-        Whether the bins take two Gauss-Legendre nodes (long windows) or their midpoint.
     bands : `galcubecraft.refine.BandPlan`, optional
         The central bands (planned with the rotation law).
     pixels, pixel_used : Tensor (batch, P), optional
@@ -190,7 +184,6 @@ class SamplingPlan:
     minor: torch.Tensor
     rmax: torch.Tensor
     tail: Optional[torch.Tensor] = None
-    two_node: Optional[torch.Tensor] = None
     bands: Optional[refine.BandPlan] = None
     pixels: Optional[torch.Tensor] = None
     pixel_used: Optional[torch.Tensor] = None
@@ -205,8 +198,7 @@ class SamplingPlan:
     def select(self, idx):
         """The plan of the galaxies ``idx``, their footprints trimmed to the longest."""
         rows = {name: getattr(self, name)[idx.to(getattr(self, name).device)]
-                for name in ("cells", "minor", "rmax", "tail", "two_node", "pixels",
-                             "pixel_used")}
+                for name in ("cells", "minor", "rmax", "tail", "pixels", "pixel_used")}
         longest = int(rows["pixel_used"].sum(dim=1).max())
         rows["pixels"], rows["pixel_used"] = (rows["pixels"][:, :longest],
                                               rows["pixel_used"][:, :longest])
@@ -488,7 +480,7 @@ class Projector:
             lam = h * sin_i / cos_i
             n = params["n"].detach().double().cpu()
             b_n = torch.as_tensor(F.sersic_bn(n.numpy()))
-            efold = n * r_eff / b_n
+            efold = F.sersic_efold(r_eff, r_eff, n, b_n)
             # whole scales: the reach is a step function of the parameters, so that renders
             # stay differentiable (gradients do not see the sampling move)
             tail = torch.ceil(torch.log(0.5 * (lam / efold) ** 2 / _TAIL_ERROR)).clamp(
@@ -507,10 +499,9 @@ class Projector:
             # thick disks nearly edge-on, whose bins must resolve the disk along the sight line)
             far = torch.minimum(0.5 * span, torch.as_tensor(F.sersic_enclosing_radius(
                 1 - 1e-4, r_eff.numpy(), n.numpy())))
-            efold_far = n * far / (b_n * (far / r_eff) ** (1 / n))
+            efold_far = F.sersic_efold(far, r_eff, n, b_n)
             du = torch.minimum(cell / stretch, _BIN_EFOLDS * efold_far / torch.hypot(far, stretch))
             minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
-            two_node = torch.zeros_like(minor, dtype=torch.bool)
             minor = minor.clamp(1, self.max_minor_samples)
             bands = None
             if kinematics is not None and self.refine:
@@ -520,7 +511,7 @@ class Projector:
                     solid.expand_as(r_eff).numpy(), inc.numpy(), h.numpy(),
                     FOOTPRINT_HEIGHTS, _COS_FLOOR, band_cells=self.band_cells)
         return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax,
-                            tail=tail, two_node=two_node, bands=bands)
+                            tail=tail, bands=bands)
 
     @staticmethod
     def _stretch(r_eff, cell):
@@ -683,11 +674,6 @@ class Projector:
                       cell=(self.pixel / plan.cells).to(self.device, self.dtype)
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
-        long_window = plan.two_node
-        if bool(long_window.any()):
-            # long windows: two Gauss-Legendre nodes per bin (the others keep the midpoint)
-            shaped["two_node"] = torch.where(long_window, _GL2, 0.0).to(
-                self.device, self.dtype).reshape(batch, 1, 1, 1)
 
         # the inclination's sine and (floored) cosine, once per group
         inc = params["inclination"].reshape(batch, 1, 1, 1)
@@ -710,10 +696,9 @@ class Projector:
         shaped["pixel_used"] = plan.pixel_used[:, :, None, None].to(self.dtype)
         lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
         east, north = self._east[lookup], self._north[lookup]          # (B, P)
-        per_bin = 2 if "two_node" in shaped else 1
-        lines = self._line_nodes(sigma, n_cells**2 * (per_bin * n_minor + 2))
+        lines = self._line_nodes(sigma, n_cells**2 * (n_minor + 2))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
-                                     n_minor, n_cells**2 * (per_bin * n_minor + 2), lines)
+                                     n_minor, n_cells**2 * (n_minor + 2), lines)
         n_chan = self._edges.numel() - 1
         ny_p, nx_p = self.padded_shape
         cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
@@ -745,11 +730,10 @@ class Projector:
                  pixel_used=per_entry(entries.used))
         east = entries.east.to(self.device, self.dtype)
         north = entries.north.to(self.device, self.dtype)
-        per_bin = 2 if "two_node" in p else 1
-        lines = self._line_nodes(sigma, per_bin * n_minor + 2)
+        lines = self._line_nodes(sigma, n_minor + 2)
         spectra, weights = self._integrate(
             east, north, p, ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used"),
-            kinematics, n_minor, per_bin * n_minor + 2, lines, weights=True)
+            kinematics, n_minor, n_minor + 2, lines, weights=True)
         # each band's sampled flux scaled to its exact flux
         level = entries.level.to(self.device)
         n_levels = entries.n_levels
@@ -921,19 +905,9 @@ class Projector:
         # beyond the bins the window is exactly exponential (scale lam): each tail becomes one
         # more sample at its centroid, with the width (sqrt(12) lam) that gives its variance
         lam_b = lam.expand_as(lo)
-        if "two_node" in p:
-            # two nodes per bin at the Gauss-Legendre points (or both at the midpoint), each
-            # standing for half of the bin
-            offset = p["two_node"] * width
-            mid = start + 0.5 * width
-            g = torch.cat([0.5 * g, 0.5 * g, tail_lo, tail_hi], dim=-1)
-            y = torch.cat([mid - offset, mid + offset, lo - lam_b, hi + lam_b], dim=-1)
-            half = torch.where(p["two_node"] > 0, 0.5 * width, width)
-            width = torch.cat([half, half, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
-        else:
-            g = torch.cat([g, tail_lo, tail_hi], dim=-1)
-            y = torch.cat([start + 0.5 * width, lo - lam_b, hi + lam_b], dim=-1)
-            width = torch.cat([width, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
+        g = torch.cat([g, tail_lo, tail_hi], dim=-1)
+        y = torch.cat([start + 0.5 * width, lo - lam_b, hi + lam_b], dim=-1)
+        width = torch.cat([width, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
         radius = torch.sqrt(xi**2 + y**2 + (1e-4 * cell) ** 2)
         # surface_density x area -> flux of each sample (Jy km/s)
         # this pass's share of the light, T: the whole disk, its envelope or a central band

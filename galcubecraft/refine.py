@@ -128,7 +128,7 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
     sin_i, cos_i = np.sin(inc), np.maximum(np.cos(inc), cos_floor)
     x = np.logspace(-12, 0, 400)[None, :] * (rmax / r_eff)[:, None]          # R / r_eff
     radius = r_eff[:, None] * x
-    efold = n[:, None] * radius / (b_n[:, None] * x ** (1 / n[:, None]))
+    efold = F.sersic_efold(radius, r_eff[:, None], n[:, None], b_n[:, None])
     enclosed = gammainc(2 * n[:, None], b_n[:, None] * x ** (1 / n[:, None]))
     reach = RESOLVE_CELLS * cell[:, None]
     unresolved = (efold < RESOLVE_LIGHT_CELLS * cell[:, None]) | (
@@ -144,7 +144,7 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
         while k < _MAX_LEVELS and _enclosed(a, r_eff[row], n[row], b_n[row]) > CORE_LIGHT:
             inner = a / 2
             if 2 * inner <= solid_body[row] and \
-                    _efold(inner / 4, r_eff[row], n[row], b_n[row]) >= inner / band_cells:
+                    F.sersic_efold(inner / 4, r_eff[row], n[row], b_n[row]) >= inner / band_cells:
                 # within the solid-body radius, with the light resolved by the band's cells:
                 # the core (this band and all within) is integrated as well as further bands
                 break
@@ -161,11 +161,6 @@ def envelope_inverse_radius(bands):
     """``1 / a_0`` of each galaxy's envelope, ``Sigma (1 - w(R; a_0))`` (a huge number where
     there are no bands: the envelope is then the whole disk)."""
     return np.where(bands.levels > 0, 1.0 / bands.outer, _NONE)
-
-
-def _efold(radius, r_eff, n, b_n):
-    """The e-folding length of a Sérsic disk's light at ``radius``."""
-    return n * radius / (b_n * (radius / r_eff) ** (1 / n))
 
 
 def _enclosed(radius, r_eff, n, b_n):

@@ -119,8 +119,8 @@ def test_flux_is_exact_for_500_random_legal_galaxies():
             cuspy += 1
             beyond.append(not ok)
     assert not failures, f"{len(failures)} galaxies off by more than 1e-3: {failures[:3]}"
-    # the cuspier galaxies that miss 5e-3 (large, thick, near edge-on ones) stay few
-    assert cuspy > 80 and sum(beyond) <= 60
+    # the cuspier galaxies that miss 5e-3 (large, thick, near edge-on ones): 18 of 168 measured
+    assert cuspy > 150 and sum(beyond) <= 25
 
 
 def test_the_reference_catches_a_lost_percent():
