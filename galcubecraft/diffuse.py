@@ -112,7 +112,11 @@ class Stream(Placed):
                                device, dtype),
             **{name: to_tensor(self.declarations[name].to_internal(getattr(self, name)),
                                device, dtype)
-               for name in ("flux", "v_start", "v_end", "dispersion", "taper")},
+               for name in ("flux", "dispersion", "taper")},
+            # radio velocities keep float64 (the projector subtracts the band's centre)
+            **{name: to_tensor(self.declarations[name].to_internal(getattr(self, name)),
+                               device, torch.float64)
+               for name in ("v_start", "v_end")},
         }
 
     def __repr__(self):

@@ -26,7 +26,7 @@ __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "sersic_efold",
     "sersic_log_slope",
     "midpoint_correction", "exponential_vertical",
-    "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_spread",
+    "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
     "convolve_beam_separable", "interpolate_linear",
@@ -275,19 +275,44 @@ def interpolate_linear(x, xp, fp):
     return (f0 + t * (f1 - f0)).reshape(x.shape)
 
 
-def velocity_spread(x_disk, y_disk, radius, v_circ, dv_dr, sin_i, dx, dy):
-    """Variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane cell, (km/s)^2.
+def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, dy, q, dq,
+                     share, taper=None):
+    """Mean and variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane
+    cell, weighted by the light ``Sigma T``: ``(shift, variance)`` (*km/s*, *(km/s)^2*).
 
-    The velocity field ``v_c(R) sin i x / R`` is linearised over the cell:
-    a uniform cell of width ``d`` spreads a linear field of gradient ``g`` by
-    ``g^2 d^2 / 12``.  Adding it to the dispersion makes each sample's line
-    stand for its whole cell, which removes the leading error of point
-    sampling where the velocity field is steep (the centre of a galaxy).
+    The velocity field ``v = v_c(R) sin i x / R`` is expanded about the cell's centre.  The
+    shift of the mean from the central value is the midpoint rule's leading term, per
+    direction ``s`` of width ``w``: ``w^2 / 24 (T v_ss + 2 (q_s T + T_s) v_s)`` divided by
+    the sample's share (``T`` plus its flux correction, `midpoint_correction`): the
+    curvature of the velocity field (the turnover of the rotation curve) and its
+    correlation with the light's gradient.  It is bounded by the half-range of the linear
+    field over the cell.  The variance is the linear field's, ``v_s^2 w^2 / 12`` per
+    direction: added to the dispersion it makes each sample's line stand for its whole
+    cell, which removes the leading error of point sampling where the velocity field is
+    steep.  ``q``, ``dq`` as `sersic_log_slope`; ``taper = (T, T_R, T_RR)`` as
+    `midpoint_correction` (None: ``T = 1``).
     """
-    r2 = radius**2
-    grad_x = sin_i * (dv_dr * x_disk**2 / r2 + v_circ * y_disk**2 / (r2 * radius))
-    grad_y = sin_i * x_disk * y_disk / r2 * (dv_dr - v_circ / radius)
-    return (grad_x**2 * dx**2 + grad_y**2 * dy**2) / 12.0
+    c, s = x_disk / radius, y_disk / radius
+    cs2 = c * s * s
+    v_r = v_circ / radius
+    omega_r = (dv_dr - v_r) / radius                 # d(v_c / R)/dR
+    v_x = sin_i * (dv_dr * c * c + v_r * s * s)
+    v_y = sin_i * c * s * (dv_dr - v_r)
+    v_xx = sin_i * (3 * omega_r * cs2 + d2v_dr2 * c * c * c)
+    v_yy = sin_i * (d2v_dr2 * cs2 + omega_r * (c * c * c - 2 * cs2))
+    if taper is None:
+        t, g_x, g_y = 1.0, q * c, q * s
+    else:
+        t, t_r, _ = taper
+        g_x, g_y = (q * t + t_r) * c, (q * t + t_r) * s
+    dx2, dy2 = dx * dx, dy * dy
+    num = dx2 / 24.0 * (t * v_xx + 2 * g_x * v_x) + dy2 / 24.0 * (t * v_yy + 2 * g_y * v_y)
+    positive = share > 1e-6
+    shift = torch.where(positive, num / torch.where(positive, share, torch.ones_like(share)),
+                        torch.zeros_like(num))
+    variance = (v_x * v_x * dx2 + v_y * v_y * dy2) / 12.0
+    bound = torch.sqrt(3.0 * variance)
+    return torch.maximum(torch.minimum(shift, bound), -bound), variance
 
 
 # --------------------------------------------------------------------------- spectral
@@ -353,7 +378,7 @@ def _cubic_bspline(t):
     return ((1 - t) ** 3 / 6, 2.0 / 3 - t2 + 0.5 * t3, 1.0 / 6 + 0.5 * (t + t2 - t3), t3 / 6)
 
 
-def deposit_lines(weight, velocity, variance, origin, step, n_nodes):
+def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, n_rows=None):
     """Spread each sample's flux over a uniform velocity grid, keeping its first two moments.
 
     A sample of flux ``weight`` at ``velocity`` whose velocities are spread with
@@ -371,15 +396,20 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes):
     width.  Boxes are clipped to the grid (its end nodes lie six kernel sigmas
     beyond the band).  ``weight``, ``velocity``, ``variance`` have shape
     ``(B, P, ...)``; ``origin``, ``step`` broadcast against them.  Returns
-    ``(B, P, n_nodes)``.  Differentiable (the weights are C2 in the velocity).
+    ``(B, P, n_nodes)``, or with ``rows`` (B, P) ``(B, n_rows, n_nodes)``: point ``p``'s
+    samples summed into row ``rows[:, p]``.  Differentiable (the weights are C2 in the
+    velocity).
     """
     batch, n_pix = weight.shape[:2]
     w = weight.reshape(batch, n_pix, -1)
     centre = ((velocity - origin) / step).reshape(batch, n_pix, -1)
     half = torch.sqrt(3 * variance / step**2 + _MIN_BOX**2).reshape(batch, n_pix, -1)
     c = (w / (2 * half)).reshape(-1)
-    diff = w.new_zeros(batch * n_pix * n_nodes)
-    base = (torch.arange(batch * n_pix, device=w.device) * n_nodes).reshape(batch, n_pix, 1)
+    if rows is None:
+        rows, n_rows = torch.arange(n_pix, device=w.device).expand(batch, n_pix), n_pix
+    diff = w.new_zeros(batch * n_rows * n_nodes)
+    target = torch.arange(batch, device=w.device)[:, None] * n_rows + rows
+    base = (target * n_nodes).reshape(batch, n_pix, 1)
     for end, sign in ((centre - half, 1.0), (centre + half, -1.0)):
         end = end.clamp(1.5, n_nodes - 3.5)
         with torch.no_grad():
@@ -387,7 +417,7 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes):
             index = (base + first.long()).reshape(-1)
         for j, b in enumerate(_cubic_bspline(end - first - 0.5)):
             diff.scatter_add_(0, index + j, (sign * c) * b.reshape(-1))
-    return torch.cumsum(diff.reshape(batch, n_pix, n_nodes), dim=-1)
+    return torch.cumsum(diff.reshape(batch, n_rows, n_nodes), dim=-1)
 
 
 def node_to_channel_matrix(edges, origin, step, n_nodes, dispersion):

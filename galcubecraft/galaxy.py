@@ -143,8 +143,12 @@ class Galaxy(Placed):
             "x0": to_tensor(offset.to_internal(self.offset[0], self.to_arcsec), device, dtype),
             "y0": to_tensor(offset.to_internal(self.offset[1], self.to_arcsec), device, dtype),
         }
-        for name in ("inclination", "position_angle", "flux", "dispersion", "v_sys"):
+        for name in ("inclination", "position_angle", "flux", "dispersion"):
             out[name] = to_tensor(d[name].to_internal(getattr(self, name)), device, dtype)
+        # a radio velocity keeps float64: at high redshift float32 would lose the line's width
+        # (the projector subtracts the band's centre before its own cast)
+        out["v_sys"] = to_tensor(d["v_sys"].to_internal(self.v_sys), device,
+                                 torch.float64 if dtype.is_floating_point else dtype)
         for component in self.components.values():
             out.update(component.tensors(self.to_arcsec, device, dtype))
         return out

@@ -32,8 +32,9 @@ brightness and velocity field of the disk.  The bins are as wide as a cell
 box, the tails folded into the end bins), clipped to the disk's extent, so
 an edge-on disk stays finite and every cell's weights add up to its exact
 share of the flux.  Each sample's line is a Gaussian of the gas dispersion
-broadened by the spread of the linearised velocity field over the sample's
-area (:func:`~galcubecraft.functional.velocity_spread`), integrated over each
+at the light-weighted mean velocity of the sample's area, broadened by the
+spread of the velocity field over it
+(:func:`~galcubecraft.functional.velocity_moments`), integrated over each
 channel, so fluxes are exact for any dispersion and channel width: either
 through a grid of velocity nodes that keeps each sample's flux, mean and
 variance (:func:`~galcubecraft.functional.deposit_lines`, the default where it
@@ -66,12 +67,21 @@ TRUNCATION_FRACTION = 1e-6
 _COS_FLOOR = 1e-3
 #: The Y window's bins extend at least this many Laplace scales (h tan i) beyond its box, and at
 #: most _MAX_TAIL; the light beyond (an exponential tail) is one sample at the tail's centroid
-#: on each side.  Between, a galaxy's reach is where that sample's error, the tail's mass
-#: e^-T times half the squared ratio of the Laplace scale to the light's e-folding length
-#: at r_eff, falls below _TAIL_ERROR (thick disks seen nearly edge-on reach furthest).
+#: on each side, with the midpoint rule's second-order correction for its variance lam^2.
+#: Between, a galaxy's reach is where that sample's error, the tail's mass e^-T times a third of
+#: the cubed ratio of the Laplace scale to the light's e-folding length (the tail's skewness
+#: term), falls below _TAIL_ERROR; the e-folding length is taken at r_eff or, where shorter (a
+#: cusp), at the radius enclosing _TAIL_LIGHT of the light.
 _WINDOW_TAIL = 3.0
 _MAX_TAIL = 12.0
-_TAIL_ERROR = 1e-4
+_TAIL_ERROR = 1e-3
+_TAIL_SKEW = 1.0 / 3.0
+_TAIL_LIGHT = 0.01
+_TAIL_CORRECTION = 0.5
+#: Pixels that can hold light from within the radius enclosing all but this fraction of a
+#: galaxy's light are sampled with ``oversample`` cells per pixel side; the others (the outer
+#: zone, most of a footprint) with one, as their light allows.
+_ZONE_LIGHT = 3e-2
 _BIN_EFOLDS = 1.0
 _SQRT12 = math.sqrt(12.0)
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
@@ -178,6 +188,10 @@ class SamplingPlan:
         The footprint (`Projector.footprint`): indices into the padded grid and a mask.
     entries : `galcubecraft.refine.BandEntries`, optional
         The cells of the bands.
+    zone : Tensor (batch,), optional
+        The radius (arcsec) holding all but `_ZONE_LIGHT` of the light: pixels that can hold
+        light from within it are the inner zone, sampled with ``cells`` and ``minor``; the
+        others (the outer zone) with ``outer_cells`` and ``outer_minor``.
     """
 
     cells: torch.Tensor
@@ -188,6 +202,14 @@ class SamplingPlan:
     pixels: Optional[torch.Tensor] = None
     pixel_used: Optional[torch.Tensor] = None
     entries: Optional[refine.BandEntries] = None
+    zone: Optional[torch.Tensor] = None
+    outer_cells: Optional[torch.Tensor] = None
+    outer_minor: Optional[torch.Tensor] = None
+
+    def outer(self):
+        """The plan of the outer zone (its own cells and bins; no footprint yet)."""
+        return replace(self, cells=self.outer_cells, minor=self.outer_minor, pixels=None,
+                       pixel_used=None)
 
     def with_footprint(self, pixels, pixel_used):
         return replace(self, pixels=pixels, pixel_used=pixel_used)
@@ -198,16 +220,14 @@ class SamplingPlan:
     def select(self, idx):
         """The plan of the galaxies ``idx``, their footprints trimmed to the longest."""
         rows = {name: getattr(self, name)[idx.to(getattr(self, name).device)]
-                for name in ("cells", "minor", "rmax", "tail", "pixels", "pixel_used")}
-        longest = int(rows["pixel_used"].sum(dim=1).max())
+                for name in ("cells", "minor", "rmax", "tail", "pixels", "pixel_used", "zone",
+                             "outer_cells", "outer_minor") if getattr(self, name) is not None}
+        longest = int(rows["pixel_used"].sum(dim=1).max()) if len(idx) else 0
         rows["pixels"], rows["pixel_used"] = (rows["pixels"][:, :longest],
                                               rows["pixel_used"][:, :longest])
         cpu = idx.cpu()
         if self.bands is not None:
-            b = self.bands
-            rows["bands"] = refine.BandPlan(outer=b.outer[cpu.numpy()],
-                                            levels=b.levels[cpu.numpy()],
-                                            envelope=b.envelope[cpu.numpy()])
+            rows["bands"] = self.bands.select(cpu.numpy())
         if self.entries is not None:
             rows["entries"] = self.entries.select(cpu)
         return SamplingPlan(**rows)
@@ -418,7 +438,11 @@ class Projector:
         self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
         edges = self.pixels.channel_edges
-        self._edges = torch.as_tensor(edges, device=dev, dtype=dt)
+        # velocities are computed relative to the band's centre, so that float32 keeps its
+        # precision at any redshift (float32 resolves a radio velocity of 2.4e5 km/s, z = 4,
+        # to 0.016 km/s: 1% of a 1.6 km/s line)
+        self._velocity_origin = float(0.5 * (edges[0] + edges[-1]))
+        self._edges = torch.as_tensor(edges - self._velocity_origin, device=dev, dtype=dt)
         # brightness per channel is its flux over its width (widths differ on wavelength axes;
         # signed: on a descending axis the erf differences are negative too)
         self._inv_widths = torch.as_tensor(self.brightness_scale / np.diff(edges),
@@ -473,45 +497,67 @@ class Projector:
             h = params["scale_height"].detach().double().cpu()
             r_eff = params["r_eff"].detach().double().cpu()
             sin_i, cos_i = torch.sin(inc), torch.cos(inc).clamp_min(_COS_FLOOR)
-            projected = torch.hypot(r_eff * cos_i, h * sin_i)
-            cells = torch.ceil(_CELLS_PER_MINOR_AXIS * self.pixel / projected - 1e-6)
-            cells = cells.clamp(self.oversample, max(self.oversample, self.max_oversample))
-            cell = self.pixel / cells
             lam = h * sin_i / cos_i
             n = params["n"].detach().double().cpu()
             b_n = torch.as_tensor(F.sersic_bn(n.numpy()))
-            efold = F.sersic_efold(r_eff, r_eff, n, b_n)
+            # the light's e-folding length at r_eff, or nearer the centre where it is shorter
+            # (cusps: n > 1), at the radius enclosing _TAIL_LIGHT of the light
+            inner = torch.as_tensor(F.sersic_enclosing_radius(_TAIL_LIGHT, r_eff.numpy(),
+                                                              n.numpy()))
+            efold = torch.minimum(F.sersic_efold(r_eff, r_eff, n, b_n),
+                                  F.sersic_efold(inner, r_eff, n, b_n))
             # whole scales: the reach is a step function of the parameters, so that renders
             # stay differentiable (gradients do not see the sampling move)
-            tail = torch.ceil(torch.log(0.5 * (lam / efold) ** 2 / _TAIL_ERROR)).clamp(
+            tail = torch.ceil(torch.log(_TAIL_SKEW * (lam / efold) ** 3 / _TAIL_ERROR)).clamp(
                 _WINDOW_TAIL, _MAX_TAIL)
-            window = 1.5 * cell / cos_i + 2 * tail * lam
             rmax = self.truncation_radius(params)
-            span = torch.minimum(window, 2 * rmax)
-            # bins are uniform in asinh((Y - Y_c) / s): the u-range of a window of width W is
-            # at most 2 asinh(W / 2s), and the bins must be no wider than a cell where they are
-            # finest
-            stretch = self._stretch(r_eff, cell)
-            u_range = 2 * torch.asinh(span / (2 * stretch))
-            # bins no wider than a cell at the window's centre and, where they widen (asinh),
-            # at most _BIN_EFOLDS e-folding lengths of the light at the furthest radius the
-            # window reaches within the radius holding all but 1e-4 of the light (long windows:
-            # thick disks nearly edge-on, whose bins must resolve the disk along the sight line)
-            far = torch.minimum(0.5 * span, torch.as_tensor(F.sersic_enclosing_radius(
-                1 - 1e-4, r_eff.numpy(), n.numpy())))
-            efold_far = F.sersic_efold(far, r_eff, n, b_n)
-            du = torch.minimum(cell / stretch, _BIN_EFOLDS * efold_far / torch.hypot(far, stretch))
-            minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
-            minor = minor.clamp(1, self.max_minor_samples)
+            counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail)
+            cells, minor = counts(self.oversample)
+            cell = self.pixel / cells
+            # the outer zone (beyond the radius holding all but _ZONE_LIGHT of the light) is
+            # sampled as with oversample=1
+            zone = torch.as_tensor(F.sersic_enclosing_radius(1 - _ZONE_LIGHT, r_eff.numpy(),
+                                                             n.numpy()))
+            outer_cells, outer_minor = counts(1)
             bands = None
             if kinematics is not None and self.refine:
                 solid = kinematics.solid_body_radius(params).detach().double().cpu()
                 bands = refine.plan_bands(
                     r_eff.numpy(), n.numpy(), b_n.numpy(), rmax.numpy(), cell.numpy(),
                     solid.expand_as(r_eff).numpy(), inc.numpy(), h.numpy(),
-                    FOOTPRINT_HEIGHTS, _COS_FLOOR, band_cells=self.band_cells)
+                    _COS_FLOOR, band_cells=self.band_cells)
         return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax,
-                            tail=tail, bands=bands)
+                            tail=tail, bands=bands, zone=zone,
+                            outer_cells=outer_cells.to(torch.int64),
+                            outer_minor=outer_minor.to(torch.int64))
+
+    def _counts(self, r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail):
+        """``counts(oversample)``: cells per pixel side and minor-axis bins per cell of each
+        galaxy, sampled with at least ``oversample`` cells per pixel side."""
+        projected = torch.hypot(r_eff * cos_i, lam * cos_i)
+        # bins are uniform in asinh((Y - Y_c) / s), and, where they widen, at most
+        # _BIN_EFOLDS e-folding lengths of the light at the furthest radius the window reaches
+        # within the radius holding all but 1e-4 of the light (long windows: thick disks
+        # nearly edge-on, whose bins must resolve the disk along the sight line)
+        reach = torch.as_tensor(F.sersic_enclosing_radius(1 - 1e-4, r_eff.numpy(), n.numpy()))
+
+        def counts(oversample):
+            cells = torch.ceil(_CELLS_PER_MINOR_AXIS * self.pixel / projected - 1e-6)
+            cells = cells.clamp(oversample, max(oversample, self.max_oversample))
+            cell = self.pixel / cells
+            window = 1.5 * cell / cos_i + 2 * tail * lam
+            span = torch.minimum(window, 2 * rmax)
+            # the u-range of a window of width W is at most 2 asinh(W / 2s); bins no wider
+            # than a cell at the window's centre
+            stretch = self._stretch(r_eff, cell)
+            u_range = 2 * torch.asinh(span / (2 * stretch))
+            far = torch.minimum(0.5 * span, reach)
+            efold_far = F.sersic_efold(far, r_eff, n, b_n)
+            du = torch.minimum(cell / stretch,
+                               _BIN_EFOLDS * efold_far / torch.hypot(far, stretch))
+            minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
+            return cells, minor.clamp(1, self.max_minor_samples)
+        return counts
 
     @staticmethod
     def _stretch(r_eff, cell):
@@ -588,102 +634,140 @@ class Projector:
         brightness unit of the output (so that `observe` is only the beam and the spectral
         response).
         """
+        v_sys = params.get("v_sys")
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
         self.check_inputs(params)
+        params["v_sys"] = self._relative_velocity(v_sys)
         batch = int(params["flux"].shape[0])
         self.check_memory(batch=batch)
         with _torch_threads(self.threads_for(batch)):
             return self._project(params, kinematics)
 
+    def _relative_velocity(self, velocity):
+        """A radio velocity (km/s) relative to the band's centre, subtracted in float64 before
+        the cast to the projector's dtype (`_compression` turns it back into 1 - v / c)."""
+        wide = torch.as_tensor(velocity, device=self.device)
+        wide = wide.double() if wide.is_floating_point() else wide.to(torch.float64)
+        return (wide - self._velocity_origin).to(self.dtype)
+
+    def _compression(self, relative):
+        """`velocity_compression` of a velocity given relative to the band's centre."""
+        return velocity_compression(relative + self._velocity_origin)
+
     def _project(self, params, kinematics):
         plan = self.sampling(params, kinematics)
-        plan = plan.with_footprint(*self.footprint(params, plan))
+        outer = plan.outer()
+        zoned = bool((outer.cells != plan.cells).any() or (outer.minor != plan.minor).any())
+        plan = plan.with_footprint(*self.footprint(params, plan,
+                                                   zone="inner" if zoned else None))
         if plan.bands is not None and plan.bands.any:
             plan = plan.with_entries(self.band_entries(params, plan))
-        groups = self._group_by_cost(plan, self.group_ratio)
+        # the zones' pixels and the bands are grouped apart: a galaxy's bands do not pad the
+        # pixels of the others, nor its pixels their bands
+        cube = self._by_groups(params, plan, kinematics, self._group_by_cost(
+            plan, self.group_ratio), self._project_group)
+        if zoned:
+            outer = outer.with_footprint(*self.footprint(params, outer, zone="outer"))
+            if bool(outer.pixel_used.any()):
+                cube = cube + self._by_groups(params, outer, kinematics, self._group_by_cost(
+                    outer, self.group_ratio), self._project_group)
+        if plan.entries is not None:
+            banded = torch.as_tensor(plan.bands.levels > 0).nonzero().reshape(-1)
+            sub = plan.select(banded)
+            bands = self._by_groups({k: v[banded.to(v.device)] for k, v in params.items()},
+                                    sub, kinematics, self._group_by_cost(sub, self.group_ratio,
+                                                                         bands=True),
+                                    self._band_group)
+            cube = cube.index_add(0, banded.to(cube.device), bands)
+        ny_p, nx_p = self.padded_shape
+        return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
+
+    def _by_groups(self, params, plan, kinematics, groups, render):
+        """``render(params, plan, kinematics)`` for each group of galaxies, in batch order."""
         if len(groups) == 1:
-            return self._project_group(params, plan, kinematics)
+            return render(params, plan, kinematics)
         parts, order = [], []
         for idx in groups:
             sub = {k: v[idx.to(v.device)] for k, v in params.items()}
-            parts.append(self._project_group(sub, plan.select(idx), kinematics))
+            parts.append(render(sub, plan.select(idx), kinematics))
             order.append(idx)
         inverse = torch.argsort(torch.cat(order)).to(self.device)
         return torch.cat(parts)[inverse]
 
     @staticmethod
-    def _group_by_cost(plan, ratio=1.5):
+    def _group_by_cost(plan, ratio=1.5, bands=False):
         """Split a batch into groups of similar shape, so that cheap galaxies are not padded to
         the most expensive one's size (results do not depend on the grouping).
 
-        A galaxy's cost is its footprint's pixels x cells per pixel x minor-axis samples; a
-        group is padded to the largest of each, and a galaxy joins the current group while
-        the padded cost stays within ``ratio`` of the group's own.
+        A galaxy's cost is its footprint's pixels x cells per pixel x minor-axis samples (with
+        ``bands``, its band cells x their minor-axis samples); a group is padded to the
+        largest of each, and a galaxy joins the current group while the padded cost stays
+        within ``ratio`` of the group's own.
         """
-        pixels = plan.pixel_used.sum(dim=1).cpu().double()
-        cells2 = plan.cells.double() ** 2
-        samples = plan.minor.double() + 2
-        cost = pixels * cells2 * samples
-        entries = band_samples = torch.zeros_like(pixels)
-        if plan.entries is not None:
-            entries = plan.entries.used.sum(dim=1).double()
-            band_samples = plan.entries.minor.double() + 2
-            cost = cost + entries * band_samples
+        if bands:
+            shape = torch.stack([plan.entries.used.sum(dim=1).double(),
+                                 torch.ones(plan.entries.minor.shape, dtype=torch.float64),
+                                 plan.entries.minor.double() + 2], dim=1)
+        else:
+            shape = torch.stack([plan.pixel_used.sum(dim=1).cpu().double(),
+                                 plan.cells.double() ** 2, plan.minor.double() + 2], dim=1)
+        cost = shape.prod(dim=1)
         groups, current, widest, total = [], [], None, 0.0
         for i in torch.argsort(cost, stable=True).tolist():
-            shape = (float(pixels[i]), float(cells2[i]), float(samples[i]), float(entries[i]),
-                     float(band_samples[i]))
+            row = shape[i]
             if current:
-                wider = [max(a, b) for a, b in zip(widest, shape)]
-                padded = (len(current) + 1) * (wider[0] * wider[1] * wider[2]
-                                               + wider[3] * wider[4])
-                if padded > ratio * (total + float(cost[i])):
+                wider = torch.maximum(widest, row)
+                if (len(current) + 1) * float(wider.prod()) > ratio * (total + float(cost[i])):
                     groups.append(torch.tensor(current))
-                    current, wider, total = [], list(shape), 0.0
+                    current, wider, total = [], row, 0.0
                 widest = wider
             else:
-                widest = list(shape)
+                widest = row
             current.append(i)
             total += float(cost[i])
         groups.append(torch.tensor(current))
         return groups
 
-    def _project_group(self, params, plan, kinematics):
+    def _shape(self, params, plan):
+        """A group's parameters shaped (batch, 1, 1, 1) for the integrands, with what they
+        share: b_n, the amplitude, the truncation radius, the inclination's sine and cosine
+        and the dispersion in the grid's radio velocity."""
         batch = params["flux"].shape[0]
-        rmax = plan.rmax.to(self.device, self.dtype)
-        n_cells = int(plan.cells.max())
-        n_minor = int(plan.minor.max())
-        cell_east, cell_north, cell_used = self._cells(plan.cells, n_cells)
-
         # One b_n solve per galaxy; the amplitude makes the total flux exact.  ``flux`` is the
         # observed-frame S dV (velocities at the line's observed frequency f_sys, as L' and gas
         # masses use it); on the grid's radio-velocity axis (relative to f0) the line's
         # integral is S dV f_sys / f0 = S dV (1 - v_sys / c)
         b_n = F.sersic_bn(params["n"])
-        flux = params["flux"] * velocity_compression(params["v_sys"])
+        compression = self._compression(params["v_sys"])
+        flux = params["flux"] * compression
         amplitude = flux / F.sersic_total_flux(torch.ones_like(b_n), params["r_eff"],
                                                params["n"], b_n=b_n)
         shaped = {k: (v.reshape(batch, 1, 1, 1) if v.dim() == 1 else v)
                   for k, v in params.items()}
+        inc = params["inclination"].reshape(batch, 1, 1, 1)
+        # the gas dispersion in the grid's radio velocity (compressed like the rotation)
+        sigma = (compression * params["dispersion"]).clamp_min(1e-6)
         shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),
                       amplitude=amplitude.reshape(batch, 1, 1, 1),
-                      rmax=rmax.reshape(batch, 1, 1, 1),
-                      n_minor=plan.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                      rmax=plan.rmax.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       tail=plan.tail.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                      sin_i=torch.sin(inc), cos_i=torch.cos(inc).clamp_min(_COS_FLOOR),
+                      sigma=sigma.reshape(batch, 1, 1, 1))
+        return shaped, sigma
+
+    def _project_group(self, params, plan, kinematics):
+        """The pixel cells of a group: the flat padded cube (batch, n_chan, pixels + 1)."""
+        batch = params["flux"].shape[0]
+        n_cells = int(plan.cells.max())
+        n_minor = int(plan.minor.max())
+        cell_east, cell_north, cell_used = self._cells(plan.cells, n_cells)
+        shaped, sigma = self._shape(params, plan)
+        shaped.update(n_minor=plan.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       cell=(self.pixel / plan.cells).to(self.device, self.dtype)
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
-
-        # the inclination's sine and (floored) cosine, once per group
-        inc = params["inclination"].reshape(batch, 1, 1, 1)
-        shaped.update(sin_i=torch.sin(inc), cos_i=torch.cos(inc).clamp_min(_COS_FLOOR))
-
-        # the gas dispersion in the grid's radio velocity (compressed like the rotation)
-        sigma = (velocity_compression(params["v_sys"]) * params["dispersion"]).clamp_min(1e-6)
-        shaped["sigma"] = sigma.reshape(batch, 1, 1, 1)
-        refined = plan.bands is not None and plan.bands.any
-        if refined:
+        if plan.bands is not None and plan.bands.any:
             # the pixel cells integrate the envelope, Sigma (1 - w(R; a_0))
             shaped["inv_outer"] = torch.zeros_like(shaped["cell"])
             shaped["inv_inner"] = torch.as_tensor(
@@ -699,20 +783,25 @@ class Projector:
         lines = self._line_nodes(sigma, n_cells**2 * (n_minor + 2))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
                                      n_minor, n_cells**2 * (n_minor + 2), lines)
-        n_chan = self._edges.numel() - 1
-        ny_p, nx_p = self.padded_shape
-        cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
-        index = pixels[:, None, :].expand(batch, n_chan, pixels.shape[1])
-        cube = cube.scatter(2, index, spectra.transpose(1, 2))
-        if refined and plan.entries is not None:
-            cube = self._add_bands(cube, shaped, plan, kinematics, sigma)
-        return cube[..., :-1].reshape(batch, n_chan, ny_p, nx_p) * self._inv_widths
+        return self._deposit(spectra, pixels)
 
-    def _add_bands(self, cube, shaped, plan, kinematics, sigma):
-        """Integrate the central bands (`galcubecraft.refine`), each scaled to its exact flux,
-        and add them to the flat padded ``cube`` (batch, n_chan, pixels + 1)."""
+    def _deposit(self, spectra, pixels, cube=None):
+        """Spectra (batch, P, n_chan) added at their ``pixels`` (batch, P) of the flat padded
+        ``cube`` (batch, n_chan, pixels + 1; a new one when None)."""
+        batch = spectra.shape[0]
+        n_chan = self._edges.numel() - 1
+        if cube is None:
+            ny_p, nx_p = self.padded_shape
+            cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
+        index = pixels.to(self.device)[:, None, :].expand(batch, n_chan, pixels.shape[1])
+        return cube.scatter_add(2, index, spectra.transpose(1, 2))
+
+    def _band_group(self, params, plan, kinematics):
+        """The central bands (`galcubecraft.refine`) of a group, each scaled to its exact flux:
+        the flat padded cube (batch, n_chan, pixels + 1)."""
         entries = plan.entries
-        batch = cube.shape[0]
+        batch = params["flux"].shape[0]
+        shaped, sigma = self._shape(params, plan)
 
         def per_entry(t):
             return t.to(self.device, self.dtype)[:, :, None, None]
@@ -724,16 +813,20 @@ class Projector:
                  stretch=torch.maximum(4 * cell, clip),
                  inv_outer=per_entry(entries.inv_outer), inv_inner=per_entry(entries.inv_inner),
                  n_minor=entries.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
-                 cell_east=torch.zeros_like(shaped["cell"]),
-                 cell_north=torch.zeros_like(shaped["cell"]),
-                 cell_used=torch.ones_like(shaped["cell"]),
+                 cell_east=torch.zeros_like(shaped["sigma"]),
+                 cell_north=torch.zeros_like(shaped["sigma"]),
+                 cell_used=torch.ones_like(shaped["sigma"]),
                  pixel_used=per_entry(entries.used))
         east = entries.east.to(self.device, self.dtype)
         north = entries.north.to(self.device, self.dtype)
-        lines = self._line_nodes(sigma, n_minor + 2)
+        # a pixel's cells of one band are summed into one row before the channels
+        n_rows = entries.row_pixel.shape[1]
+        per_row = (n_minor + 2) * max(1, entries.row.shape[1] // max(n_rows, 1))
+        lines = self._line_nodes(sigma, per_row)
         spectra, weights = self._integrate(
             east, north, p, ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used"),
-            kinematics, n_minor, n_minor + 2, lines, weights=True)
+            kinematics, n_minor, n_minor + 2, lines, weights=True,
+            rows=entries.row.to(self.device), n_rows=n_rows)
         # each band's sampled flux scaled to its exact flux
         level = entries.level.to(self.device)
         n_levels = entries.n_levels
@@ -746,16 +839,17 @@ class Projector:
         exact = torch.where(k == last, cores, bands)
         safe = torch.where(sampled > 0, sampled, torch.ones_like(sampled))
         scale = torch.where(sampled > 0, exact / safe, torch.zeros_like(sampled))
-        spectra = spectra * torch.gather(scale, 1, level)[..., None]
-        index = entries.pixel.to(self.device)[:, None, :].expand(batch, cube.shape[1], -1)
-        return cube.scatter_add(2, index, spectra.transpose(1, 2))
+        row_level = entries.row_level.to(self.device)
+        spectra = spectra * torch.gather(scale, 1, row_level)[..., None]
+        return self._deposit(spectra, entries.row_pixel)
 
     def _integrate(self, east, north, p, sliced, kinematics, n_minor, per_point, lines,
-                   weights=False):
+                   weights=False, rows=None, n_rows=None):
         """Spectra (batch, P, n_chan) of the points ``(east, north)`` (pixels or band cells),
         in chunks of at most ``max_chunk_elements`` (checkpointed under autograd); with
         ``weights``, also each point's sampled flux (batch, P).  ``sliced`` names the entries
-        of ``p`` that have one row per point."""
+        of ``p`` that have one row per point.  With ``rows`` (batch, P), the points' spectra
+        are summed into ``n_rows`` rows: (batch, n_rows, n_chan)."""
         batch, n_pts = east.shape
         chunk = max(1, self.max_chunk_elements // (batch * per_point * (self._edges.numel())))
         need_grad = torch.is_grad_enabled() and any(
@@ -764,19 +858,23 @@ class Projector:
         for start in range(0, n_pts, chunk):
             part = slice(start, start + chunk)
             q = {**p, **{name: p[name][:, part] for name in sliced}}
-            args = (east[:, part], north[:, part], q, kinematics, n_minor, lines, weights)
+            args = (east[:, part], north[:, part], q, kinematics, n_minor, lines, weights,
+                    None if rows is None else rows[:, part], n_rows)
             out = (checkpoint(self._integrate_chunk, *args, use_reentrant=False) if need_grad
                    else self._integrate_chunk(*args))
             spectra, wsum = out if weights else (out, None)
             pieces.append(spectra)
             sums.append(wsum)
         n_chan = self._edges.numel() - 1
-        spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
+        if rows is not None:
+            spectra = sum(pieces) if pieces else east.new_zeros((batch, n_rows, n_chan))
+        else:
+            spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
         wsum = (torch.cat(sums, dim=1) if pieces else east.new_zeros((batch, 0))) \
             if weights else None
         return spectra, wsum
 
-    def footprint(self, params, plan=None):
+    def footprint(self, params, plan=None, zone=None):
         """Each galaxy's pixels: indices into the padded grid, ``(batch, P)``, and a mask.
 
         A galaxy's light lies within ``rmax`` of its centre in the disk plane
@@ -784,31 +882,33 @@ class Projector:
         the flux), so on the sky within ``rmax`` of the centre along its major
         axis and ``rmax cos i + 15 h sin i`` along its minor axis.  Pixels whose
         centre is further than that plus half a pixel diagonal are skipped (their
-        flux is zero).  Rows shorter than the group's longest are padded with
-        the index one past the grid (masked out, and dropped after the scatter).
-        With ``footprint=False`` every pixel of the padded grid is a galaxy's.
-        ``plan`` is `sampling`'s (computed when not given).
+        flux is zero); with ``footprint=False`` none is.  ``zone`` 'inner' keeps the
+        pixels within that box drawn for the plan's ``zone`` radius instead of ``rmax``,
+        'outer' the others (None: both).  Rows shorter than the group's longest are
+        padded with the index one past the grid (masked out, and dropped after the
+        scatter).  ``plan`` is `sampling`'s (computed when not given).
         """
         with torch.no_grad():
-            if not self.use_footprint:
-                n_pix = self._east.numel()
-                batch = params["flux"].shape[0]
-                every = torch.arange(n_pix, device=self._east.device).expand(batch, n_pix)
-                return every, torch.ones(batch, n_pix, dtype=torch.bool, device=every.device)
             plan = self.sampling(params) if plan is None else plan
             inc = params["inclination"].detach()
             h = params["scale_height"].detach()
-            rmax = plan.rmax.to(self.device, self.dtype)
             pad = 0.5 * math.sqrt(2) * self.pixel
-            along = (rmax + pad)[:, None]
-            across = (rmax * torch.cos(inc) + FOOTPRINT_HEIGHTS * h * torch.sin(inc)
-                      + pad)[:, None]
             xi, eta = F.sky_to_disk(self._east[None, :], self._north[None, :],
                                     params["x0"].detach()[:, None],
                                     params["y0"].detach()[:, None],
                                     params["position_angle"].detach()[:, None])
-            inside = (xi.abs() <= along) & (eta.abs() <= across)
-            if plan.bands is not None:
+
+            def within(radius):
+                radius = radius.to(self.device, self.dtype)
+                along = (radius + pad)[:, None]
+                across = (radius * torch.cos(inc) + FOOTPRINT_HEIGHTS * h * torch.sin(inc)
+                          + pad)[:, None]
+                return (xi.abs() <= along) & (eta.abs() <= across)
+            inside = within(plan.rmax) if self.use_footprint else torch.ones_like(xi, dtype=bool)
+            if zone is not None and plan.zone is not None:
+                core = within(plan.zone)
+                inside = inside & (core if zone == "inner" else ~core)
+            if plan.bands is not None and self.use_footprint:
                 # a galaxy wholly in its bands has no envelope for the pixel cells
                 envelope = torch.as_tensor(plan.bands.envelope, device=inside.device)
                 inside = inside & envelope[:, None]
@@ -826,9 +926,9 @@ class Projector:
             plan.bands, x0=params["x0"], y0=params["y0"],
             position_angle=params["position_angle"], inclination=params["inclination"],
             scale_height=params["scale_height"], pixel=self.pixel, sky_matrix=self._sky_matrix,
-            shape=self.pixels.shape, margin=self.margin, footprint_heights=FOOTPRINT_HEIGHTS,
+            shape=self.pixels.shape, margin=self.margin,
             cos_floor=_COS_FLOOR, minor_density=self.minor_density,
-            max_minor_samples=self.max_minor_samples, band_cells=self.band_cells)
+            max_minor_samples=self.max_minor_samples)
 
     def _cells(self, cells, n_cells):
         """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""
@@ -862,7 +962,8 @@ class Projector:
         shape = (-1, 1, 1, 1)
         return origin.reshape(shape), step.reshape(shape), n_nodes, matrix
 
-    def _integrate_chunk(self, east, north, p, kinematics, n_minor, lines=None, weights=False):
+    def _integrate_chunk(self, east, north, p, kinematics, n_minor, lines=None, weights=False,
+                         rows=None, n_rows=None):
         cell = p["cell"]
         # sky_to_disk: cells (B, P, C, 1) -> galaxy frame
         e = east[:, :, None, None] + p["cell_east"]
@@ -912,35 +1013,38 @@ class Projector:
         # surface_density x area -> flux of each sample (Jy km/s)
         # this pass's share of the light, T: the whole disk, its envelope or a central band
         # (refine), and the midpoint rule's leading error for Sigma T along the major axis
-        # (the cell) and the bins (the tails are exact exponentials, taken at their centroids)
+        # (the cell) and the bins (the tails too: their variance is lam^2)
         taper = None
         if "inv_inner" in p:
             outer = refine.radial_window_derivatives(radius, p["inv_outer"])
             inner = refine.radial_window_derivatives(radius, p["inv_inner"])
             taper = tuple(o - i for o, i in zip(outer, inner))
-        bins = width.shape[-1] - 2
-        bin_width = torch.cat([width[..., :bins], torch.zeros_like(width[..., bins:])], -1)
         q, dq = F.sersic_log_slope(radius, p["r_eff"], p["n"], p["b_n"])
+        across = F.midpoint_correction(y, xi, radius, width, q, dq, taper)
+        # a tail's correction holds where its Laplace scale is within the light's e-folding
+        # length (where it is not, the tail's light is below _TAIL_ERROR by the choice of T)
+        across = torch.cat([across[..., :-2], across[..., -2:].clamp(max=_TAIL_CORRECTION)], -1)
         share = ((1.0 if taper is None else taper[0])
-                 + F.midpoint_correction(xi, y, radius, cell, q, dq, taper)
-                 + F.midpoint_correction(y, xi, radius, bin_width, q, dq, taper))
+                 + F.midpoint_correction(xi, y, radius, cell, q, dq, taper) + across)
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
                   * share.clamp_min(0.0) * (cell**2 / a * p["cell_used"] * p["pixel_used"]))
-        # line_of_sight_velocity, and its spread over the area each sample stands for
-        # velocities within the galaxy are physical (its rest frame); in the radio velocity of
-        # the grid they are compressed by f_sys / f0 = 1 - v_sys / c = 1 / (1 + z)
-        kin = velocity_compression(p["v_sys"])
-        v_circ, dv_dr = kinematics.circular_velocity_and_slope(radius, p)
-        v_circ, dv_dr = kin * v_circ, kin * dv_dr
-        v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], sin_i)
-        spread2 = F.velocity_spread(xi, y, radius, v_circ, dv_dr, sin_i, cell, width)
+        # line_of_sight_velocity at the mean over the area each sample stands for, and its
+        # spread there; velocities within the galaxy are physical (its rest frame); in the
+        # radio velocity of the grid they are compressed by f_sys / f0 = 1 - v_sys / c
+        kin = self._compression(p["v_sys"])
+        v_circ, dv_dr, d2v = kinematics.circular_velocity_derivatives(radius, p)
+        v_circ, dv_dr, d2v = kin * v_circ, kin * dv_dr, kin * d2v
+        shift, spread2 = F.velocity_moments(xi, y, radius, v_circ, dv_dr, d2v, sin_i, cell,
+                                            width, q, dq, share, taper)
+        v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], sin_i) + shift
         batch, n_pix = weight.shape[:2]
         if lines is not None:
             # line_profile and integrate_los through the velocity nodes: deposit, then one
             # channel-integrated Gaussian per node
             origin, step, n_nodes, matrix = lines
             nodes = F.deposit_lines(weight, v_los.expand_as(weight),
-                                    spread2.expand_as(weight), origin, step, n_nodes)
+                                    spread2.expand_as(weight), origin, step, n_nodes,
+                                    rows=rows, n_rows=n_rows)
             spectra = torch.matmul(nodes, matrix)
             return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
         disp = torch.sqrt(p["sigma"] ** 2 + spread2)
@@ -950,6 +1054,9 @@ class Projector:
                              out=self._erf_buffer(v_los.numel() * self._edges.numel()))
         summed = torch.matmul(weight.reshape(batch, n_pix, 1, -1), erf).squeeze(-2)
         spectra = 0.5 * (summed[..., 1:] - summed[..., :-1])
+        if rows is not None:
+            spectra = spectra.new_zeros((batch, n_rows, spectra.shape[-1])).scatter_add(
+                1, rows[..., None].expand_as(spectra), spectra)
         return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
 
     def project_streams(self, params):
@@ -958,11 +1065,13 @@ class Projector:
         ``params`` holds tensors of shape ``(batch,)`` (``points``: ``(batch, 3, 2)``,
         the Bézier control points in arcsec); see `galcubecraft.streams.project_streams`.
         """
-        p = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
+        p = {k: (self._relative_velocity(v) if k in ("v_start", "v_end")
+                 else torch.as_tensor(v, device=self.device, dtype=self.dtype))
              for k, v in params.items()}
         return streams.project_streams(
             p, pixel=self.pixel, sky_matrix=self._sky_matrix, shape=self.pixels.shape,
-            margin=self.margin, edges=self._edges) * self._inv_widths
+            margin=self.margin, edges=self._edges,
+            velocity_origin=self._velocity_origin) * self._inv_widths
 
     def _erf_buffer(self, n):
         """A reused scratch tensor of at least ``n`` elements for `erf_at_edges` (no autograd)."""

@@ -14,8 +14,10 @@ in radius::
 
 with ``w(R; a)`` one inside ``a / 2``, zero beyond ``a`` and a quintic smooth
 step between (`radial_window`).  Band ``k`` lies within ``a_k / 4 < R < a_k``
-and is integrated on square cells of at most ``a_k / band_cells`` (a power of
-two below the pixel, so each lies in one pixel), over the sky box that holds its
+and is integrated on square cells (a power of two below the pixel, so each lies
+in one pixel) no larger than the scales it holds: ``a_k / band_cells`` (the
+step), the light's e-folding length at its inner edge, and half the radius over
+which its rotation curve bends (`band_cell`); over the sky box that holds its
 light, with the projector's exact vertical windows and channel integrals.  Its
 total flux is then set to its exact value, a one-dimensional quadrature of
 ``Sigma`` over the band (`band_fluxes`), so that the sampling of a cusp costs no
@@ -37,7 +39,8 @@ from . import functional as F
 
 __all__ = ["BandPlan", "BandEntries", "plan_bands", "envelope_inverse_radius", "band_entries",
            "band_fluxes", "radial_window", "radial_window_derivatives", "RESOLVE_CELLS",
-           "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "MAX_BAND_ENTRIES"]
+           "band_cell", "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "BAND_HEIGHTS",
+           "MAX_BAND_ENTRIES"]
 
 #: The pixel cells resolve the velocity field where the rotation curve is linear over this many
 #: cells.
@@ -49,11 +52,17 @@ STEP_CELLS = 3.0
 RESOLVE_LIGHT_CELLS = 1.0
 #: The bands halve until the innermost encloses no more than this fraction of the light.
 CORE_LIGHT = 1e-4
-#: A band of outer radius a is integrated on cells of at most a / BAND_CELLS.
-BAND_CELLS = 8
+#: A band of outer radius a is integrated on cells of at most a / BAND_CELLS (finer where its
+#: light or its velocity field needs them: `band_cell`).
+BAND_CELLS = 4
+#: A band's cells reach this many scale heights from the plane (e^-8 = 3e-4 of its light lies
+#: beyond; the band's flux is exact whatever its cells hold).
+BAND_HEIGHTS = 8.0
 #: Most cells of one band (more are needed only by bands much thinner than the disk is
 #: thick, seen edge-on; their cells are then coarsened, the band's flux staying exact).
 MAX_BAND_ENTRIES = 4096
+#: Bands beyond the radius holding all but this fraction of the light are not refined for it.
+DIM_LIGHT = 1e-4
 #: Light beyond the resolved radius below which the envelope is left out.
 _NEGLIGIBLE = 1e-6
 #: Stand-in for an infinite inverse radius (w = 0 everywhere; float32-safe).
@@ -95,20 +104,47 @@ class BandPlan:
         Number of bands K (0: none).
     envelope : ndarray (batch,), bool
         Whether the envelope holds light (False: the whole galaxy is in its bands).
+    cell : ndarray (batch, max(levels))
+        Each band's largest cell side (arcsec, `band_cell`; NaN past a galaxy's bands).
     """
 
     outer: np.ndarray
     levels: np.ndarray
     envelope: np.ndarray
+    cell: np.ndarray
 
     @property
     def any(self):
         return bool(np.any(self.levels > 0))
 
+    def select(self, idx):
+        """The plan of the galaxies ``idx`` (an integer array)."""
+        idx = np.asarray(idx)
+        return BandPlan(outer=self.outer[idx], levels=self.levels[idx],
+                        envelope=self.envelope[idx], cell=self.cell[idx])
 
-def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
-               footprint_heights, cos_floor, band_cells=BAND_CELLS,
-               max_entries=MAX_BAND_ENTRIES):
+
+def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS):
+    """The largest cell side (arcsec) that resolves a band of outer radius ``outer``.
+
+    The smallest of ``outer / band_cells`` (the band's step), the light's e-folding length
+    at its inner edge (a cusp's shortest, ``n > 1``; none if the band lies beyond ``bright``,
+    the radius holding all but `DIM_LIGHT` of the light) over `RESOLVE_LIGHT_CELLS` and,
+    beyond the solid-body radius, where the
+    rotation curve bends on the scale of the radius itself, ``outer / 4`` over
+    `RESOLVE_CELLS` (within it, the linear field's own scale: the solid-body radius).  The
+    last two shrink with ``band_cells`` in proportion, so a finer ``band_cells`` refines
+    everything.  NumPy arrays or floats.
+    """
+    scale = BAND_CELLS / band_cells
+    light = np.where(outer / 4 < bright, F.sersic_efold(np.minimum(outer / 4, bright), r_eff,
+                                                        n, b_n) / RESOLVE_LIGHT_CELLS, np.inf)
+    bend = np.maximum(solid_body, outer / 4) / RESOLVE_CELLS
+    return np.minimum(outer / band_cells, scale * np.minimum(light, bend))
+
+
+def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height, cos_floor,
+               band_cells=BAND_CELLS, band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES):
     """Plan each galaxy's bands (NumPy arrays of shape (batch,), arcsec).
 
     The pixel cells (``cell`` wide) resolve the light where its e-folding length
@@ -119,7 +155,7 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
     envelope's step is resolved), and halve until the core encloses `CORE_LIGHT`, or until
     the core lies within the solid-body radius with its light resolved by its cells, or
     until a band's cells would number more than ``max_entries`` (a band much thinner than
-    the disk is thick, seen inclined, spans ``footprint_heights`` scale heights along the
+    the disk is thick, seen inclined, spans ``band_heights`` scale heights along the
     minor axis): that band is then the core, its flux still exact.
     """
     r_eff, n, b_n, rmax, cell, solid_body, inc, h = (
@@ -138,9 +174,16 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
     last = np.where(relevant, radius, 0.0).max(axis=1)
     outer = np.where(needed, np.maximum(2 * last, 2 * STEP_CELLS * cell), np.inf)
     envelope = ~needed | (1 - _enclosed(outer / 2, r_eff, n, b_n) > _NEGLIGIBLE)
+    bright = F.sersic_enclosing_radius(1 - DIM_LIGHT, r_eff, n)
     levels = np.zeros(len(r_eff), dtype=np.int64)
+    sides = np.full((len(r_eff), _MAX_LEVELS), np.nan)
     for row in np.flatnonzero(needed):
         a, k = outer[row], 1
+
+        def side(radius):
+            return band_cell(radius, r_eff[row], n[row], b_n[row], solid_body[row],
+                             bright[row], band_cells)
+        sides[row, 0] = side(a)
         while k < _MAX_LEVELS and _enclosed(a, r_eff[row], n[row], b_n[row]) > CORE_LIGHT:
             inner = a / 2
             if 2 * inner <= solid_body[row] and \
@@ -148,13 +191,14 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
                 # within the solid-body radius, with the light resolved by the band's cells:
                 # the core (this band and all within) is integrated as well as further bands
                 break
-            side = inner / band_cells
-            across = inner * cos_i[row] + footprint_heights * h[row] * sin_i[row]
-            if 4 * (inner + side) * (across + side) / side**2 > max_entries:
+            across = inner * cos_i[row] + band_heights * h[row] * sin_i[row]
+            if 4 * (inner + side(inner)) * (across + side(inner)) / side(inner)**2 > max_entries:
                 break
+            sides[row, k] = side(inner)
             a, k = inner, k + 1
         levels[row] = k
-    return BandPlan(outer=outer, levels=levels, envelope=envelope)
+    return BandPlan(outer=outer, levels=levels, envelope=envelope,
+                    cell=sides[:, :max(int(levels.max()) if len(levels) else 0, 1)])
 
 
 def envelope_inverse_radius(bands):
@@ -176,8 +220,10 @@ class BandEntries:
     side, arcsec), ``inv_outer``, ``inv_inner`` (the band's ``1/a_k`` and ``1/a_{k+1}``,
     `_NONE` for the core), ``clip`` (the band's reach ``a_k``), ``level`` (band index),
     ``pixel`` (index into the padded grid; one past it for cells outside, which count
-    towards the band's flux but are not deposited), ``used`` (mask).  ``minor`` (batch,)
-    is the minor-axis bins per cell.
+    towards the band's flux but are not deposited), ``used`` (mask) and ``row`` (the cell's
+    (pixel, band) pair: its spectrum is summed into that row's before the channels are
+    integrated).  ``row_pixel`` and ``row_level`` (batch, R) are each row's pixel and band.
+    ``minor`` (batch,) is the minor-axis bins per cell.
     """
 
     east: torch.Tensor
@@ -189,30 +235,37 @@ class BandEntries:
     level: torch.Tensor
     pixel: torch.Tensor
     used: torch.Tensor
+    row: torch.Tensor
+    row_pixel: torch.Tensor
+    row_level: torch.Tensor
     minor: torch.Tensor
     n_levels: int
 
+    _PER_CELL = ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "level", "pixel",
+                 "used", "row")
+
     def select(self, idx):
         rows = {name: getattr(self, name)[idx] for name in
-                ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "level", "pixel",
-                 "used", "minor")}
+                self._PER_CELL + ("row_pixel", "row_level", "minor")}
         longest = max(int(rows["used"].sum(dim=1).max()), 1) if len(idx) else 1
-        for name in ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "level",
-                     "pixel", "used"):
+        for name in self._PER_CELL:
             rows[name] = rows[name][:, :longest]
+        n_rows = int(rows["row"].max()) + 1 if rows["row"].numel() else 1
+        rows["row_pixel"] = rows["row_pixel"][:, :n_rows]
+        rows["row_level"] = rows["row_level"][:, :n_rows]
         return BandEntries(**rows, n_levels=self.n_levels)
 
 
 def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pixel,
-                 sky_matrix, shape, margin, footprint_heights, cos_floor, minor_density,
-                 max_minor_samples, band_cells=BAND_CELLS, max_entries=MAX_BAND_ENTRIES):
+                 sky_matrix, shape, margin, cos_floor, minor_density, max_minor_samples,
+                 band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES):
     """The cells of every galaxy's bands (`BandEntries`), built on the CPU in float64.
 
     Band ``k`` of outer radius ``a`` holds light within ``a`` of the centre in the disk
-    plane and within ``footprint_heights`` scale heights of it: on the sky within ``a``
-    along the major axis and ``a cos i + footprint_heights h sin i`` along the minor
+    plane and within ``band_heights`` scale heights of it: on the sky within ``a``
+    along the major axis and ``a cos i + band_heights h sin i`` along the minor
     axis.  Its cells are squares of ``pixel / 2^j``, the largest power of two at most
-    ``a / band_cells``, nested in the pixels; the cells whose centres lie within that box
+    the band's ``bands.cell``, nested in the pixels; the cells whose centres lie within that box
     (widened by half a cell diagonal) are kept.
     """
     x0, y0, pa, inc, h = (torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
@@ -235,10 +288,11 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         last = torch.as_tensor(bands.levels[rows] == k + 1)
         r = torch.as_tensor(rows)
         along = a
-        across = a * cos_i[r] + footprint_heights * h[r] * sin_i[r]
-        # cells: the largest power-of-two fraction of a pixel within a / band_cells, coarsened
+        across = a * cos_i[r] + band_heights * h[r] * sin_i[r]
+        # cells: the largest power-of-two fraction of a pixel within the band's cell, coarsened
         # (by powers of two) while the band's box would need more than max_entries of them
-        split = torch.clamp(torch.ceil(torch.log2(pixel * band_cells / a) - 1e-9), min=0)
+        limit = torch.as_tensor(bands.cell[rows, k])
+        split = torch.clamp(torch.ceil(torch.log2(pixel / limit) - 1e-9), min=0)
         fine = pixel / 2.0**split
         cells = 4 * (along + fine) * (across + fine) / fine**2      # the box's area in cells
         coarse = torch.ceil(0.5 * torch.log2(cells / max_entries))
@@ -309,9 +363,11 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         minor[r] = torch.maximum(minor[r], bins)
     if not n_levels:
         empty = torch.zeros(batch, 0, dtype=torch.float64)
+        none = torch.zeros(batch, 0, dtype=torch.int64)
         return BandEntries(east=empty, north=empty, cell=empty, inv_outer=empty,
-                           inv_inner=empty, clip=empty, level=empty.long(),
-                           pixel=empty.long(), used=empty.bool(), minor=minor, n_levels=0)
+                           inv_inner=empty, clip=empty, level=none, pixel=none,
+                           used=empty.bool(), row=none, row_pixel=none, row_level=none,
+                           minor=minor, n_levels=0)
     cat = {name: torch.cat(v, dim=1) for name, v in parts.items()}
     # each row's cells first (all levels), so that rows can be trimmed
     order = torch.sort((~cat["used"]).to(torch.uint8), dim=1, stable=True).indices
@@ -319,7 +375,30 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     order = order[:, :longest]
     out = {name: torch.gather(v, 1, order) for name, v in cat.items()}
     out["level"] = out["level"].to(torch.int64)
+    out.update(_pixel_rows(out["pixel"], out["level"], out["used"], n_levels, spare))
     return BandEntries(**out, minor=minor, n_levels=n_levels)
+
+
+def _pixel_rows(pixel, level, used, n_levels, spare):
+    """Number each galaxy's distinct (pixel, band) pairs: ``row`` (batch, E) per cell, and
+    ``row_pixel``, ``row_level`` (batch, R) per pair (padding: the spare pixel, band 0).
+
+    A pixel's cells of one band share a spectrum, so the channels are integrated once per
+    pair rather than once per cell (the band's flux scale still applies per band).
+    """
+    key = torch.where(used, pixel * n_levels + level, torch.full_like(pixel, -1))
+    ordered, order = torch.sort(key, dim=1, descending=True, stable=True)   # padding last
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    sorted_row = torch.cumsum(new.to(torch.int64), dim=1) - 1
+    row = torch.empty_like(sorted_row).scatter_(1, order, sorted_row)
+    n_rows = int(sorted_row.max()) + 1 if sorted_row.numel() else 1
+    row_key = torch.full((pixel.shape[0], n_rows), -1, dtype=torch.int64)
+    row_key.scatter_(1, sorted_row, ordered)
+    real = row_key >= 0
+    row_pixel = torch.where(real, row_key // max(n_levels, 1), torch.full_like(row_key, spare))
+    row_level = torch.where(real, row_key % max(n_levels, 1), torch.zeros_like(row_key))
+    return {"row": row, "row_pixel": row_pixel, "row_level": row_level}
 
 
 def _pixel_box(x0, y0, sin_pa, cos_pa, m_inv, box_xi, box_eta):
@@ -349,8 +428,8 @@ def band_fluxes(amplitude, r_eff, n, b_n, outer, n_levels):
     ``k = levels - 1``) is ``Sigma w(R; a_k)``: both are returned for every k (the caller
     picks the core's value at each galaxy's last level).  Each is the integral of
     ``2 pi R Sigma(R) x window`` by Gauss-Legendre in ``ln R`` over the pieces where the
-    window is a polynomial: ``(a/4, a/2)`` and ``(a/2, a)`` for a band, ``(a e^-16, a/2)`` and
-    ``(a/2, a)`` for a core.
+    window is a polynomial: ``(a/4, a/2)`` and ``(a/2, a)`` for a band, ``(a e^-16, a/2)`` (in
+    sixteen pieces) and ``(a/2, a)`` for a core.
     Returns ``(bands, cores)``.
     """
     dtype, device = amplitude.dtype, amplitude.device
@@ -379,6 +458,11 @@ def band_fluxes(amplitude, r_eff, n, b_n, outer, n_levels):
     r2, d2 = piece(a / 2, a)
     outer_step = integral(r2, d2, radial_window(r2, inv))
     bands = integral(r1, d1, 1 - radial_window(r1, 2 * inv)) + outer_step
-    r0, d0 = piece(a * math.exp(-_CORE_DEPTH), a / 2)
+    # the core's inside, in pieces one e-folding of radius long (a profile with n < 1 falls
+    # off within one)
+    steps = torch.arange(int(_CORE_DEPTH) + 1, dtype=dtype, device=device)
+    ends = (a / 2)[..., None] * torch.exp(-steps)                         # (B, K, D + 1)
+    r0, d0 = piece(ends[..., 1:], ends[..., :-1])                         # (B, K, D, Q)
+    r0, d0 = r0.flatten(-2), d0.flatten(-2)
     cores = integral(r0, d0, torch.ones_like(r0)) + outer_step
     return bands, cores

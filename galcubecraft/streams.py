@@ -17,7 +17,7 @@ from .conventions import velocity_compression
 __all__ = ["project_streams"]
 
 
-def project_streams(p, *, pixel, sky_matrix, shape, margin, edges):
+def project_streams(p, *, pixel, sky_matrix, shape, margin, edges, velocity_origin=0.0):
     """Line flux (Jy km/s) of each stream in each channel and pixel of the padded grid.
 
     Parameters
@@ -35,7 +35,8 @@ def project_streams(p, *, pixel, sky_matrix, shape, margin, edges):
     margin : int
         Pixels of padding on each side (the beam's margin).
     edges : Tensor
-        Channel edges (km/s, radio), ``n_chan + 1`` (with any spectral-response margin).
+        Channel edges (km/s, radio), ``n_chan + 1`` (with any spectral-response margin),
+        like ``v_start`` and ``v_end`` relative to ``velocity_origin`` (km/s).
 
     Returns
     -------
@@ -73,7 +74,7 @@ def project_streams(p, *, pixel, sky_matrix, shape, margin, edges):
     # velocity: linear along the curve; dispersion compressed like a galaxy's, widened by
     # the step between neighbouring clouds
     v = p["v_start"].reshape(-1, 1) + (p["v_end"] - p["v_start"]).reshape(-1, 1) * tt
-    kin = velocity_compression(v)
+    kin = velocity_compression(v + velocity_origin)
     step = ((p["v_end"] - p["v_start"]).abs() / n).reshape(-1, 1)
     disp = torch.sqrt((kin * p["dispersion"].reshape(-1, 1)).clamp_min(1e-6) ** 2
                       + step**2 / 12)

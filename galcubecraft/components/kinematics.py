@@ -77,6 +77,22 @@ class RotationCurve(Component):
         return v, (cls.circular_velocity(radius + step, params)
                    - cls.circular_velocity(radius - step, params)) / (2 * step)
 
+    #: ``evaluate_curvature(radius, *params)``: d^2 v_c / dR^2 (None: zero).
+    evaluate_curvature = None
+
+    @classmethod
+    def circular_velocity_derivatives(cls, radius, params):
+        """``v_c``, ``dv_c/dR`` and ``d^2 v_c/dR^2`` (*km/s*, per arcsec, per arcsec^2).
+
+        The projector uses the curvature to place each sample's line at the mean velocity
+        of the area it stands for (`galcubecraft.functional.velocity_moments`).
+        """
+        v, slope = cls.circular_velocity_and_slope(radius, params)
+        if cls.evaluate_curvature is None:
+            return v, slope, torch.zeros_like(v)
+        return v, slope, cls.evaluate_curvature(radius,
+                                                *(params[name] for name in cls.param_names))
+
     def __call__(self, radius, *, r_eff=None, n=None):
         """Evaluate the law at ``radius`` (Quantity, same kind as the law's sizes).
 
@@ -148,6 +164,11 @@ class AnalyticRotationCurve(RotationCurve):
         v = cls.evaluate(radius, params["v_0"], cls._r_0(params))
         return v, 0.0803 * v / radius
 
+    @classmethod
+    def circular_velocity_derivatives(cls, radius, params):
+        v, slope = cls.circular_velocity_and_slope(radius, params)
+        return v, slope, (0.0803 - 1.0) * slope / radius
+
     @staticmethod
     def _r_0(params):
         r_0 = params.get("r_0")
@@ -200,6 +221,10 @@ class ArctanRotationCurve(RotationCurve):
     @staticmethod
     def evaluate_slope(radius, v_max, r_turn):
         return (2 / math.pi) * v_max * r_turn / (r_turn**2 + radius**2)
+
+    @staticmethod
+    def evaluate_curvature(radius, v_max, r_turn):
+        return -(4 / math.pi) * v_max * r_turn * radius / (r_turn**2 + radius**2) ** 2
 
     @classmethod
     def solid_body_radius(cls, params):
@@ -282,6 +307,17 @@ class TabulatedRotationCurve(RotationCurve):
     @staticmethod
     def evaluate(radius, radius_table, velocity_table):
         return F.interpolate_linear(radius, radius_table, velocity_table)
+
+    @staticmethod
+    def evaluate_curvature(radius, radius_table, velocity_table):
+        """The curvature the table samples: at each inner node the change of slope over the
+        nodes' spacing (zero at the ends), interpolated linearly.  A cell's mean velocity
+        over a kink is then that of the curve the table was drawn from, for dense tables."""
+        dr = radius_table[..., 1:] - radius_table[..., :-1]
+        slope = (velocity_table[..., 1:] - velocity_table[..., :-1]) / dr
+        inner = 2 * (slope[..., 1:] - slope[..., :-1]) / (dr[..., 1:] + dr[..., :-1])
+        zero = torch.zeros_like(velocity_table[..., :1])
+        return F.interpolate_linear(radius, radius_table, torch.cat([zero, inner, zero], -1))
 
     @classmethod
     def solid_body_radius(cls, params):
