@@ -8,6 +8,10 @@
 * Thick disks seen at 80-90 deg: the minor-axis profile against a semi-analytic double integral
   (SciPy quadrature).
 * The central bands of `galcubecraft.refine`: a partition of unity whose fluxes sum to the total.
+* Flat rotation curves: the integrated spectrum against the exact arcsine x Gaussian x channel
+  profile (a sum over azimuths with SciPy's erf), whose singular centre the bands resolve.
+* High redshift: the line's shape and width at z = 0.01, 2 and 6 in float32 against the exact
+  channel-integrated Gaussian of the compressed dispersion.
 
 `benchmarks/accuracy.py` runs the same sweep with the L1 distance to a 4x finer float64 render.
 """
@@ -18,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate
-from scipy.special import gammaincinv
+from scipy.special import erf, gammaincinv
 from scipy.stats import qmc
 
 import galcubecraft as gcc
@@ -197,3 +201,60 @@ def test_central_bands_partition_the_light():
     low = gammainc(8, float(b_n) * (outer / 2 / 2.0) ** 0.25)
     high = gammainc(8, float(b_n) * (outer / 2.0) ** 0.25)
     assert low < inside / disk < high
+
+
+def _channel_profile(edges, velocities, sigma):
+    """The channel-integrated Gaussian of each velocity, averaged over ``velocities``."""
+    cdf = 0.5 * erf((edges[None, :] - velocities[:, None]) / (math.sqrt(2) * sigma))
+    return np.abs(np.diff(cdf, axis=1)).mean(axis=0)
+
+
+@pytest.mark.parametrize("inclination, sigma, width, r_eff", [
+    (60, 10, 20, 4), (30, 5, 10, 4), (80, 10, 5, 3), (60, 15, 25, 1)])
+def test_flat_curve_spectrum_is_the_exact_profile(inclination, sigma, width, r_eff):
+    """A flat curve's integrated spectrum is the arcsine distribution of v_flat sin i cos(phi)
+    (every radius alike) convolved with the Gaussian and the channel: within 0.3% L1 at default
+    sampling (measured 0.04-0.21%; 1.9-2.3% before the central bands and the mean-velocity
+    shift)."""
+    v_flat = 200.0
+    galaxy = gcc.Galaxy(surface=gcc.SersicDisk(r_eff=r_eff * u.arcsec, n=1),
+                        kinematics=gcc.FlatRotationCurve(v_flat=v_flat * KMS),
+                        vertical=gcc.ExponentialVertical(0.3 * u.arcsec),
+                        dispersion=sigma * KMS, inclination=inclination * u.deg,
+                        position_angle=30 * u.deg, v_sys=0 * KMS, flux=1 * u.Jy * KMS)
+    n_chan = int(np.ceil((2 * v_flat + 16 * sigma) / width))
+    grid = gcc.CubeGrid(shape=(n_chan, 96, 96), pixel_scale=1 * u.arcsec,
+                        channel_width=width * KMS, beam=None)
+    with torch.no_grad():
+        spectrum = gcc.render_tensor(galaxy, grid).double().numpy().sum(axis=(1, 2)) * width
+    phi = (np.arange(100_000) + 0.5) / 100_000 * 2 * np.pi
+    velocities = v_flat * math.sin(math.radians(inclination)) * np.cos(phi)
+    exact = _channel_profile(np.asarray(grid.channel_edges.to_value(KMS)), velocities, sigma)
+    assert np.abs(spectrum - exact).sum() / exact.sum() < 3e-3
+
+
+@pytest.mark.parametrize("z", [0.01, 2.0, 6.0])
+def test_line_shape_and_width_are_exact_at_high_redshift_in_float32(z):
+    """A face-on disk's line at redshift z is the Gaussian of the dispersion compressed by
+    1 + z, integrated over channels of a quarter of its width: in float32 (the default) its
+    second-moment width is exact to 1e-3 and its shape to 1e-3 L1 (measured 7e-6 and 4.3e-4
+    at every z; before velocities were taken relative to the band, 7e-3 L1 at z = 6)."""
+    v_sys = gcc.radio_velocity(z)
+    sigma = 30.0 / (1 + z)
+    galaxy = gcc.Galaxy(surface=gcc.SersicDisk(r_eff=2 * u.arcsec, n=1),
+                        kinematics=gcc.FlatRotationCurve(v_flat=0 * KMS), dispersion=30 * KMS,
+                        inclination=0 * u.deg, position_angle=0 * u.deg, v_sys=v_sys,
+                        flux=1 * u.Jy * KMS)
+    grid = gcc.CubeGrid(shape=(64, 32, 32), pixel_scale=1 * u.arcsec,
+                        channel_width=sigma / 4 * KMS, beam=None, velocity_center=v_sys)
+    with torch.no_grad():
+        spectrum = gcc.render_tensor(galaxy, grid).double().numpy().sum(axis=(1, 2))
+    edges = np.asarray(grid.channel_edges.to_value(KMS))
+    exact = _channel_profile(edges, np.array([v_sys.to_value(KMS)]), sigma)
+    spectrum, exact = spectrum / spectrum.sum(), exact / exact.sum()
+    centres = 0.5 * (edges[1:] + edges[:-1])
+
+    def width(s):
+        return math.sqrt((s * (centres - (s * centres).sum()) ** 2).sum())
+    assert abs(width(spectrum) / width(exact) - 1) < 1e-3
+    assert np.abs(spectrum - exact).sum() < 1e-3
