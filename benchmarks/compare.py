@@ -1,6 +1,7 @@
 """galcubecraft side by side with GalCubeCraft 0.1.0 and KinMS, in one run, as ratios.
 
-    python -m benchmarks [--quick] [--device cpu|cuda] [--skip-external] [--out DIR]
+    python -m benchmarks [--quick] [--device cpu|cuda] [--skip-external] [--baseline REF]
+                         [--out DIR]
 
 1. The seed README's quick start (125 x 125 x 40): seconds per cube, ours and 0.1.0's.
 2. The DESIGN reference model at equal accuracy: L1 error of each code against a converged
@@ -11,6 +12,8 @@
 4. Throughput: cubes per second for a batch of 64 random galaxies on 64 x 64 x 32.
 5. Contention: the reference render while every core runs another process, against the
    quiet single-thread time (``benchmarks/contention.py``).
+6. With ``--baseline REF``: the reference render and the batch against galcubecraft at an
+   earlier commit, alternating (``benchmarks/baseline.py``).
 
 The codes we compare against are installed on first use into their own folders under
 ``.bench/`` (see ``benchmarks/external.py``); the table (Markdown and reStructuredText, for the
@@ -31,7 +34,7 @@ import torch
 
 import galcubecraft as gcc
 
-from . import contention, external
+from . import baseline, contention, external
 from .render import (batch_time, peak_memory_mib, reference_galaxy, reference_grid, timeit)
 
 RESULTS = Path(__file__).parent / "results"
@@ -235,6 +238,8 @@ def table(res):
                  f"{thr['cubes_per_s']:.1f}", "", ""))
     if "contention" in res:
         rows += contention.rows(res["contention"])
+    if res.get("baseline"):
+        rows += baseline.rows(res["baseline"])
     return rows
 
 
@@ -314,6 +319,9 @@ def main(argv=None):
                    help="measure galcubecraft only (no installs)")
     p.add_argument("--env-dir", type=Path, default=external.DEFAULT_ENV,
                    help="where the compared codes are installed (default .bench/)")
+    p.add_argument("--baseline", default=None, metavar="REF",
+                   help="also time the reference render and the batch against galcubecraft at "
+                        "this git revision")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = p.parse_args(argv)
     scratch = Path(subprocess.check_output([sys.executable, "-c",
@@ -324,6 +332,8 @@ def main(argv=None):
     steps = [("quick_start", quick_start), ("accuracy", lambda a: accuracy(a, scratch)),
              ("scaling", scaling), ("throughput", throughput),
              ("contention", lambda a: contention.measure(3 if a.quick else 7))]
+    if args.baseline:
+        steps.append(("baseline", lambda a: baseline.measure(a.baseline, 2 if a.quick else 3)))
     for name, step in steps:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", file=sys.stderr, flush=True)
         res[name] = step(args)

@@ -143,8 +143,7 @@ def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS):
     return np.minimum(outer / band_cells, scale * np.minimum(light, bend))
 
 
-def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height, cos_floor,
-               band_cells=BAND_CELLS, band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES):
+def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS):
     """Plan each galaxy's bands (NumPy arrays of shape (batch,), arcsec).
 
     The pixel cells (``cell`` wide) resolve the light where its e-folding length
@@ -153,15 +152,13 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
     linear (``R < solid_body``).  Bands start at twice the largest unresolved radius
     beyond which light remains (and at least ``2 STEP_CELLS`` cells, so that the
     envelope's step is resolved), and halve until the core encloses `CORE_LIGHT`, or until
-    the core lies within the solid-body radius with its light resolved by its cells, or
-    until a band's cells would number more than ``max_entries`` (a band much thinner than
-    the disk is thick, seen inclined, spans ``band_heights`` scale heights along the
-    minor axis): that band is then the core, its flux still exact.
+    the core lies within the solid-body radius with its light resolved by its cells.  Each
+    band's cell is `band_cell`'s (`band_entries` coarsens a band whose box would need more
+    than `MAX_BAND_ENTRIES` of them: a band much thinner than the disk is thick, seen
+    inclined; its flux stays exact).
     """
-    r_eff, n, b_n, rmax, cell, solid_body, inc, h = (
-        np.asarray(v, dtype=float) for v in (r_eff, n, b_n, rmax, cell, solid_body,
-                                             inclination, scale_height))
-    sin_i, cos_i = np.sin(inc), np.maximum(np.cos(inc), cos_floor)
+    r_eff, n, b_n, rmax, cell, solid_body = (
+        np.asarray(v, dtype=float) for v in (r_eff, n, b_n, rmax, cell, solid_body))
     x = np.logspace(-12, 0, 400)[None, :] * (rmax / r_eff)[:, None]          # R / r_eff
     radius = r_eff[:, None] * x
     efold = F.sersic_efold(radius, r_eff[:, None], n[:, None], b_n[:, None])
@@ -190,9 +187,6 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, inclination, scale_height,
                     F.sersic_efold(inner / 4, r_eff[row], n[row], b_n[row]) >= inner / band_cells:
                 # within the solid-body radius, with the light resolved by the band's cells:
                 # the core (this band and all within) is integrated as well as further bands
-                break
-            across = inner * cos_i[row] + band_heights * h[row] * sin_i[row]
-            if 4 * (inner + side(inner)) * (across + side(inner)) / side(inner)**2 > max_entries:
                 break
             sides[row, k] = side(inner)
             a, k = inner, k + 1

@@ -1,0 +1,98 @@
+"""This checkout against an earlier commit of galcubecraft, in one run, as ratios.
+
+    python -m benchmarks.baseline REF [--rounds 3]
+
+``REF`` (any git revision: a commit, a tag, ``HEAD~3``) is checked out into a temporary git
+worktree; the reference render (128 x 128 x 40, default settings) and the batch of 64 random
+galaxies on 64 x 64 x 32 (``benchmarks.render.batch_time``) are then timed for each code in its
+own process, the two alternating ``rounds`` times so that a busy machine slows both alike; the
+best time of each is kept.  ``python -m benchmarks --baseline REF`` adds these rows to the
+table.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Timed in a fresh process whose ``galcubecraft`` is the one first on ``sys.path``; the
+#: measuring code is this checkout's (``benchmarks.render``), so both codes run the same
+#: galaxies and grids.
+_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {code!r})
+sys.path.insert(1, {bench!r})
+import torch
+import galcubecraft as gcc
+from benchmarks.render import batch_time, reference_galaxy, reference_grid, timeit
+grid, galaxy = reference_grid(), reference_galaxy()
+with torch.no_grad():
+    reference = timeit(lambda: gcc.render_tensor(galaxy, grid), {repeats})
+    batch = batch_time(64, "cpu", {repeats})
+print(json.dumps({{"reference_s": reference, "batch_cubes_per_s": 64 / batch,
+                   "version": gcc.__version__}}))
+"""
+
+
+def _time(code, repeats):
+    script = _SCRIPT.format(code=str(code), bench=str(ROOT), repeats=repeats)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(ref, rounds=3, repeats=3):
+    """Best reference-render time and batch throughput of this checkout and of ``ref``."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="galcubecraft-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
+                        str(tree), commit], check=True)
+        try:
+            runs = {"ours": [], "baseline": []}
+            for _ in range(rounds):
+                runs["ours"].append(_time(ROOT, repeats))
+                runs["baseline"].append(_time(tree, repeats))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(tree)], check=False)
+    best = {who: {"reference_s": min(r["reference_s"] for r in rs),
+                  "batch_cubes_per_s": max(r["batch_cubes_per_s"] for r in rs)}
+            for who, rs in runs.items()}
+    return {"ref": ref, "commit": commit, "rounds": rounds, **best}
+
+
+def rows(res):
+    """Table rows (measure, galcubecraft, other code, ratio) of `measure`'s result."""
+    ours, base = res["ours"], res["baseline"]
+    name = f"{res['ref']} ({res['commit']})" if res["ref"] != res["commit"] else res["commit"]
+    return [(f"Reference render 128x128x40, s, vs galcubecraft at {name}",
+             f"{ours['reference_s']:.3f}", f"{base['reference_s']:.3f}",
+             f"{base['reference_s'] / ours['reference_s']:.2f}x"),
+            (f"Batch of 64 random galaxies 64x64x32, cubes/s, vs galcubecraft at {name}",
+             f"{ours['batch_cubes_per_s']:.1f}", f"{base['batch_cubes_per_s']:.1f}",
+             f"{ours['batch_cubes_per_s'] / base['batch_cubes_per_s']:.2f}x")]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.baseline",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("ref", help="git revision to compare against (e.g. a commit)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    res = measure(args.ref, args.rounds)
+    print("| measure | this checkout | baseline | ratio (>1: this checkout faster) |")
+    print("|---|---|---|---|")
+    for row in rows(res):
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
