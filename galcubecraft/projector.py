@@ -82,6 +82,8 @@ _TAIL_CORRECTION = 0.5
 #: galaxy's light are sampled with ``oversample`` cells per pixel side; the others (the outer
 #: zone, most of a footprint) with one, as their light allows.
 _ZONE_LIGHT = 3e-2
+_OUTER_BIN_EFOLDS = 4.0
+_OUTER_CELLS_PER_MINOR_AXIS = 0.5
 _BIN_EFOLDS = 1.0
 _SQRT12 = math.sqrt(12.0)
 #: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
@@ -515,10 +517,11 @@ class Projector:
             cells, minor = counts(self.oversample)
             cell = self.pixel / cells
             # the outer zone (beyond the radius holding all but _ZONE_LIGHT of the light) is
-            # sampled as with oversample=1
+            # sampled as with oversample=1, with cells of up to _OUTER_CELLS_PER_MINOR_AXIS of
+            # the projected minor axis and bins of up to _OUTER_BIN_EFOLDS e-folding lengths
             zone = torch.as_tensor(F.sersic_enclosing_radius(1 - _ZONE_LIGHT, r_eff.numpy(),
                                                              n.numpy()))
-            outer_cells, outer_minor = counts(1)
+            outer_cells, outer_minor = counts(1, _OUTER_BIN_EFOLDS, _OUTER_CELLS_PER_MINOR_AXIS)
             bands = None
             if kinematics is not None and self.refine:
                 solid = kinematics.solid_body_radius(params).detach().double().cpu()
@@ -540,8 +543,8 @@ class Projector:
         # nearly edge-on, whose bins must resolve the disk along the sight line)
         reach = torch.as_tensor(F.sersic_enclosing_radius(1 - 1e-4, r_eff.numpy(), n.numpy()))
 
-        def counts(oversample):
-            cells = torch.ceil(_CELLS_PER_MINOR_AXIS * self.pixel / projected - 1e-6)
+        def counts(oversample, bin_efolds=_BIN_EFOLDS, per_minor_axis=_CELLS_PER_MINOR_AXIS):
+            cells = torch.ceil(per_minor_axis * self.pixel / projected - 1e-6)
             cells = cells.clamp(oversample, max(oversample, self.max_oversample))
             cell = self.pixel / cells
             window = 1.5 * cell / cos_i + 2 * tail * lam
@@ -553,7 +556,7 @@ class Projector:
             far = torch.minimum(0.5 * span, reach)
             efold_far = F.sersic_efold(far, r_eff, n, b_n)
             du = torch.minimum(cell / stretch,
-                               _BIN_EFOLDS * efold_far / torch.hypot(far, stretch))
+                               bin_efolds * efold_far / torch.hypot(far, stretch))
             minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
             return cells, minor.clamp(1, self.max_minor_samples)
         return counts
