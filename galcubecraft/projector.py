@@ -94,6 +94,8 @@ _STRETCH_CELLS = 4.0
 #: A galaxy's cells are at most this fraction of its projected minor axis (up to max_oversample).
 _CELLS_PER_MINOR_AXIS = 1.5
 _STRETCH_R_EFF = 0.5
+#: Long windows have their finest bins this many stretches inside them, nearest the centre.
+_PEAK_STRETCHES = 16.0
 
 
 def _shift_rule(nodes):
@@ -987,11 +989,20 @@ class Projector:
         lo = torch.clamp(lo_free, min=-p["rmax"], max=p["rmax"])
         hi = torch.clamp(hi_free, min=-p["rmax"], max=p["rmax"])
         stretch = p["stretch"] if "stretch" in p else self._stretch(p["r_eff"], cell)
-        u_max = torch.asinh(0.5 * (hi - lo) / stretch)
+        # the bins are uniform in asinh((Y - Y_0) / s): symmetric about the window's middle
+        # (midpoint errors cancel) unless the window is longer than 2 _PEAK_STRETCHES s, where
+        # Y_0 is the point nearest the centre (the light's peak along the sight line) at least
+        # _PEAK_STRETCHES s inside it; their u-range is at most 2 asinh((hi - lo) / 2s)
+        inner_lo, inner_hi = lo + _PEAK_STRETCHES * stretch, hi - _PEAK_STRETCHES * stretch
+        peak = torch.where(inner_lo <= inner_hi,
+                           torch.maximum(torch.minimum(torch.zeros_like(hi), inner_hi), inner_lo),
+                           0.5 * (lo + hi))
+        u_lo = torch.asinh((lo - peak) / stretch)
+        u_span = torch.asinh((hi - peak) / stretch) - u_lo
         # this galaxy's own p["n_minor"] bins; any further bins of the batch have zero width
         j = torch.arange(n_minor + 1, device=east.device, dtype=east.dtype)
-        frac = torch.clamp(2.0 * j / p["n_minor"] - 1, max=1.0)
-        edges = 0.5 * (lo + hi) + stretch * torch.sinh(u_max * frac)  # (B, P, C, M + 1)
+        frac = torch.clamp(j / p["n_minor"], max=1.0)
+        edges = peak + stretch * torch.sinh(u_lo + u_span * frac)     # (B, P, C, M + 1)
         start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
         g = torch.zeros_like(start)
         tail_lo, tail_hi = torch.zeros_like(lo), torch.zeros_like(hi)

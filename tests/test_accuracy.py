@@ -91,8 +91,8 @@ def light_in_field(case, half, points=2**18):
 
 #: Where the flux guarantee holds today (docs/rendering.rst, "What is guaranteed"): Sérsic n up to
 #: this value at any size, inclination and thickness.  Beyond it (cuspier disks) the sweep
-#: below measures errors up to a factor 2.4 for disks within a degree of edge-on with r_eff below a
-#: pixel (or comparable to the field); they are reported, not hidden.
+#: below measures errors up to 27% for thick disks whose r_eff is larger than the field (which
+#: sees only their cusp); they are reported, not hidden.
 GUARANTEED_N = 3.0
 #: In-field fluxes are compared to 1e-3 of themselves or 2e-4 of the galaxy's whole flux,
 #: whichever is larger (a galaxy with 1% of its light in the field is held to 2e-4 of its flux).
@@ -125,8 +125,8 @@ def test_flux_is_exact_for_500_random_legal_galaxies():
             beyond.append(not ok)
     assert not failures, (f"{len(failures)} galaxies off by more than {GUARANTEED_TOLERANCE}: "
                           f"{failures[:3]}")
-    # the cuspier galaxies that miss 5e-3 (near edge-on ones): 16 of 168 measured
-    assert cuspy > 150 and sum(beyond) <= 20
+    # the cuspier galaxies that miss 5e-3 (thick ones larger than the field): 8 of 168 measured
+    assert cuspy > 150 and sum(beyond) <= 12
 
 
 def test_the_reference_catches_a_lost_percent():
