@@ -86,10 +86,11 @@ _OUTER_BIN_EFOLDS = 4.0
 _OUTER_CELLS_PER_MINOR_AXIS = 0.5
 _BIN_EFOLDS = 1.0
 _SQRT12 = math.sqrt(12.0)
-#: Minor-axis bins are uniform in asinh((Y - Y_window_centre) / s), s the larger of
-#: this many cells and this fraction of r_eff: uniform
-#: across narrow windows, and widening away from the centre across the long windows of nearly
-#: edge-on disks (symmetric about the window's centre, so midpoint errors cancel to first order).
+#: Minor-axis bins are uniform in asinh((Y - Y_0) / s), s the larger of this many cells and
+#: this fraction of r_eff: uniform across narrow windows, and widening away from Y_0 across the
+#: long windows of nearly edge-on disks.  Y_0 is the window's middle (symmetric bins, so
+#: midpoint errors cancel to first order) or, in windows longer than 2 _PEAK_STRETCHES s, the
+#: point nearest the galaxy's centre, where the light along the sight line peaks.
 _STRETCH_CELLS = 4.0
 #: A galaxy's cells are at most this fraction of its projected minor axis (up to max_oversample).
 _CELLS_PER_MINOR_AXIS = 1.5
@@ -489,7 +490,10 @@ class Projector:
         narrower than 1.5 cells (up to ``max_oversample``); its window along
         the minor axis gets as many bins as it needs (up to
         ``max_minor_samples``); ``rmax`` is where the disk is cut (the radius
-        enclosing all but 1e-6 of its light).  With the rotation law (``kinematics``), the
+        enclosing all but 1e-6 of its light).  Pixels that see no light from within the
+        radius holding all but `_ZONE_LIGHT` of it (the outer zone) get their own counts,
+        ``outer_cells`` and ``outer_minor``, as with ``oversample=1`` (`SamplingPlan.zone`).
+        With the rotation law (``kinematics``), the
         centre of each galaxy the cells cannot resolve is planned into bands
         (`galcubecraft.refine.plan_bands`).  Counts are per galaxy (``cells``, ``minor``),
         so a galaxy renders the same whatever else is in its batch: the batch's
@@ -552,7 +556,7 @@ class Projector:
             window = 1.5 * cell / cos_i + 2 * tail * lam
             span = torch.minimum(window, 2 * rmax)
             # the u-range of a window of width W is at most 2 asinh(W / 2s); bins no wider
-            # than a cell at the window's centre
+            # than a cell where they are finest
             stretch = self._stretch(r_eff, cell)
             u_range = 2 * torch.asinh(span / (2 * stretch))
             far = torch.minimum(0.5 * span, reach)
@@ -789,14 +793,13 @@ class Projector:
                                      n_minor, n_cells**2 * (n_minor + 2), lines)
         return self._deposit(spectra, pixels)
 
-    def _deposit(self, spectra, pixels, cube=None):
-        """Spectra (batch, P, n_chan) added at their ``pixels`` (batch, P) of the flat padded
-        ``cube`` (batch, n_chan, pixels + 1; a new one when None)."""
+    def _deposit(self, spectra, pixels):
+        """Spectra (batch, P, n_chan) summed at their ``pixels`` (batch, P) into a flat padded
+        cube (batch, n_chan, pixels + 1; the last is the spare that padding writes to)."""
         batch = spectra.shape[0]
         n_chan = self._edges.numel() - 1
-        if cube is None:
-            ny_p, nx_p = self.padded_shape
-            cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
+        ny_p, nx_p = self.padded_shape
+        cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
         index = pixels.to(self.device)[:, None, :].expand(batch, n_chan, pixels.shape[1])
         return cube.scatter_add(2, index, spectra.transpose(1, 2))
 

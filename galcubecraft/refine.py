@@ -129,12 +129,11 @@ def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS):
 
     The smallest of ``outer / band_cells`` (the band's step), the light's e-folding length
     at its inner edge (a cusp's shortest, ``n > 1``; none if the band lies beyond ``bright``,
-    the radius holding all but `DIM_LIGHT` of the light) over `RESOLVE_LIGHT_CELLS` and,
-    beyond the solid-body radius, where the
-    rotation curve bends on the scale of the radius itself, ``outer / 4`` over
-    `RESOLVE_CELLS` (within it, the linear field's own scale: the solid-body radius).  The
-    last two shrink with ``band_cells`` in proportion, so a finer ``band_cells`` refines
-    everything.  NumPy arrays or floats.
+    the radius holding all but `DIM_LIGHT` of the light) over `RESOLVE_LIGHT_CELLS`, and the
+    scale on which the rotation curve bends over `RESOLVE_CELLS`: ``outer / 4`` beyond the
+    solid-body radius, the solid-body radius within it.  The last two shrink with
+    ``band_cells`` in proportion, so a finer ``band_cells`` refines everything.  NumPy
+    arrays or floats.
     """
     scale = BAND_CELLS / band_cells
     light = np.where(outer / 4 < bright, F.sersic_efold(np.minimum(outer / 4, bright), r_eff,
