@@ -29,7 +29,7 @@ __all__ = [
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
-    "convolve_beam_separable", "interpolate_linear",
+    "convolve_beam_separable", "read_pixels", "translate", "interpolate_linear",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -330,22 +330,26 @@ def channel_cdf(edges, velocity, dispersion):
 def erf_at_edges(edges, velocity, dispersion, out=None):
     """``erf((edge - v) / (sqrt(2) sigma))`` for every sample and edge.
 
-    The result has shape ``velocity.shape + (E,)``.  This is the largest
-    tensor the projector makes: outside autograd it can be written into a
-    reused buffer ``out`` (at least ``velocity.numel() * E`` elements), which
-    saves the page faults of a fresh allocation of tens of MB per chunk.
+    The result has shape ``velocity.shape + (E,)``.  ``edges`` is ``(E,)``, or
+    ``(B, E)`` with one row per leading index of ``velocity`` (a galaxy's channels seen
+    from its rest frame).  This is the largest tensor the projector makes: outside
+    autograd it can be written into a reused buffer ``out`` (at least
+    ``velocity.numel() * E`` elements), which saves the page faults of a fresh
+    allocation of tens of MB per chunk.
     """
-    inv = (1.0 / (_SQRT2 * dispersion)).reshape(-1, 1)
+    n_edges = edges.shape[-1]
+    rows = edges.reshape(-1, 1, n_edges)
+    inv = (1.0 / (_SQRT2 * dispersion)).reshape(rows.shape[0], -1, 1)
     shape = velocity.shape
-    n = velocity.numel() * edges.numel()
+    n = velocity.numel() * n_edges
     if out is None or torch.is_grad_enabled():
-        arg = (edges.reshape(1, -1) - velocity.reshape(-1, 1)) * inv
-        return torch.erf(arg).reshape(*shape, edges.numel())
-    buf = out[:n].view(-1, edges.numel())
-    torch.sub(edges.reshape(1, -1), velocity.reshape(-1, 1), out=buf)
+        arg = (rows - velocity.reshape(rows.shape[0], -1, 1)) * inv
+        return torch.erf(arg).reshape(*shape, n_edges)
+    buf = out[:n].view(rows.shape[0], -1, n_edges)
+    torch.sub(rows, velocity.reshape(rows.shape[0], -1, 1), out=buf)
     buf.mul_(inv)
     torch.erf_(buf)
-    return buf.view(*shape, edges.numel())
+    return buf.view(*shape, n_edges)
 
 
 #: Least half-width of a deposited box, in node spacings: keeps 1/width bounded (float32-safe);
@@ -358,6 +362,7 @@ _NODE_REACH = 6.0
 def line_nodes(edges, dispersion, nodes_per_sigma):
     """A uniform velocity grid per galaxy for :func:`deposit_lines`.
 
+    ``edges`` is ``(E,)``, or ``(B, E)`` for each galaxy's own channel edges.
     Node ``k`` of galaxy ``b`` is at ``origin[b] + k * step[b]`` with
     ``step = dispersion / nodes_per_sigma``; the nodes cover the channel edges
     and ``6 sigma`` beyond them, plus two spare nodes at each end that catch
@@ -365,7 +370,7 @@ def line_nodes(edges, dispersion, nodes_per_sigma):
     ``(origin, step, n_nodes)`` (*km/s*, tensors of shape ``(batch,)``, int).
     """
     step = dispersion / nodes_per_sigma
-    lo, hi = edges.min(), edges.max()
+    lo, hi = edges.amin(dim=-1), edges.amax(dim=-1)
     reach = _NODE_REACH * dispersion + 2 * step
     n_real = torch.ceil((hi - lo + 2 * reach) / step).max()
     return lo - reach - 2 * step, step, int(n_real) + 5
@@ -431,15 +436,15 @@ def node_to_channel_matrix(edges, origin, step, n_nodes, dispersion):
     nodes = origin.reshape(-1, 1) + step.reshape(-1, 1) * k                 # (B, K)
     var = dispersion**2 - step**2 * (0.25 + _MIN_BOX**2 / 3)
     inv = 1.0 / (_SQRT2 * torch.sqrt(var)).reshape(-1, 1, 1)
-    cdf = 0.5 * torch.erf((edges.reshape(1, 1, -1) - nodes.unsqueeze(-1)) * inv)
+    cdf = 0.5 * torch.erf((edges.reshape(-1, 1, edges.shape[-1]) - nodes.unsqueeze(-1)) * inv)
     frac = cdf[..., 1:] - cdf[..., :-1]
     real = ((k >= 2) & (k < n_nodes - 2)).to(frac.dtype).reshape(1, -1, 1)
     return frac * real
 
 
 # --------------------------------------------------------------------------- beam
-def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, device=None,
-                           dtype=torch.float32):
+def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1,
+                           sampling="average", device=None, dtype=torch.float32):
     """Fourier transform of a unit-sum elliptical Gaussian on an ``rfft2`` grid.
 
     Parameters
@@ -452,6 +457,11 @@ def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, device
         Angle of the major axis counter-clockwise from the +x (column) axis,
         *rad*.  For a sky position angle PA east of north on an image with
         east to the left this is ``pi/2 + PA`` (as `radio_beam.Beam.as_kernel`).
+    step, sampling :
+        As in :func:`beam_matrices`: with ``sampling='point'`` the transform also
+        undoes the pixels' box and moves the result to the centres of blocks of
+        ``step`` pixels (complex when ``step`` is even); pick the samples with
+        :func:`read_pixels`.
 
     Notes
     -----
@@ -464,7 +474,35 @@ def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, device
     kx = torch.fft.rfftfreq(nx, device=device, dtype=torch.float64)[None, :]
     cxx, cyy, cxy = _beam_covariance(sigma_major, sigma_minor, angle)
     quad = cxx * kx**2 + 2 * cxy * kx * ky + cyy * ky**2
-    return torch.exp(-2 * math.pi**2 * quad).to(dtype)
+    transfer = torch.exp(-2 * math.pi**2 * quad)
+    if sampling == "point":
+        transfer = transfer * _point_readout(ky, step) * _point_readout(kx, step)
+    if transfer.is_complex():
+        return transfer.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    return transfer.to(dtype)
+
+
+def _point_readout(freq, step):
+    """Fourier factor from pixel integrals (a unit box) to point values at the centre of
+    blocks of ``step`` pixels: 1 / sinc, and a half-pixel shift when ``step`` is even."""
+    readout = 1 / torch.sinc(freq)
+    shift = (step - 1) / 2 % 1
+    return readout * torch.exp(2j * math.pi * shift * freq) if shift else readout
+
+
+def read_pixels(images, crop, step, shape, sampling):
+    """What the output pixels hold, from a beam-convolved image on pixels ``step`` times
+    finer, padded by ``crop`` fine pixels: the sample at each block's centre
+    (``'point'``, after :func:`beam_transfer_function` with ``sampling='point'``) or the
+    block's mean (``'average'``).  ``shape`` is the output ``(ny, nx)``."""
+    ny, nx = shape
+    if sampling == "point":
+        start = crop + (step - 1) // 2
+        return images[..., start:start + step * ny:step, start:start + step * nx:step]
+    images = images[..., crop:crop + step * ny, crop:crop + step * nx]
+    if step == 1:
+        return images
+    return images.reshape(*images.shape[:-2], ny, step, nx, step).mean(dim=(-3, -1))
 
 
 def _beam_covariance(sigma_major, sigma_minor, angle):
@@ -484,6 +522,25 @@ def convolve_beam(images, transfer, fft_shape):
     spec = torch.fft.rfft2(images, s=fft_shape)
     out = torch.fft.irfft2(spec * transfer, s=fft_shape)
     return out[..., :ny, :nx]
+
+
+def translate(images, dy, dx, fft_shape):
+    """Translate each image of a batch by a fraction of a pixel with the shift theorem.
+
+    ``images`` is ``(batch, ..., ny, nx)``; ``dy``, ``dx`` (``(batch,)``, pixels) move
+    image ``b``'s content by ``+dy`` rows and ``+dx`` columns, circularly on the
+    ``fft_shape`` grid (so the images must be padded with zeros enough not to wrap
+    light into the field).  The result is the band-limited interpolation of the images:
+    exact once a beam (or anything band-limited) is applied, which commutes with it, and
+    differentiable in ``dy`` and ``dx``.
+    """
+    ny, nx = images.shape[-2:]
+    spec = torch.fft.rfft2(images, s=fft_shape)
+    ky = torch.fft.fftfreq(fft_shape[0], device=images.device, dtype=dy.dtype)
+    kx = torch.fft.rfftfreq(fft_shape[1], device=images.device, dtype=dx.dtype)
+    lead = (-1,) + (1,) * (images.dim() - 3)
+    phase = (ky[:, None] * dy.reshape(*lead, 1, 1) + kx[None, :] * dx.reshape(*lead, 1, 1))
+    return torch.fft.irfft2(spec * torch.exp(-2j * math.pi * phase), s=fft_shape)[..., :ny, :nx]
 
 
 def convolve_spectral(cubes, kernel):
@@ -507,8 +564,8 @@ def beam_is_separable(sigma_major, sigma_minor, angle):
     return abs(cxy) <= 1e-12 * (cxx + cyy)
 
 
-def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle, *,
-                  device=None, dtype=torch.float32):
+def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle, *, step=1,
+                  sampling="average", device=None, dtype=torch.float32):
     """The FFT beam convolution as two dense matrices, when the beam is separable.
 
     A Gaussian beam whose axes lie along the pixel axes (or a circular one)
@@ -519,8 +576,18 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
     of ``T(ky)``: the same linear operator (to rounding), and on a CPU several
     times faster than the FFT for the image sizes the projector makes.
 
-    Returns ``(My, Mx)`` of shapes ``(ny - 2 crop, ny)`` and
-    ``(nx - 2 crop, nx)`` for ``padded_shape = (ny, nx)``, or None when the
+    The image holds pixel integrals on pixels ``step`` times finer than the output's
+    (the projector renders finer where the beam is narrower than a few output pixels).
+    ``sampling`` says what an output pixel holds (`~galcubecraft.pixelgrid.PIXEL_SAMPLINGS`):
+
+    - ``'average'``: the beam-convolved sky averaged over it: the mean of its
+      ``step`` fine rows (columns) of the convolved image;
+    - ``'point'``: the beam-convolved sky at its centre: the transfer is divided by
+      the fine pixels' box ``sinc(k)`` (exact for a band-limited image: the beam
+      has made it one where the fine pixels sample it) and shifted to the centre.
+
+    Returns ``(My, Mx)`` of shapes ``((ny - 2 crop) / step, ny)`` and
+    ``((nx - 2 crop) / step, nx)`` for ``padded_shape = (ny, nx)``, or None when the
     beam is rotated with respect to the pixels (not separable).
     """
     if not beam_is_separable(sigma_major, sigma_minor, angle):
@@ -529,10 +596,16 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
 
     def matrix(n_fft, n_in, variance):
         k = torch.fft.fftfreq(n_fft, dtype=torch.float64)
-        kernel = torch.fft.ifft(torch.exp(-2 * math.pi**2 * variance * k**2)).real
-        rows = torch.arange(crop, n_in - crop)[:, None]
-        cols = torch.arange(n_in)[None, :]
-        return kernel[(rows - cols) % n_fft].to(device=device, dtype=dtype)
+        transfer = torch.exp(-2 * math.pi**2 * variance * k**2)
+        out = torch.arange((n_in - 2 * crop) // step)[:, None, None]
+        cols = torch.arange(n_in)[None, :, None]
+        if sampling == "point":
+            kernel = torch.fft.ifft(transfer * _point_readout(k, step)).real
+            rows = crop + step * out + (step - 1) // 2
+        else:
+            kernel = torch.fft.ifft(transfer).real
+            rows = crop + step * out + torch.arange(step)[None, None, :]
+        return kernel[(rows - cols) % n_fft].mean(dim=-1).to(device=device, dtype=dtype)
 
     return (matrix(fft_shape[0], padded_shape[0], cyy),
             matrix(fft_shape[1], padded_shape[1], cxx))

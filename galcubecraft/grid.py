@@ -11,7 +11,7 @@ from radio_beam import Beam
 from . import lines
 from .header import grid_arguments, read_header
 from .parameters import parse_quantity
-from .pixelgrid import PixelGrid
+from .pixelgrid import PIXEL_SAMPLINGS, PixelGrid
 from .response import GaussianLSF, Hanning, SpectralResponse
 from .units import (C_KMS, FWHM_PER_SIGMA, radio_velocity, validate_quantity,
                     velocity_compression)
@@ -111,6 +111,15 @@ class CubeGrid:
         interferometers image in).
     specsys : str
         Spectral reference frame (``SPECSYS``), default ``'LSRK'``.
+    pixel_sampling : {'point', 'average'}
+        What a pixel of a cube with a beam measures.  ``'point'`` (default): the
+        beam-convolved sky at the pixel's centre, which is what an interferometric
+        (or any restored) image holds.  ``'average'``: the beam-convolved sky averaged
+        over the pixel, what an IFU spaxel or a detector pixel measures (give the PSF as
+        the beam).  The two differ by the pixel's own smoothing, ~(pixel / beam)^2 / 10
+        of the peak; where the beam is narrower than ~3 pixels the projector renders on
+        a finer grid so that either is exact (see :ref:`pixel-sampling`).  A grid without
+        a beam holds each pixel's flux (Jy/pixel) whatever this says.
 
     Examples
     --------
@@ -124,7 +133,8 @@ class CubeGrid:
 
     def __init__(self, shape, pixel_scale, channel_width, beam=None, center=None,
                  velocity_center=None, rest_frequency=CO_1_0, projection="SIN",
-                 specsys="LSRK", spectral_type="VRAD", spectral_response=None, redshift=None):
+                 specsys="LSRK", spectral_type="VRAD", spectral_response=None, redshift=None,
+                 pixel_sampling="point"):
         self.shape = self._validate_shape(shape)
         self.pixel_scale = validate_quantity("pixel_scale", pixel_scale, u.arcsec, positive=True)
         self.channel_width = validate_quantity("channel_width", channel_width, _KMS)
@@ -162,6 +172,10 @@ class CubeGrid:
                              f"got {projection!r}")
         self.projection = projection.upper()
         self.specsys = str(specsys).upper()
+        if pixel_sampling not in PIXEL_SAMPLINGS:
+            raise ValueError(f"pixel_sampling must be one of {PIXEL_SAMPLINGS}, "
+                             f"got {pixel_sampling!r}")
+        self.pixel_sampling = pixel_sampling
         pix = self.pixel_scale.to_value(u.arcsec)
         # (east, north) arcsec per (column, row) pixel step: east to the left, north up
         self._sky_matrix = np.array([[-pix, 0.0], [0.0, pix]])
@@ -180,7 +194,7 @@ class CubeGrid:
 
     @classmethod
     def from_fits(cls, source, *, hdu=None, beam=None, rest_frequency=None, spectral_unit=None,
-                  spectral_response=None):
+                  spectral_response=None, pixel_sampling="point"):
         """The grid of an existing cube: its pixels, projection, channels and beam, exactly.
 
         Parameters
@@ -204,6 +218,9 @@ class CubeGrid:
             The spectral axis' unit, required when the header has no ``CUNIT``
             for it.
         spectral_response : `~galcubecraft.response.SpectralResponse`, optional
+        pixel_sampling : {'point', 'average'}
+            ``'point'`` for a radio image (default), ``'average'`` for an IFU or
+            other detector cube (see `CubeGrid`).
 
         Notes
         -----
@@ -221,7 +238,7 @@ class CubeGrid:
         return cls.from_wcs(**grid_arguments(header, beam=beam, beams=beams,
                                              rest_frequency=rest_frequency,
                                              spectral_unit=spectral_unit),
-                            spectral_response=spectral_response)
+                            spectral_response=spectral_response, pixel_sampling=pixel_sampling)
 
     @classmethod
     def from_header(cls, header, **kwargs):
@@ -233,7 +250,8 @@ class CubeGrid:
 
     @classmethod
     def from_wcs(cls, wcs, shape, channel_edges, *, beam=None, rest_frequency=None,
-                 spectral_type="VRAD", specsys="LSRK", stokes=None, spectral_response=None):
+                 spectral_type="VRAD", specsys="LSRK", stokes=None, spectral_response=None,
+                 pixel_sampling="point"):
         """The grid of a cube described by a 3-D WCS and its channels' radio-velocity edges.
 
         This is the grid of any existing cube (`from_fits` reads these from a header):
@@ -258,6 +276,7 @@ class CubeGrid:
         stokes : int, optional
             FITS axis number of a degenerate Stokes axis of the file, kept in writes.
         spectral_response : `~galcubecraft.response.SpectralResponse`, optional
+        pixel_sampling : {'point', 'average'}
         """
         n_chan, ny, nx = cls._validate_shape(shape)
         edges = validate_quantity("channel_edges", channel_edges, _KMS).to_value(_KMS)
@@ -280,7 +299,8 @@ class CubeGrid:
                    velocity_center=float(np.mean(0.5 * (edges[1:] + edges[:-1]))) * _KMS,
                    rest_frequency=rest_frequency,
                    projection=wcs.wcs.ctype[celestial.wcs.lng][5:8].strip("-") or "SIN",
-                   specsys=specsys, spectral_response=spectral_response)
+                   specsys=specsys, spectral_response=spectral_response,
+                   pixel_sampling=pixel_sampling)
         grid.spectral_type = str(spectral_type)
         grid._sky_matrix = matrix
         grid._velocity_edges = edges.copy()
@@ -292,12 +312,13 @@ class CubeGrid:
         """A copy with some settings changed, built (and validated) by the constructor.
 
         A grid read from a header (`from_fits`, `from_wcs`, `subgrid`) keeps its pixels and
-        channels; only its ``beam``, ``rest_frequency``, ``specsys`` and
-        ``spectral_response`` can change.
+        channels; only its ``beam``, ``rest_frequency``, ``specsys``, ``spectral_response``
+        and ``pixel_sampling`` can change.
         """
         if self._wcs is not None:
             args = {"beam": self.beam, "rest_frequency": self.rest_frequency,
-                    "specsys": self.specsys, "spectral_response": self.spectral_response}
+                    "specsys": self.specsys, "spectral_response": self.spectral_response,
+                    "pixel_sampling": self.pixel_sampling}
             bad = set(changes) - set(args)
             if bad:
                 raise TypeError(f"a grid read from a header keeps its pixels and channels; "
@@ -312,7 +333,8 @@ class CubeGrid:
                 "redshift": self.redshift, "rest_frequency": self.rest_frequency,
                 "projection": self.projection, "specsys": self.specsys,
                 "spectral_type": self.spectral_type,
-                "spectral_response": self.spectral_response}
+                "spectral_response": self.spectral_response,
+                "pixel_sampling": self.pixel_sampling}
         bad = set(changes) - set(args)
         if bad:
             raise TypeError(f"CubeGrid has no setting(s) {sorted(bad)}; it has {sorted(args)}")
@@ -326,7 +348,7 @@ class CubeGrid:
     #: Keys of a ``[grid]`` table (TOML files of ``render`` and ``dataset``), in order.
     DICT_KEYS = ("shape", "pixel_scale", "channel_width", "beam", "beam_minor", "beam_pa", "ra",
                  "dec", "velocity_center", "redshift", "rest_frequency", "spectral_type",
-                 "spectral_response", "projection", "specsys")
+                 "spectral_response", "projection", "specsys", "pixel_sampling")
 
     @classmethod
     def from_dict(cls, values, where="[grid]"):
@@ -337,7 +359,8 @@ class CubeGrid:
         ``dec`` (of the field centre, ICRS), ``velocity_center`` or ``redshift``,
         ``rest_frequency`` (a quantity or a line name such as ``'CO(2-1)'``),
         ``spectral_type``, ``spectral_response`` (``'hanning'`` or a Gaussian LSF FWHM such
-        as ``'30 km/s'``), ``projection``, ``specsys``.  The one reader of grid
+        as ``'30 km/s'``), ``projection``, ``specsys``, ``pixel_sampling`` (``'point'`` or
+        ``'average'``).  The one reader of grid
         settings: ``render`` and ``dataset`` files share it.
         """
         values = {k: v for k, v in dict(values).items() if v is not None}
@@ -380,7 +403,8 @@ class CubeGrid:
                    projection=values.get("projection", "SIN"),
                    specsys=values.get("specsys", "LSRK"),
                    spectral_type=values.get("spectral_type", "VRAD"),
-                   spectral_response=response)
+                   spectral_response=response,
+                   pixel_sampling=values.get("pixel_sampling", "point"))
 
     @staticmethod
     def _validate_shape(shape):
@@ -473,7 +497,7 @@ class CubeGrid:
                          sky_matrix=self._sky_matrix.copy(),
                          channel_edges=self.extended_channel_edges(margin).to_value(_KMS),
                          chan_margin=margin, response=kernel, beam=self.beam_pixels(),
-                         beam_pixels=self.beam_pixel_ratio)
+                         beam_pixels=self.beam_pixel_ratio, sampling=self.pixel_sampling)
 
     @property
     def response_kernel(self):
@@ -603,7 +627,8 @@ class CubeGrid:
                                    beam=self.beam, rest_frequency=self.rest_frequency,
                                    spectral_type=self.spectral_type, specsys=self.specsys,
                                    stokes=self.stokes,
-                                   spectral_response=self.spectral_response)
+                                   spectral_response=self.spectral_response,
+                                   pixel_sampling=self.pixel_sampling)
 
     @property
     def _velocity_centers(self):
@@ -613,6 +638,6 @@ class CubeGrid:
     def __repr__(self):
         beam = "no beam" if self.beam is None else (
             f"beam {self.beam.major.to(u.arcsec):.3g} x {self.beam.minor.to(u.arcsec):.3g}, "
-            f"PA {self.beam.pa.to(u.deg):.3g}")
+            f"PA {self.beam.pa.to(u.deg):.3g}, {self.pixel_sampling}-sampled")
         return (f"<CubeGrid shape={self.shape} pixel_scale={self.pixel_scale} "
                 f"channel_width={self.channel_width} {beam}>")

@@ -5,12 +5,16 @@
 arrays in the internal units (arcsec, km/s), so that the projector never sees
 units (as `Galaxy.tensors` does for galaxies).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["PixelGrid"]
+__all__ = ["PixelGrid", "PIXEL_SAMPLINGS"]
+
+#: What a pixel of a cube with a beam holds: the beam-convolved sky at its centre
+#: (``'point'``, radio images) or averaged over it (``'average'``, IFU spaxels, detectors).
+PIXEL_SAMPLINGS = ("point", "average")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class PixelGrid:
     beam_pixels : float
         Ω_beam / Ω_pix, the pixels per beam (1 without a beam): Jy/pixel times this is
         Jy/beam.
+    sampling : str
+        One of `PIXEL_SAMPLINGS`: what a pixel holds once the beam is applied.
     """
 
     shape: Tuple[int, int, int]
@@ -48,6 +54,7 @@ class PixelGrid:
     response: Optional[np.ndarray]
     beam: Optional[Tuple[float, float, float]]
     beam_pixels: float
+    sampling: str = "point"
 
     @property
     def rotation(self):
@@ -65,3 +72,16 @@ class PixelGrid:
         dx, dy = np.meshgrid(dx, dy, indexing="xy")
         m = self.sky_matrix
         return m[0, 0] * dx + m[0, 1] * dy, m[1, 0] * dx + m[1, 1] * dy
+
+    def refined(self, step):
+        """The same field on pixels ``step`` times smaller (``step`` a positive integer):
+        pixel ``(y, x)`` of this grid is the ``step x step`` block of pixels
+        ``(step y + i, step x + j)`` of the refined one."""
+        if step == 1:
+            return self
+        n_chan, ny, nx = self.shape
+        beam = None if self.beam is None else (self.beam[0] * step, self.beam[1] * step,
+                                               self.beam[2])
+        return replace(self, shape=(n_chan, ny * step, nx * step), pixel=self.pixel / step,
+                       sky_matrix=self.sky_matrix / step, beam=beam,
+                       beam_pixels=self.beam_pixels * step**2)

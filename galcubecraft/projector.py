@@ -55,7 +55,7 @@ from . import functional as F
 from . import refine, streams
 from .pixelgrid import PixelGrid
 from .resources import check_memory
-from .conventions import C_KMS, velocity_compression
+from .conventions import C_KMS, internal_velocity, velocity_compression
 
 __all__ = ["Projector", "SamplingPlan", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS",
            "TRUNCATION_FRACTION", "SMALL_RENDER", "DOMAIN"]
@@ -167,8 +167,28 @@ def _torch_threads(n):
         torch.set_num_threads(before)
 
 
+def _odd_fast_len(n):
+    """The least odd length >= ``n`` that `scipy.fft` transforms fast."""
+    m = n + 1 - n % 2
+    while scipy.fft.next_fast_len(m, real=True) != m:
+        m += 2
+    return m
+
+
 #: Number of beam sigmas by which the model is rendered beyond the field before convolution.
 BEAM_MARGIN_SIGMAS = 5.0
+
+#: Least beam sigma (minor axis) in the pixels the model is rendered on.  A narrower beam is
+#: rendered on pixels an integer factor finer, and read out onto the grid's (see
+#: `Projector.supersampling`): the beam's transfer function at the rendered pixels'
+#: Nyquist frequency is then exp(-pi^2 s^2 / 2) < 1e-3, so the convolved image is
+#: band-limited where they sample it and what a pixel holds (`~galcubecraft.CubeGrid`'s
+#: ``pixel_sampling``) is read exactly.
+MIN_BEAM_SIGMA = 1.2
+
+#: A galaxy with this fraction of its light within one rendered pixel of its centre is
+#: rendered centred on a pixel and translated back (`Projector._centred_on_pixels`).
+_CENTRE_LIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -251,7 +271,7 @@ class Projector:
         Floating-point type of the computation (default float32; use
         float64 for gradient checks and reference renders).
     oversample : int
-        Least number of cells per pixel along each sky axis (default 2).
+        Least number of cells per rendered pixel along each sky axis (default 2).
     max_oversample : int
         Most cells per pixel side, used for galaxies whose projected minor
         axis is narrower than 1.5 cells (default 8).
@@ -303,6 +323,16 @@ class Projector:
         speed-up back; on a shared one ``threads=1`` keeps large batches from collapsing
         too (64 cubes of 64^2 x 32: 1.9 s on one thread, 4.6 s on two, beside two busy
         processes; 1.3 s and 0.9 s on a quiet machine).
+    min_beam_sigma : float
+        Least beam sigma (minor axis) in rendered pixels (default `MIN_BEAM_SIGMA`, 1.2):
+        a grid whose beam is narrower is rendered on pixels the least integer factor
+        finer that reaches it (`beam_supersampling`), so that what the grid's pixels hold
+        (``CubeGrid(pixel_sampling=)``) is read exactly.  The cost grows as the square of
+        the factor.  Light with structure inside a rendered pixel (sources and rotating
+        cores of a pixel or less) is placed to second order in pixel / beam: higher
+        values buy accuracy for such sources; 0 renders on the grid's own pixels (the
+        fastest, and wrong by several percent where the beam is under ~3 pixels FWHM).
+        Measured in :ref:`pixel-sampling`.
     max_chunk_elements : int, optional
         Largest intermediate tensor (elements); bounds the memory per chunk.
         Default 2**23 on a CPU (32 MB in float32, cache-friendly) and 2**28 on
@@ -312,6 +342,16 @@ class Projector:
         galaxy joins a group while the group's cost, padded to its largest
         member, stays within this factor of its own.  Default 1.5 on a CPU
         (padding costs time) and 4 on a GPU (each group costs kernel launches).
+
+    Attributes
+    ----------
+    observed : `~galcubecraft.pixelgrid.PixelGrid`
+        The grid's pixels, channels and beam: what `observe` returns.
+    supersampling : int
+        How many times finer than the grid's the rendered pixels are (`beam_supersampling`).
+    pixels : `~galcubecraft.pixelgrid.PixelGrid`
+        The rendered pixels (``observed`` refined ``supersampling`` times), which `project`
+        returns, padded by ``margin`` pixels for the beam.
 
     Notes
     -----
@@ -326,7 +366,7 @@ class Projector:
     def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2, max_oversample=8,
                  minor_density=1.0, max_minor_samples=512, footprint_nodes=1,
                  line_nodes_per_sigma=2.0, line_integration="auto", footprint=True,
-                 refine=True, band_cells=refine.BAND_CELLS,
+                 refine=True, band_cells=refine.BAND_CELLS, min_beam_sigma=MIN_BEAM_SIGMA,
                  max_chunk_elements=None, group_ratio=None, max_memory=None, threads=None):
         if int(oversample) != oversample or oversample < 1:
             raise ValueError(f"oversample must be a positive integer, got {oversample!r}")
@@ -351,6 +391,10 @@ class Projector:
             raise ValueError(f"band_cells must be a positive integer, got {band_cells!r}")
         self.refine = bool(refine)
         self.band_cells = int(band_cells)
+        if not (isinstance(min_beam_sigma, (int, float)) and 0 <= min_beam_sigma <= 16):
+            raise ValueError(f"min_beam_sigma must be a number in [0, 16] (beam sigmas in "
+                             f"rendered pixels), got {min_beam_sigma!r}")
+        self.min_beam_sigma = float(min_beam_sigma)
         self._shift_rule = _shift_rule(footprint_nodes)
         self.grid = grid
         self.oversample = int(oversample)
@@ -368,8 +412,12 @@ class Projector:
         self._set_budgets()
         self.dtype = dtype
 
-        # the grid as plain numbers, converted once (the projector never sees units)
-        pixels = grid if isinstance(grid, PixelGrid) else grid.pixel_grid()
+        # the grid as plain numbers, converted once (the projector never sees units); a beam
+        # narrower than MIN_BEAM_SIGMA pixels is rendered on finer pixels, read out by observe
+        observed = grid if isinstance(grid, PixelGrid) else grid.pixel_grid()
+        self.observed = observed
+        self.supersampling = self.beam_supersampling(observed.beam, self.min_beam_sigma)
+        pixels = observed.refined(self.supersampling)
         self.pixels = pixels
         n_chan, ny, nx = pixels.shape
         self.pixel = pixels.pixel
@@ -385,6 +433,8 @@ class Projector:
         self._response = pixels.response
         self.chan_margin = pixels.chan_margin
         self.fft_shape = tuple(scipy.fft.next_fast_len(s, real=True) for s in self.padded_shape)
+        # odd lengths for translations: no Nyquist term, so shifts compose exactly
+        self._translate_shape = tuple(_odd_fast_len(s) for s in self.padded_shape)
         self.max_memory = max_memory
         if threads is None and os.environ.get("GALCUBECRAFT_THREADS"):
             try:
@@ -414,7 +464,7 @@ class Projector:
         cube = batch * n_chan * ny_p * nx_p * item
         separable = self._beam is None or F.beam_is_separable(*self._beam)
         copies = 6 if separable else 9
-        _, ny, nx = self.pixels.shape
+        _, ny, nx = self.observed.shape
         matrices = (ny * ny_p + nx * nx_p) * item if separable and self._beam else 0
         chunks = 3 * self.max_chunk_elements * item
         return copies * cube + matrices + chunks + 64 * 2**20
@@ -424,9 +474,11 @@ class Projector:
         more memory than allowed (``max_memory``)."""
         _, ny, nx = self.pixels.shape
         pad = "" if not self.margin else f", padded by {self.margin} pixels for the beam"
+        finer = ("" if self.supersampling == 1 else
+                 f" ({self.supersampling}x finer than the grid's for its narrow beam)")
         check_memory(self.memory_estimate(batch),
                      f"rendering {batch} x {self.pixels.shape[0]} channels x {ny} x {nx} pixels"
-                     f"{pad}", self.max_memory)
+                     f"{finer}{pad}", self.max_memory)
 
     @staticmethod
     def beam_margin(beam):
@@ -435,6 +487,16 @@ class Projector:
         ``beam`` as `PixelGrid.beam` (sigmas in pixels), or None.
         """
         return 0 if beam is None else int(math.ceil(BEAM_MARGIN_SIGMAS * beam[0]))
+
+    @staticmethod
+    def beam_supersampling(beam, min_beam_sigma=MIN_BEAM_SIGMA):
+        """How many times finer than the grid's the pixels of the render are: the least
+        integer that gives the beam's minor axis ``min_beam_sigma`` rendered pixels (1
+        without a beam).  ``beam`` as `PixelGrid.beam` (sigmas in the grid's pixels), or
+        None."""
+        if beam is None:
+            return 1
+        return max(1, int(math.ceil(min_beam_sigma / beam[1] - 1e-9)))
 
     # ------------------------------------------------------------------ cached tensors
     def _build_cache(self):
@@ -455,11 +517,14 @@ class Projector:
         self._kernel = (None if self._response is None
                         else torch.as_tensor(self._response, device=dev, dtype=dt))
         if self._beam is not None:
-            # a beam along the pixel axes is two matrix products; a rotated one, an FFT
+            # a beam along the pixel axes is two matrix products; a rotated one, an FFT; both
+            # read out what the grid's pixels hold (the beam-convolved sky at their centres,
+            # or its mean over them) from the rendered pixels' integrals
+            readout = {"step": self.supersampling, "sampling": self.observed.sampling}
             self._beam_matrices = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin,
-                                                  *self._beam, device=dev, dtype=dt)
-            self._transfer = (F.beam_transfer_function(self.fft_shape, *self._beam, device=dev,
-                                                       dtype=dt)
+                                                  *self._beam, **readout, device=dev, dtype=dt)
+            self._transfer = (F.beam_transfer_function(self.fft_shape, *self._beam, **readout,
+                                                       device=dev, dtype=dt)
                               if self._beam_matrices is None else None)
         else:
             self._transfer = self._beam_matrices = None
@@ -650,7 +715,48 @@ class Projector:
         batch = int(params["flux"].shape[0])
         self.check_memory(batch=batch)
         with _torch_threads(self.threads_for(batch)):
-            return self._project(params, kinematics)
+            if self._beam is None:
+                return self._project(params, kinematics)
+            params, shifts = self._centred_on_pixels(params)
+            cube = self._project(params, kinematics)
+            if shifts is None:
+                return cube
+            which, dy, dx = shifts
+            return cube.index_copy(0, which, F.translate(cube[which], dy, dx,
+                                                         self._translate_shape))
+
+    def _centred_on_pixels(self, params):
+        """Compact galaxies moved onto their nearest pixel centre, and the moves back.
+
+        A pixel's integral keeps its light but not where in the pixel it lies, so the beam
+        would place a source much smaller than a pixel at the pixel's centre, up to half a
+        pixel off (10% L1 of a point source under a 6-pixel beam).  Rendered at a pixel
+        centre, light symmetric about the galaxy's centre has no such offset, and the
+        rendered model is translated back by the shift theorem (`F.translate`, which the
+        beam makes exact).  Only galaxies with `_CENTRE_LIGHT` of their light within one
+        rendered pixel of their centre are moved; for the others the offsets of their
+        resolved light average out.  Returns the parameters and ``(which, dy, dx)``: the
+        moved galaxies and their shifts (pixels, differentiable in ``x0`` and ``y0``), or
+        None if none is moved.
+        """
+        with torch.no_grad():
+            r_eff = params["r_eff"].double().cpu().numpy()
+            n = params["n"].double().cpu().numpy()
+            compact = F.sersic_enclosing_radius(_CENTRE_LIGHT, r_eff, n) < self.pixel
+        if not compact.any():
+            return params, None
+        which = torch.as_tensor(np.flatnonzero(compact), device=self.device)
+        _, ny, nx = self.pixels.shape
+        matrix = torch.as_tensor(self._sky_matrix, device=self.device, dtype=self.dtype)
+        sky = torch.stack([params["x0"][which], params["y0"][which]])          # (2, moved)
+        centre = torch.as_tensor([[(nx - 1) / 2], [(ny - 1) / 2]], device=self.device,
+                                 dtype=self.dtype)
+        position = torch.linalg.solve(matrix, sky) + centre
+        shift = position - torch.round(position).detach()
+        moved = sky - matrix @ shift
+        params = {**params, "x0": params["x0"].index_copy(0, which, moved[0]),
+                  "y0": params["y0"].index_copy(0, which, moved[1])}
+        return params, (which, shift[1], shift[0])
 
     def _relative_velocity(self, velocity):
         """A radio velocity (km/s) relative to the band's centre, subtracted in float64 before
@@ -740,7 +846,8 @@ class Projector:
     def _shape(self, params, plan):
         """A group's parameters shaped (batch, 1, 1, 1) for the integrands, with what they
         share: b_n, the amplitude, the truncation radius, the inclination's sine and cosine
-        and the dispersion in the grid's radio velocity."""
+        and the dispersion; the channel edges (batch, n_chan + 1) in each galaxy's rest
+        frame."""
         batch = params["flux"].shape[0]
         # One b_n solve per galaxy; the amplitude makes the total flux exact.  ``flux`` is the
         # observed-frame S dV (velocities at the line's observed frequency f_sys, as L' and gas
@@ -754,14 +861,18 @@ class Projector:
         shaped = {k: (v.reshape(batch, 1, 1, 1) if v.dim() == 1 else v)
                   for k, v in params.items()}
         inc = params["inclination"].reshape(batch, 1, 1, 1)
-        # the gas dispersion in the grid's radio velocity (compressed like the rotation)
-        sigma = (compression * params["dispersion"]).clamp_min(1e-6)
+        # the lines are integrated in each galaxy's rest frame, over the channel edges seen
+        # from there (`internal_velocity`: the exact relativistic composition of the
+        # systemic and internal velocities), so dispersions and rotation are physical
+        sigma = params["dispersion"].clamp_min(1e-6)
+        edges = internal_velocity(params["v_sys"][:, None], self._edges[None, :],
+                                  origin=self._velocity_origin)
         shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),
                       amplitude=amplitude.reshape(batch, 1, 1, 1),
                       rmax=plan.rmax.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       tail=plan.tail.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       sin_i=torch.sin(inc), cos_i=torch.cos(inc).clamp_min(_COS_FLOOR),
-                      sigma=sigma.reshape(batch, 1, 1, 1))
+                      sigma=sigma.reshape(batch, 1, 1, 1), edges=edges)
         return shaped, sigma
 
     def _project_group(self, params, plan, kinematics):
@@ -788,7 +899,7 @@ class Projector:
         shaped["pixel_used"] = plan.pixel_used[:, :, None, None].to(self.dtype)
         lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
         east, north = self._east[lookup], self._north[lookup]          # (B, P)
-        lines = self._line_nodes(sigma, n_cells**2 * (n_minor + 2))
+        lines = self._line_nodes(shaped["edges"], sigma, n_cells**2 * (n_minor + 2))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
                                      n_minor, n_cells**2 * (n_minor + 2), lines)
         return self._deposit(spectra, pixels)
@@ -829,7 +940,7 @@ class Projector:
         # a pixel's cells of one band are summed into one row before the channels
         n_rows = entries.row_pixel.shape[1]
         per_row = (n_minor + 2) * max(1, entries.row.shape[1] // max(n_rows, 1))
-        lines = self._line_nodes(sigma, per_row)
+        lines = self._line_nodes(shaped["edges"], sigma, per_row)
         spectra, weights = self._integrate(
             east, north, p, ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used"),
             kinematics, n_minor, n_minor + 2, lines, weights=True,
@@ -955,17 +1066,17 @@ class Projector:
             return t.reshape(batch, 1, -1, 1).to(self.device, self.dtype)
         return shaped(east), shaped(north), shaped(mask)
 
-    def _line_nodes(self, sigma, samples_per_pixel):
+    def _line_nodes(self, edges, sigma, samples_per_pixel):
         """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``."""
         if self.line_nodes_per_sigma is None or self.line_integration == "erf":
             return None
-        origin, step, n_nodes = F.line_nodes(self._edges, sigma, self.line_nodes_per_sigma)
+        origin, step, n_nodes = F.line_nodes(edges, sigma, self.line_nodes_per_sigma)
         # nodes pay off when the node grid is small against samples x edges per pixel
         pay_off = _NODES_PAY_OFF if self.device.type == "cpu" else _NODES_PAY_OFF_GPU
         if self.line_integration == "auto" and \
                 n_nodes > pay_off * samples_per_pixel * self._edges.numel():
             return None
-        matrix = F.node_to_channel_matrix(self._edges, origin, step, n_nodes, sigma)
+        matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes, sigma)
         shape = (-1, 1, 1, 1)
         return origin.reshape(shape), step.reshape(shape), n_nodes, matrix
 
@@ -1045,14 +1156,11 @@ class Projector:
         weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
                   * share.clamp_min(0.0) * (cell**2 / a * p["cell_used"] * p["pixel_used"]))
         # line_of_sight_velocity at the mean over the area each sample stands for, and its
-        # spread there; velocities within the galaxy are physical (its rest frame); in the
-        # radio velocity of the grid they are compressed by f_sys / f0 = 1 - v_sys / c
-        kin = self._compression(p["v_sys"])
+        # spread there, in the galaxy's rest frame (the channel edges p["edges"] are too)
         v_circ, dv_dr, d2v = kinematics.circular_velocity_derivatives(radius, p)
-        v_circ, dv_dr, d2v = kin * v_circ, kin * dv_dr, kin * d2v
         shift, spread2 = F.velocity_moments(xi, y, radius, v_circ, dv_dr, d2v, sin_i, cell,
                                             width, q, dq, share, taper)
-        v_los = F.line_of_sight_velocity(xi, radius, v_circ, p["v_sys"], sin_i) + shift
+        v_los = F.line_of_sight_velocity(xi, radius, v_circ, 0.0, sin_i) + shift
         batch, n_pix = weight.shape[:2]
         if lines is not None:
             # line_profile and integrate_los through the velocity nodes: deposit, then one
@@ -1065,7 +1173,7 @@ class Projector:
             return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
         disp = torch.sqrt(p["sigma"] ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
-        erf = F.erf_at_edges(self._edges, v_los.reshape(batch, n_pix, -1),
+        erf = F.erf_at_edges(p["edges"], v_los.reshape(batch, n_pix, -1),
                              disp.expand_as(v_los).reshape(batch, n_pix, -1),
                              out=self._erf_buffer(v_los.numel() * self._edges.numel()))
         summed = torch.matmul(weight.reshape(batch, n_pix, 1, -1), erf).squeeze(-2)
@@ -1109,14 +1217,13 @@ class Projector:
             return self._observe(model)
 
     def _observe(self, model):
-        m = self.margin
-        _, ny, nx = self.pixels.shape
+        _, ny, nx = self.observed.shape
         if self._beam_matrices is not None:
-            model = F.convolve_beam_separable(model, self._beam_matrices)   # cropped too
-        else:
-            if self._transfer is not None:
-                model = F.convolve_beam(model, self._transfer, self.fft_shape)
-            model = model[..., m:m + ny, m:m + nx]
+            model = F.convolve_beam_separable(model, self._beam_matrices)   # read out too
+        elif self._transfer is not None:
+            model = F.read_pixels(F.convolve_beam(model, self._transfer, self.fft_shape),
+                                  self.margin, self.supersampling, (ny, nx),
+                                  self.observed.sampling)
         if self._kernel is not None:
             model = F.convolve_spectral(model, self._kernel)
         return model
