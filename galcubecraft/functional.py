@@ -20,11 +20,11 @@ import math
 
 import numpy as np
 import torch
-from scipy.special import gammaincinv
+from scipy.special import gammainc, gammaincinv, gammaln
 
 __all__ = [
-    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux", "sersic", "sersic_efold",
-    "sersic_log_slope",
+    "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
+    "sersic", "sersic_efold", "sersic_log_slope",
     "midpoint_correction", "exponential_vertical",
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
@@ -107,6 +107,20 @@ def sersic_enclosing_radius(fraction, r_eff, n):
     """
     n = np.asarray(n, dtype=float)
     return np.asarray(r_eff) * (gammaincinv(2 * n, fraction) / sersic_bn(n)) ** n
+
+
+def sersic_central_spread(radius, r_eff, n):
+    """Mean squared radius ``<r^2>`` of a Sérsic disk's light within ``radius`` (NumPy).
+
+    ``r_eff^2 b_n^(-2n) Gamma(4n) P(4n, x) / (Gamma(2n) P(2n, x))`` with
+    ``x = b_n (radius / r_eff)^(1/n)`` and ``P`` the regularised incomplete gamma function.
+    """
+    n = np.asarray(n, dtype=float)
+    r_eff = np.asarray(r_eff, dtype=float)
+    b_n = sersic_bn(n)
+    x = b_n * (np.asarray(radius) / r_eff) ** (1 / n)
+    ratio = gammainc(4 * n, x) / np.maximum(gammainc(2 * n, x), 1e-300)
+    return r_eff**2 * b_n ** (-2 * n) * np.exp(gammaln(4 * n) - gammaln(2 * n)) * ratio
 
 
 def sersic_total_flux(amplitude, r_eff, n, b_n=None):
@@ -524,7 +538,7 @@ def convolve_beam(images, transfer, fft_shape):
     return out[..., :ny, :nx]
 
 
-def translate(images, dy, dx, fft_shape):
+def translate(images, dy, dx, fft_shape, point=None):
     """Translate each image of a batch by a fraction of a pixel with the shift theorem.
 
     ``images`` is ``(batch, ..., ny, nx)``; ``dy``, ``dx`` (``(batch,)``, pixels) move
@@ -533,14 +547,31 @@ def translate(images, dy, dx, fft_shape):
     light into the field).  The result is the band-limited interpolation of the images:
     exact once a beam (or anything band-limited) is applied, which commutes with it, and
     differentiable in ``dy`` and ``dx``.
+
+    ``point = (row, column, weight)`` (each ``(batch,)``) says that ``weight`` of what pixel
+    ``(row, column)`` holds is light much smaller than a pixel at its centre rather than
+    light spread smoothly across it: that share is convolved with the pixel's box
+    (``sinc``) before the move, so that a readout that assumes smooth light
+    (:func:`beam_matrices`) places it exactly.
     """
     ny, nx = images.shape[-2:]
     spec = torch.fft.rfft2(images, s=fft_shape)
     ky = torch.fft.fftfreq(fft_shape[0], device=images.device, dtype=dy.dtype)
     kx = torch.fft.rfftfreq(fft_shape[1], device=images.device, dtype=dx.dtype)
     lead = (-1,) + (1,) * (images.dim() - 3)
-    phase = (ky[:, None] * dy.reshape(*lead, 1, 1) + kx[None, :] * dx.reshape(*lead, 1, 1))
-    return torch.fft.irfft2(spec * torch.exp(-2j * math.pi * phase), s=fft_shape)[..., :ny, :nx]
+
+    def plane(wy, wx):
+        return ky[:, None] * wy.reshape(*lead, 1, 1) + kx[None, :] * wx.reshape(*lead, 1, 1)
+    if point is not None:
+        row, column, weight = point
+        b = torch.arange(images.shape[0], device=images.device)
+        centre = images[b, ..., row, column] if images.dim() == 3 else \
+            images[b, :, row, column]                                   # (batch, ...)
+        box = torch.sinc(ky)[:, None] * torch.sinc(kx)[None, :] - 1
+        at = torch.exp(-2j * math.pi * plane(row.to(dy.dtype), column.to(dx.dtype)))
+        spec = spec + (weight.reshape(*lead) * centre)[..., None, None] * box * at
+    return torch.fft.irfft2(spec * torch.exp(-2j * math.pi * plane(dy, dx)),
+                            s=fft_shape)[..., :ny, :nx]
 
 
 def convolve_spectral(cubes, kernel):

@@ -721,9 +721,9 @@ class Projector:
             cube = self._project(params, kinematics)
             if shifts is None:
                 return cube
-            which, dy, dx = shifts
+            which, dy, dx, point = shifts
             return cube.index_copy(0, which, F.translate(cube[which], dy, dx,
-                                                         self._translate_shape))
+                                                         self._translate_shape, point))
 
     def _centred_on_pixels(self, params):
         """Compact galaxies moved onto their nearest pixel centre, and the moves back.
@@ -735,9 +735,15 @@ class Projector:
         rendered model is translated back by the shift theorem (`F.translate`, which the
         beam makes exact).  Only galaxies with `_CENTRE_LIGHT` of their light within one
         rendered pixel of their centre are moved; for the others the offsets of their
-        resolved light average out.  Returns the parameters and ``(which, dy, dx)``: the
-        moved galaxies and their shifts (pixels, differentiable in ``x0`` and ``y0``), or
-        None if none is moved.
+        resolved light average out.  The light in the central pixel is then concentrated
+        at its centre, not spread across it as the readout assumes: its share that is
+        (``1 - 12 <x^2>`` of its mean squared offset along an axis, from the Sérsic law within
+        the pixel's area, 1 for a point source, 0 for light spread evenly) is given the
+        pixel's box (`F.translate`'s ``point``), which removes the readout's second-order
+        error for a point source (4% of the peak under a 3-pixel beam).  Returns the
+        parameters and ``(which, dy, dx, point)``: the moved galaxies, their shifts (pixels,
+        differentiable in ``x0`` and ``y0``) and the central pixels, or None if none is
+        moved.
         """
         with torch.no_grad():
             r_eff = params["r_eff"].double().cpu().numpy()
@@ -752,11 +758,19 @@ class Projector:
         centre = torch.as_tensor([[(nx - 1) / 2], [(ny - 1) / 2]], device=self.device,
                                  dtype=self.dtype)
         position = torch.linalg.solve(matrix, sky) + centre
-        shift = position - torch.round(position).detach()
+        pixel = torch.round(position).detach()
+        shift = position - pixel
         moved = sky - matrix @ shift
         params = {**params, "x0": params["x0"].index_copy(0, which, moved[0]),
                   "y0": params["y0"].index_copy(0, which, moved[1])}
-        return params, (which, shift[1], shift[0])
+        # the mean squared offset along an axis of the light within the central pixel (its
+        # area as a disk), face-on
+        spread = F.sersic_central_spread(self.pixel / math.sqrt(math.pi), r_eff[compact],
+                                         n[compact]) / 2 / self.pixel**2
+        weight = torch.as_tensor(np.clip(1 - 12 * spread, 0, 1), device=self.device,
+                                 dtype=self.dtype)
+        index = (pixel + self.margin).long()
+        return params, (which, shift[1], shift[0], (index[1], index[0], weight))
 
     def _relative_velocity(self, velocity):
         """A radio velocity (km/s) relative to the band's centre, subtracted in float64 before
