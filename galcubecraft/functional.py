@@ -29,7 +29,7 @@ __all__ = [
     "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
-    "convolve_beam_separable", "read_pixels", "translate", "interpolate_linear",
+    "convolve_beam_separable", "read_pixels", "translate", "point_share", "interpolate_linear",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -458,7 +458,7 @@ def node_to_channel_matrix(edges, origin, step, n_nodes, dispersion):
 
 # --------------------------------------------------------------------------- beam
 def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1,
-                           sampling="average", device=None, dtype=torch.float32):
+                           sampling="average", shift=None, device=None, dtype=torch.float32):
     """Fourier transform of a unit-sum elliptical Gaussian on an ``rfft2`` grid.
 
     Parameters
@@ -476,6 +476,9 @@ def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1
         undoes the pixels' box and moves the result to the centres of blocks of
         ``step`` pixels (complex when ``step`` is even); pick the samples with
         :func:`read_pixels`.
+    shift : tuple of Tensor, optional
+        ``(dy, dx)``, ``(batch,)`` each: also move image ``b`` by ``dy`` rows and ``dx``
+        columns (:func:`translate`); the transform is then ``(batch, 1, ky, kx)``.
 
     Notes
     -----
@@ -491,6 +494,9 @@ def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1
     transfer = torch.exp(-2 * math.pi**2 * quad)
     if sampling == "point":
         transfer = transfer * _point_readout(ky, step) * _point_readout(kx, step)
+    if shift is not None:
+        dy, dx = (torch.as_tensor(d, device=device).to(torch.float64) for d in shift)
+        transfer = transfer * _shift_phase(fft_shape, dy, dx, inner=1)
     if transfer.is_complex():
         return transfer.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
     return transfer.to(dtype)
@@ -538,7 +544,7 @@ def convolve_beam(images, transfer, fft_shape):
     return out[..., :ny, :nx]
 
 
-def translate(images, dy, dx, fft_shape, point=None):
+def translate(images, dy, dx, fft_shape):
     """Translate each image of a batch by a fraction of a pixel with the shift theorem.
 
     ``images`` is ``(batch, ..., ny, nx)``; ``dy``, ``dx`` (``(batch,)``, pixels) move
@@ -546,32 +552,49 @@ def translate(images, dy, dx, fft_shape, point=None):
     ``fft_shape`` grid (so the images must be padded with zeros enough not to wrap
     light into the field).  The result is the band-limited interpolation of the images:
     exact once a beam (or anything band-limited) is applied, which commutes with it, and
-    differentiable in ``dy`` and ``dx``.
-
-    ``point = (row, column, weight)`` (each ``(batch,)``) says that ``weight`` of what pixel
-    ``(row, column)`` holds is light much smaller than a pixel at its centre rather than
-    light spread smoothly across it: that share is convolved with the pixel's box
-    (``sinc``) before the move, so that a readout that assumes smooth light
-    (:func:`beam_matrices`) places it exactly.
+    differentiable in ``dy`` and ``dx``.  (:func:`beam_matrices` and
+    :func:`beam_transfer_function` take the same move as ``shift``, at no extra cost.)
     """
     ny, nx = images.shape[-2:]
     spec = torch.fft.rfft2(images, s=fft_shape)
-    ky = torch.fft.fftfreq(fft_shape[0], device=images.device, dtype=dy.dtype)
-    kx = torch.fft.rfftfreq(fft_shape[1], device=images.device, dtype=dx.dtype)
-    lead = (-1,) + (1,) * (images.dim() - 3)
-
-    def plane(wy, wx):
-        return ky[:, None] * wy.reshape(*lead, 1, 1) + kx[None, :] * wx.reshape(*lead, 1, 1)
-    if point is not None:
-        row, column, weight = point
-        b = torch.arange(images.shape[0], device=images.device)
-        centre = images[b, ..., row, column] if images.dim() == 3 else \
-            images[b, :, row, column]                                   # (batch, ...)
-        box = torch.sinc(ky)[:, None] * torch.sinc(kx)[None, :] - 1
-        at = torch.exp(-2j * math.pi * plane(row.to(dy.dtype), column.to(dx.dtype)))
-        spec = spec + (weight.reshape(*lead) * centre)[..., None, None] * box * at
-    return torch.fft.irfft2(spec * torch.exp(-2j * math.pi * plane(dy, dx)),
+    return torch.fft.irfft2(spec * _shift_phase(fft_shape, dy, dx, images.dim() - 3),
                             s=fft_shape)[..., :ny, :nx]
+
+
+def _shift_phase(fft_shape, dy, dx, inner=0):
+    """``exp(-2 pi i (ky dy + kx dx))`` on an ``rfft2`` grid, ``(batch, 1 x inner, ky, kx)``."""
+    ky = torch.fft.fftfreq(fft_shape[0], device=dy.device, dtype=dy.dtype)
+    kx = torch.fft.rfftfreq(fft_shape[1], device=dx.device, dtype=dx.dtype)
+    lead = (-1,) + (1,) * inner
+    return torch.exp(-2j * math.pi * (ky[:, None] * dy.reshape(*lead, 1, 1)
+                                      + kx[None, :] * dx.reshape(*lead, 1, 1)))
+
+
+def point_share(images, row, column, weight, fft_shape):
+    """Give a share of one pixel's content the pixel's box, as light at its centre needs.
+
+    The readouts of :func:`beam_matrices` treat a pixel's integral as light spread smoothly
+    across the pixel.  ``weight`` (``(batch,)``) of what pixel ``(row, column)`` of image
+    ``b`` holds (all its channels, ``images`` ``(batch, ..., ny, nx)``) is instead light
+    much smaller than a pixel at the pixel's centre: that share is convolved with the
+    pixel's box (``sinc(ky) sinc(kx)``, periodic on ``fft_shape``), so that the readout
+    places it exactly.  Differentiable in the images.
+    """
+    ny, nx = images.shape[-2:]
+
+    def axis(n_fft, n, at):
+        kernel = torch.fft.ifft(torch.sinc(torch.fft.fftfreq(n_fft, dtype=torch.float64))).real
+        index = (torch.arange(n)[None, :] - at.cpu()[:, None]) % n_fft
+        box = kernel[index].to(images.device, images.dtype)                  # (batch, n)
+        return box, torch.nn.functional.one_hot(at.long(), n).to(images.dtype)
+    box_y, one_y = axis(fft_shape[0], ny, row)
+    box_x, one_x = axis(fft_shape[1], nx, column)
+    change = box_y[:, :, None] * box_x[:, None, :] - one_y[:, :, None] * one_x[:, None, :]
+    b = torch.arange(images.shape[0], device=images.device)
+    centre = images[b, ..., row, column] if images.dim() == 3 else images[b, :, row, column]
+    lead = (-1,) + (1,) * (images.dim() - 3)
+    return images + (weight.reshape(*lead) * centre)[..., None, None] * \
+        change.reshape(change.shape[0], *(1,) * (images.dim() - 3), ny, nx)
 
 
 def convolve_spectral(cubes, kernel):
@@ -596,7 +619,7 @@ def beam_is_separable(sigma_major, sigma_minor, angle):
 
 
 def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle, *, step=1,
-                  sampling="average", device=None, dtype=torch.float32):
+                  sampling="average", shift=None, device=None, dtype=torch.float32):
     """The FFT beam convolution as two dense matrices, when the beam is separable.
 
     A Gaussian beam whose axes lie along the pixel axes (or a circular one)
@@ -617,6 +640,10 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
       the fine pixels' box ``sinc(k)`` (exact for a band-limited image: the beam
       has made it one where the fine pixels sample it) and shifted to the centre.
 
+    With ``shift = (dy, dx)`` (``(batch,)`` each) image ``b`` is also moved by ``dy`` rows
+    and ``dx`` columns (:func:`translate`, differentiable in the shifts): the matrices
+    are then one pair per image, ``(batch, n_out, n_in)``.
+
     Returns ``(My, Mx)`` of shapes ``((ny - 2 crop) / step, ny)`` and
     ``((nx - 2 crop) / step, nx)`` for ``padded_shape = (ny, nx)``, or None when the
     beam is rotated with respect to the pixels (not separable).
@@ -625,24 +652,33 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
         return None
     cxx, cyy, _ = _beam_covariance(sigma_major, sigma_minor, angle)
 
-    def matrix(n_fft, n_in, variance):
-        k = torch.fft.fftfreq(n_fft, dtype=torch.float64)
+    def matrix(n_fft, n_in, variance, move):
+        k = torch.fft.fftfreq(n_fft, dtype=torch.float64, device=device)
         transfer = torch.exp(-2 * math.pi**2 * variance * k**2)
-        out = torch.arange((n_in - 2 * crop) // step)[:, None, None]
-        cols = torch.arange(n_in)[None, :, None]
+        out = torch.arange((n_in - 2 * crop) // step, device=device)[:, None, None]
+        cols = torch.arange(n_in, device=device)[None, :, None]
         if sampling == "point":
-            kernel = torch.fft.ifft(transfer * _point_readout(k, step)).real
+            transfer = transfer * _point_readout(k, step)
             rows = crop + step * out + (step - 1) // 2
         else:
-            kernel = torch.fft.ifft(transfer).real
-            rows = crop + step * out + torch.arange(step)[None, None, :]
-        return kernel[(rows - cols) % n_fft].mean(dim=-1).to(device=device, dtype=dtype)
+            rows = crop + step * out + torch.arange(step, device=device)[None, None, :]
+        if move is not None:
+            move = torch.as_tensor(move, device=device).to(torch.float64)
+            transfer = transfer * torch.exp(-2j * math.pi * k * move[:, None])
+        kernel = torch.fft.ifft(transfer).real
+        return kernel[..., (rows - cols) % n_fft].mean(dim=-1).to(dtype=dtype)
 
-    return (matrix(fft_shape[0], padded_shape[0], cyy),
-            matrix(fft_shape[1], padded_shape[1], cxx))
+    dy, dx = (None, None) if shift is None else shift
+    return (matrix(fft_shape[0], padded_shape[0], cyy, dy),
+            matrix(fft_shape[1], padded_shape[1], cxx, dx))
 
 
 def convolve_beam_separable(images, matrices):
-    """Convolve (and crop) the last two axes of ``images`` with :func:`beam_matrices`'s pair."""
+    """Convolve (and crop) the last two axes of ``images`` with :func:`beam_matrices`'s pair
+    (one pair for all, or one per image of ``(batch, ..., ny, nx)``)."""
     my, mx = matrices
-    return torch.matmul(torch.matmul(my, images), mx.transpose(0, 1))
+    if my.dim() == 3:
+        inner = (1,) * (images.dim() - 3)
+        my = my.reshape(my.shape[0], *inner, *my.shape[1:])
+        mx = mx.reshape(mx.shape[0], *inner, *mx.shape[1:])
+    return torch.matmul(torch.matmul(my, images), mx.transpose(-1, -2))

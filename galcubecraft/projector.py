@@ -654,8 +654,28 @@ class Projector:
 
     # ------------------------------------------------------------------ rendering
     def __call__(self, params, kinematics):
-        """Render a batch: ``(batch, n_chan, ny, nx)`` in Jy/beam (or Jy/pixel)."""
-        return self.observe(self.project(params, kinematics))
+        """Render a batch: ``(batch, n_chan, ny, nx)`` in Jy/beam (or Jy/pixel).
+
+        ``observe(project(...))``, with the moves of compact galaxies (`_centred_on_pixels`)
+        made by the beam's readout rather than by transforms of the model.
+        """
+        if self._beam is None:
+            return self.observe(self.project(params, kinematics))
+        params, batch = self._prepared(params)
+        with _torch_threads(self.threads_for(batch)):
+            cube, moves = self._model(params, kinematics)
+            if moves is None:
+                return self._observe(cube)
+            which, dy, dx, point = moves
+            moved = self._observe(F.point_share(cube[which], *point, self.fft_shape),
+                                  shift=(dy, dx))
+            if len(which) == batch:
+                return moved
+            still = torch.as_tensor(np.setdiff1d(np.arange(batch), which.cpu().numpy()),
+                                    device=self.device)
+            out = self._observe(cube[still])
+            return out.new_zeros((batch,) + out.shape[1:]).index_copy(
+                0, still, out).index_copy(0, which, moved)
 
     @staticmethod
     def check_inputs(params):
@@ -707,6 +727,21 @@ class Projector:
         brightness unit of the output (so that `observe` is only the beam and the spectral
         response).
         """
+        params, batch = self._prepared(params)
+        with _torch_threads(self.threads_for(batch)):
+            if self._beam is None:
+                return self._project(params, kinematics)
+            cube, moves = self._model(params, kinematics)
+            if moves is None:
+                return cube
+            which, dy, dx, point = moves
+            moved = F.translate(F.point_share(cube[which], *point, self.fft_shape), dy, dx,
+                                self._translate_shape)
+            return cube.index_copy(0, which, moved)
+
+    def _prepared(self, params):
+        """The batch's tensors on this device and dtype, checked (`check_inputs`, memory),
+        ``v_sys`` relative to the band's centre; and the batch size."""
         v_sys = params.get("v_sys")
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
@@ -714,16 +749,13 @@ class Projector:
         params["v_sys"] = self._relative_velocity(v_sys)
         batch = int(params["flux"].shape[0])
         self.check_memory(batch=batch)
-        with _torch_threads(self.threads_for(batch)):
-            if self._beam is None:
-                return self._project(params, kinematics)
-            params, shifts = self._centred_on_pixels(params)
-            cube = self._project(params, kinematics)
-            if shifts is None:
-                return cube
-            which, dy, dx, point = shifts
-            return cube.index_copy(0, which, F.translate(cube[which], dy, dx,
-                                                         self._translate_shape, point))
+        return params, batch
+
+    def _model(self, params, kinematics):
+        """The model with compact galaxies rendered on their nearest pixel centre, and the
+        moves that put them back (`_centred_on_pixels`), or None."""
+        params, moves = self._centred_on_pixels(params)
+        return self._project(params, kinematics), moves
 
     def _centred_on_pixels(self, params):
         """Compact galaxies moved onto their nearest pixel centre, and the moves back.
@@ -739,7 +771,7 @@ class Projector:
         at its centre, not spread across it as the readout assumes: its share that is
         (``1 - 12 <x^2>`` of its mean squared offset along an axis, from the Sérsic law within
         the pixel's area, 1 for a point source, 0 for light spread evenly) is given the
-        pixel's box (`F.translate`'s ``point``), which removes the readout's second-order
+        pixel's box (`F.point_share`), which removes the readout's second-order
         error for a point source (4% of the peak under a 3-pixel beam).  Returns the
         parameters and ``(which, dy, dx, point)``: the moved galaxies, their shifts (pixels,
         differentiable in ``x0`` and ``y0``) and the central pixels, or None if none is
@@ -1230,12 +1262,22 @@ class Projector:
         with _torch_threads(self.threads_for(model.shape[0] if model.dim() == 4 else 1)):
             return self._observe(model)
 
-    def _observe(self, model):
+    def _observe(self, model, shift=None):
+        """`observe`; ``shift`` (``(dy, dx)``, ``(batch,)`` each, rendered pixels) also moves
+        each model (`galcubecraft.functional.translate`) within the readout."""
         _, ny, nx = self.observed.shape
-        if self._beam_matrices is not None:
-            model = F.convolve_beam_separable(model, self._beam_matrices)   # read out too
-        elif self._transfer is not None:
-            model = F.read_pixels(F.convolve_beam(model, self._transfer, self.fft_shape),
+        readout = {"step": self.supersampling, "sampling": self.observed.sampling,
+                   "shift": shift, "device": self.device, "dtype": self.dtype}
+        matrices, transfer = self._beam_matrices, self._transfer
+        if shift is not None and matrices is not None:
+            matrices = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin,
+                                       *self._beam, **readout)
+        elif shift is not None and transfer is not None:
+            transfer = F.beam_transfer_function(self.fft_shape, *self._beam, **readout)
+        if matrices is not None:
+            model = F.convolve_beam_separable(model, matrices)   # read out too
+        elif transfer is not None:
+            model = F.read_pixels(F.convolve_beam(model, transfer, self.fft_shape),
                                   self.margin, self.supersampling, (ny, nx),
                                   self.observed.sampling)
         if self._kernel is not None:

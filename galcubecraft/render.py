@@ -51,17 +51,17 @@ def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=No
     galaxies = [g for g in items if isinstance(g, Galaxy)]
     streams = [s for s in items if isinstance(s, Stream)]
     projector = projector or Projector(grid, device=device, dtype=dtype, **sampling)
-    model = None
+    cube = None
     for kinematics, params in stack_parameters(galaxies, projector.device, projector.dtype) \
             if galaxies else ():
-        part = projector.project(params, kinematics).sum(dim=0)
-        model = part if model is None else model + part
+        part = projector(params, kinematics).sum(dim=0)
+        cube = part if cube is None else cube + part
     if streams:
         tensors = [s.tensors(projector.device, projector.dtype) for s in streams]
         stacked = {k: torch.stack([t[k] for t in tensors]) for k in tensors[0]}
-        part = projector.project_streams(stacked).sum(dim=0)
-        model = part if model is None else model + part
-    return projector.observe(model)
+        part = projector.observe(projector.project_streams(stacked).sum(dim=0))
+        cube = part if cube is None else cube + part
+    return cube
 
 
 def render(scene, grid, *, device=None, dtype=torch.float32, **sampling):
