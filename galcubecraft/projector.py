@@ -767,7 +767,9 @@ class Projector:
         rendered model is translated back by the shift theorem (`F.translate`, which the
         beam makes exact).  Only galaxies with `_CENTRE_LIGHT` of their light within one
         rendered pixel of their centre are moved; for the others the offsets of their
-        resolved light average out.  The light in the central pixel is then concentrated
+        resolved light average out.  None is moved where the beam is narrower than
+        `MIN_BEAM_SIGMA` rendered pixels (``min_beam_sigma`` set below it), which a move
+        needs to be exact.  The light in the central pixel is then concentrated
         at its centre, not spread across it as the readout assumes: its share that is
         (``1 - 12 <x^2>`` of its mean squared offset along an axis, from the Sérsic law within
         the pixel's area, 1 for a point source, 0 for light spread evenly) is given the
@@ -777,6 +779,8 @@ class Projector:
         differentiable in ``x0`` and ``y0``) and the central pixels, or None if none is
         moved.
         """
+        if self._beam[1] < MIN_BEAM_SIGMA * (1 - 1e-9):
+            return params, None         # a move is exact only under a beam that band-limits
         with torch.no_grad():
             r_eff = params["r_eff"].double().cpu().numpy()
             n = params["n"].double().cpu().numpy()
