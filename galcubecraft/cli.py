@@ -18,6 +18,7 @@ from .header import parse_bunit, read_header
 from .inject import Injection, inject
 from .lines import LINES
 from .parameters import parse_quantity
+from .pixelgrid import PIXEL_SAMPLINGS
 from .priors import GalaxyPriors, read_priors_file
 from .render import render
 
@@ -66,6 +67,8 @@ GRID_HELP = {
     "spectral_response": "line-spread function: 'hanning', or a Gaussian FWHM such as '30 km/s'",
     "projection": "celestial projection code",
     "specsys": "spectral reference frame (SPECSYS)",
+    "pixel_sampling": "what a pixel holds: 'point' (the beam-convolved sky at its centre, a "
+                      "radio image) or 'average' (over the pixel, an IFU spaxel)",
 }
 
 
@@ -188,6 +191,9 @@ def build_parser():
                                             "header has none")
     j.add_argument("--spectral-unit", help="unit of the spectral axis when the header has no "
                                            "CUNIT")
+    j.add_argument("--pixel-sampling", choices=PIXEL_SAMPLINGS, default="point",
+                   help="what the cube's pixels hold: the beam-convolved sky at their centres "
+                        "(a radio image) or averaged over them (an IFU cube's spaxels)")
     j.add_argument("--data-unit", help="unit of the data when BUNIT is missing or wrong")
     j.add_argument("--avoid-threshold",
                    help="random placement keeps clear of pixels whose peak over the channels "
@@ -296,7 +302,7 @@ def inject_command(args):
                 {"--output": args.output, "--truth": truth}, overwrite=args.overwrite)
     options = dict(beam=_beam_option(args.beam), rest_frequency=(
         None if args.rest_frequency is None else _line_or_quantity(args.rest_frequency)),
-        spectral_unit=args.spectral_unit)
+        spectral_unit=args.spectral_unit, pixel_sampling=args.pixel_sampling)
     grid = CubeGrid.from_fits(args.cube, **options)
     if args.catalogue:
         try:

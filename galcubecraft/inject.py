@@ -216,7 +216,8 @@ def _read_data(cube, hdu):
 
 
 def inject(cube, galaxies, *, hdu=None, beam=None, rest_frequency=None, spectral_unit=None,
-           data_unit=None, device=None, dtype=torch.float32, **sampling):
+           pixel_sampling="point", data_unit=None, device=None, dtype=torch.float32,
+           **sampling):
     """Add model galaxies to a real cube, on its own grid, beam and units.
 
     Parameters
@@ -229,9 +230,10 @@ def inject(cube, galaxies, *, hdu=None, beam=None, rest_frequency=None, spectral
         into one), ``v_sys`` in radio velocity for the cube's rest frequency.
         See `galcubecraft.catalogue.random_galaxies` and
         `galcubecraft.catalogue.galaxies_from_table`.
-    hdu, beam, rest_frequency, spectral_unit
+    hdu, beam, rest_frequency, spectral_unit, pixel_sampling
         As for `CubeGrid.from_fits` (e.g. ``beam=0.7 * u.arcsec`` as the PSF of an
-        optical cube without one in its header).
+        optical cube without one in its header, and ``pixel_sampling='average'`` for its
+        spaxels).
     data_unit : str or `~astropy.units.Unit`, optional
         Overrides the header's ``BUNIT`` (see `parse_bunit`).
     device, dtype, **sampling
@@ -247,7 +249,8 @@ def inject(cube, galaxies, *, hdu=None, beam=None, rest_frequency=None, spectral
             raise TypeError(f"inject takes Galaxy objects, got {g!r}")
     header, beams = read_header(cube, hdu=hdu)
     grid = CubeGrid.from_fits(header if beams is None else cube, hdu=hdu, beam=beam,
-                              rest_frequency=rest_frequency, spectral_unit=spectral_unit)
+                              rest_frequency=rest_frequency, spectral_unit=spectral_unit,
+                              pixel_sampling=pixel_sampling)
     unit = u.Unit(data_unit) if data_unit is not None else parse_bunit(header.get("BUNIT"))
     factors = brightness_factors(grid, unit)
     data = _read_data(cube, hdu)
