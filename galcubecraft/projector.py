@@ -186,6 +186,10 @@ BEAM_MARGIN_SIGMAS = 5.0
 #: ``pixel_sampling``) is read exactly.
 MIN_BEAM_SIGMA = 1.2
 
+#: A disk whose r_eff cos i + this many scale heights sin i is under a rendered pixel (a thin
+#: disk near edge-on, its light on a line) is rendered centred on a pixel too.
+_THIN_HEIGHTS = 3.0
+
 #: A galaxy with this fraction of its light within one rendered pixel of its centre is
 #: rendered centred on a pixel and translated back (`Projector._centred_on_pixels`).
 _CENTRE_LIGHT = 0.1
@@ -766,7 +770,8 @@ class Projector:
         centre, light symmetric about the galaxy's centre has no such offset, and the
         rendered model is translated back by the shift theorem (`F.translate`, which the
         beam makes exact).  Only galaxies with `_CENTRE_LIGHT` of their light within one
-        rendered pixel of their centre are moved; for the others the offsets of their
+        rendered pixel of their centre, and thin disks near edge-on (`_THIN_HEIGHTS`), whose
+        light lies on a line through it, are moved; for the others the offsets of their
         resolved light average out.  None is moved where the beam is narrower than
         `MIN_BEAM_SIGMA` rendered pixels (``min_beam_sigma`` set below it), which a move
         needs to be exact.  The light in the central pixel is then concentrated
@@ -785,6 +790,11 @@ class Projector:
             r_eff = params["r_eff"].double().cpu().numpy()
             n = params["n"].double().cpu().numpy()
             compact = F.sersic_enclosing_radius(_CENTRE_LIGHT, r_eff, n) < self.pixel
+            # thin disks near edge-on: light within a pixel of their minor axis' line
+            inc = params["inclination"].double().cpu().numpy()
+            height = params["scale_height"].double().cpu().numpy()
+            across = r_eff * np.abs(np.cos(inc)) + _THIN_HEIGHTS * height * np.sin(inc)
+            compact = compact | (across < self.pixel)
         if not compact.any():
             return params, None
         which = torch.as_tensor(np.flatnonzero(compact), device=self.device)
