@@ -332,11 +332,11 @@ class Projector:
         a grid whose beam is narrower is rendered on pixels the least integer factor
         finer that reaches it (`beam_supersampling`), so that what the grid's pixels hold
         (``CubeGrid(pixel_sampling=)``) is read exactly.  The cost grows as the square of
-        the factor.  Light with structure inside a rendered pixel (sources and rotating
-        cores of a pixel or less) is placed to second order in pixel / beam: higher
-        values buy accuracy for such sources; 0 renders on the grid's own pixels (the
-        fastest, and wrong by several percent where the beam is under ~3 pixels FWHM).
-        Measured in :ref:`pixel-sampling`.
+        the factor.  Where light sits inside a rendered pixel is not kept (rotating
+        sources of a pixel or less are 1-3% L1 off under a 6-pixel beam): higher values
+        buy accuracy for such sources; 0 renders on the grid's own pixels (the fastest,
+        and wrong by several percent where the beam is under ~3 pixels FWHM).  Measured
+        in :ref:`pixel-sampling`.
     max_chunk_elements : int, optional
         Largest intermediate tensor (elements); bounds the memory per chunk.
         Default 2**23 on a CPU (32 MB in float32, cache-friendly) and 2**28 on
@@ -524,11 +524,10 @@ class Projector:
             # a beam along the pixel axes is two matrix products; a rotated one, an FFT; both
             # read out what the grid's pixels hold (the beam-convolved sky at their centres,
             # or its mean over them) from the rendered pixels' integrals
-            readout = {"step": self.supersampling, "sampling": self.observed.sampling}
             self._beam_matrices = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin,
-                                                  *self._beam, **readout, device=dev, dtype=dt)
-            self._transfer = (F.beam_transfer_function(self.fft_shape, *self._beam, **readout,
-                                                       device=dev, dtype=dt)
+                                                  *self._beam, **self._readout())
+            self._transfer = (F.beam_transfer_function(self.fft_shape, *self._beam,
+                                                       **self._readout())
                               if self._beam_matrices is None else None)
         else:
             self._transfer = self._beam_matrices = None
@@ -774,12 +773,13 @@ class Projector:
         light lies on a line through it, are moved; for the others the offsets of their
         resolved light average out.  None is moved where the beam is narrower than
         `MIN_BEAM_SIGMA` rendered pixels (``min_beam_sigma`` set below it), which a move
-        needs to be exact.  The light in the central pixel is then concentrated
-        at its centre, not spread across it as the readout assumes: its share that is
-        (``1 - 12 <x^2>`` of its mean squared offset along an axis, from the Sérsic law within
-        the pixel's area, 1 for a point source, 0 for light spread evenly) is given the
-        pixel's box (`F.point_share`), which removes the readout's second-order
-        error for a point source (4% of the peak under a 3-pixel beam).  Returns the
+        needs to be exact.  The readout takes a pixel's light as spread across it, but a
+        compact galaxy's central pixel holds light concentrated at its centre: the share
+        ``1 - 12 <x^2>`` of it (``<x^2>`` its mean squared offset along an axis, from the
+        Sérsic law within the pixel's area: 1 for a point source, 0 for light spread
+        evenly) is given the pixel's box (`F.point_share`), which removes the readout's
+        second-order error for a point source (4% of the peak under a 3-pixel beam).
+        Returns the
         parameters and ``(which, dy, dx, point)``: the moved galaxies, their shifts (pixels,
         differentiable in ``x0`` and ``y0``) and the central pixels, or None if none is
         moved.
@@ -1276,18 +1276,23 @@ class Projector:
         with _torch_threads(self.threads_for(model.shape[0] if model.dim() == 4 else 1)):
             return self._observe(model)
 
+    def _readout(self, shift=None):
+        """The beam operators' readout settings: the rendered pixels' step, what the grid's
+        pixels hold, the moves (if any), device and dtype."""
+        return {"step": self.supersampling, "sampling": self.observed.sampling,
+                "shift": shift, "device": self.device, "dtype": self.dtype}
+
     def _observe(self, model, shift=None):
         """`observe`; ``shift`` (``(dy, dx)``, ``(batch,)`` each, rendered pixels) also moves
         each model (`galcubecraft.functional.translate`) within the readout."""
         _, ny, nx = self.observed.shape
-        readout = {"step": self.supersampling, "sampling": self.observed.sampling,
-                   "shift": shift, "device": self.device, "dtype": self.dtype}
         matrices, transfer = self._beam_matrices, self._transfer
         if shift is not None and matrices is not None:
             matrices = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin,
-                                       *self._beam, **readout)
+                                       *self._beam, **self._readout(shift))
         elif shift is not None and transfer is not None:
-            transfer = F.beam_transfer_function(self.fft_shape, *self._beam, **readout)
+            transfer = F.beam_transfer_function(self.fft_shape, *self._beam,
+                                                **self._readout(shift))
         if matrices is not None:
             model = F.convolve_beam_separable(model, matrices)   # read out too
         elif transfer is not None:
