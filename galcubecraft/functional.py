@@ -30,6 +30,7 @@ __all__ = [
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
     "convolve_beam_separable", "read_pixels", "translate", "point_share", "interpolate_linear",
+    "interpolate_pchip", "cloud_weights",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -289,6 +290,72 @@ def interpolate_linear(x, xp, fp):
     return (f0 + t * (f1 - f0)).reshape(x.shape)
 
 
+def _pchip_slopes(xp, fp):
+    """Node slopes of the monotone cubic (Fritsch & Carlson 1980, with the end conditions of
+    `scipy.interpolate.PchipInterpolator`)."""
+    h = xp[..., 1:] - xp[..., :-1]
+    delta = (fp[..., 1:] - fp[..., :-1]) / h
+    if xp.shape[-1] == 2:
+        return torch.cat([delta, delta], dim=-1)
+    h0, h1 = h[..., :-1], h[..., 1:]
+    d0, d1 = delta[..., :-1], delta[..., 1:]
+    w1, w2 = 2 * h1 + h0, h1 + 2 * h0
+    same = (d0 * d1) > 0
+    safe0 = torch.where(same, d0, torch.ones_like(d0))
+    safe1 = torch.where(same, d1, torch.ones_like(d1))
+    inner = torch.where(same, (w1 + w2) / (w1 / safe0 + w2 / safe1), torch.zeros_like(d0))
+
+    def edge(ha, hb, da, db):
+        d = ((2 * ha + hb) * da - ha * db) / (ha + hb)
+        d = torch.where(torch.sign(d) != torch.sign(da), torch.zeros_like(d), d)
+        return torch.where((torch.sign(da) != torch.sign(db)) & (d.abs() > 3 * da.abs()),
+                           3 * da, d)
+    first = edge(h[..., :1], h[..., 1:2], delta[..., :1], delta[..., 1:2])
+    last = edge(h[..., -1:], h[..., -2:-1], delta[..., -1:], delta[..., -2:-1])
+    return torch.cat([first, inner, last], dim=-1)
+
+
+def interpolate_pchip(x, xp, fp):
+    """Monotone piecewise-cubic (PCHIP) interpolation of ``fp(xp)`` at ``x``, clamped to the
+    end values beyond the table.
+
+    As `scipy.interpolate.PchipInterpolator`: C1, no overshoot, a node table's local
+    extrema kept.  Shapes as :func:`interpolate_linear`; differentiable in ``x`` and ``fp``.
+    """
+    lead = xp.shape[:-1]
+    xf = x.reshape(*lead, -1) if lead else x.reshape(-1)
+    xc = torch.minimum(torch.maximum(xf, xp[..., :1]), xp[..., -1:])
+    idx = torch.searchsorted(xp.contiguous(), xc.contiguous(), right=True)
+    idx = idx.clamp(1, xp.shape[-1] - 1)
+    slopes = _pchip_slopes(xp, fp)
+    x0, x1 = torch.gather(xp, -1, idx - 1), torch.gather(xp, -1, idx)
+    f0, f1 = torch.gather(fp, -1, idx - 1), torch.gather(fp, -1, idx)
+    m0, m1 = torch.gather(slopes, -1, idx - 1), torch.gather(slopes, -1, idx)
+    h = x1 - x0
+    t = (xc - x0) / h
+    t2, t3 = t * t, t * t * t
+    out = ((2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * h * m0
+           + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * h * m1)
+    return out.reshape(x.shape)
+
+
+def cloud_weights(position, width):
+    """Where a box of ``width`` pixels (<= 1) centred at ``position`` falls on unit pixels.
+
+    Pixel ``k`` spans ``[k - 1/2, k + 1/2]``.  Returns ``(first, w_first)``: the box lies in
+    pixels ``first`` and ``first + 1`` with shares ``w_first`` and ``1 - w_first``.  With
+    ``width = 1`` these are the cloud-in-cell (bilinear) weights, which keep each sample's
+    flux and centroid; the pixels then hold the sky convolved with a unit tent, which the
+    beam's readout undoes (``cloud`` of :func:`beam_matrices`).  Differentiable in
+    ``position``.
+    """
+    low = position - 0.5 * width
+    with torch.no_grad():
+        first = torch.floor(low + 0.5)
+    share = ((first + 0.5 - low) / width).clamp(0.0, 1.0)
+    return first.long(), share
+
+
 def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, dy, q, dq,
                      share, taper=None):
     """Mean and variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane
@@ -458,7 +525,8 @@ def node_to_channel_matrix(edges, origin, step, n_nodes, dispersion):
 
 # --------------------------------------------------------------------------- beam
 def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1,
-                           sampling="average", shift=None, device=None, dtype=torch.float32):
+                           sampling="average", shift=None, cloud=0.0, device=None,
+                           dtype=torch.float32):
     """Fourier transform of a unit-sum elliptical Gaussian on an ``rfft2`` grid.
 
     Parameters
@@ -479,6 +547,8 @@ def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1
     shift : tuple of Tensor, optional
         ``(dy, dx)``, ``(batch,)`` each: also move image ``b`` by ``dy`` rows and ``dx``
         columns (:func:`translate`); the transform is then ``(batch, 1, ky, kx)``.
+    cloud : float
+        As in :func:`beam_matrices`.
 
     Notes
     -----
@@ -494,6 +564,8 @@ def beam_transfer_function(fft_shape, sigma_major, sigma_minor, angle, *, step=1
     transfer = torch.exp(-2 * math.pi**2 * quad)
     if sampling == "point":
         transfer = transfer * _point_readout(ky, step) * _point_readout(kx, step)
+    if cloud:
+        transfer = transfer / (torch.sinc(cloud * ky) * torch.sinc(cloud * kx))
     if shift is not None:
         dy, dx = (torch.as_tensor(d, device=device).to(torch.float64) for d in shift)
         transfer = transfer * _shift_phase(fft_shape, dy, dx, inner=1)
@@ -619,7 +691,8 @@ def beam_is_separable(sigma_major, sigma_minor, angle):
 
 
 def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle, *, step=1,
-                  sampling="average", shift=None, device=None, dtype=torch.float32):
+                  sampling="average", shift=None, cloud=0.0, device=None,
+                  dtype=torch.float32):
     """The FFT beam convolution as two dense matrices, when the beam is separable.
 
     A Gaussian beam whose axes lie along the pixel axes (or a circular one)
@@ -644,6 +717,10 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
     and ``dx`` columns (:func:`translate`, differentiable in the shifts): the matrices
     are then one pair per image, ``(batch, n_out, n_in)``.
 
+    With ``cloud = c`` (> 0) the image's samples were deposited as boxes of ``c`` pixels
+    (:func:`cloud_weights`; 1: cloud-in-cell), which convolved it with that box too: the
+    transfer is divided by ``sinc(c k)`` as well.
+
     Returns ``(My, Mx)`` of shapes ``((ny - 2 crop) / step, ny)`` and
     ``((nx - 2 crop) / step, nx)`` for ``padded_shape = (ny, nx)``, or None when the
     beam is rotated with respect to the pixels (not separable).
@@ -655,6 +732,8 @@ def beam_matrices(fft_shape, padded_shape, crop, sigma_major, sigma_minor, angle
     def matrix(n_fft, n_in, variance, move):
         k = torch.fft.fftfreq(n_fft, dtype=torch.float64, device=device)
         transfer = torch.exp(-2 * math.pi**2 * variance * k**2)
+        if cloud:
+            transfer = transfer / torch.sinc(cloud * k)
         out = torch.arange((n_in - 2 * crop) // step, device=device)[:, None, None]
         cols = torch.arange(n_in, device=device)[None, :, None]
         if sampling == "point":

@@ -3,11 +3,13 @@ import astropy.units as u
 import torch
 
 from .components.base import to_tensor
-from .components.kinematics import RotationCurve
-from .components.surface import SersicDisk
-from .components.vertical import ExponentialVertical
+from .components.flows import Flow, Warp
+from .components.kinematics import AnalyticRotationCurve, RotationCurve
+from .components.surface import SersicDisk, Surface
+from .components.vertical import ExponentialVertical, VerticalProfile
 from .distance import Placed, default_cosmology
 from .parameters import Parameter, resolve_aliases
+from .rings import DiskModel
 from .units import radio_velocity
 
 __all__ = ["Galaxy", "Scene", "default_cosmology", "radio_velocity"]
@@ -27,12 +29,15 @@ class Galaxy(Placed):
     .. math:: v = v_{\rm sys} + v_c(R)\,\sin i\,\cos\phi
 
     with :math:`\phi` the azimuth in the disk plane, measured from the receding
-    half of the major axis.
+    half of the major axis.  Real disks add ``flows`` (radial, vertical, lagging,
+    bisymmetric and lopsided motions, a dispersion profile: `galcubecraft.components.flows`)
+    and a ``warp`` (tilted rings).
 
     Parameters
     ----------
-    surface : `~galcubecraft.SersicDisk`
-        Face-on surface-brightness profile.
+    surface : `~galcubecraft.components.Surface`
+        Face-on surface-brightness profile: `~galcubecraft.SersicDisk`,
+        `~galcubecraft.GaussianRing`, `~galcubecraft.TabulatedSurface`.
     kinematics : `~galcubecraft.RotationCurve`
         Rotation law.
     inclination : `~astropy.units.Quantity` [angle]
@@ -44,8 +49,10 @@ class Galaxy(Placed):
         Total line flux, e.g. in Jy km/s (>= 0): the observed-frame :math:`S\Delta V`
         (velocities at the line's observed frequency), as `galcubecraft.lines` uses it; on
         the grid's radio-velocity axis the line integrates to ``flux (1 - v_sys / c)``.
-    vertical : `~galcubecraft.ExponentialVertical`, optional
-        Vertical profile; razor-thin by default.
+    vertical : `~galcubecraft.components.VerticalProfile`, optional
+        Vertical profile (`~galcubecraft.ExponentialVertical`,
+        `~galcubecraft.Sech2Vertical`, `~galcubecraft.GaussianVertical`); razor-thin by
+        default.
     dispersion : `~astropy.units.Quantity` [speed]
         Line-of-sight velocity dispersion (Gaussian sigma, not FWHM), >= 0;
         default 10 km/s.
@@ -65,6 +72,12 @@ class Galaxy(Placed):
         ``cosmology`` (default `~galcubecraft.default_cosmology`, Planck18).
     cosmology : `~astropy.cosmology.Cosmology`, optional
         Cosmology for ``redshift``.
+    flows : sequence of `~galcubecraft.components.Flow`, optional
+        Motions besides rotation, at most one of each kind.
+    warp : `~galcubecraft.Warp`, optional
+        Inclination and position angle over radius (tilted rings); its tables replace
+        ``inclination`` and ``position_angle``, which still say the orientation where
+        the warp gives no table.
 
     Examples
     --------
@@ -93,12 +106,12 @@ class Galaxy(Placed):
                        description="(east, north) offset of the centre from the field centre")
 
     #: The parts of a galaxy: attribute -> base class of the component it holds.
-    COMPONENTS = {"surface": SersicDisk, "vertical": ExponentialVertical,
+    COMPONENTS = {"surface": Surface, "vertical": VerticalProfile,
                   "kinematics": RotationCurve}
 
     def __init__(self, *, surface, kinematics, inclination, position_angle, flux,
                  vertical=None, dispersion=10 * _KMS, v_sys=None, offset=None,
-                 distance=None, redshift=None, cosmology=None):
+                 distance=None, redshift=None, cosmology=None, flows=(), warp=None):
         if vertical is None:
             vertical = ExponentialVertical(0 * u.arcsec)
         for name, value in (("surface", surface), ("kinematics", kinematics),
@@ -106,7 +119,25 @@ class Galaxy(Placed):
             base = self.COMPONENTS[name]
             if not isinstance(value, base):
                 raise TypeError(f"{name} must be a {base.__name__}, got {value!r}")
+        if isinstance(flows, Flow):
+            flows = (flows,)
+        flows = tuple(flows)
+        for flow in flows:
+            if not isinstance(flow, Flow):
+                raise TypeError(f"flows must be Flow objects (RadialFlow, BisymmetricFlow, "
+                                f"...), got {flow!r}")
+        kinds = [type(f) for f in flows]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"flows: at most one of each kind, got {[k.__name__ for k in kinds]}")
+        if warp is not None and not isinstance(warp, Warp):
+            raise TypeError(f"warp must be a Warp, got {warp!r}")
+        if (isinstance(kinematics, AnalyticRotationCurve) and kinematics.r_0 is None
+                and not isinstance(surface, SersicDisk)):
+            raise ValueError("kinematics: an AnalyticRotationCurve without r_0 is tied to a "
+                             f"Sersic profile's r_eff and n; {type(surface).__name__} has "
+                             "none: give r_0")
         self.surface, self.kinematics, self.vertical = surface, kinematics, vertical
+        self.flows, self.warp = flows, warp
         self.inclination = inclination
         self.position_angle = position_angle
         self.flux = flux
@@ -120,7 +151,8 @@ class Galaxy(Placed):
 
     def _init_arguments(self):
         return {**super()._init_arguments(), **self.components,
-                "v_sys": self.v_sys if self._v_sys_given else None}
+                "v_sys": self.v_sys if self._v_sys_given else None,
+                "flows": self.flows, "warp": self.warp}
 
     def _values(self):
         return {**self._init_arguments(), "v_sys": self.v_sys}
@@ -129,6 +161,15 @@ class Galaxy(Placed):
     def components(self):
         return {"surface": self.surface, "vertical": self.vertical,
                 "kinematics": self.kinematics}
+
+    @property
+    def model(self):
+        """The classes of this galaxy's parts (`galcubecraft.rings.DiskModel`): what the
+        projector needs besides the tensors, and what galaxies rendered in one batch share."""
+        return DiskModel(surface=type(self.surface), vertical=type(self.vertical),
+                         kinematics=type(self.kinematics),
+                         flows=tuple(type(f) for f in self.flows),
+                         warp=None if self.warp is None else type(self.warp))
 
     def tensors(self, device=None, dtype=torch.float32):
         """All parameters as plain tensors in internal units, the projector's input.
@@ -149,7 +190,8 @@ class Galaxy(Placed):
         # (the projector subtracts the band's centre before its own cast)
         out["v_sys"] = to_tensor(d["v_sys"].to_internal(self.v_sys), device,
                                  torch.float64 if dtype.is_floating_point else dtype)
-        for component in self.components.values():
+        parts = [*self.components.values(), *self.flows]
+        for component in parts + ([] if self.warp is None else [self.warp]):
             out.update(component.tensors(self.to_arcsec, device, dtype))
         return out
 
@@ -181,6 +223,10 @@ class Galaxy(Placed):
         if type(self.kinematics).law is None:
             raise ValueError(f"{type(self.kinematics).__name__} has no law name; it cannot be "
                              "written as a flat dictionary")
+        if not self.model.plain:
+            raise ValueError(f"{self!r} has a {self.model.describe()}: flat dictionaries "
+                             "(TOML files, truth tables) hold Sersic disks with exponential "
+                             "vertical profiles, without flows or warps, so far")
         out = {"rotation": type(self.kinematics).law}
         for part in (self, self.surface, self.vertical, self.kinematics):
             out.update(part.parameters)
@@ -242,8 +288,11 @@ class Galaxy(Placed):
             where = f", distance={self.distance}"
         elif self.redshift is not None:
             where = f", redshift={self.redshift}"
+        extra = "".join(f" flow={f!r}" for f in self.flows)
+        if self.warp is not None:
+            extra += f" warp={self.warp!r}"
         return (f"<Galaxy surface={self.surface!r} vertical={self.vertical!r} "
-                f"kinematics={self.kinematics!r} inclination={self.inclination} "
+                f"kinematics={self.kinematics!r}{extra} inclination={self.inclination} "
                 f"position_angle={self.position_angle} flux={self.flux} "
                 f"dispersion={self.dispersion} v_sys={self.v_sys} offset={self.offset}{where}>")
 

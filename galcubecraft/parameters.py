@@ -46,13 +46,16 @@ KINDS = {
     "line_flux": ((INTERNAL["line_flux"],), INTERNAL["line_flux"], INTERNAL["line_flux"],
                   "10 Jy km/s"),
     "distance": ((u.Mpc,), u.Mpc, u.Mpc, "20 Mpc"),
+    "velocity_gradient": ((_KMS / u.arcsec, _KMS / u.kpc), _KMS / u.arcsec, _KMS / u.arcsec,
+                          "15 km/(s kpc)"),
     "dimensionless": ((), None, None, "1.5"),
 }
 #: What a user reads for each kind in an error message (astropy's physical-type names, such
 #: as 'yank' for a line flux, mean nothing to an astronomer).
 _DESCRIBED = {"size": "an angle or a length", "angle": "an angle", "velocity": "a speed",
               "line_flux": "a line flux (flux density x speed)",
-              "distance": "a length", "dimensionless": "a number"}
+              "distance": "a length", "dimensionless": "a number",
+              "velocity_gradient": "a speed per angle or per length"}
 
 
 def parse_quantity(name, text):
@@ -82,9 +85,11 @@ class Parameter:
 
     Parameters
     ----------
-    kind : {'size', 'angle', 'velocity', 'line_flux', 'distance', 'dimensionless'}
+    kind : {'size', 'angle', 'velocity', 'line_flux', 'distance', 'velocity_gradient', \
+'dimensionless'}
         What the value measures.  A ``'size'`` is an angle or, for a galaxy with a
-        distance or redshift, a physical length; it is handed to the projector in arcsec.
+        distance or redshift, a physical length; it is handed to the projector in arcsec
+        (a ``'velocity_gradient'``, per angle or per length, in km/s per arcsec).
     default : optional
         The value when none is given (`REQUIRED` if there is none).
     positive, nonnegative : bool
@@ -149,6 +154,8 @@ class Parameter:
             if self.optional:
                 return None
             raise ValueError(f"{name} is required ({self.description or self.kind})")
+        if self.kind == "dimensionless" and self.shape == "1d":
+            return self._validate_numbers(name, value)
         if self.kind == "dimensionless":
             return validate_number(name, value, positive=self.positive, minimum=(
                 0.0 if self.nonnegative and self.minimum is None else self.minimum),
@@ -180,6 +187,19 @@ class Parameter:
         if high is not None and np.any(v > high):
             raise ValueError(f"{name} must be <= {self.maximum * self.table_unit}, got {value}")
         return value
+
+    def _validate_numbers(self, name, value):
+        """A 1-D table of plain numbers (a Quantity's values in its own unit), checked."""
+        v = np.array(getattr(value, "value", value), dtype=float)
+        if v.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} must be finite, got {v}")
+        if self.positive and np.any(v <= 0):
+            raise ValueError(f"{name} must be positive, got {v}")
+        if self.nonnegative and np.any(v < 0):
+            raise ValueError(f"{name} must not be negative, got {v}")
+        return v
 
     def _reference_unit(self, unit):
         """The one of this kind's units ``unit`` converts to (None if none), remembered."""
@@ -261,7 +281,15 @@ class Parameter:
             return to_arcsec(self.name, value)
         if self.kind == "dimensionless":
             return value
+        if self.kind == "velocity_gradient":
+            return self._per_arcsec(value, to_arcsec)
         return value.to_value(self.internal_unit)
+
+    def _per_arcsec(self, value, to_arcsec):
+        """A velocity gradient in km/s per arcsec (per length through ``to_arcsec``)."""
+        if value.unit.is_equivalent(self.internal_unit):
+            return value.to_value(self.internal_unit)
+        return value.to_value(_KMS / u.kpc) / to_arcsec(self.name, 1 * u.kpc)
 
     def to_table(self, value, to_arcsec=None):
         """``value`` as a number in the kind's table unit (arcsec, deg, km/s, Jy km/s; sizes
@@ -272,6 +300,8 @@ class Parameter:
             return float(to_arcsec(self.name, value))
         if self.kind == "dimensionless":
             return float(value)
+        if self.kind == "velocity_gradient":
+            return float(self._per_arcsec(value, to_arcsec))
         return float(value.to_value(self.table_unit))
 
     @property

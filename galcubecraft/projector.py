@@ -52,7 +52,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import functional as F
-from . import refine, streams
+from . import refine, rings, streams
 from .pixelgrid import PixelGrid
 from .resources import check_memory
 from .conventions import C_KMS, internal_velocity, velocity_compression
@@ -150,7 +150,13 @@ DOMAIN = {
     "scale_height": (0.0, math.inf, True), "inclination": (0.0, math.pi / 2 + 1e-6, True),
     "dispersion": (0.0, math.inf, True), "flux": (0.0, math.inf, True),
     "v_sys": (-math.inf, C_KMS, True),
+    "warp_inclination": (0.0, math.pi / 2 + 1e-6, True), "ring_width": (0.0, math.inf, False),
+    "ring_radius": (0.0, math.inf, True), "table_surface_density": (0.0, math.inf, True),
 }
+#: The tensors every batch needs; plain disks (`galcubecraft.rings.DiskModel.plain`) also
+#: ``r_eff`` and ``n``.
+_REQUIRED = ("x0", "y0", "inclination", "position_angle", "flux", "dispersion", "v_sys",
+             "scale_height")
 
 
 @contextmanager
@@ -505,6 +511,7 @@ class Projector:
     # ------------------------------------------------------------------ cached tensors
     def _build_cache(self):
         dev, dt = self.device, self.dtype
+        self._cloud_operators = {}
         east, north = self.pixels.sky_offsets(margin=self.margin)
         self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
@@ -531,6 +538,23 @@ class Projector:
                               if self._beam_matrices is None else None)
         else:
             self._transfer = self._beam_matrices = None
+
+    def _operators(self, shift, cloud, separable):
+        """The beam's readout matrices (or transfer function) with moves or clouds; those
+        without moves are kept for the next batch."""
+        key = (cloud, separable)
+        cache = self._cloud_operators
+        if shift is None and key in cache:
+            return cache[key]
+        if separable:
+            out = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin, *self._beam,
+                                  **self._readout(shift, cloud))
+        else:
+            out = F.beam_transfer_function(self.fft_shape, *self._beam,
+                                           **self._readout(shift, cloud))
+        if shift is None:
+            cache[key] = out
+        return out
 
     def _set_budgets(self):
         """Chunk size and grouping: the caller's, else this device's defaults."""
@@ -662,6 +686,11 @@ class Projector:
         ``observe(project(...))``, with the moves of compact galaxies (`_centred_on_pixels`)
         made by the beam's readout rather than by transforms of the model.
         """
+        model, kinematics = self._model_of(kinematics)
+        if model is not None:
+            params, batch = self._prepared(params, model)
+            with _torch_threads(self.threads_for(batch)):
+                return self._observe(self._project_rings(params, model), cloud=self._cloud)
         if self._beam is None:
             return self.observe(self.project(params, kinematics))
         params, batch = self._prepared(params)
@@ -681,11 +710,20 @@ class Projector:
                 0, still, out).index_copy(0, which, moved)
 
     @staticmethod
-    def check_inputs(params):
+    def _model_of(kinematics):
+        """``(model, kinematics)``: a `~galcubecraft.rings.DiskModel` that needs the ring
+        quadrature and None, or None and the rotation law of a plain disk."""
+        if isinstance(kinematics, rings.DiskModel):
+            if kinematics.plain:
+                return None, kinematics.kinematics
+            return kinematics, kinematics.kinematics
+        return None, kinematics
+
+    @staticmethod
+    def check_inputs(params, plain=True):
         """Raise `ValueError` naming the parameter and the galaxy if a batch's tensors cannot
         be rendered: missing, not a number, infinite, or outside `DOMAIN` (once per batch)."""
-        missing = [k for k in ("x0", "y0", "inclination", "position_angle", "flux",
-                               "dispersion", "v_sys", "r_eff", "n", "scale_height")
+        missing = [k for k in _REQUIRED + (("r_eff", "n") if plain else ())
                    if k not in params]
         if missing:
             raise ValueError(f"the parameter tensors lack {missing}; make them with "
@@ -728,10 +766,15 @@ class Projector:
         Returns ``(batch, n_chan + 2 chan_margin, ny + 2 margin, nx + 2 margin)``
         (with the channels a spectral response reaches beyond the band) in the
         brightness unit of the output (so that `observe` is only the beam and the spectral
-        response).
+        response).  Disks that are more than plain (a `~galcubecraft.rings.DiskModel`
+        given as ``kinematics``) come as the ring quadrature deposits them: observe them
+        with ``observe(model, cloud=projector.cloud_for(kinematics))``.
         """
-        params, batch = self._prepared(params)
+        model, kinematics = self._model_of(kinematics)
+        params, batch = self._prepared(params, model)
         with _torch_threads(self.threads_for(batch)):
+            if model is not None:
+                return self._project_rings(params, model)
             if self._beam is None:
                 return self._project(params, kinematics)
             cube, moves = self._model(params, kinematics)
@@ -742,13 +785,13 @@ class Projector:
                                 self._translate_shape)
             return cube.index_copy(0, which, moved)
 
-    def _prepared(self, params):
+    def _prepared(self, params, model=None):
         """The batch's tensors on this device and dtype, checked (`check_inputs`, memory),
         ``v_sys`` relative to the band's centre; and the batch size."""
         v_sys = params.get("v_sys")
         params = {k: torch.as_tensor(v, device=self.device, dtype=self.dtype)
                   for k, v in params.items()}
-        self.check_inputs(params)
+        self.check_inputs(params, plain=model is None)
         params["v_sys"] = self._relative_velocity(v_sys)
         batch = int(params["flux"].shape[0])
         self.check_memory(batch=batch)
@@ -925,8 +968,7 @@ class Projector:
         # from there (`internal_velocity`: the exact relativistic composition of the
         # systemic and internal velocities), so dispersions and rotation are physical
         sigma = params["dispersion"].clamp_min(1e-6)
-        edges = internal_velocity(params["v_sys"][:, None], self._edges[None, :],
-                                  origin=self._velocity_origin)
+        edges = self._rest_frame_edges(params)
         shaped.update(b_n=b_n.reshape(batch, 1, 1, 1),
                       amplitude=amplitude.reshape(batch, 1, 1, 1),
                       rmax=plan.rmax.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
@@ -934,6 +976,39 @@ class Projector:
                       sin_i=torch.sin(inc), cos_i=torch.cos(inc).clamp_min(_COS_FLOOR),
                       sigma=sigma.reshape(batch, 1, 1, 1), edges=edges)
         return shaped, sigma
+
+    def _rest_frame_edges(self, params):
+        """The channel edges (batch, n_chan + 1) seen from each galaxy's rest frame
+        (`internal_velocity`: the exact relativistic composition of the systemic and
+        internal velocities), so that dispersions and motions are physical."""
+        return internal_velocity(params["v_sys"][:, None], self._edges[None, :],
+                                 origin=self._velocity_origin)
+
+    @property
+    def _ring_spacing(self):
+        """The ring quadrature's sample spacing, in rendered pixels: ``1 / oversample``, and
+        half that without a beam, whose pixels must be integrated without the beam's help
+        (`galcubecraft.rings`)."""
+        return 1.0 / self.oversample if self._beam is not None else 0.5 / self.oversample
+
+    @property
+    def _cloud(self):
+        """Width (rendered pixels) of the clouds the ring quadrature deposits: one (the
+        cloud-in-cell tent, which the beam's readout undoes), or without a beam the
+        samples' own spacing."""
+        return 1.0 if self._beam is not None else self._ring_spacing
+
+    def _project_rings(self, params, model):
+        """Disks that are more than plain, by the ring quadrature (`galcubecraft.rings`): the
+        padded model, as `project`'s, its light in clouds of `_cloud` pixels."""
+        plan = rings.plan_rings(params, model, self.pixel * self._ring_spacing)
+        flux = params["flux"] * self._compression(params["v_sys"])
+        cube = rings.project_rings(
+            params, model, plan, pixel=self.pixel, sky_matrix=self._sky_matrix,
+            shape=self.pixels.shape, margin=self.margin, edges=self._rest_frame_edges(params),
+            flux=flux, cloud=self._cloud, max_chunk_elements=self.max_chunk_elements)
+        ny_p, nx_p = self.padded_shape
+        return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 
     def _project_group(self, params, plan, kinematics):
         """The pixel cells of a group: the flat padded cube (batch, n_chan, pixels + 1)."""
@@ -1267,32 +1342,41 @@ class Projector:
             self._erf_work = buf
         return buf
 
-    def observe(self, model):
+    def observe(self, model, cloud=0.0):
         """Convolve a padded model with the beam and spectral response; cut to the grid.
 
         The beam is two matrix products when it lies along the pixel axes, else an FFT
         (`galcubecraft.functional.beam_matrices`, `~galcubecraft.functional.convolve_beam`).
+        ``cloud``: the width (rendered pixels) of the clouds the model's light was
+        deposited in, which the readout takes back out: 0 for `project`'s models of plain
+        disks, and, for the others (`galcubecraft.rings`), the projector's own.
         """
         with _torch_threads(self.threads_for(model.shape[0] if model.dim() == 4 else 1)):
-            return self._observe(model)
+            return self._observe(model, cloud=cloud)
 
-    def _readout(self, shift=None):
+    def cloud_for(self, kinematics):
+        """The ``cloud`` of `observe` for `project`'s model of galaxies of ``kinematics`` (a
+        rotation law or a `~galcubecraft.rings.DiskModel`)."""
+        return 0.0 if self._model_of(kinematics)[0] is None or self._beam is None \
+            else self._cloud
+
+    def _readout(self, shift=None, cloud=0.0):
         """The beam operators' readout settings: the rendered pixels' step, what the grid's
-        pixels hold, the moves (if any), device and dtype."""
+        pixels hold, the moves (if any), the clouds' width, device and dtype."""
         return {"step": self.supersampling, "sampling": self.observed.sampling,
-                "shift": shift, "device": self.device, "dtype": self.dtype}
+                "shift": shift, "cloud": cloud, "device": self.device, "dtype": self.dtype}
 
-    def _observe(self, model, shift=None):
+    def _observe(self, model, shift=None, cloud=0.0):
         """`observe`; ``shift`` (``(dy, dx)``, ``(batch,)`` each, rendered pixels) also moves
         each model (`galcubecraft.functional.translate`) within the readout."""
         _, ny, nx = self.observed.shape
         matrices, transfer = self._beam_matrices, self._transfer
-        if shift is not None and matrices is not None:
-            matrices = F.beam_matrices(self.fft_shape, self.padded_shape, self.margin,
-                                       *self._beam, **self._readout(shift))
-        elif shift is not None and transfer is not None:
-            transfer = F.beam_transfer_function(self.fft_shape, *self._beam,
-                                                **self._readout(shift))
+        if cloud and self._beam is None:
+            cloud = 0.0                 # no readout: the clouds are the samples' own size
+        if (shift is not None or cloud) and matrices is not None:
+            matrices = self._operators(shift, cloud, separable=True)
+        elif (shift is not None or cloud) and transfer is not None:
+            transfer = self._operators(shift, cloud, separable=False)
         if matrices is not None:
             model = F.convolve_beam_separable(model, matrices)   # read out too
         elif transfer is not None:

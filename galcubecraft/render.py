@@ -32,14 +32,19 @@ def scene_items(scene):
 
 
 def stack_parameters(galaxies, device=None, dtype=torch.float32):
-    """Group galaxies that share a rotation law and stack their parameters into batches.
+    """Group galaxies that share a model and stack their parameters into batches.
 
-    Returns a list of ``(kinematics_class, {name: tensor (batch, ...)})``.
+    Returns a list of ``(model, {name: tensor (batch, ...)})``, ``model`` the rotation
+    law's class for plain disks (Sérsic, exponential in height, circular orbits, unwarped)
+    and the galaxies' `~galcubecraft.rings.DiskModel` for the others: what
+    `~galcubecraft.Projector` takes beside the tensors.
     """
     groups = defaultdict(list)
     for g in galaxies:
         tensors = g.tensors(device=device, dtype=dtype)
-        key = (type(g.kinematics), tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())))
+        model = g.model
+        model = model.kinematics if model.plain else model
+        key = (model, tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())))
         groups[key].append(tensors)
     return [(key[0], {k: torch.stack([t[k] for t in members]) for k in members[0]})
             for key, members in groups.items()]

@@ -122,9 +122,10 @@ def closure(start):
 LAYERS = {
     **{m: (0, "foundations") for m in ("_about", "_files", "conventions", "units", "parameters",
                                        "pixelgrid", "functional", "resources")},
-    **{m: (1, "physics") for m in ("distance", "lines", "response", "header")},
+    **{m: (1, "physics") for m in ("distance", "lines", "response", "header", "rings")},
     **{m: (2, "models") for m in ("components", "components.base", "components.kinematics",
-                                  "components.surface", "components.vertical", "galaxy",
+                                  "components.surface", "components.vertical", "components.flows",
+                                  "galaxy",
                                   "diffuse", "priors")},
     **{m: (2, "instrument") for m in ("grid", "noise", "cube")},
     **{m: (2, "engine") for m in ("streams", "refine", "projector")},

@@ -20,7 +20,19 @@ class Component(Declared):
     ``'size'`` ones may be given as angles or, for a galaxy with a distance, as
     physical lengths.  Parameters are validated once, when ``__init__`` assigns
     them, and stored as Quantities (plain floats for dimensionless ones).
+
+    A component whose parameter names would be ambiguous beside others' (a ring's
+    ``radius``, a warp's ``inclination``) sets ``key_prefix``: its tensors are then keyed
+    ``key_prefix + name`` (``'ring_radius'``, ``'warp_inclination'``).
     """
+
+    #: Prepended to the parameter names in `tensors` (and the projector's keys).
+    key_prefix = ""
+
+    @classmethod
+    def key(cls, name):
+        """The projector's key of the parameter ``name``."""
+        return cls.key_prefix + name
 
     def tensors(self, to_arcsec, device=None, dtype=torch.float32):
         """The parameters as plain tensors in internal units.
@@ -35,5 +47,6 @@ class Component(Declared):
         for name, declaration in self.declarations.items():
             value = getattr(self, name)
             if value is not None:
-                out[name] = to_tensor(declaration.to_internal(value, to_arcsec), device, dtype)
+                out[self.key(name)] = to_tensor(declaration.to_internal(value, to_arcsec),
+                                                device, dtype)
         return out

@@ -1,4 +1,11 @@
-"""Face-on surface-brightness profiles of the disk."""
+"""Face-on surface-brightness profiles of the disk.
+
+A profile is one small class: declare its parameters, and give the projector
+``density(radius, params)`` (the shape of the profile, any normalisation: the galaxy's
+``flux`` sets it), ``radial_range(params)`` (where its light is) and
+``radial_scale(params)`` (the smallest radial scale its samples must resolve), all in
+arcsec on plain tensors.
+"""
 import numpy as np
 import torch
 
@@ -7,10 +14,68 @@ from ..parameters import Parameter
 from ..units import validate_line_flux, validate_size
 from .base import Component
 
-__all__ = ["SersicDisk", "ExponentialDisk"]
+__all__ = ["Surface", "SersicDisk", "ExponentialDisk", "GaussianRing", "TabulatedSurface"]
+
+#: Fraction of a profile's light left beyond the radii where its samples stop.
+_RANGE_LIGHT = 1e-6
 
 
-class SersicDisk(Component):
+def _detached(params, key):
+    return params[key].detach().double().cpu()
+
+
+class Surface(Component):
+    r"""Base class of the face-on surface-brightness profiles :math:`\Sigma(R)`."""
+
+    #: The projector's switch to its exact integral of Sersic disks.
+    plain = False
+
+    @classmethod
+    def density(cls, radius, params):
+        r""":math:`\Sigma` at ``radius`` (*arcsec*), up to a constant factor (torch)."""
+        raise NotImplementedError
+
+    @classmethod
+    def radial_range(cls, params):
+        """``(r_min, r_max)`` (*arcsec*, float64 CPU tensors, one per galaxy): all but
+        `_RANGE_LIGHT` of the light lies between them."""
+        raise NotImplementedError
+
+    @classmethod
+    def radial_scale(cls, params):
+        """The smallest radial scale of the profile (*arcsec*, one per galaxy): the
+        projector's radial samples are at most a quarter of it apart."""
+        raise NotImplementedError
+
+    def surface_brightness(self, radius, flux):
+        """Surface brightness at ``radius`` of a disk of total flux ``flux``.
+
+        ``radius`` must have the same kind of unit as the profile's sizes (angle or
+        length); the result is ``flux`` per unit area of that kind.  The normalisation is
+        the profile's integral, by quadrature on a fine grid.
+        """
+        flux = validate_line_flux("flux", flux)
+        unit = next(getattr(self, n).unit for n in self.size_names
+                    if getattr(self, n) is not None)
+        params = {self.key(n): torch.as_tensor(np.atleast_1d(
+            getattr(self, n).to_value(unit) if n in self.size_names else getattr(self, n)),
+            dtype=torch.float64)[None] for n in self.param_names}
+        params = {k: (v[:, 0] if v.shape[-1] == 1 and k not in self._tables() else v)
+                  for k, v in params.items()}
+        lo, hi = self.radial_range(params)
+        grid = torch.linspace(float(lo[0]), float(hi[0]), 200001, dtype=torch.float64)
+        shaped = {k: (v[:, None] if v.dim() == 1 else v) for k, v in params.items()}
+        norm = torch.trapezoid(2 * np.pi * grid * self.density(grid[None], shaped)[0], grid)
+        r = torch.as_tensor(np.asarray(radius.to_value(unit), dtype=float))
+        sb = (self.density(r.reshape(1, -1), shaped)[0] / norm).numpy().reshape(r.shape)
+        return sb * flux / unit**2
+
+    @classmethod
+    def _tables(cls):
+        return {cls.key(n) for n, p in cls.declarations.items() if p.shape == "1d"}
+
+
+class SersicDisk(Surface):
     r"""A Sérsic surface-brightness profile in the plane of the disk.
 
     .. math::
@@ -46,6 +111,7 @@ class SersicDisk(Component):
     1.6783
     """
 
+    plain = True
     r_eff = Parameter("size", positive=True,
                       description="half-light radius in the disk plane")
     n = Parameter("dimensionless", positive=True, maximum=20.0, default=1.0,
@@ -65,6 +131,22 @@ class SersicDisk(Component):
     def evaluate(radius, amplitude, r_eff, n):
         """Torch kernel: see `galcubecraft.functional.sersic`."""
         return F.sersic(radius, amplitude, r_eff, n)
+
+    @classmethod
+    def density(cls, radius, params):
+        return F.sersic(radius, 1.0, params["r_eff"], params["n"])
+
+    @classmethod
+    def radial_range(cls, params):
+        r_eff, n = _detached(params, "r_eff").numpy(), _detached(params, "n").numpy()
+        rmax = F.sersic_enclosing_radius(1 - _RANGE_LIGHT, r_eff, n)
+        return torch.zeros(len(r_eff), dtype=torch.float64), torch.as_tensor(rmax)
+
+    @classmethod
+    def radial_scale(cls, params):
+        """The radius holding 10% of the light (a cusp's scale for n > 1)."""
+        r_eff, n = _detached(params, "r_eff").numpy(), _detached(params, "n").numpy()
+        return torch.as_tensor(F.sersic_enclosing_radius(0.1, r_eff, n))
 
     def surface_brightness(self, radius, flux):
         """Surface brightness at ``radius`` of a disk of total flux ``flux``.
@@ -112,3 +194,117 @@ class ExponentialDisk(SersicDisk):
     @property
     def scale_length(self):
         return self.r_eff / self.b_n
+
+
+class GaussianRing(Surface):
+    r"""A ring: a Gaussian in radius, :math:`\Sigma(R) \propto \exp[-(R - R_0)^2 / 2 w^2]`.
+
+    Molecular rings such as NGC 4324's, resonance rings of barred galaxies.  With
+    :math:`R_0 = 0` it is a Gaussian disk.
+
+    Parameters
+    ----------
+    radius : `~astropy.units.Quantity` [angle or length]
+        :math:`R_0`, where the ring peaks (>= 0).
+    width : `~astropy.units.Quantity` [angle or length]
+        :math:`w`, its Gaussian sigma in radius (> 0; FWHM = 2.355 w).
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from galcubecraft import GaussianRing
+    >>> GaussianRing(radius=20 * u.arcsec, width=3 * u.arcsec)
+    <GaussianRing(radius=20.0 arcsec, width=3.0 arcsec)>
+    """
+
+    key_prefix = "ring_"
+    radius = Parameter("size", nonnegative=True, description="radius where the ring peaks")
+    width = Parameter("size", positive=True, description="Gaussian sigma of the ring in radius")
+
+    def __init__(self, radius, width):
+        self.radius = radius
+        self.width = width
+
+    #: The ring is sampled within this many widths of its radius (e^-24.5 beyond).
+    REACH = 7.0
+
+    @classmethod
+    def density(cls, radius, params):
+        return torch.exp(-0.5 * ((radius - params["ring_radius"]) / params["ring_width"]) ** 2)
+
+    @classmethod
+    def radial_range(cls, params):
+        r0, w = _detached(params, "ring_radius"), _detached(params, "ring_width")
+        return (r0 - cls.REACH * w).clamp_min(0.0), r0 + cls.REACH * w
+
+    @classmethod
+    def radial_scale(cls, params):
+        return _detached(params, "ring_width")
+
+
+class TabulatedSurface(Surface):
+    """Any radial profile, given as a table: e.g. azimuthally averaged from a moment-0 map.
+
+    Interpolated by monotone piecewise-cubic Hermite polynomials (PCHIP, Fritsch & Carlson
+    1980, as `scipy.interpolate.PchipInterpolator`): smooth, and never negative nor
+    overshooting between nodes.  Inside the first radius the profile is flat at its
+    first value; beyond the last it is zero.  Only its shape matters: the galaxy's
+    ``flux`` sets its normalisation.  Differentiable in the node values.
+
+    Parameters
+    ----------
+    radius : `~astropy.units.Quantity` [angle or length], 1-D
+        Strictly increasing radii (>= 0), at least two.
+    surface_density : `~astropy.units.Quantity` or array, 1-D
+        The profile at each radius (>= 0, not all zero), in any unit (e.g. Jy/beam km/s
+        from a moment map, or Msun/pc2).
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from galcubecraft import TabulatedSurface
+    >>> TabulatedSurface([0, 10, 20, 30] * u.arcsec, [0.2, 1.0, 0.5, 0.0])
+    <TabulatedSurface(4 nodes, R <= 30.0 arcsec)>
+    """
+
+    key_prefix = "table_"
+    radius = Parameter("size", nonnegative=True, shape="1d",
+                       description="radii of the surface-density table, increasing")
+    surface_density = Parameter("dimensionless", shape="1d", nonnegative=True,
+                                description="surface density at each radius (any unit)")
+
+    def __init__(self, radius, surface_density):
+        radius = type(self).radius.validate(radius, "radius")
+        values = np.asarray(getattr(surface_density, "value", surface_density), dtype=float)
+        if values.ndim != 1 or values.shape != radius.shape:
+            raise ValueError(f"surface_density must be 1-D like radius {radius.shape}, got "
+                             f"shape {values.shape}")
+        if radius.size < 2:
+            raise ValueError(f"radius needs at least two nodes, got {radius}")
+        if np.any(np.diff(radius.value) <= 0):
+            raise ValueError(f"radius must be strictly increasing, got {radius}")
+        if not np.all(np.isfinite(values)) or np.any(values < 0) or not np.any(values > 0):
+            raise ValueError("surface_density must be finite, >= 0 and not all zero, got "
+                             f"{values}")
+        self.radius = radius
+        self.surface_density = values
+
+    def __repr__(self):
+        return f"<TabulatedSurface({self.radius.size} nodes, R <= {self.radius[-1]})>"
+
+    @classmethod
+    def density(cls, radius, params):
+        nodes, values = params["table_radius"], params["table_surface_density"]
+        inside = torch.maximum(radius, nodes[..., :1].expand_as(radius[..., :1]))
+        sigma = F.interpolate_pchip(inside, nodes, values)
+        return torch.where(radius <= nodes[..., -1:], sigma, torch.zeros_like(sigma))
+
+    @classmethod
+    def radial_range(cls, params):
+        nodes = _detached(params, "table_radius")
+        return torch.zeros(nodes.shape[0], dtype=torch.float64), nodes[:, -1]
+
+    @classmethod
+    def radial_scale(cls, params):
+        nodes = _detached(params, "table_radius")
+        return torch.diff(nodes, dim=-1).amin(dim=-1)
