@@ -25,7 +25,7 @@ from .units import velocity_compression
 
 __all__ = ["visualise", "moment_maps", "spectrum", "emission_mask", "channel_maps",
            "pv_slice", "pv_diagram", "galaxy_pv_curve", "compare_cubes", "velocity_cube",
-           "clip_mask", "tidy_sky_axes"]
+           "clip_mask", "tidy_sky_axes", "overview"]
 
 _KMS = u.km / u.s
 
@@ -268,6 +268,42 @@ def galaxy_pv_curve(galaxy, offsets):
     compression = velocity_compression(galaxy.v_sys.to_value(_KMS))
     return offsets, (galaxy.v_sys + np.sign(offsets.value) * v_c * compression
                      * np.sin(galaxy.inclination)).to(_KMS)
+
+
+def overview(cube, position_angle, title=None, center=None, mask=None, figsize=(13, 3.9)):
+    """Moment 0, moment 1 and the position-velocity diagram along ``position_angle``, in one
+    row: what a galaxy's structure and kinematics look like at a glance.
+
+    The moments are of the voxels in ``mask`` (e.g. ``cube > 3 * rms`` for real data;
+    default all); moment 1 is drawn where moment 0 exceeds 1% of its peak.
+    """
+    cube = velocity_cube(cube)
+    pv_cube = cube
+    if mask is not None:
+        cube = cube.with_mask(np.asarray(mask, dtype=bool))
+    m0 = cube.moment0().to(cube.unit * _KMS)
+    m1 = cube.moment1().to(_KMS).value
+    shown = np.where(m0.value > 0.01 * np.nanmax(m0.value), m1, np.nan)
+    offsets, velocities, pv = pv_slice(pv_cube, position_angle, center)
+    fig = plt.figure(figsize=figsize)
+    for k, (image, label, cmap) in enumerate(((m0.value, "moment 0 [%s]" % m0.unit.to_string(),
+                                               "inferno"),
+                                              (shown, "moment 1 [km/s]", "RdBu_r"))):
+        ax = fig.add_subplot(1, 3, k + 1, projection=cube.wcs.celestial)
+        im = ax.imshow(np.nan_to_num(image) if k == 0 else image, origin="lower", cmap=cmap)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(label, fontsize=8)
+        tidy_sky_axes(ax)
+    ax = fig.add_subplot(1, 3, 3)
+    x, v = offsets.to_value(u.arcsec), velocities.to_value(_KMS)
+    dx, dv = (x[1] - x[0]) / 2, (v[1] - v[0]) / 2 if len(v) > 1 else 1.0
+    ax.imshow(pv.value, origin="lower", aspect="auto", cmap="inferno",
+              extent=[x[0] - dx, x[-1] + dx, v[0] - dv, v[-1] + dv])
+    ax.set_xlabel(f"offset along PA {u.Quantity(position_angle, u.deg).value:.0f}° [arcsec]")
+    ax.set_ylabel("radio velocity [km/s]")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def compare_cubes(clean, noisy, channel=None, figsize=(15, 4.6)):
