@@ -12,7 +12,9 @@
 4. Throughput: cubes per second for a batch of 64 random galaxies on 64 x 64 x 32.
 5. Contention: the reference render while every core runs another process, against the
    quiet single-thread time (``benchmarks/contention.py``).
-6. With ``--baseline REF``: the reference render and the batch against galcubecraft at an
+6. Real galaxies: a warped disk with a radial inflow against the plain reference galaxy, and
+   a batch of 64 random "realistic disks" against the plain batch (``benchmarks/real.py``).
+7. With ``--baseline REF``: the reference render and the batch against galcubecraft at an
    earlier commit, alternating (``benchmarks/baseline.py``).
 
 The codes we compare against are installed on first use into their own folders under
@@ -34,7 +36,7 @@ import torch
 
 import galcubecraft as gcc
 
-from . import baseline, contention, external
+from . import baseline, contention, external, real
 from .render import (batch_time, peak_memory_mib, reference_galaxy, reference_grid, timeit)
 
 RESULTS = Path(__file__).parent / "results"
@@ -238,6 +240,8 @@ def table(res):
                  f"{thr['cubes_per_s']:.1f}", "", ""))
     if "contention" in res:
         rows += contention.rows(res["contention"])
+    if "real_galaxies" in res:
+        rows += real.rows(res["real_galaxies"])
     if res.get("baseline"):
         rows += baseline.rows(res["baseline"])
     return rows
@@ -331,7 +335,9 @@ def main(argv=None):
     res = {"machine": machine(args.device), "quick": args.quick}
     steps = [("quick_start", quick_start), ("accuracy", lambda a: accuracy(a, scratch)),
              ("scaling", scaling), ("throughput", throughput),
-             ("contention", lambda a: contention.measure(3 if a.quick else 7))]
+             ("contention", lambda a: contention.measure(3 if a.quick else 7)),
+             ("real_galaxies", lambda a: real.measure(a.device, 3 if a.quick else 7,
+                                                      16 if a.quick else 64))]
     if args.baseline:
         steps.append(("baseline", lambda a: baseline.measure(a.baseline, 2 if a.quick else 3)))
     for name, step in steps:
