@@ -464,7 +464,8 @@ def _cubic_bspline(t):
     return ((1 - t) ** 3 / 6, 2.0 / 3 - t2 + 0.5 * t3, 1.0 / 6 + 0.5 * (t + t2 - t3), t3 / 6)
 
 
-def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, n_rows=None):
+def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, n_rows=None,
+                  out=None):
     """Spread each sample's flux over a uniform velocity grid, keeping its first two moments.
 
     A sample of flux ``weight`` at ``velocity`` whose velocities are spread with
@@ -484,7 +485,9 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, 
     ``(B, P, ...)``; ``origin``, ``step`` broadcast against them.  Returns
     ``(B, P, n_nodes)``, or with ``rows`` (B, P) ``(B, n_rows, n_nodes)``: point ``p``'s
     samples summed into row ``rows[:, p]``.  Differentiable (the weights are C2 in the
-    velocity).
+    velocity).  With ``out`` (a flat tensor of ``B * n_rows * n_nodes`` elements) the node
+    weights' differences are added to it and it is returned, not yet summed: depositing many
+    chunks then costs one cumulative sum, ``cumsum(out.reshape(B, n_rows, n_nodes), -1)``.
     """
     batch, n_pix = weight.shape[:2]
     w = weight.reshape(batch, n_pix, -1)
@@ -493,7 +496,7 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, 
     c = (w / (2 * half)).reshape(-1)
     if rows is None:
         rows, n_rows = torch.arange(n_pix, device=w.device).expand(batch, n_pix), n_pix
-    diff = w.new_zeros(batch * n_rows * n_nodes)
+    diff = w.new_zeros(batch * n_rows * n_nodes) if out is None else out
     target = torch.arange(batch, device=w.device)[:, None] * n_rows + rows
     base = (target * n_nodes).reshape(batch, n_pix, 1)
     for end, sign in ((centre - half, 1.0), (centre + half, -1.0)):
@@ -502,7 +505,11 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, 
             first = torch.floor(end - 0.5)               # the first of the four nodes
             index = (base + first.long()).reshape(-1)
         for j, b in enumerate(_cubic_bspline(end - first - 0.5)):
-            diff.scatter_add_(0, index + j, (sign * c) * b.reshape(-1))
+            diff = diff.scatter_add(0, index + j, (sign * c) * b.reshape(-1)) \
+                if out is not None and torch.is_grad_enabled() else \
+                diff.scatter_add_(0, index + j, (sign * c) * b.reshape(-1))
+    if out is not None:
+        return diff
     return torch.cumsum(diff.reshape(batch, n_rows, n_nodes), dim=-1)
 
 

@@ -1001,12 +1001,15 @@ class Projector:
     def _project_rings(self, params, model):
         """Disks that are more than plain, by the ring quadrature (`galcubecraft.rings`): the
         padded model, as `project`'s, its light in clouds of `_cloud` pixels."""
-        plan = rings.plan_rings(params, model, self.pixel * self._ring_spacing)
+        resolution = (self._beam[1] if self._beam is not None else 0.5) * self.pixel
+        plan = rings.plan_rings(params, model, self.pixel * self._ring_spacing, resolution)
         flux = params["flux"] * self._compression(params["v_sys"])
         cube = rings.project_rings(
             params, model, plan, pixel=self.pixel, sky_matrix=self._sky_matrix,
             shape=self.pixels.shape, margin=self.margin, edges=self._rest_frame_edges(params),
-            flux=flux, cloud=self._cloud, max_chunk_elements=self.max_chunk_elements)
+            flux=flux, cloud=self._cloud, max_chunk_elements=self.max_chunk_elements,
+            line_nodes_per_sigma=(None if self.line_integration == "erf"
+                                  else self.line_nodes_per_sigma))
         ny_p, nx_p = self.padded_shape
         return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 

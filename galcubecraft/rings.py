@@ -137,11 +137,13 @@ class RingPlan:
         return self.ring.shape[1] * self.heights.shape[1]
 
 
-def plan_rings(params, model, spacing):
+def plan_rings(params, model, spacing, resolution=None):
     """The samples of a batch of disks: rings, azimuths and heights (`RingPlan`).
 
     ``spacing`` (*arcsec*) is the most the samples are apart on the sky along the rings and
     across them; rings are narrower where the profile's own radial scale asks for it.
+    ``resolution`` (*arcsec*, default ``spacing``) is the finest scale the image shows (the
+    beam's sigma): it sets the height nodes of disks whose motions do not depend on height.
     """
     with torch.no_grad():
         rmin, rmax = model.surface.radial_range(params)
@@ -187,7 +189,8 @@ def plan_rings(params, model, spacing):
             return torch.as_tensor(out)
         ring, azimuth, d_azimuth, d_r = padded(0), padded(1), padded(2, 1.0), padded(3)
         used = torch.as_tensor(np.stack([np.arange(longest) < r[0].size for r in rows]))
-        heights, spreads, weights = _height_nodes(params, model, spacing)
+        heights, spreads, weights = _height_nodes(params, model, spacing,
+                                                  spacing if resolution is None else resolution)
     return RingPlan(ring=ring, azimuth=azimuth, d_radius=d_r, d_azimuth=d_azimuth, used=used,
                     heights=heights, spreads=spreads, height_weights=weights)
 
@@ -207,12 +210,20 @@ def _zone_radius(params, model, rmin, rmax):
     return torch.gather(radius[:, 1:], 1, index)[:, 0]
 
 
-def _height_nodes(params, model, spacing):
-    """Vertical nodes per galaxy: one in the plane for a razor-thin disk without vertical
-    motions, else ``n_side`` bins on each side, at most ``spacing`` apart on the sky out to
-    the height that holds all but `_HEIGHT_LIGHT` of the light (the last bin reaches to
-    infinity), each at its light-weighted mean height: ``(heights, variances, weights)``,
-    heights and variances in units of the scale height."""
+def _height_nodes(params, model, spacing, resolution):
+    """Vertical nodes per galaxy: ``(heights, variances, weights)``, heights and variances in
+    units of the scale height.
+
+    - A razor-thin disk without vertical motions: one node in the plane.
+    - Where no motion depends on height, only where the light lies matters, and the image
+      resolves it no finer than ``resolution`` (the beam's sigma, or half a pixel without a
+      beam): the Gaussian quadrature of the profile (`VerticalProfile.gauss_nodes`), mirrored
+      below the plane, with enough nodes that the disk's projected thickness
+      ``h sin i`` is spanned at ``resolution`` (moments of the height exact to order 2n - 1).
+    - With lags or vertical motions the velocities must be resolved too: bins at most
+      ``spacing`` apart on the sky out to the height holding all but `_HEIGHT_LIGHT` of the
+      light (the last bin reaches to infinity), each at its light-weighted mean height.
+    """
     h = params["scale_height"].detach().double().cpu()
     if model.warp is not None and model.warp.key("inclination") in params:
         # the most inclined ring's (the table's largest inclination)
@@ -225,18 +236,31 @@ def _height_nodes(params, model, spacing):
         one = torch.ones((len(h), 1), dtype=torch.float64)
         return torch.zeros_like(one), torch.zeros_like(one), one
     reach = _reach(model.vertical)
-    n_side = torch.ceil(reach * h * sin_i / spacing).clamp(1, MAX_SIDE_NODES).long()
-    n_side = torch.where(thick, n_side, torch.ones_like(n_side))
+    gauss = not model.uses_height()
+    if gauss:
+        n_side = torch.ceil(_GAUSS_SPAN * h * sin_i / resolution) + 1
+    else:
+        n_side = torch.ceil(reach * h * sin_i / spacing)
+    n_side = torch.where(thick, n_side.clamp(1, MAX_SIDE_NODES), torch.ones_like(n_side)).long()
     width = 2 * int(n_side.max())
     heights = torch.zeros((len(h), width), dtype=torch.float64)
     spreads, weights = torch.zeros_like(heights), torch.zeros_like(heights)
     for b in range(len(h)):
         side = int(n_side[b])
-        mass, mean, variance = model.vertical.height_bins(reach / side, side)
+        if gauss:
+            mean, mass = (np.asarray(x) for x in model.vertical.gauss_nodes(side))
+            variance = np.zeros_like(mean)
+        else:
+            mass, mean, variance = model.vertical.height_bins(reach / side, side)
         heights[b, :2 * side] = torch.as_tensor(np.concatenate([mean, -mean]))
         spreads[b, :2 * side] = torch.as_tensor(np.concatenate([variance, variance]))
         weights[b, :2 * side] = torch.as_tensor(np.concatenate([mass, mass]) / 2)
     return heights, spreads, weights
+
+
+#: Gaussian height nodes per side: one more than this many times the projected scale height
+#: over the image's resolution.
+_GAUSS_SPAN = 6.0
 
 
 #: The vertical bins are uniform out to the height holding all but this fraction of the light;
@@ -261,6 +285,33 @@ def _orientation(radius, params, model):
         return params["inclination"], params["position_angle"]
     inc, pa = model.warp.orientation(radius, params)
     return inc, pa
+
+
+def _velocity_nodes(params, model, edges, samples, rows, nodes_per_sigma):
+    """``(origin, step, n_nodes, floor)`` of the velocity nodes
+    (`galcubecraft.functional.line_nodes`) for a batch, or None where integrating each of
+    the ``samples`` lines over the channels (four pixels each) costs less than eight
+    scatters each and a spectrum per node of the ``rows`` pixels, or the nodes would not fit
+    (lines far narrower than the channels).  ``floor`` is each galaxy's least dispersion,
+    which the node kernel applies."""
+    if nodes_per_sigma is None:
+        return None
+    floor = params["dispersion"]
+    for flow in model.flows:
+        least = flow.least_dispersion(params)
+        if least is not None:
+            floor = least
+    floor = floor.clamp_min(1e-3)
+    origin, step, n_nodes = F.line_nodes(edges, floor, nodes_per_sigma)
+    n_chan = edges.shape[-1] - 1
+    node_cost = n_nodes * rows * (n_chan + 2) + samples * 4 * 16
+    if node_cost > samples * 4 * n_chan or n_nodes * rows > _MAX_NODE_ELEMENTS:
+        return None
+    return origin, step, n_nodes, floor
+
+
+#: The velocity nodes of a batch hold at most this many elements (rows x nodes).
+_MAX_NODE_ELEMENTS = 2**26
 
 
 def line_of_sight(radius, phi, z, params, model):
@@ -293,7 +344,7 @@ def sky_position(radius, phi, z, params, model):
 
 
 def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edges, flux,
-                  cloud, max_chunk_elements=2**23):
+                  cloud, max_chunk_elements=2**23, line_nodes_per_sigma=2.0):
     """The padded model of a batch of disks: ``(batch, n_chan, pixels + 1)`` (the last
     column catches what falls outside), in Jy km/s per rendered pixel and channel.
 
@@ -302,7 +353,9 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     column, row step), ``shape`` ``(n_chan, ny, nx)`` and ``margin`` describe the rendered
     pixels; ``edges`` ``(batch, n_chan + 1)`` are the channel edges in each galaxy's rest
     frame; ``flux`` ``(batch,)`` the line flux on the grid's axis; ``cloud`` the width of
-    the clouds in rendered pixels.
+    the clouds in rendered pixels.  With ``line_nodes_per_sigma`` (None: never), the lines go
+    through velocity nodes where that costs less than integrating every sample's line over
+    every channel (`_velocity_nodes`).
     """
     p = _shaped(params)
     device, dtype = flux.device, flux.dtype
@@ -335,7 +388,19 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     n_z = t.shape[-1]
     # without motions that depend on height, every height of a sample shares its line
     shared = not model.uses_height()
-    chunk = max(1, int(max_chunk_elements // max(1, batch * n_z * (n_edges + 4) * 6)))
+    nodes = _velocity_nodes(params, model, edges, batch * n_t * n_z,
+                            batch * (n_pix + 1), line_nodes_per_sigma)
+    if nodes is None:
+        out = flux.new_zeros((batch * (n_pix + 1), n_edges - 1))
+    else:
+        origin, step, n_nodes, floor = nodes
+        out = flux.new_zeros(batch * (n_pix + 1) * n_nodes)
+    base = (torch.arange(batch, device=device) * (n_pix + 1))[:, None]
+    # the largest temporaries per sample: its lines (erf at every edge) and its corners'
+    # indices and shares, or its node scatters
+    width = (n_z * 4 * 6 if nodes is not None else
+             (1 if shared else n_z) * 2 * n_edges + n_z * 4 * 3)
+    chunk = max(1, int(max_chunk_elements // max(1, batch * width)))
     for start in range(0, n_t, chunk):
         sl = slice(start, start + chunk)
         r, ph, dr, dph = radius[:, sl], phi[:, sl], d_r[:, sl], d_phi[:, sl]
@@ -352,16 +417,12 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
             dz = 1e-3 * h + 1e-9
             slope = (line_of_sight(r, ph, zz + dz * torch.sign(zz), p, model)[0] - v) / dz
             spread2 = spread2 + slope ** 2 * h ** 2 * put(plan.spreads)[:, None, :]
-        lines_shape = (batch, r.shape[1], 1 if shared else n_z)
-        v = v.expand(lines_shape)
         # the samples are a midpoint rule: their own spread of velocities is the field's
         # wherever the line is wider than about half the step between neighbours; below,
         # each sample's line is widened towards its area's spread (what the step hides),
         # so that a line narrower than the step does not become a comb of lines
         spread2 = (spread2 - sigma ** 2 / 3).clamp_min(0.0)
-        disp = torch.sqrt(sigma ** 2 + spread2).clamp_min(1e-6).expand(lines_shape)
-        erf = F.erf_at_edges(edges, v.reshape(batch, -1), disp.reshape(batch, -1))
-        lines = 0.5 * (erf[..., 1:] - erf[..., :-1]).reshape(*lines_shape, n_edges - 1)
+        lines_shape = (batch, r.shape[1], 1 if shared else n_z)
         # the place: cloud-in-cell weights on the rendered pixels, for every height
         full = (batch, r.shape[1], n_z)
         east, north = (c.expand(full) for c in sky_position(r, ph, z.expand(full), p, model))
@@ -377,8 +438,37 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
                 inside = (rr >= 0) & (rr < ny_p) & (cc >= 0) & (cc < nx_p)
                 indices.append(torch.where(inside, rr * nx_p + cc, torch.full_like(rr, n_pix)))
                 shares.append(w * share_r * share_c)
-        index = (torch.stack(indices, dim=1) + base[:, :, None, None]).reshape(-1)
-        share = torch.stack(shares, dim=1)                                   # (B, 4, n, Z)
-        src = lines[:, None] * share[..., None]                              # (B, 4, n, Z, C)
-        out.index_add_(0, index, src.reshape(-1, n_edges - 1))
+        index = torch.stack(indices, dim=1)                                  # (B, 4, n, Z)
+        share = torch.stack(shares, dim=1)
+        if nodes is not None:
+            # each sample's flux onto the velocity nodes of its pixels (keeping its mean and
+            # variance, the dispersion above the galaxy's least one included), then one
+            # channel-integrated Gaussian per node
+            extra = (sigma ** 2 - floor.reshape(-1, 1, 1) ** 2).clamp_min(0.0) + spread2
+            v4 = v.expand(full)[:, None].expand_as(share)
+            var4 = extra.expand(full)[:, None].expand_as(share)
+            out = F.deposit_lines(share.reshape(batch, -1, 1), v4.reshape(batch, -1, 1),
+                                  var4.reshape(batch, -1, 1), origin.reshape(-1, 1, 1),
+                                  step.reshape(-1, 1, 1), n_nodes, rows=index.reshape(batch, -1),
+                                  n_rows=n_pix + 1, out=out)
+            continue
+        v = v.expand(lines_shape)
+        disp = torch.sqrt(sigma ** 2 + spread2).clamp_min(1e-6).expand(lines_shape)
+        erf = F.erf_at_edges(edges, v.reshape(batch, -1), disp.reshape(batch, -1))
+        lines = 0.5 * (erf[..., 1:] - erf[..., :-1])                     # (B, n [x Z], C)
+        # pixels x lines as a sparse matrix of the cloud-in-cell shares: one product, no
+        # (samples x corners x heights x channels) temporary
+        n_lines = lines.shape[1]
+        line = torch.arange(n_lines, device=device).reshape(1, *lines_shape[1:])
+        line = (line + (torch.arange(batch, device=device) * n_lines).reshape(-1, 1, 1))
+        line = line[:, None].expand_as(index)
+        shares = torch.sparse_coo_tensor(
+            torch.stack([(index + base[:, :, None, None]).reshape(-1), line.reshape(-1)]),
+            share.reshape(-1), (batch * (n_pix + 1), batch * n_lines), check_invariants=False)
+        product = torch.sparse.mm(shares, lines.reshape(batch * n_lines, n_edges - 1))
+        out = out + product if torch.is_grad_enabled() else out.add_(product)
+    if nodes is not None:
+        matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes, floor)
+        spectra = torch.cumsum(out.reshape(batch, n_pix + 1, n_nodes), dim=-1)
+        return torch.matmul(spectra, matrix).transpose(1, 2)
     return out.reshape(batch, n_pix + 1, n_edges - 1).transpose(1, 2)

@@ -421,7 +421,11 @@ def test_gradcheck_for_every_new_parameter(case, device):
         return projector({**params, **values}, model)
     inputs = tuple((params[n][:, :-1] if n == "table_surface_density" else params[n])
                    .clone().requires_grad_(True) for n in names)
-    assert torch.autograd.gradcheck(f, inputs, fast_mode=True, eps=1e-6, atol=1e-9, rtol=1e-5)
+    # on CUDA the scatters add in whatever order the atomics land: backward is deterministic
+    # only to rounding
+    nondet = 1e-12 if device == "cuda" else 0.0
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True, eps=1e-6, atol=1e-9, rtol=1e-5,
+                                    nondet_tol=nondet)
 
 
 # ----------------------------------------------------------------------------- bad input

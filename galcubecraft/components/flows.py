@@ -76,6 +76,11 @@ class Flow(Component):
         """The terms this flow adds: ``{'v_R': ..., 'v_phi': ..., 'v_z': ...}`` (km/s)."""
         raise NotImplementedError
 
+    @classmethod
+    def least_dispersion(cls, params):
+        """The least dispersion (km/s, one per galaxy) this flow sets, or None."""
+        return None
+
     def __repr__(self):
         if self.radius is None:
             return super().__repr__()
@@ -287,6 +292,11 @@ class DispersionProfile(Flow):
     @classmethod
     def velocities(cls, radius, phi, z, params):
         return {"sigma": amplitude_at(radius, params, cls, "dispersion")}
+
+    @classmethod
+    def least_dispersion(cls, params):
+        value = params[cls.key("dispersion")]
+        return value.amin(dim=-1) if value.dim() > 1 else value
 
 
 class Warp(Component):
