@@ -58,7 +58,6 @@ class VerticalProfile(Component):
         variance = np.maximum(second / np.maximum(mass, 1e-300) - mean**2, 0.0)
         return mass, mean, variance
 
-
     @classmethod
     def gauss_nodes(cls, n):
         """The ``n``-point Gaussian quadrature of the upper half's light: heights (in units
