@@ -30,8 +30,10 @@ __all__ = ["random_galaxies", "check_band", "truth_table", "galaxies_from_table"
 
 _KMS = u.km / u.s
 #: Parameters a truth table holds besides the position and systemic velocity: every flat
-#: galaxy parameter that fits in one cell (tabulated curves do not; positions and distances
-#: are written as sky and pixel coordinates and angles).
+#: galaxy parameter that fits in one cell (tables do not: tabulated curves and profiles, a
+#: warp's nodes, a flow's tabulated amplitudes; positions and distances are written as sky
+#: and pixel coordinates and angles).  The laws (``surface``, ``vertical``, ``rotation``) are
+#: columns of names.
 PARAMETER_COLUMNS = {name: p for name, p in Galaxy.flat_parameters().items()
                      if p.shape is None and name not in ("v_sys", "distance", "redshift")}
 
@@ -169,7 +171,7 @@ def galaxies_from_table(table, grid):
         raise ValueError("the catalogue needs positions: ra and dec, or x_pix and y_pix columns")
     if not ({"v_sys"} & names or {"z"} & names):
         raise ValueError("the catalogue needs a systemic velocity: a v_sys or a z column")
-    known = {*Galaxy.flat_parameters(), "rotation",
+    known = {*Galaxy.flat_parameters(), *Galaxy.LAWS,
              *(a for p in Galaxy.flat_parameters().values() for a in p.aliases)}
     columns = [c for c in table.colnames if c in known and c not in ("v_sys", "offset")]
 
@@ -188,8 +190,9 @@ def galaxies_from_table(table, grid):
             offset = grid.offset_of_pixel(float(row["x_pix"]), float(row["y_pix"]))
         v_sys = row["v_sys"] if "v_sys" in names else radio_velocity(float(row["z"]))
         values = {c: row[c] for c in columns if not blank(row[c])}
-        if "rotation" in values:
-            values["rotation"] = str(values["rotation"]).strip().lower()
+        for law in Galaxy.LAWS:
+            if law in values:
+                values[law] = str(values[law]).strip().lower()
         values.update(offset=offset, v_sys=v_sys)
         galaxies.append(Galaxy.from_dict(values, where=f"catalogue row {k}"))
     return galaxies
@@ -212,7 +215,7 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
     if f0 is not None:
         place.update(freq_sys=u.GHz, wavelength_sys=u.AA)
     columns = {name: [] for name in place}
-    params = {name: [] for name in ("rotation", *PARAMETER_COLUMNS)}
+    params = {name: [] for name in (*Galaxy.LAWS, *PARAMETER_COLUMNS)}
     for k, g in enumerate(galaxies):
         flat = g.to_dict()
         x, y = grid.pixel_of([g.to_arcsec("offset", c) for c in g.offset] * u.arcsec)
@@ -226,9 +229,12 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
             row["wavelength_sys"] = (nu * u.GHz).to_value(u.AA, equivalencies=u.spectral())
         for name, value in row.items():
             columns[name].append(value)
-        params["rotation"].append(flat["rotation"])
+        for law in Galaxy.LAWS:
+            params[law].append(flat[law])
         for name, p in PARAMETER_COLUMNS.items():
-            params[name].append(p.to_table(flat.get(name), g.to_arcsec))
+            value = flat.get(name)
+            tabulated = value is not None and np.ndim(getattr(value, "value", value)) > 0
+            params[name].append(math.nan if tabulated else p.to_table(value, g.to_arcsec))
     table = QTable()
     if galaxies:
         sky = grid.wcs.celestial.pixel_to_world(np.array(columns["x_pix"]),
@@ -237,7 +243,8 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
         for name, unit in place.items():
             values = np.asarray(columns[name], dtype=float if name != "id" else int)
             table[name] = values * unit if unit is not None else values
-        table["rotation"] = np.asarray(params.pop("rotation"))
+        for law in Galaxy.LAWS:
+            table[law] = np.asarray(params.pop(law))
         for name, values in params.items():
             unit = PARAMETER_COLUMNS[name].table_unit
             values = np.asarray(values, dtype=float)

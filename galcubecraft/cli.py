@@ -10,7 +10,7 @@ import numpy as np
 from ._about import version as __version__
 from ._files import atomic_path, check_paths, read_toml
 from .catalogue import galaxies_from_table, random_galaxies
-from .components import RotationCurve
+from .components import RotationCurve, Surface, VerticalProfile
 from .dataset import export_fits, generate_dataset
 from .galaxy import Galaxy
 from .grid import CubeGrid
@@ -141,6 +141,14 @@ def build_parser():
                    help="rotation law: arctan (--v-max, --r-turn), flat (--v-flat), analytic "
                         "(GalCubeCraft 0.1.0's law: --v-0, --r-0); tabulated only in --config "
                         f"(default {REFERENCE_GALAXY['rotation']!r})")
+    a.add_argument("--surface", choices=sorted(Surface.laws),
+                   help="surface profile: sersic (--r-eff, --n), ring (--ring-radius, "
+                        "--ring-width); tabulated only in --config (default 'sersic')")
+    a.add_argument("--vertical", choices=sorted(VerticalProfile.laws),
+                   help="vertical profile, of --scale-height: exponential, sech2 or gaussian "
+                        "(default 'exponential'). Flows (--radial-v-rad, --bar-v-2t, "
+                        "--bar-v-2r, --bar-angle, ...) are made by giving their values; "
+                        "tabulated amplitudes and warps only in --config")
     _galaxy_options(a)
     q = sub.add_parser(
         "plot", help="plot any FITS cube: moment maps, channel maps, a PV diagram or the spectrum",
@@ -365,7 +373,7 @@ def _settings(args):
     if args.shape is not None:
         grid_cfg["shape"] = args.shape
     if galaxies is None:
-        names = ("rotation", *Galaxy.flat_parameters())
+        names = (*Galaxy.LAWS, *Galaxy.flat_parameters())
         galaxies = [{k: getattr(args, k) for k in names if getattr(args, k, None) is not None}]
     return grid_cfg, galaxies
 

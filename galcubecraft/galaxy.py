@@ -126,6 +126,10 @@ class Galaxy(Placed):
             if not isinstance(flow, Flow):
                 raise TypeError(f"flows must be Flow objects (RadialFlow, BisymmetricFlow, "
                                 f"...), got {flow!r}")
+        # one order for every galaxy (the order of Flow.kinds): flows add, so it changes
+        # nothing but how galaxies compare, batch and print
+        order = {kind: k for k, kind in enumerate(Flow.kinds)}
+        flows = tuple(sorted(flows, key=lambda f: order.get(type(f), len(order))))
         kinds = [type(f) for f in flows]
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"flows: at most one of each kind, got {[k.__name__ for k in kinds]}")
@@ -196,40 +200,55 @@ class Galaxy(Placed):
         return out
 
     # ------------------------------------------------------------------ flat dictionaries
+    #: The parts a flat dictionary names by law: key -> (base class, default law).
+    LAWS = {"surface": (Surface, "sersic"), "vertical": (VerticalProfile, "exponential"),
+            "rotation": (RotationCurve, "arctan")}
+
     @classmethod
     def flat_parameters(cls):
         """Every parameter a flat galaxy dictionary may hold: name -> `Parameter`.
 
-        The galaxy's own, its surface's and vertical profile's, and those of every
-        rotation law (one law is chosen by the ``rotation`` key); the names are unique.
-        This is what TOML ``[[galaxy]]`` tables, command-line flags, catalogues and
-        truth tables are made of.
+        The galaxy's own, those of every surface profile, vertical profile and rotation law
+        (one of each is chosen by the ``surface``, ``vertical`` and ``rotation`` keys), and
+        those of every flow and of a warp, each under its key (``ring_radius``,
+        ``bar_v_2t``, ``warp_inclination``); the names are unique.  This is what TOML
+        ``[[galaxy]]`` tables, command-line flags, catalogues and truth tables are made of.
         """
-        out = {}
-        owners = [cls, SersicDisk, ExponentialVertical, *RotationCurve.laws.values()]
+        out = dict(cls.declarations)
+        owners = [*Surface.laws.values(), *VerticalProfile.laws.values(),
+                  *RotationCurve.laws.values(), *Flow.kinds, Warp]
         for owner in owners:
-            for name, p in owner.declarations.items():
-                if name in out and out[name] is not p:
-                    continue          # a law's parameter shared by name (none today)
+            for name, p in owner.flat_declarations().items():
+                if name in out:
+                    continue          # shared by name (scale_height; a law's v_max alias)
                 out[name] = p
         return out
 
+    def laws(self):
+        """The names of this galaxy's surface, vertical and rotation laws."""
+        named = {"surface": self.surface, "vertical": self.vertical,
+                 "rotation": self.kinematics}
+        out = {}
+        for key, part in named.items():
+            law = type(part).law
+            if law is None:
+                raise ValueError(f"{type(part).__name__} has no law name; it cannot be written "
+                                 "as a flat dictionary")
+            out[key] = law
+        return out
+
     def to_dict(self):
-        """The galaxy as a flat dictionary of Quantities and numbers (``rotation``: its law).
+        """The galaxy as a flat dictionary of Quantities and numbers (``surface``,
+        ``vertical`` and ``rotation``: its laws; flows and a warp under their keys).
 
         `Galaxy.from_dict` makes the same galaxy from it; truth tables and catalogues
         are rows of these.
         """
-        if type(self.kinematics).law is None:
-            raise ValueError(f"{type(self.kinematics).__name__} has no law name; it cannot be "
-                             "written as a flat dictionary")
-        if not self.model.plain:
-            raise ValueError(f"{self!r} has a {self.model.describe()}: flat dictionaries "
-                             "(TOML files, truth tables) hold Sersic disks with exponential "
-                             "vertical profiles, without flows or warps, so far")
-        out = {"rotation": type(self.kinematics).law}
-        for part in (self, self.surface, self.vertical, self.kinematics):
-            out.update(part.parameters)
+        out = self.laws()
+        out.update(self.parameters)
+        for part in (self.surface, self.vertical, self.kinematics, *self.flows,
+                     *([] if self.warp is None else [self.warp])):
+            out.update(part.flat())
         out["v_sys"] = self.v_sys
         return out
 
@@ -237,31 +256,45 @@ class Galaxy(Placed):
     def from_dict(cls, values, *, defaults=None, where="galaxy", cosmology=None):
         """A galaxy from a flat dictionary: Quantities, or text such as ``'8.4 arcsec'``.
 
-        Keys are the names of `flat_parameters` plus ``rotation`` (a law name of
-        `RotationCurve.laws`, default ``'arctan'``).  ``defaults`` fills keys the
-        dictionary lacks (the reference galaxy of the command line, say), its ``laws`` entry
-        the chosen law's own (``{"flat": {"v_flat": ...}, ...}``); keys of other rotation
-        laws than the chosen one are refused, old spellings are accepted with a
-        `DeprecationWarning`, and errors name the key.
+        Keys are the names of `flat_parameters` plus ``surface`` (a name of
+        `Surface.laws`, default ``'sersic'``), ``vertical`` (of `VerticalProfile.laws`,
+        default ``'exponential'``) and ``rotation`` (of `RotationCurve.laws`, default
+        ``'arctan'``).  A flow or a warp is made when any of its keys is given.
+        ``defaults`` fills keys the dictionary lacks (the reference galaxy of the command
+        line, say), its ``laws`` entry the chosen rotation law's own (``{"flat": {"v_flat":
+        ...}, ...}``); keys of other laws than the chosen ones are refused, old spellings are
+        accepted with a `DeprecationWarning`, and errors name the key.
         """
         flat = cls.flat_parameters()
         values = {k: v for k, v in dict(values).items() if v is not None}
-        law = str(values.pop("rotation", (defaults or {}).get("rotation", "arctan"))).lower()
-        if law not in RotationCurve.laws:
-            raise ValueError(f"{where}: rotation must be one of {sorted(RotationCurve.laws)}, "
-                             f"got {law!r}")
-        law_cls = RotationCurve.laws[law]
-        mine = {**cls.declarations, **SersicDisk.declarations,
-                **ExponentialVertical.declarations, **law_cls.declarations}
+        chosen = {}
+        for key, (base, default) in cls.LAWS.items():
+            law = str(values.pop(key, (defaults or {}).get(key, default))).lower()
+            if law not in base.laws:
+                raise ValueError(f"{where}: {key} must be one of {sorted(base.laws)}, got "
+                                 f"{law!r}")
+            chosen[key] = base.laws[law]
+        law_cls = chosen["rotation"]
+        law = law_cls.law
+        extras = [*Flow.kinds, Warp]
+        mine = {**cls.declarations}
+        for owner in (chosen["surface"], chosen["vertical"], law_cls, *extras):
+            mine.update(owner.flat_declarations())
         values = resolve_aliases(values, mine, where)
         unknown = set(values) - set(flat)
         if unknown:
             raise ValueError(f"{where}: unknown galaxy setting(s) {sorted(unknown)}; known: "
                              f"{sorted(flat)}")
         other = set(values) - set(mine)
-        if other:
-            raise ValueError(f"{where}: {sorted(other)} belong to another rotation law than "
-                             f"{law!r}, which takes {list(law_cls.param_names)}")
+        for key, (base, _) in cls.LAWS.items():
+            theirs = {n for c in base.laws.values() for n in c.flat_declarations()}
+            stray = sorted(other & theirs)
+            if stray:
+                part = {"surface": "surface profile", "vertical": "vertical profile",
+                        "rotation": "rotation law"}[key]
+                raise ValueError(f"{where}: {stray} belong to another {part} than "
+                                 f"{chosen[key].law!r}, which takes "
+                                 f"{list(chosen[key].flat_declarations())}")
         merged = dict((defaults or {}).get("laws", {}).get(law, {}))
         merged.update({k: v for k, v in (defaults or {}).items()
                        if k in mine and k not in law_cls.declarations})
@@ -271,16 +304,29 @@ class Galaxy(Placed):
             p = mine[name]
             text = isinstance(value, (str, list, tuple))
             parsed[name] = p.parse(value, name) if text else p.validate(value, name)
-        missing = [n for n, p in mine.items() if p.required and n not in parsed]
+        needed = {**cls.declarations, **chosen["surface"].flat_declarations(),
+                  **chosen["vertical"].flat_declarations(), **law_cls.declarations}
+        missing = [n for n, p in needed.items() if p.required and n not in parsed]
         if missing:
-            raise ValueError(f"{where}: missing {missing} (rotation {law!r} needs "
-                             f"{list(law_cls.param_names)})")
+            raise ValueError(f"{where}: missing {missing} (surface {chosen['surface'].law!r} "
+                             f"needs {list(chosen['surface'].flat_declarations())}, rotation "
+                             f"{law!r} {list(law_cls.param_names)})")
 
-        def take(owner):
-            return {n: parsed[n] for n in owner.declarations if n in parsed}
-        return cls(surface=SersicDisk(**take(SersicDisk)),
-                   vertical=ExponentialVertical(**take(ExponentialVertical)),
-                   kinematics=law_cls(**take(law_cls)), cosmology=cosmology, **take(cls))
+        def given(owner):
+            declared = owner.flat_declarations()
+            if not any(k in values for k in declared):
+                return False
+            lacking = [k for k, p in declared.items() if p.required and k not in parsed]
+            if lacking:
+                raise ValueError(f"{where}: a {owner.__name__} needs {lacking} too")
+            return True
+        flows = [f.from_flat(parsed) for f in Flow.kinds if given(f)]
+        warp = Warp.from_flat(parsed) if given(Warp) else None
+        own = {n: parsed[n] for n in cls.declarations if n in parsed}
+        return cls(surface=chosen["surface"].from_flat(parsed),
+                   vertical=chosen["vertical"].from_flat(parsed),
+                   kinematics=law_cls.from_flat(parsed), cosmology=cosmology, flows=flows,
+                   warp=warp, **own)
 
     def __repr__(self):
         where = ""

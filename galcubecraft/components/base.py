@@ -1,4 +1,6 @@
 """Base class of the units-aware model components."""
+import copy
+
 import numpy as np
 import torch
 
@@ -33,6 +35,30 @@ class Component(Declared):
     def key(cls, name):
         """The projector's key of the parameter ``name``."""
         return cls.key_prefix + name
+
+    @classmethod
+    def flat_declarations(cls):
+        """The declarations under their keys (``'ring_radius'``): how flat dictionaries, TOML
+        tables, flags and truth tables name them."""
+        if not cls.key_prefix:
+            return dict(cls.declarations)
+        out = {}
+        for name, p in cls.declarations.items():
+            q = copy.copy(p)
+            q.name = cls.key(name)
+            q.aliases = ()
+            out[q.name] = q
+        return out
+
+    @classmethod
+    def from_flat(cls, values):
+        """The component from a flat dictionary's checked values (keys as `flat_declarations`)."""
+        return cls(**{name: values[cls.key(name)] for name in cls.declarations
+                      if cls.key(name) in values})
+
+    def flat(self):
+        """The parameters under their keys (`flat_declarations`)."""
+        return {self.key(name): value for name, value in self.parameters.items()}
 
     def tensors(self, to_arcsec, device=None, dtype=torch.float32):
         """The parameters as plain tensors in internal units.

@@ -68,6 +68,14 @@ def _check_table(owner, radius, amplitudes, least=1):
 class Flow(Component):
     """Base class of a disk's motions besides rotation (and of its dispersion profile)."""
 
+    #: Every kind of flow, in the order galaxies list them in flat dictionaries.
+    kinds = []
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key_prefix"):
+            Flow.kinds.append(cls)
+
     radius = Parameter("size", nonnegative=True, shape="1d", optional=True, default=None,
                        description="radii of the nodes of a tabulated amplitude, increasing")
 
@@ -278,7 +286,7 @@ class DispersionProfile(Flow):
         Its nodes (linearly interpolated, constant beyond the ends).
     """
 
-    key_prefix = "dispersion_"
+    key_prefix = "profile_"
     dispersion = _Amplitude("velocity", nonnegative=True,
                             description="velocity dispersion at each node")
 

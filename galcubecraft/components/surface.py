@@ -29,6 +29,15 @@ class Surface(Component):
 
     #: The projector's switch to its exact integral of Sersic disks.
     plain = False
+    #: The profile's name in flat dictionaries and TOML files (``surface = 'ring'``).
+    law = None
+    #: name -> class of every named profile.
+    laws = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("law"):
+            Surface.laws[cls.law] = cls
 
     @classmethod
     def density(cls, radius, params):
@@ -112,6 +121,7 @@ class SersicDisk(Surface):
     """
 
     plain = True
+    law = "sersic"
     r_eff = Parameter("size", positive=True,
                       description="half-light radius in the disk plane")
     n = Parameter("dimensionless", positive=True, maximum=20.0, default=1.0,
@@ -218,6 +228,7 @@ class GaussianRing(Surface):
     """
 
     key_prefix = "ring_"
+    law = "ring"
     radius = Parameter("size", nonnegative=True, description="radius where the ring peaks")
     width = Parameter("size", positive=True, description="Gaussian sigma of the ring in radius")
 
@@ -268,6 +279,7 @@ class TabulatedSurface(Surface):
     """
 
     key_prefix = "table_"
+    law = "tabulated"
     radius = Parameter("size", nonnegative=True, shape="1d",
                        description="radii of the surface-density table, increasing")
     surface_density = Parameter("dimensionless", shape="1d", nonnegative=True,

@@ -31,6 +31,15 @@ class VerticalProfile(Component):
 
     #: The projector's switch to the exact vertical integral of a plain exponential disk.
     plain = False
+    #: The profile's name in flat dictionaries and TOML files (``vertical = 'sech2'``).
+    law = None
+    #: name -> class of every named profile.
+    laws = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("law"):
+            VerticalProfile.laws[cls.law] = cls
 
     @classmethod
     def half_pdf(cls, t):
@@ -142,6 +151,7 @@ class ExponentialVertical(VerticalProfile):
         return F.exponential_vertical(z, scale_height)
 
     plain = True
+    law = "exponential"
 
     @classmethod
     def half_pdf(cls, t):
@@ -159,6 +169,7 @@ class Sech2Vertical(VerticalProfile):
         :math:`e^{-2|z|/z_0}`: an exponential of scale :math:`z_0 / 2`).
     """
 
+    law = "sech2"
     scale_height = Parameter("size", nonnegative=True, default=0 * u.arcsec,
                              description="z0 of the sech^2 vertical profile")
 
@@ -176,6 +187,7 @@ class GaussianVertical(VerticalProfile):
         :math:`h`, the Gaussian sigma in height, >= 0.
     """
 
+    law = "gaussian"
     scale_height = Parameter("size", nonnegative=True, default=0 * u.arcsec,
                              description="Gaussian sigma of the vertical profile")
 
