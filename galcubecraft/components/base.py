@@ -6,7 +6,7 @@ import torch
 
 from ..parameters import Declared
 
-__all__ = ["Component", "to_tensor"]
+__all__ = ["Component", "to_tensor", "check_table_nodes"]
 
 
 def to_tensor(value, device=None, dtype=torch.float32):
@@ -30,6 +30,18 @@ class Component(Declared):
 
     #: Prepended to the parameter names in `tensors` (and the projector's keys).
     key_prefix = ""
+    #: A named law's name in flat dictionaries and TOML files (``rotation = 'flat'``,
+    #: ``surface = 'ring'``); a family of laws (a class whose own ``laws`` dict maps the
+    #: names to the classes: `RotationCurve`, `Surface`, `VerticalProfile`) registers each
+    #: subclass that names one.
+    law = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("law"):
+            family = next((k for k in cls.__mro__[1:] if "laws" in k.__dict__), None)
+            if family is not None:
+                family.laws[cls.law] = cls
 
     @classmethod
     def key(cls, name):
@@ -76,3 +88,18 @@ class Component(Declared):
                 out[self.key(name)] = to_tensor(declaration.to_internal(value, to_arcsec),
                                                 device, dtype)
         return out
+
+
+def check_table_nodes(owner, radius, tables, least=1):
+    """Raise `ValueError` naming ``owner`` unless ``radius`` is a 1-D, strictly increasing
+    table of at least ``least`` nodes and each of ``tables`` (name -> values or None) has one
+    value per node."""
+    if radius.ndim != 1 or radius.size < least:
+        raise ValueError(f"{owner}: radius must be 1-D with at least {least} node(s), got "
+                         f"shape {radius.shape}")
+    if np.any(np.diff(radius.value) <= 0):
+        raise ValueError(f"{owner}: radius must be strictly increasing, got {radius}")
+    for key, value in tables.items():
+        if value is not None and np.shape(value) != radius.shape:
+            raise ValueError(f"{owner}: {key} must have one value per radius node "
+                             f"{radius.shape}, got shape {np.shape(value)}")

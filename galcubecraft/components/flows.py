@@ -29,7 +29,7 @@ import torch
 
 from .. import functional as F
 from ..parameters import Parameter
-from .base import Component
+from .base import Component, check_table_nodes
 
 __all__ = ["Flow", "RadialFlow", "VerticalFlow", "LaggingHalo", "BisymmetricFlow",
            "LopsidedFlow", "DispersionProfile", "Warp", "amplitude_at"]
@@ -54,15 +54,7 @@ def _check_table(owner, radius, amplitudes, least=1):
                 raise ValueError(f"{name}: {key} is a table ({np.shape(value)}); give the "
                                  "radius of its nodes too")
         return
-    if radius.ndim != 1 or radius.size < least:
-        raise ValueError(f"{name}: radius must be 1-D with at least {least} node(s), got "
-                         f"shape {radius.shape}")
-    if np.any(np.diff(radius.value) <= 0):
-        raise ValueError(f"{name}: radius must be strictly increasing, got {radius}")
-    for key, value in amplitudes.items():
-        if value is not None and np.shape(value) != radius.shape:
-            raise ValueError(f"{name}: {key} must have one value per radius node "
-                             f"{radius.shape}, got shape {np.shape(value)}")
+    check_table_nodes(name, radius, amplitudes, least)
 
 
 class Flow(Component):

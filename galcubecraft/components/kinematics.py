@@ -30,15 +30,8 @@ class RotationCurve(Component):
     `RotationCurve.laws` maps the names to the classes.
     """
 
-    #: The law's name in files and on the command line (None: not a concrete law).
-    law = None
     #: name -> class of every concrete law (filled as laws are defined).
     laws = {}
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.law is not None:
-            RotationCurve.laws[cls.law] = cls
 
     @classmethod
     def circular_velocity(cls, radius, params):

@@ -12,7 +12,7 @@ import torch
 from .. import functional as F
 from ..parameters import Parameter
 from ..units import validate_line_flux, validate_size
-from .base import Component
+from .base import Component, check_table_nodes
 
 __all__ = ["Surface", "SersicDisk", "ExponentialDisk", "GaussianRing", "TabulatedSurface"]
 
@@ -29,15 +29,8 @@ class Surface(Component):
 
     #: The projector's switch to its exact integral of Sersic disks.
     plain = False
-    #: The profile's name in flat dictionaries and TOML files (``surface = 'ring'``).
-    law = None
-    #: name -> class of every named profile.
+    #: name -> class of every named profile (``surface = 'ring'``).
     laws = {}
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("law"):
-            Surface.laws[cls.law] = cls
 
     @classmethod
     def density(cls, radius, params):
@@ -288,13 +281,7 @@ class TabulatedSurface(Surface):
     def __init__(self, radius, surface_density):
         radius = type(self).radius.validate(radius, "radius")
         values = np.asarray(getattr(surface_density, "value", surface_density), dtype=float)
-        if values.ndim != 1 or values.shape != radius.shape:
-            raise ValueError(f"surface_density must be 1-D like radius {radius.shape}, got "
-                             f"shape {values.shape}")
-        if radius.size < 2:
-            raise ValueError(f"radius needs at least two nodes, got {radius}")
-        if np.any(np.diff(radius.value) <= 0):
-            raise ValueError(f"radius must be strictly increasing, got {radius}")
+        check_table_nodes("TabulatedSurface", radius, {"surface_density": values}, least=2)
         if not np.all(np.isfinite(values)) or np.any(values < 0) or not np.any(values > 0):
             raise ValueError("surface_density must be finite, >= 0 and not all zero, got "
                              f"{values}")

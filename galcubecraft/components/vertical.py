@@ -31,15 +31,8 @@ class VerticalProfile(Component):
 
     #: The projector's switch to the exact vertical integral of a plain exponential disk.
     plain = False
-    #: The profile's name in flat dictionaries and TOML files (``vertical = 'sech2'``).
-    law = None
-    #: name -> class of every named profile.
+    #: name -> class of every named profile (``vertical = 'sech2'``).
     laws = {}
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("law"):
-            VerticalProfile.laws[cls.law] = cls
 
     @classmethod
     def half_pdf(cls, t):
