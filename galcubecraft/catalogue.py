@@ -41,20 +41,22 @@ PARAMETER_COLUMNS = {name: p for name, p in Galaxy.flat_parameters().items()
 def check_band(grid, priors):
     """Raise ValueError if the widest line ``priors`` allow does not fit in ``grid``'s band.
 
-    A line needs ``v_max sin i + 4 sigma`` on each side of its systemic velocity.
+    A line needs ``v_max sin i + 4 sigma`` on each side of its systemic velocity, plus what
+    the priors' flows can add and with the inclination a warp can reach.
     """
     d = priors.distributions
+    speed, tilt = priors.extra_speed()
     v_hi = d["v_max"].support()[1].to_value(_KMS)
-    i_hi = min(d["inclination"].support()[1].to_value(u.rad), math.pi / 2)
+    i_hi = min(d["inclination"].support()[1].to_value(u.rad) + math.radians(tilt), math.pi / 2)
     s_hi = d["dispersion"].support()[1].to_value(_KMS)
-    room = v_hi * math.sin(i_hi) + 4 * s_hi
+    room = v_hi * math.sin(i_hi) + 4 * s_hi + speed
     edges = grid.channel_edges.to_value(_KMS)
     band = edges.max() - edges.min()
     if not np.isfinite(room) or band <= 2 * room:
         raise ValueError(f"the band ({edges.min():.1f} to {edges.max():.1f} km/s) is too "
-                         f"narrow for the widest line the priors allow (v_max sin i + 4 sigma = "
-                         f"{room:.1f} km/s on each side); widen the band or narrow v_max, "
-                         f"inclination or dispersion")
+                         f"narrow for the widest line the priors allow (v_max sin i + 4 sigma, and "
+                         f"what flows and warps add: {room:.1f} km/s on each side); widen the "
+                         f"band or narrow v_max, inclination, dispersion or the flows")
 
 
 def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
@@ -119,6 +121,7 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
                          "avoid excludes; lower edge or avoid_threshold")
     edges = grid.channel_edges.to_value(_KMS)
     v_lo, v_hi = edges.min(), edges.max()
+    speed, tilt = priors.extra_speed()          # what flows and warps add to a line's reach
     galaxies, placed = [], []
     for _ in range(max_tries):
         if len(galaxies) == n:
@@ -130,11 +133,14 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
         if any(math.hypot(x - px, y - py) * pixel.value < min_sep.value for px, py in placed):
             continue
         # check_band made sure this room fits in the band
-        room = float(p["v_max"].to_value(_KMS) * np.sin(p["inclination"].to_value(u.rad))
-                     + 4 * p["dispersion"].to_value(_KMS))
+        room = float(p["v_max"].to_value(_KMS) * np.sin(min(
+            p["inclination"].to_value(u.rad) + math.radians(tilt), math.pi / 2))
+            + 4 * p["dispersion"].to_value(_KMS) + speed)
         r_eff = p["r_eff"]
+        parts = priors.parts(p)
         galaxies.append(Galaxy(
-            surface=SersicDisk(r_eff=r_eff, n=float(p["n"].value)),
+            surface=parts.pop("surface", SersicDisk(r_eff=r_eff, n=float(p["n"].value))),
+            **parts,
             vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
             kinematics=ArctanRotationCurve(v_max=p["v_max"],
                                            r_turn=float(p["turnover"].value) * r_eff),

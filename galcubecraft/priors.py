@@ -14,6 +14,11 @@ a table naming a distribution::
     flux = {distribution = "loguniform", low = "0.5 Jy km/s", high = "5 Jy km/s"}
     n = {distribution = "choice", values = [0.5, 1, 1.5], weights = [1, 2, 1]}
 
+    # real galaxies: each part in a fraction of the galaxies (drawn only when given)
+    warp_fraction = 0.5
+    bar_fraction = 0.6
+    bar_v_2t = {distribution = "uniform", low = "5 km/s", high = "30 km/s"}
+
     [placement]              # for galcubecraft inject
     n = 10
     seed = 1
@@ -27,7 +32,8 @@ import astropy.units as u
 import numpy as np
 
 from ._files import read_toml
-from .components import ArctanRotationCurve, SersicDisk
+from .components import (ArctanRotationCurve, BisymmetricFlow, GaussianRing, LopsidedFlow,
+                         RadialFlow, SersicDisk, Warp)
 from .galaxy import Galaxy
 from .parameters import Parameter, resolve_aliases
 from .units import validate_number, validate_quantity
@@ -295,13 +301,76 @@ class GalaxyPriors:
         "flux": LogUniform(1 * u.Jy * _KMS, 10 * u.Jy * _KMS, name="flux"),
     }
 
+    #: The parts of real galaxies (`galcubecraft.rings`): each ``<part>_fraction`` of the
+    #: galaxies has the part, with the part's own distributions (`FEATURE_DEFAULTS` where
+    #: not given).  A part is drawn only when its fraction is given, so priors without them
+    #: draw the same galaxies as before.  Sizes are multiples of ``r_eff``.
+    FEATURES = {
+        "warp": {
+            "warp_inclination": Parameter("angle", name="warp_inclination", description=(
+                "change of inclination from warp_start to twice as far out")),
+            "warp_position_angle": Parameter("angle", name="warp_position_angle",
+                                             description="change of position angle likewise"),
+            "warp_start": Parameter("dimensionless", positive=True, name="warp_start",
+                                    description="radius where the warp starts, over r_eff")},
+        "bar": {
+            "bar_v_2t": BisymmetricFlow.v_2t, "bar_v_2r": BisymmetricFlow.v_2r,
+            "bar_angle": BisymmetricFlow.angle,
+            "bar_length": Parameter("dimensionless", positive=True, name="bar_length",
+                                    description="radius of the bar's end, over r_eff")},
+        "lopsided": {
+            "lopsided_v_1t": LopsidedFlow.v_1t, "lopsided_v_1r": LopsidedFlow.v_1r,
+            "lopsided_angle": LopsidedFlow.angle},
+        "radial": {"radial_v_rad": RadialFlow.v_rad},
+        "ring": {
+            "ring_radius": Parameter("dimensionless", positive=True, name="ring_radius",
+                                     description="the ring's radius, over r_eff"),
+            "ring_width": Parameter("dimensionless", positive=True, name="ring_width",
+                                    description="the ring's Gaussian width, over r_eff")},
+    }
+    FEATURE_DEFAULTS = {
+        "warp_inclination": Normal(0 * u.deg, 10 * u.deg, name="warp_inclination"),
+        "warp_position_angle": Uniform(-20 * u.deg, 20 * u.deg, name="warp_position_angle"),
+        "warp_start": Fixed(2.0, name="warp_start"),
+        "bar_v_2t": Uniform(5 * _KMS, 30 * _KMS, name="bar_v_2t"),
+        "bar_v_2r": Uniform(5 * _KMS, 30 * _KMS, name="bar_v_2r"),
+        "bar_angle": Uniform(0 * u.deg, 180 * u.deg, name="bar_angle"),
+        "bar_length": Fixed(1.0, name="bar_length"),
+        "lopsided_v_1t": Uniform(0 * _KMS, 15 * _KMS, name="lopsided_v_1t"),
+        "lopsided_v_1r": Uniform(0 * _KMS, 15 * _KMS, name="lopsided_v_1r"),
+        "lopsided_angle": Uniform(0 * u.deg, 360 * u.deg, name="lopsided_angle"),
+        "radial_v_rad": Uniform(-20 * _KMS, 10 * _KMS, name="radial_v_rad"),
+        "ring_radius": Uniform(1.0, 2.0, name="ring_radius"),
+        "ring_width": Uniform(0.15, 0.4, name="ring_width"),
+    }
+
     def __init__(self, **distributions):
+        features = {k: p for part in self.FEATURES.values() for k, p in part.items()}
+        fractions = {f"{part}_fraction" for part in self.FEATURES}
         distributions = resolve_aliases(distributions, self.PARAMETERS, "priors")
-        unknown = set(distributions) - set(self.PARAMETERS)
+        unknown = set(distributions) - set(self.PARAMETERS) - set(features) - fractions
         if unknown:
             raise ValueError(f"unknown galaxy parameter(s) {sorted(unknown)}; known: "
-                             f"{sorted(self.PARAMETERS)}")
+                             f"{sorted({*self.PARAMETERS, *features, *fractions})}")
         self.distributions = dict(self.DEFAULTS)
+        self.fractions = {}
+        for part, params in self.FEATURES.items():
+            key = f"{part}_fraction"
+            if key not in distributions:
+                stray = sorted(set(params) & set(distributions))
+                if stray:
+                    raise ValueError(f"priors: {stray} describe a part no galaxy has; give "
+                                     f"{key} (the fraction of galaxies with it) too")
+                continue
+            fraction = distributions.pop(key)
+            try:
+                fraction = float(fraction)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} must be a number in [0, 1], got {fraction!r}") from None
+            if not 0 <= fraction <= 1:
+                raise ValueError(f"{key} must be in [0, 1], got {fraction}")
+            self.fractions[part] = fraction
+            self.distributions.update({k: self.FEATURE_DEFAULTS[k] for k in params})
         for name, spec in distributions.items():
             dist = distribution_from_spec(name, spec)
             self._check(name, dist)
@@ -310,19 +379,81 @@ class GalaxyPriors:
     def _check(self, name, dist):
         """The distribution's unit and support against the parameter's declaration."""
         low, high = dist.support()
-        self.PARAMETERS[name].check_range(low, high, name)
+        declared = self.PARAMETERS.get(name) or next(
+            part[name] for part in self.FEATURES.values() if name in part)
+        declared.check_range(low, high, name)
 
     @classmethod
     def from_dict(cls, table):
         return cls(**table)
 
     def sample(self, rng):
-        """One draw of every parameter, in a fixed order (a dict of Quantities)."""
-        return {name: self.distributions[name].sample(rng) for name in self.PARAMETERS}
+        """One draw of every parameter, in a fixed order (a dict of Quantities); for each
+        part of real galaxies whose fraction is given, whether this galaxy has it
+        (``'warp'``: bool, ...) and its values (drawn either way, so that every galaxy
+        takes as many numbers from ``rng``)."""
+        out = {name: self.distributions[name].sample(rng) for name in self.PARAMETERS}
+        for part, params in self.FEATURES.items():
+            if part in self.fractions:
+                out[part] = bool(rng.random() < self.fractions[part])
+                out.update({k: self.distributions[k].sample(rng) for k in params})
+        return out
+
+    def extra_speed(self):
+        """The most the parts' motions add to a line's reach beyond ``v_max sin i``
+        (km/s), and the most a warp adds to the inclination (deg): for the band's room."""
+        speed, tilt = 0.0, 0.0
+        if "bar" in self.fractions:
+            speed += sum(abs(x.to_value(_KMS)) for k in ("bar_v_2t", "bar_v_2r")
+                         for x in self.distributions[k].support())
+        if "lopsided" in self.fractions:
+            speed += sum(abs(x.to_value(_KMS)) for k in ("lopsided_v_1t", "lopsided_v_1r")
+                         for x in self.distributions[k].support())
+        if "radial" in self.fractions:
+            speed += max(abs(x.to_value(_KMS))
+                         for x in self.distributions["radial_v_rad"].support())
+        if "warp" in self.fractions:
+            tilt = max(abs(x.to_value(u.deg))
+                       for x in self.distributions["warp_inclination"].support())
+        return speed, tilt
+
+    @staticmethod
+    def parts(draw):
+        """The `~galcubecraft.Galaxy` arguments of a draw's real-galaxy parts: ``surface``
+        (a ring), ``flows`` and ``warp``, where the draw has them."""
+        r_eff = draw["r_eff"]
+        out, flows = {}, []
+        if draw.get("ring"):
+            out["surface"] = GaussianRing(radius=float(draw["ring_radius"].value) * r_eff,
+                                          width=float(draw["ring_width"].value) * r_eff)
+        if draw.get("bar"):
+            end = float(draw["bar_length"].value) * r_eff
+            nodes = u.Quantity([0 * end, end, 1.25 * end])
+            flows.append(BisymmetricFlow(
+                draw["bar_v_2t"] * [1, 1, 0], draw["bar_v_2r"] * [1, 1, 0],
+                draw["bar_angle"] % (180 * u.deg), radius=nodes))
+        if draw.get("lopsided"):
+            flows.append(LopsidedFlow(draw["lopsided_v_1t"], draw["lopsided_v_1r"],
+                                      draw["lopsided_angle"] % (360 * u.deg)))
+        if draw.get("radial"):
+            flows.append(RadialFlow(draw["radial_v_rad"]))
+        if flows:
+            out["flows"] = flows
+        if draw.get("warp"):
+            start = float(draw["warp_start"].value) * r_eff
+            inc = draw["inclination"]
+            outer = np.clip((inc + draw["warp_inclination"]).to_value(u.deg), 0, 90) * u.deg
+            pa = draw["position_angle"] % (360 * u.deg)
+            out["warp"] = Warp(u.Quantity([0 * start, start, 2 * start]),
+                               inclination=u.Quantity([inc, inc, outer]),
+                               position_angle=u.Quantity([pa, pa,
+                                                          pa + draw["warp_position_angle"]]))
+        return out
 
     def __repr__(self):
         body = ", ".join(f"{k}={v!r}" for k, v in self.distributions.items())
-        return f"<GalaxyPriors {body}>"
+        fractions = "".join(f", {k}_fraction={v}" for k, v in self.fractions.items())
+        return f"<GalaxyPriors {body}{fractions}>"
 
 
 def read_priors_file(path):

@@ -556,3 +556,56 @@ def test_scalar_features_round_trip_through_a_truth_table():
     # a table (a flow's tabulated amplitude) has no cell: it is blank
     tabulated = galaxy.replace(flows=[gcc.RadialFlow([-10, -30] * KMS, radius=[0, 9] * u.arcsec)])
     assert np.isnan(truth_table(grid, [tabulated])["radial_v_rad"][0])
+
+
+# ----------------------------------------------------------------------------- populations
+def test_populations_draw_real_galaxies_in_their_fractions():
+    from galcubecraft.catalogue import random_galaxies
+    from galcubecraft.priors import GalaxyPriors
+    grid = gcc.CubeGrid(shape=(40, 64, 64), pixel_scale=1 * u.arcsec, channel_width=40 * KMS)
+    priors = GalaxyPriors(warp_fraction=0.5, bar_fraction=0.6, lopsided_fraction=0.3,
+                          radial_fraction=0.3, ring_fraction=0.2,
+                          bar_v_2t={"distribution": "uniform", "low": "5 km/s",
+                                    "high": "30 km/s"})
+    galaxies = random_galaxies(grid, 400, priors=priors, seed=3, edge=4 * u.arcsec,
+                               min_separation=0 * u.arcsec)
+    counts = {"warp": sum(g.warp is not None for g in galaxies),
+              "ring": sum(isinstance(g.surface, gcc.GaussianRing) for g in galaxies)}
+    for kind, name in ((gcc.BisymmetricFlow, "bar"), (gcc.LopsidedFlow, "lopsided"),
+                       (gcc.RadialFlow, "radial")):
+        counts[name] = sum(any(isinstance(f, kind) for f in g.flows) for g in galaxies)
+    for name, fraction in (("warp", 0.5), ("bar", 0.6), ("lopsided", 0.3), ("radial", 0.3),
+                           ("ring", 0.2)):
+        sigma = math.sqrt(400 * fraction * (1 - fraction))
+        assert abs(counts[name] - 400 * fraction) < 4 * sigma, (name, counts[name])
+    bars = [f for g in galaxies for f in g.flows if isinstance(f, gcc.BisymmetricFlow)]
+    assert all(5 <= f.v_2t[0].to_value(KMS) <= 30 for f in bars)
+    # the same seed, the same galaxies; priors without parts draw plain disks as before
+    again = random_galaxies(grid, 400, priors=priors, seed=3, edge=4 * u.arcsec,
+                            min_separation=0 * u.arcsec)
+    assert again == galaxies
+    plain = random_galaxies(grid, 20, priors=GalaxyPriors(), seed=3, edge=4 * u.arcsec,
+                            min_separation=0 * u.arcsec)
+    assert all(g.model.plain for g in plain)
+
+
+def test_the_realistic_disks_preset_makes_a_dataset(tmp_path):
+    from pathlib import Path
+    from galcubecraft.dataset import generate_dataset
+    preset = Path(__file__).resolve().parents[1] / "examples" / "realistic_disks.toml"
+    out = tmp_path / "train"
+    generate_dataset(preset, 8, out, progress=False)
+    from astropy.table import Table
+    table = Table.read(out / "galaxies.ecsv")
+    assert {"surface", "vertical", "radial_v_rad", "lopsided_v_1t"} <= set(table.colnames)
+
+
+@pytest.mark.parametrize("spec, match", [
+    (dict(bar_v_2t="20 km/s"), "bar_fraction"),
+    (dict(warp_fraction=1.5), r"\[0, 1\]"),
+    (dict(bar_fraction=0.5, bar_v_2t="20 deg"), "bar_v_2t"),
+])
+def test_bad_population_parts_are_refused(spec, match):
+    from galcubecraft.priors import GalaxyPriors
+    with pytest.raises((ValueError, u.UnitsError), match=match):
+        GalaxyPriors(**spec)
