@@ -225,6 +225,10 @@ def _height_nodes(params, model, spacing, resolution):
       light (the last bin reaches to infinity), each at its light-weighted mean height.
     """
     h = params["scale_height"].detach().double().cpu()
+    if model.warp is not None and model.warp.key("scale_height") in params:
+        # a flare: its thickest ring's
+        h = torch.maximum(h, params[model.warp.key("scale_height")].detach().double().cpu()
+                          .amax(dim=-1))
     if model.warp is not None and model.warp.key("inclination") in params:
         # the most inclined ring's (the table's largest inclination)
         sin_i = torch.sin(params[model.warp.key("inclination")].detach().double().cpu()
@@ -371,8 +375,11 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     phi = put(plan.azimuth)[:, :, None]
     d_r, d_phi = put(plan.d_radius)[:, :, None], put(plan.d_azimuth)[:, :, None]
     t = put(plan.heights)[:, None, :]                          # (B, 1, Z)
-    h = p["scale_height"]
-    z = h * t                                                  # (B, 1, Z)
+    flare = model.warp is not None and model.warp.key("scale_height") in p
+
+    def heights(r):
+        """The scale height at the samples' radii (a flare's table, or the profile's)."""
+        return model.warp.height(r, p) if flare else p["scale_height"]
 
     # the weights: Sigma R dR dphi x the height's share, scaled to the flux
     area = model.surface.density(radius, p) * radius * d_r * d_phi * put(plan.used)[:, :, None]
@@ -404,6 +411,8 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     for start in range(0, n_t, chunk):
         sl = slice(start, start + chunk)
         r, ph, dr, dph = radius[:, sl], phi[:, sl], d_r[:, sl], d_phi[:, sl]
+        h = heights(r)
+        z = h * t                                                # (B, n or 1, Z)
         zz = z[..., :1] if shared else z.expand(batch, r.shape[1], n_z)
         # the line: velocity at the sample, widened by the field's spread over its segment
         # (ring width, azimuth step) and its height bin

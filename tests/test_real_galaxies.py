@@ -140,6 +140,8 @@ FEATURES = {
     "dispersion profile": dict(flows=[gcc.DispersionProfile([40, 5] * KMS,
                                                             radius=[0, 15] * u.arcsec)]),
     "warp 20 -> 80 deg": dict(warp=WARP, vertical=gcc.ExponentialVertical(0.5 * u.arcsec)),
+    "flare": dict(warp=gcc.Warp([0, 10, 30] * u.arcsec, scale_height=[0.2, 0.2, 3] * u.arcsec),
+                  inclination=80 * u.deg),
 }
 
 
@@ -368,7 +370,8 @@ def test_a_warp_turns_each_ring_to_its_own_orientation():
 def test_a_warp_that_does_not_change_is_the_flat_disk():
     flat = disk(vertical=gcc.Sech2Vertical(0.4 * u.arcsec))
     warped = flat.replace(warp=gcc.Warp([0, 50] * u.arcsec, inclination=[60, 60] * u.deg,
-                                        position_angle=[40, 40] * u.deg))
+                                        position_angle=[40, 40] * u.deg,
+                                        scale_height=[0.4, 0.4] * u.arcsec))
     grid = grid_for(n_pix=48, n_chan=30, width=20.0, beam=3.0)
     assert l1(render(warped, grid), render(flat, grid)) < 1e-10
 
@@ -399,6 +402,9 @@ GRAD = {
     "warp": (dict(warp=gcc.Warp([0, 3, 7] * u.arcsec, inclination=[40, 55, 70] * u.deg,
                                 position_angle=[20, 30, 45] * u.deg)),
              ["warp_inclination", "warp_position_angle", "warp_radius", "x0", "v_max"]),
+    "flare": (dict(warp=gcc.Warp([0, 3, 7] * u.arcsec, scale_height=[0.2, 0.4, 1.1] * u.arcsec),
+                   inclination=75 * u.deg, flows=[gcc.LaggingHalo(8 * KMS / u.arcsec)]),
+              ["warp_scale_height", "lag_dv_dz"]),
 }
 
 
@@ -437,7 +443,7 @@ def test_gradcheck_for_every_new_parameter(case, device):
     (lambda: gcc.GaussianRing(5 * u.arcsec, 1 * u.km / u.s), "width"),
     (lambda: gcc.BisymmetricFlow(20 * KMS, 10 * KMS, None), "angle"),
     (lambda: gcc.Warp([5] * u.arcsec, inclination=[30] * u.deg), "at least 2"),
-    (lambda: gcc.Warp([0, 5] * u.arcsec), "inclination or a position_angle"),
+    (lambda: gcc.Warp([0, 5] * u.arcsec), "a scale_height table"),
     (lambda: gcc.Warp([0, 5] * u.arcsec, inclination=[30, 95] * u.deg), "inclination"),
     (lambda: gcc.Warp([0, 5] * u.arcsec, inclination=[30, 40, 50] * u.deg), "one value per"),
     (lambda: gcc.RadialFlow([10, 20] * KMS), "radius of its nodes"),
@@ -609,3 +615,25 @@ def test_bad_population_parts_are_refused(spec, match):
     from galcubecraft.priors import GalaxyPriors
     with pytest.raises((ValueError, u.UnitsError), match=match):
         GalaxyPriors(**spec)
+
+
+def test_a_flaring_disk_thickens_outwards():
+    """Edge-on, a flare (0.3" -> 2" from 5" to 25") widens the light's minor-axis profile at
+    large radii, against the same disk unflared; face-on it changes nothing."""
+    grid = grid_for(n_pix=64, n_chan=10, width=80.0, beam=2.0)
+    flat = disk(inclination=89 * u.deg, position_angle=0 * u.deg,
+                vertical=gcc.ExponentialVertical(0.3 * u.arcsec), flows=[ZERO_FLOW],
+                surface=gcc.ExponentialDisk(scale_length=8 * u.arcsec))
+    flared = flat.replace(warp=gcc.Warp([0, 5, 25] * u.arcsec,
+                                        scale_height=[0.3, 0.3, 2.0] * u.arcsec))
+    east = grid.sky_offsets()[0].to_value(u.arcsec)[0]
+    north = grid.sky_offsets()[1].to_value(u.arcsec)[:, 0]
+
+    def width(galaxy, at):
+        image = render(galaxy, grid).sum(0)
+        row = image[np.argmin(np.abs(north - at))]
+        return math.sqrt((row * east**2).sum() / row.sum())
+    assert width(flared, 20.0) > 2.5 * width(flat, 20.0)
+    # face-on the height does not show: the same image
+    face_on = [render(g.replace(inclination=0 * u.deg), grid).sum(0) for g in (flat, flared)]
+    assert l1(face_on[1], face_on[0]) < 1e-6

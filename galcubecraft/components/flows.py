@@ -300,13 +300,14 @@ class DispersionProfile(Flow):
 
 
 class Warp(Component):
-    """Tilted rings: inclination and position angle that change with radius.
+    """Tilted rings: inclination, position angle and scale height that change with radius.
 
     The disk is a set of concentric rings, each with its own orientation (Rogstad et al.
-    1974; KinMS's ``inc``/``posAng`` arrays, 3D-Barolo's INC and PA per ring), linearly
+    1974; KinMS's ``inc``/``posAng`` arrays, 3D-Barolo's INC, PA and Z0 per ring), linearly
     interpolated between the nodes and constant beyond the ends.  A table replaces the
-    galaxy's own ``inclination`` or ``position_angle``; a warp that gives only one of them
-    keeps the galaxy's value of the other.  The flux is still exactly the galaxy's.
+    galaxy's own ``inclination``, ``position_angle`` or vertical profile's ``scale_height``
+    (a flaring disk); what the warp does not give keeps the galaxy's value.  The flux is
+    still exactly the galaxy's.
 
     Parameters
     ----------
@@ -316,6 +317,8 @@ class Warp(Component):
         Inclination at each node, 0 to 90 deg.
     position_angle : `~astropy.units.Quantity` [angle], 1-D, optional
         Position angle of each ring's receding major axis at each node, east of north.
+    scale_height : `~astropy.units.Quantity` [angle or length], 1-D, optional
+        Scale height of the vertical profile at each node (>= 0): a flare.
 
     Examples
     --------
@@ -332,20 +335,25 @@ class Warp(Component):
                             default=None, description="inclination at each node of the warp")
     position_angle = Parameter("angle", shape="1d", optional=True, default=None,
                                description="position angle at each node of the warp")
+    scale_height = Parameter("size", nonnegative=True, shape="1d", optional=True, default=None,
+                             description="scale height at each node of the warp (a flare)")
 
-    def __init__(self, radius, inclination=None, position_angle=None):
+    def __init__(self, radius, inclination=None, position_angle=None, scale_height=None):
         self.radius = radius
         self.inclination = inclination
         self.position_angle = position_angle
-        if inclination is None and position_angle is None:
-            raise ValueError("Warp: give an inclination or a position_angle table (or both)")
+        self.scale_height = scale_height
+        if inclination is None and position_angle is None and scale_height is None:
+            raise ValueError("Warp: give an inclination, a position_angle or a scale_height "
+                             "table")
         _check_table(self, self.radius, {"inclination": inclination,
-                                         "position_angle": position_angle}, least=2)
+                                         "position_angle": position_angle,
+                                         "scale_height": scale_height}, least=2)
 
     def __repr__(self):
         parts = [f"{k} {v[0].value} -> {v[-1]}" for k, v in
-                 (("inclination", self.inclination), ("position_angle", self.position_angle))
-                 if v is not None]
+                 (("inclination", self.inclination), ("position_angle", self.position_angle),
+                  ("scale_height", self.scale_height)) if v is not None]
         return (f"<Warp({self.radius.size} nodes, R <= {self.radius[-1]}: "
                 f"{', '.join(parts)})>")
 
@@ -363,3 +371,12 @@ class Warp(Component):
                 out.append(params[name].reshape(-1, *([1] * (radius.dim() - 1)))
                            .expand_as(radius))
         return out
+
+    @classmethod
+    def height(cls, radius, params):
+        """The scale height (*arcsec*) at ``radius``: the table where the warp gives one,
+        else the vertical profile's."""
+        key = cls.key("scale_height")
+        if key in params:
+            return F.interpolate_linear(radius, params["warp_radius"], params[key])
+        return params["scale_height"].reshape(-1, *([1] * (radius.dim() - 1)))
