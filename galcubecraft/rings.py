@@ -333,18 +333,26 @@ def line_of_sight(radius, phi, z, params, model):
         sigma = terms.get("sigma", sigma)
     inc, _ = _orientation(radius, params, model)
     v = torch.sin(inc) * (v_phi * torch.cos(phi) + v_r * torch.sin(phi)) - v_z * torch.cos(inc)
-    return v, sigma
+    shift = None if model.warp is None else model.warp.table("v_shift", radius, params)
+    return (v if shift is None else v + shift), sigma
 
 
 def sky_position(radius, phi, z, params, model):
     """Sky offsets (east, north; *arcsec*) of disk-frame ``(radius, phi, z)``: ``xi`` along
     each ring's receding major axis, ``eta = R sin(phi) cos(i) + z sin(i)`` towards
-    PA - 90 deg (the far side), turned by the ring's position angle."""
+    PA - 90 deg (the far side), turned by the ring's position angle, about the ring's
+    centre."""
     inc, pa = _orientation(radius, params, model)
     xi = radius * torch.cos(phi)
     eta = radius * torch.sin(phi) * torch.cos(inc) + z * torch.sin(inc)
     s, c = torch.sin(pa), torch.cos(pa)
-    return params["x0"] + xi * s - eta * c, params["y0"] + xi * c + eta * s
+    east, north = params["x0"] + xi * s - eta * c, params["y0"] + xi * c + eta * s
+    if model.warp is not None:
+        for name, which in (("centre_east", 0), ("centre_north", 1)):
+            moved = model.warp.table(name, radius, params)
+            if moved is not None:
+                east, north = (east + moved, north) if which == 0 else (east, north + moved)
+    return east, north
 
 
 def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edges, flux,

@@ -402,6 +402,10 @@ GRAD = {
     "warp": (dict(warp=gcc.Warp([0, 3, 7] * u.arcsec, inclination=[40, 55, 70] * u.deg,
                                 position_angle=[20, 30, 45] * u.deg)),
              ["warp_inclination", "warp_position_angle", "warp_radius", "x0", "v_max"]),
+    "ring centres and velocities": (
+        dict(warp=gcc.Warp([0, 3, 7] * u.arcsec, centre_east=[0, 0.3, 0.8] * u.arcsec,
+                           centre_north=[0, -0.2, 0.4] * u.arcsec, v_shift=[0, 5, 20] * KMS)),
+        ["warp_centre_east", "warp_centre_north", "warp_v_shift"]),
     "flare": (dict(warp=gcc.Warp([0, 3, 7] * u.arcsec, scale_height=[0.2, 0.4, 1.1] * u.arcsec),
                    inclination=75 * u.deg, flows=[gcc.LaggingHalo(8 * KMS / u.arcsec)]),
               ["warp_scale_height", "lag_dv_dz"]),
@@ -637,3 +641,22 @@ def test_a_flaring_disk_thickens_outwards():
     # face-on the height does not show: the same image
     face_on = [render(g.replace(inclination=0 * u.deg), grid).sum(0) for g in (flat, flared)]
     assert l1(face_on[1], face_on[0]) < 1e-6
+
+
+def test_ring_centres_and_velocities_move_each_ring():
+    """Rings all moved by the same (east, north) and velocity: the galaxy moved (its offset
+    and systemic velocity: the same cube to rounding, and to the second order in v / c of
+    composing the velocities)."""
+    grid = grid_for(n_pix=48, n_chan=30, width=20.0, beam=3.0)
+    base = disk(vertical=gcc.Sech2Vertical(0.4 * u.arcsec), v_sys=0 * KMS)
+    moved = base.replace(warp=gcc.Warp([0, 40] * u.arcsec, centre_east=[2, 2] * u.arcsec,
+                                       centre_north=[-1, -1] * u.arcsec,
+                                       v_shift=[30, 30] * KMS))
+    shifted = base.replace(offset=(2, -1) * u.arcsec, v_sys=30 * KMS,
+                           warp=gcc.Warp([0, 40] * u.arcsec, centre_east=[0, 0] * u.arcsec))
+    assert l1(render(moved, grid), render(shifted, grid)) < 5e-4
+    # a ring drifting east: the outer light's centroid moves with it
+    drift = base.replace(warp=gcc.Warp([0, 5, 20] * u.arcsec, centre_east=[0, 0, 4] * u.arcsec))
+    east = grid.sky_offsets()[0].to_value(u.arcsec)
+    image = render(drift, grid).sum(0)
+    assert (image * east).sum() / image.sum() > 0.5

@@ -319,6 +319,12 @@ class Warp(Component):
         Position angle of each ring's receding major axis at each node, east of north.
     scale_height : `~astropy.units.Quantity` [angle or length], 1-D, optional
         Scale height of the vertical profile at each node (>= 0): a flare.
+    centre_east, centre_north : `~astropy.units.Quantity` [angle or length], 1-D, optional
+        Each ring's centre, east and north of the galaxy's (3D-Barolo's XPOS, YPOS per
+        ring, relative): a ring that drifts off centre.
+    v_shift : `~astropy.units.Quantity` [speed], 1-D, optional
+        Each ring's systemic velocity less the galaxy's, in the galaxy's frame (3D-Barolo's
+        VSYS per ring, relative).
 
     Examples
     --------
@@ -338,22 +344,31 @@ class Warp(Component):
     scale_height = Parameter("size", nonnegative=True, shape="1d", optional=True, default=None,
                              description="scale height at each node of the warp (a flare)")
 
-    def __init__(self, radius, inclination=None, position_angle=None, scale_height=None):
+    centre_east = Parameter("size", shape="1d", optional=True, default=None,
+                            description="east offset of each ring's centre from the galaxy's")
+    centre_north = Parameter("size", shape="1d", optional=True, default=None,
+                             description="north offset of each ring's centre from the galaxy's")
+    v_shift = Parameter("velocity", shape="1d", optional=True, default=None,
+                        description="each ring's systemic velocity less the galaxy's")
+
+    def __init__(self, radius, inclination=None, position_angle=None, scale_height=None,
+                 centre_east=None, centre_north=None, v_shift=None):
         self.radius = radius
         self.inclination = inclination
         self.position_angle = position_angle
         self.scale_height = scale_height
-        if inclination is None and position_angle is None and scale_height is None:
-            raise ValueError("Warp: give an inclination, a position_angle or a scale_height "
-                             "table")
-        _check_table(self, self.radius, {"inclination": inclination,
-                                         "position_angle": position_angle,
-                                         "scale_height": scale_height}, least=2)
+        self.centre_east = centre_east
+        self.centre_north = centre_north
+        self.v_shift = v_shift
+        tables = {name: getattr(self, name) for name in self.param_names if name != "radius"}
+        if all(v is None for v in tables.values()):
+            raise ValueError(f"Warp: give at least one table of {sorted(tables)} "
+                             "(an inclination, a position_angle or a scale_height table, ...)")
+        _check_table(self, self.radius, tables, least=2)
 
     def __repr__(self):
-        parts = [f"{k} {v[0].value} -> {v[-1]}" for k, v in
-                 (("inclination", self.inclination), ("position_angle", self.position_angle),
-                  ("scale_height", self.scale_height)) if v is not None]
+        parts = [f"{k} {v[0].value} -> {v[-1]}" for k, v in self.parameters.items()
+                 if v is not None and k != "radius"]
         return (f"<Warp({self.radius.size} nodes, R <= {self.radius[-1]}: "
                 f"{', '.join(parts)})>")
 
@@ -371,6 +386,14 @@ class Warp(Component):
                 out.append(params[name].reshape(-1, *([1] * (radius.dim() - 1)))
                            .expand_as(radius))
         return out
+
+    @classmethod
+    def table(cls, name, radius, params):
+        """The table ``name`` at ``radius`` (*arcsec*), or None if the warp has none."""
+        key = cls.key(name)
+        if key not in params:
+            return None
+        return F.interpolate_linear(radius, params["warp_radius"], params[key])
 
     @classmethod
     def height(cls, radius, params):
