@@ -75,9 +75,10 @@ class Galaxy(Placed):
     flows : sequence of `~galcubecraft.components.Flow`, optional
         Motions besides rotation, at most one of each kind.
     warp : `~galcubecraft.Warp`, optional
-        Inclination and position angle over radius (tilted rings); its tables replace
-        ``inclination`` and ``position_angle``, which still say the orientation where
-        the warp gives no table.
+        Tilted rings: inclination, position angle, scale height (a flare), centre and
+        systemic velocity over radius; its tables replace ``inclination``,
+        ``position_angle`` and the vertical profile's ``scale_height``, which still hold
+        where the warp gives no table.
 
     Examples
     --------
@@ -166,6 +167,11 @@ class Galaxy(Placed):
         return {"surface": self.surface, "vertical": self.vertical,
                 "kinematics": self.kinematics}
 
+    def _parts(self):
+        """Every component: surface, vertical profile, rotation law, flows and warp."""
+        return [*self.components.values(), *self.flows,
+                *([] if self.warp is None else [self.warp])]
+
     @property
     def model(self):
         """The classes of this galaxy's parts (`galcubecraft.rings.DiskModel`): what the
@@ -194,15 +200,15 @@ class Galaxy(Placed):
         # (the projector subtracts the band's centre before its own cast)
         out["v_sys"] = to_tensor(d["v_sys"].to_internal(self.v_sys), device,
                                  torch.float64 if dtype.is_floating_point else dtype)
-        parts = [*self.components.values(), *self.flows]
-        for component in parts + ([] if self.warp is None else [self.warp]):
+        for component in self._parts():
             out.update(component.tensors(self.to_arcsec, device, dtype))
         return out
 
     # ------------------------------------------------------------------ flat dictionaries
-    #: The parts a flat dictionary names by law: key -> (base class, default law).
-    LAWS = {"surface": (Surface, "sersic"), "vertical": (VerticalProfile, "exponential"),
-            "rotation": (RotationCurve, "arctan")}
+    #: The parts a flat dictionary names by law: key -> (base class, default law, in words).
+    LAWS = {"surface": (Surface, "sersic", "surface profile"),
+            "vertical": (VerticalProfile, "exponential", "vertical profile"),
+            "rotation": (RotationCurve, "arctan", "rotation law")}
 
     @classmethod
     def flat_parameters(cls):
@@ -246,8 +252,7 @@ class Galaxy(Placed):
         """
         out = self.laws()
         out.update(self.parameters)
-        for part in (self.surface, self.vertical, self.kinematics, *self.flows,
-                     *([] if self.warp is None else [self.warp])):
+        for part in self._parts():
             out.update(part.flat())
         out["v_sys"] = self.v_sys
         return out
@@ -268,7 +273,7 @@ class Galaxy(Placed):
         flat = cls.flat_parameters()
         values = {k: v for k, v in dict(values).items() if v is not None}
         chosen = {}
-        for key, (base, default) in cls.LAWS.items():
+        for key, (base, default, _) in cls.LAWS.items():
             law = str(values.pop(key, (defaults or {}).get(key, default))).lower()
             if law not in base.laws:
                 raise ValueError(f"{where}: {key} must be one of {sorted(base.laws)}, got "
@@ -286,12 +291,10 @@ class Galaxy(Placed):
             raise ValueError(f"{where}: unknown galaxy setting(s) {sorted(unknown)}; known: "
                              f"{sorted(flat)}")
         other = set(values) - set(mine)
-        for key, (base, _) in cls.LAWS.items():
+        for key, (base, _, part) in cls.LAWS.items():
             theirs = {n for c in base.laws.values() for n in c.flat_declarations()}
             stray = sorted(other & theirs)
             if stray:
-                part = {"surface": "surface profile", "vertical": "vertical profile",
-                        "rotation": "rotation law"}[key]
                 raise ValueError(f"{where}: {stray} belong to another {part} than "
                                  f"{chosen[key].law!r}, which takes "
                                  f"{list(chosen[key].flat_declarations())}")

@@ -1008,8 +1008,8 @@ class Projector:
             params, model, plan, pixel=self.pixel, sky_matrix=self._sky_matrix,
             shape=self.pixels.shape, margin=self.margin, edges=self._rest_frame_edges(params),
             flux=flux, cloud=self._cloud, max_chunk_elements=self.max_chunk_elements,
-            line_nodes_per_sigma=(None if self.line_integration == "erf"
-                                  else self.line_nodes_per_sigma))
+            line_nodes_per_sigma=self.line_nodes_per_sigma,
+            line_integration=self.line_integration)
         ny_p, nx_p = self.padded_shape
         return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 

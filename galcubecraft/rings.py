@@ -6,20 +6,24 @@ tabulated profiles, other vertical laws, radial, vertical, lagging and harmonic 
 dispersion profile, warps) is integrated here, in the frame of the disk, the way tilted-ring
 codes see it (Rogstad et al. 1974; 3D-Barolo's GALMOD, KinMS), but deterministically:
 
-- **Quadrature, not random clouds.**  The disk is cut into rings of width ``dR`` (at most
-  the sample spacing, and a quarter of the profile's smallest radial scale); ring ``k``
-  holds ``2 pi R_k / s`` samples evenly spaced in azimuth, and each sample stands for
-  ``2 n_side`` heights: bins of equal light of the vertical profile, at their light-weighted
-  mean height (`~galcubecraft.components.VerticalProfile.half_nodes`).  Its weight is
-  ``Sigma(R) R dR dphi`` times its share of the height; the weights are scaled so that they
-  add up to the galaxy's flux exactly.
+- **Quadrature, not random clouds.**  The disk is cut into rings on a grid fixed in radius
+  (a whole fraction of the sample spacing wide, and at most a quarter of the profile's
+  smallest radial scale; twice as wide and twice as sparse beyond the radius holding 97% of
+  the light); ring ``k`` holds ``2 pi R_k / s`` samples evenly spaced in azimuth, and each
+  sample stands for a few heights: the Gaussian quadrature of the vertical profile
+  (`~galcubecraft.components.VerticalProfile.gauss_nodes`) where no motion depends on
+  height, else bins of the profile at their light-weighted mean heights
+  (`~galcubecraft.components.VerticalProfile.height_bins`).  Its weight is
+  ``Sigma(R) R dR dphi`` times its height's share of the light; the weights are scaled so
+  that they add up to the galaxy's flux exactly.
 - **Each sample's line.**  The line-of-sight velocity is evaluated at the sample
   (`galcubecraft.components.flows` gives the formula) and its Gaussian integrated over every
-  channel (differences of erf), so the flux is exact for any dispersion and channel width.
-  The samples are a midpoint rule: their own spread of velocities is the field's wherever the
-  line is wider than about half the step between neighbours; where it is narrower, each line
-  is widened towards the spread of the field over the area and height its sample stands for
-  (``step^2 / 12 - sigma^2 / 3``), so that a narrow line does not become a comb of lines.
+  channel (differences of erf, or velocity nodes where they cost less), so the flux is
+  exact for any dispersion and channel width.  The samples are a midpoint rule: their own
+  spread of velocities is the field's wherever the line is wider than about half the step
+  between neighbours; where it is narrower, each line is widened towards the spread of the
+  field over the area and height its sample stands for (``step^2 / 12 - sigma^2 / 3``), so
+  that a narrow line does not become a comb of lines.
 - **Each sample's place.**  A sample's light goes to the four rendered pixels around it
   with cloud-in-cell weights (`galcubecraft.functional.cloud_weights`), which keep its
   flux and its centroid: what lies inside a pixel is kept to first order, and the
@@ -31,6 +35,7 @@ codes see it (Rogstad et al. 1974; 3D-Barolo's GALMOD, KinMS), but deterministic
 Everything is differentiable in every parameter, tabulated nodes included (the sampling
 counts are step functions of the parameters, taken without gradients).  No astropy here.
 """
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -272,6 +277,7 @@ _GAUSS_SPAN = 6.0
 _HEIGHT_LIGHT = 1e-3
 
 
+@functools.lru_cache(maxsize=None)
 def _reach(vertical):
     """The height (in scale heights) holding all but `_HEIGHT_LIGHT` of a profile's light."""
     t = np.linspace(0.0, 64.0, 4097)
@@ -284,34 +290,37 @@ def _shaped(params):
     return {k: (v.reshape(-1, 1, 1) if v.dim() == 1 else v) for k, v in params.items()}
 
 
-def _orientation(radius, params, model):
+def _ring_value(name, radius, params, model):
+    """A galaxy's ``name`` (inclination, position angle, scale height) at ``radius``: its
+    warp's table where it has one, else the galaxy's own value."""
     if model.warp is None:
-        return params["inclination"], params["position_angle"]
-    inc, pa = model.warp.orientation(radius, params)
-    return inc, pa
+        return params[name]
+    return model.warp.at(name, radius, params, params[name])
 
 
-def _velocity_nodes(params, model, edges, samples, rows, nodes_per_sigma):
-    """``(origin, step, n_nodes, floor)`` of the velocity nodes
-    (`galcubecraft.functional.line_nodes`) for a batch, or None where integrating each of
-    the ``samples`` lines over the channels (four pixels each) costs less than eight
-    scatters each and a spectrum per node of the ``rows`` pixels, or the nodes would not fit
-    (lines far narrower than the channels).  ``floor`` is each galaxy's least dispersion,
-    which the node kernel applies."""
-    if nodes_per_sigma is None:
+def _orientation(radius, params, model):
+    return (_ring_value("inclination", radius, params, model),
+            _ring_value("position_angle", radius, params, model))
+
+
+def _velocity_nodes(params, model, edges, samples, rows, nodes_per_sigma, force=False):
+    """``(origin, step, n_nodes)`` of the velocity nodes (`galcubecraft.functional.line_nodes`)
+    for a batch, or None where integrating each of the ``samples`` lines over the channels
+    (four pixels each) costs less than eight scatters each and a spectrum per node of the
+    ``rows`` pixels (with ``force``: wherever they fit), where the nodes would not fit (lines
+    far narrower than the channels), or where the dispersion varies across the disk: the
+    nodes apply one Gaussian per galaxy, and a sample's own spread of velocities only as a
+    box of the same variance, which is its shape only for the spread over its own area."""
+    if nodes_per_sigma is None or any(getattr(f, "sets_dispersion", False)
+                                      for f in model.flows):
         return None
-    floor = params["dispersion"]
-    for flow in model.flows:
-        least = flow.least_dispersion(params)
-        if least is not None:
-            floor = least
-    floor = floor.clamp_min(1e-3)
-    origin, step, n_nodes = F.line_nodes(edges, floor, nodes_per_sigma)
+    origin, step, n_nodes = F.line_nodes(edges, params["dispersion"].clamp_min(1e-3),
+                                         nodes_per_sigma)
     n_chan = edges.shape[-1] - 1
     node_cost = n_nodes * rows * (n_chan + 2) + samples * 4 * 16
-    if node_cost > samples * 4 * n_chan or n_nodes * rows > _MAX_NODE_ELEMENTS:
+    if (node_cost > samples * 4 * n_chan and not force) or n_nodes * rows > _MAX_NODE_ELEMENTS:
         return None
-    return origin, step, n_nodes, floor
+    return origin, step, n_nodes
 
 
 #: The velocity nodes of a batch hold at most this many elements (rows x nodes).
@@ -333,7 +342,7 @@ def line_of_sight(radius, phi, z, params, model):
         sigma = terms.get("sigma", sigma)
     inc, _ = _orientation(radius, params, model)
     v = torch.sin(inc) * (v_phi * torch.cos(phi) + v_r * torch.sin(phi)) - v_z * torch.cos(inc)
-    shift = None if model.warp is None else model.warp.table("v_shift", radius, params)
+    shift = None if model.warp is None else model.warp.at("v_shift", radius, params)
     return (v if shift is None else v + shift), sigma
 
 
@@ -348,15 +357,14 @@ def sky_position(radius, phi, z, params, model):
     s, c = torch.sin(pa), torch.cos(pa)
     east, north = params["x0"] + xi * s - eta * c, params["y0"] + xi * c + eta * s
     if model.warp is not None:
-        for name, which in (("centre_east", 0), ("centre_north", 1)):
-            moved = model.warp.table(name, radius, params)
-            if moved is not None:
-                east, north = (east + moved, north) if which == 0 else (east, north + moved)
+        east = east + model.warp.at("centre_east", radius, params, 0.0)
+        north = north + model.warp.at("centre_north", radius, params, 0.0)
     return east, north
 
 
 def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edges, flux,
-                  cloud, max_chunk_elements=2**23, line_nodes_per_sigma=2.0):
+                  cloud, max_chunk_elements=2**23, line_nodes_per_sigma=2.0,
+                  line_integration="auto"):
     """The padded model of a batch of disks: ``(batch, n_chan, pixels + 1)`` (the last
     column catches what falls outside), in Jy km/s per rendered pixel and channel.
 
@@ -367,7 +375,8 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     frame; ``flux`` ``(batch,)`` the line flux on the grid's axis; ``cloud`` the width of
     the clouds in rendered pixels.  With ``line_nodes_per_sigma`` (None: never), the lines go
     through velocity nodes where that costs less than integrating every sample's line over
-    every channel (`_velocity_nodes`).
+    every channel (`_velocity_nodes`; ``line_integration`` ``'nodes'`` or ``'erf'`` forces
+    one way, as `~galcubecraft.Projector`'s).
     """
     p = _shaped(params)
     device, dtype = flux.device, flux.dtype
@@ -383,11 +392,6 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     phi = put(plan.azimuth)[:, :, None]
     d_r, d_phi = put(plan.d_radius)[:, :, None], put(plan.d_azimuth)[:, :, None]
     t = put(plan.heights)[:, None, :]                          # (B, 1, Z)
-    flare = model.warp is not None and model.warp.key("scale_height") in p
-
-    def heights(r):
-        """The scale height at the samples' radii (a flare's table, or the profile's)."""
-        return model.warp.height(r, p) if flare else p["scale_height"]
 
     # the weights: Sigma R dR dphi x the height's share, scaled to the flux
     area = model.surface.density(radius, p) * radius * d_r * d_phi * put(plan.used)[:, :, None]
@@ -397,18 +401,17 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
 
     inverse = torch.as_tensor(np.linalg.inv(sky_matrix), device=device, dtype=dtype)
     centre_x, centre_y = (nx - 1) / 2 + margin, (ny - 1) / 2 + margin
-    out = flux.new_zeros((batch * (n_pix + 1), n_edges - 1))
-    base = (torch.arange(batch, device=device) * (n_pix + 1))[:, None]
     n_t = radius.shape[1]
     n_z = t.shape[-1]
     # without motions that depend on height, every height of a sample shares its line
     shared = not model.uses_height()
-    nodes = _velocity_nodes(params, model, edges, batch * n_t * n_z,
-                            batch * (n_pix + 1), line_nodes_per_sigma)
+    nodes = _velocity_nodes(params, model, edges, batch * n_t * n_z, batch * (n_pix + 1),
+                            None if line_integration == "erf" else line_nodes_per_sigma,
+                            force=line_integration == "nodes")
     if nodes is None:
         out = flux.new_zeros((batch * (n_pix + 1), n_edges - 1))
     else:
-        origin, step, n_nodes, floor = nodes
+        origin, step, n_nodes = nodes
         out = flux.new_zeros(batch * (n_pix + 1) * n_nodes)
     base = (torch.arange(batch, device=device) * (n_pix + 1))[:, None]
     # the largest temporaries per sample: its lines (erf at every edge) and its corners'
@@ -419,7 +422,7 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     for start in range(0, n_t, chunk):
         sl = slice(start, start + chunk)
         r, ph, dr, dph = radius[:, sl], phi[:, sl], d_r[:, sl], d_phi[:, sl]
-        h = heights(r)
+        h = _ring_value("scale_height", r, p, model)      # a flare's table, or the profile's
         z = h * t                                                # (B, n or 1, Z)
         zz = z[..., :1] if shared else z.expand(batch, r.shape[1], n_z)
         # the line: velocity at the sample, widened by the field's spread over its segment
@@ -459,11 +462,10 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         share = torch.stack(shares, dim=1)
         if nodes is not None:
             # each sample's flux onto the velocity nodes of its pixels (keeping its mean and
-            # variance, the dispersion above the galaxy's least one included), then one
-            # channel-integrated Gaussian per node
-            extra = (sigma ** 2 - floor.reshape(-1, 1, 1) ** 2).clamp_min(0.0) + spread2
+            # the variance of its area's velocities), then one channel-integrated Gaussian
+            # of the galaxy's dispersion per node
             v4 = v.expand(full)[:, None].expand_as(share)
-            var4 = extra.expand(full)[:, None].expand_as(share)
+            var4 = spread2.expand(full)[:, None].expand_as(share)
             out = F.deposit_lines(share.reshape(batch, -1, 1), v4.reshape(batch, -1, 1),
                                   var4.reshape(batch, -1, 1), origin.reshape(-1, 1, 1),
                                   step.reshape(-1, 1, 1), n_nodes, rows=index.reshape(batch, -1),
@@ -485,7 +487,8 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         product = torch.sparse.mm(shares, lines.reshape(batch * n_lines, n_edges - 1))
         out = out + product if torch.is_grad_enabled() else out.add_(product)
     if nodes is not None:
-        matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes, floor)
+        matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes,
+                                          params["dispersion"].clamp_min(1e-3))
         spectra = torch.cumsum(out.reshape(batch, n_pix + 1, n_nodes), dim=-1)
         return torch.matmul(spectra, matrix).transpose(1, 2)
     return out.reshape(batch, n_pix + 1, n_edges - 1).transpose(1, 2)

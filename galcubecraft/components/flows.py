@@ -22,7 +22,7 @@ Each amplitude is a constant or, with ``radius``, a table over radius (linearly
 interpolated, constant beyond its ends, as KinMS and 3D-Barolo's rings).  A flow is one
 small class: declare its parameters and give ``velocities(radius, phi, z, params)``,
 returning the terms it adds (``'v_R'``, ``'v_phi'``, ``'v_z'``, km/s) or the dispersion
-it sets (``'sigma'``).
+it sets (``'sigma'``, with ``sets_dispersion = True``).
 """
 import numpy as np
 import torch
@@ -71,15 +71,17 @@ class Flow(Component):
     radius = Parameter("size", nonnegative=True, shape="1d", optional=True, default=None,
                        description="radii of the nodes of a tabulated amplitude, increasing")
 
+    def __init__(self, radius=None, **values):
+        self.radius = radius
+        for key, value in values.items():
+            setattr(self, key, value)
+        _check_table(self, self.radius, {k: getattr(self, k) for k, p in
+                                         self.declarations.items() if isinstance(p, _Amplitude)})
+
     @classmethod
     def velocities(cls, radius, phi, z, params):
         """The terms this flow adds: ``{'v_R': ..., 'v_phi': ..., 'v_z': ...}`` (km/s)."""
         raise NotImplementedError
-
-    @classmethod
-    def least_dispersion(cls, params):
-        """The least dispersion (km/s, one per galaxy) this flow sets, or None."""
-        return None
 
     def __repr__(self):
         if self.radius is None:
@@ -131,9 +133,7 @@ class RadialFlow(Flow):
     v_rad = _Amplitude("velocity", description="radial velocity in the plane, outwards > 0")
 
     def __init__(self, v_rad, radius=None):
-        self.radius = None if radius is None else type(self).radius.validate(radius, "radius")
-        self.v_rad = v_rad
-        _check_table(self, self.radius, {"v_rad": self.v_rad})
+        super().__init__(radius, v_rad=v_rad)
 
     @classmethod
     def velocities(cls, radius, phi, z, params):
@@ -159,9 +159,7 @@ class VerticalFlow(Flow):
     v_vert = _Amplitude("velocity", description="speed away from the plane (> 0: outflow)")
 
     def __init__(self, v_vert, radius=None):
-        self.radius = None if radius is None else type(self).radius.validate(radius, "radius")
-        self.v_vert = v_vert
-        _check_table(self, self.radius, {"v_vert": self.v_vert})
+        super().__init__(radius, v_vert=v_vert)
 
     @classmethod
     def velocities(cls, radius, phi, z, params):
@@ -187,9 +185,7 @@ class LaggingHalo(Flow):
                        description="rotation lag per height above the plane")
 
     def __init__(self, dv_dz, radius=None):
-        self.radius = None if radius is None else type(self).radius.validate(radius, "radius")
-        self.dv_dz = dv_dz
-        _check_table(self, self.radius, {"dv_dz": self.dv_dz})
+        super().__init__(radius, dv_dz=dv_dz)
 
     @classmethod
     def velocities(cls, radius, phi, z, params):
@@ -207,12 +203,6 @@ class _HarmonicFlow(Flow):
         r = amplitude_at(radius, params, cls, cls._names[1])
         angle = cls.m * (phi - params[cls.key("angle")].reshape(-1, *([1] * (phi.dim() - 1))))
         return {"v_phi": -t * torch.cos(angle), "v_R": -r * torch.sin(angle)}
-
-    def __init__(self, radius=None, **amplitudes):
-        self.radius = None if radius is None else type(self).radius.validate(radius, "radius")
-        for key, value in amplitudes.items():
-            setattr(self, key, value)
-        _check_table(self, self.radius, {k: getattr(self, k) for k in self._names})
 
 
 class BisymmetricFlow(_HarmonicFlow):
@@ -279,28 +269,23 @@ class DispersionProfile(Flow):
     """
 
     key_prefix = "profile_"
+    #: The line's width changes across the disk (the projector integrates each sample's own).
+    sets_dispersion = True
     dispersion = _Amplitude("velocity", nonnegative=True,
                             description="velocity dispersion at each node")
 
     def __init__(self, dispersion, radius):
         if radius is None:
             raise ValueError("DispersionProfile: give the radius of the nodes")
-        self.radius = type(self).radius.validate(radius, "radius")
-        self.dispersion = dispersion
-        _check_table(self, self.radius, {"dispersion": self.dispersion})
+        super().__init__(radius, dispersion=dispersion)
 
     @classmethod
     def velocities(cls, radius, phi, z, params):
         return {"sigma": amplitude_at(radius, params, cls, "dispersion")}
 
-    @classmethod
-    def least_dispersion(cls, params):
-        value = params[cls.key("dispersion")]
-        return value.amin(dim=-1) if value.dim() > 1 else value
-
 
 class Warp(Component):
-    """Tilted rings: inclination, position angle and scale height that change with radius.
+    """Tilted rings: orientation, thickness, centre and velocity that change with radius.
 
     The disk is a set of concentric rings, each with its own orientation (Rogstad et al.
     1974; KinMS's ``inc``/``posAng`` arrays, 3D-Barolo's INC, PA and Z0 per ring), linearly
@@ -343,7 +328,6 @@ class Warp(Component):
                                description="position angle at each node of the warp")
     scale_height = Parameter("size", nonnegative=True, shape="1d", optional=True, default=None,
                              description="scale height at each node of the warp (a flare)")
-
     centre_east = Parameter("size", shape="1d", optional=True, default=None,
                             description="east offset of each ring's centre from the galaxy's")
     centre_north = Parameter("size", shape="1d", optional=True, default=None,
@@ -373,33 +357,10 @@ class Warp(Component):
                 f"{', '.join(parts)})>")
 
     @classmethod
-    def orientation(cls, radius, params):
-        """Inclination and position angle (*rad*) at ``radius`` (*arcsec*): the tables
-        where the warp gives them, else the galaxy's."""
-        nodes = params["warp_radius"]
-        out = []
-        for name in ("inclination", "position_angle"):
-            key = cls.key(name)
-            if key in params:
-                out.append(F.interpolate_linear(radius, nodes, params[key]))
-            else:
-                out.append(params[name].reshape(-1, *([1] * (radius.dim() - 1)))
-                           .expand_as(radius))
-        return out
-
-    @classmethod
-    def table(cls, name, radius, params):
-        """The table ``name`` at ``radius`` (*arcsec*), or None if the warp has none."""
+    def at(cls, name, radius, params, default=None):
+        """The table ``name`` interpolated at ``radius`` (*arcsec*), or ``default`` (the
+        galaxy's own value, or None) where the warp gives none."""
         key = cls.key(name)
         if key not in params:
-            return None
+            return default
         return F.interpolate_linear(radius, params["warp_radius"], params[key])
-
-    @classmethod
-    def height(cls, radius, params):
-        """The scale height (*arcsec*) at ``radius``: the table where the warp gives one,
-        else the vertical profile's."""
-        key = cls.key("scale_height")
-        if key in params:
-            return F.interpolate_linear(radius, params["warp_radius"], params[key])
-        return params["scale_height"].reshape(-1, *([1] * (radius.dim() - 1)))
