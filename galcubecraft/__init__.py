@@ -6,11 +6,13 @@ with a real WCS and a `radio_beam.Beam`.
 """
 from ._about import version as __version__
 
-from .components import (AnalyticRotationCurve, ArctanRotationCurve, BisymmetricFlow,
+from .components import (AnalyticRotationCurve, ArctanRotationCurve, AsymmetricDrift,
+                         BisymmetricFlow,
                          Component, DispersionProfile, ExponentialDisk, ExponentialVertical,
                          FlatRotationCurve, GaussianRing, GaussianVertical, LaggingHalo,
-                         LopsidedFlow, RadialFlow, RotationCurve, Sech2Vertical, SersicDisk,
-                         TabulatedRotationCurve, TabulatedSurface, VerticalFlow, Warp)
+                         LopsidedFlow, RadialFlow, RotationCurve, Sech2Vertical, SersicBulge,
+                         SersicDisk, SurfaceSum, TabulatedRotationCurve, TabulatedSurface,
+                         VerticalFlow, Warp)
 from .cube import SyntheticCube, to_spectral_cube, write_fits
 from .galaxy import Galaxy, Scene, default_cosmology, radio_velocity
 from .grid import CO_1_0, CubeGrid
@@ -25,8 +27,10 @@ __all__ = [
     "__version__",
     "Component", "SersicDisk", "ExponentialDisk", "ExponentialVertical", "RotationCurve",
     "AnalyticRotationCurve", "ArctanRotationCurve", "FlatRotationCurve", "TabulatedRotationCurve",
-    "GaussianRing", "TabulatedSurface", "Sech2Vertical", "GaussianVertical", "RadialFlow",
-    "VerticalFlow", "LaggingHalo", "BisymmetricFlow", "LopsidedFlow", "DispersionProfile", "Warp",
+    "SersicBulge", "GaussianRing", "TabulatedSurface", "SurfaceSum", "Sech2Vertical",
+    "GaussianVertical", "RadialFlow",
+    "VerticalFlow", "LaggingHalo", "BisymmetricFlow", "LopsidedFlow", "DispersionProfile",
+    "AsymmetricDrift", "Warp",
     "Galaxy", "Scene", "default_cosmology", "radio_velocity", "CubeGrid", "CO_1_0", "Projector",
     "render", "render_tensor", "stack_parameters",
     "SyntheticCube", "to_spectral_cube", "write_fits",

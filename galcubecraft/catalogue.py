@@ -17,25 +17,69 @@ import math
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
-from astropy.table import QTable
+from astropy.table import QTable, vstack
 
-from .components import ArctanRotationCurve, ExponentialVertical, SersicDisk
+from .components import ArctanRotationCurve, ExponentialVertical, Flow
 from .galaxy import Galaxy
 from .priors import GalaxyPriors
 from .units import (radio_velocity, redshift_of_radio_velocity, validate_quantity,
                     velocity_compression)
 
 __all__ = ["random_galaxies", "check_band", "truth_table", "galaxies_from_table",
-           "PARAMETER_COLUMNS"]
+           "stack_tables", "table_cell", "PARAMETER_COLUMNS", "TABLE_COLUMNS"]
 
 _KMS = u.km / u.s
 #: Parameters a truth table holds besides the position and systemic velocity: every flat
-#: galaxy parameter that fits in one cell (tables do not: tabulated curves and profiles, a
-#: warp's nodes, a flow's tabulated amplitudes; positions and distances are written as sky
-#: and pixel coordinates and angles).  The laws (``surface``, ``vertical``, ``rotation``) are
+#: galaxy parameter that is one number (positions and distances are written as sky and
+#: pixel coordinates and angles).  The laws (``surface``, ``vertical``, ``rotation``) are
 #: columns of names.
 PARAMETER_COLUMNS = {name: p for name, p in Galaxy.flat_parameters().items()
-                     if p.shape is None and name not in ("v_sys", "distance", "redshift")}
+                     if p.shape is None and not p.may_be_table
+                     and name not in ("v_sys", "distance", "redshift")}
+#: Parameters that are tables, or may be (tabulated curves and profiles, a warp's nodes, a
+#: flow's amplitudes): array columns, one row per galaxy padded with NaN to the longest
+#: table; a flow's constant amplitude is the first element of its row, with the flow's
+#: ``radius`` blank.
+TABLE_COLUMNS = {name: p for name, p in Galaxy.flat_parameters().items() if p.may_be_table}
+
+
+def _owner_radius(name):
+    """The key of the radius nodes of the flow whose amplitude is ``name``, or None."""
+    return next((f.key("radius") for f in Flow.kinds if name in f.flat_declarations()
+                 and name != f.key("radius")), None)
+
+
+def table_cell(row, name):
+    """The value of the array column ``name`` in ``row`` (its NaN padding dropped): None when
+    blank, a float for a flow's constant amplitude, else a 1-D array."""
+    value = row[name]
+    unit = getattr(value, "unit", None)
+    numbers = np.asarray(getattr(value, "value", value), dtype=float).ravel()
+    numbers = numbers[~np.isnan(numbers)]
+    if numbers.size == 0:
+        return None
+    radius = _owner_radius(name)
+    if (numbers.size == 1 and radius is not None
+            and (radius not in row.colnames or table_cell(row, radius) is None)):
+        numbers = numbers[0]
+    return numbers * unit if unit is not None else numbers
+
+
+def stack_tables(tables):
+    """`astropy.table.vstack` of truth tables, their array columns padded with NaN to the
+    widest (tables of different shards hold tables of different lengths)."""
+    tables = [QTable(t) for t in tables]
+    for name in {c for t in tables for c in t.colnames if t[c].ndim == 2}:
+        width = max(t[name].shape[1] for t in tables if name in t.colnames)
+        for t in tables:
+            if name in t.colnames and t[name].shape[1] < width:
+                column = t[name]
+                pad = np.full((len(t), width - column.shape[1]), np.nan)
+                if isinstance(column, u.Quantity):
+                    t[name] = np.concatenate([column.value, pad], axis=1) * column.unit
+                else:
+                    t[name] = np.concatenate([np.asarray(column), pad], axis=1)
+    return vstack(tables)
 
 
 def check_band(grid, priors):
@@ -137,10 +181,8 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
             p["inclination"].to_value(u.rad) + math.radians(tilt), math.pi / 2))
             + 4 * p["dispersion"].to_value(_KMS) + speed)
         r_eff = p["r_eff"]
-        parts = priors.parts(p)
         galaxies.append(Galaxy(
-            surface=parts.pop("surface", SersicDisk(r_eff=r_eff, n=float(p["n"].value))),
-            **parts,
+            **priors.parts(p),
             vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
             kinematics=ArctanRotationCurve(v_max=p["v_max"],
                                            r_turn=float(p["turnover"].value) * r_eff),
@@ -195,7 +237,8 @@ def galaxies_from_table(table, grid):
         else:
             offset = grid.offset_of_pixel(float(row["x_pix"]), float(row["y_pix"]))
         v_sys = row["v_sys"] if "v_sys" in names else radio_velocity(float(row["z"]))
-        values = {c: row[c] for c in columns if not blank(row[c])}
+        values = {c: row[c] for c in columns if c not in TABLE_COLUMNS and not blank(row[c])}
+        values.update({c: table_cell(row, c) for c in columns if c in TABLE_COLUMNS})
         for law in Galaxy.LAWS:
             if law in values:
                 values[law] = str(values[law]).strip().lower()
@@ -209,8 +252,9 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
 
     Sizes are angles (arcsec), so the table re-creates the galaxies exactly with
     `galaxies_from_table` on the same grid.  The parameter columns are `PARAMETER_COLUMNS`,
-    in their table units (arcsec, deg, km/s, Jy km/s); a rotation law's parameters are
-    blank (NaN) in the rows of galaxies with another law.
+    in their table units (arcsec, deg, km/s, Jy km/s), and the array columns of
+    `TABLE_COLUMNS` (tables padded with NaN; read a cell with `table_cell`); a part's
+    parameters are blank (NaN) in the rows of galaxies without it.
     """
     f0 = grid.rest_frequency
     edges = grid.channel_edges.to_value(_KMS)
@@ -221,7 +265,7 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
     if f0 is not None:
         place.update(freq_sys=u.GHz, wavelength_sys=u.AA)
     columns = {name: [] for name in place}
-    params = {name: [] for name in (*Galaxy.LAWS, *PARAMETER_COLUMNS)}
+    params = {name: [] for name in (*Galaxy.LAWS, *PARAMETER_COLUMNS, *TABLE_COLUMNS)}
     for k, g in enumerate(galaxies):
         flat = g.to_dict()
         x, y = grid.pixel_of([g.to_arcsec("offset", c) for c in g.offset] * u.arcsec)
@@ -237,10 +281,8 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
             columns[name].append(value)
         for law in Galaxy.LAWS:
             params[law].append(flat[law])
-        for name, p in PARAMETER_COLUMNS.items():
-            value = flat.get(name)
-            tabulated = value is not None and np.ndim(getattr(value, "value", value)) > 0
-            params[name].append(math.nan if tabulated else p.to_table(value, g.to_arcsec))
+        for name, p in {**PARAMETER_COLUMNS, **TABLE_COLUMNS}.items():
+            params[name].append(p.to_table(flat.get(name), g.to_arcsec))
     table = QTable()
     if galaxies:
         sky = grid.wcs.celestial.pixel_to_world(np.array(columns["x_pix"]),
@@ -252,8 +294,14 @@ def truth_table(grid, galaxies, flux_in_cube=None, peak=None, data_unit=None):
         for law in Galaxy.LAWS:
             table[law] = np.asarray(params.pop(law))
         for name, values in params.items():
-            unit = PARAMETER_COLUMNS[name].table_unit
-            values = np.asarray(values, dtype=float)
+            if name in TABLE_COLUMNS:
+                cells = [np.atleast_1d(v) for v in values]
+                padded = np.full((len(cells), max(c.size for c in cells)), np.nan)
+                for k, c in enumerate(cells):
+                    padded[k, :c.size] = c
+                values, unit = padded, TABLE_COLUMNS[name].table_unit
+            else:
+                values, unit = np.asarray(values, dtype=float), PARAMETER_COLUMNS[name].table_unit
             table[name] = values * unit if unit is not None else values
         if flux_in_cube is not None:
             table["flux_in_cube"] = u.Quantity(flux_in_cube)

@@ -58,7 +58,7 @@ from astropy.table import QTable, vstack
 
 from ._about import version as __version__
 from ._files import atomic_path, read_toml, remove_stale_parts
-from .catalogue import check_band, random_galaxies
+from .catalogue import check_band, random_galaxies, stack_tables
 from .cube import to_spectral_cube
 from .grid import CubeGrid
 from .noise import NoiseModel
@@ -265,7 +265,7 @@ def _table_to_h5(group, name, table):
         if value.dtype.kind in "UO":
             value = value.astype("S32")
         columns.append((col, value))
-    dtype = [(c, v.dtype) for c, v in columns]
+    dtype = [(c, v.dtype, v.shape[1:]) for c, v in columns]
     data = np.zeros(len(table), dtype=dtype)
     for c, v in columns:
         data[c] = v
@@ -332,7 +332,7 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression):
                 gal.add_column(np.full(len(gal), index), name="index", index=0)
                 galaxy_tables.append(gal)
             _table_to_h5(f, "cubes", QTable(rows=cube_rows))
-            galaxies = vstack(galaxy_tables) if galaxy_tables else QTable()
+            galaxies = stack_tables(galaxy_tables) if galaxy_tables else QTable()
             galaxies["id"] = np.arange(len(galaxies))
             _table_to_h5(f, "galaxies", galaxies)
             f.attrs["complete"] = True
@@ -597,7 +597,7 @@ def _write_catalogue(out, manifest):
             galaxies.append(_table_from_h5(f["galaxies"]))
     cube_table = vstack(cubes)
     cube_table["shard"] = np.repeat(np.arange(len(cubes)), [len(t) for t in cubes])
-    galaxy_table = vstack(galaxies)
+    galaxy_table = stack_tables(galaxies)
     galaxy_table["id"] = np.arange(len(galaxy_table))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -165,7 +165,7 @@ def halo(host, *, flux, scale=3.0, thickness=1.0, lag=0.5, dispersion=30 * _KMS)
     scale = validate_number("scale", scale, positive=True)
     thickness = validate_number("thickness", thickness, positive=True)
     lag = validate_number("lag", lag, minimum=0, maximum=1)
-    r_eff = host.surface.r_eff
+    r_eff = host.surface.main.r_eff
     return Galaxy(surface=SersicDisk(r_eff=scale * r_eff, n=1.0),
                   vertical=ExponentialVertical(thickness * r_eff),
                   kinematics=_scaled_kinematics(host.kinematics, 1 - lag),
@@ -192,7 +192,7 @@ def bridge(host, satellite, *, flux, width=None, curvature=0.0, dispersion=20 * 
             raise TypeError(f"{name} must be a Galaxy, got {g!r}")
     curvature = validate_number("curvature", curvature)
     a, b = _centre(host), _centre(satellite)
-    width = _sizes_in_arcsec(satellite, satellite.surface.r_eff if width is None else
+    width = _sizes_in_arcsec(satellite, satellite.surface.main.r_eff if width is None else
                              validate_quantity("width", width, (u.arcsec, u.kpc)), "width")
     d = b - a
     left = u.Quantity([-d[1], d[0]])
@@ -231,7 +231,7 @@ def tail(satellite, *, host, length, flux, curvature=0.3, width=None, dispersion
     if velocity_extent is None:
         velocity_extent = (satellite.v_sys - host.v_sys) * length.to_value(u.arcsec) / separation
     velocity_extent = validate_velocity("velocity_extent", velocity_extent)
-    width = _sizes_in_arcsec(satellite, 0.5 * satellite.surface.r_eff if width is None else
+    width = _sizes_in_arcsec(satellite, 0.5 * satellite.surface.main.r_eff if width is None else
                              validate_quantity("width", width, (u.arcsec, u.kpc)), "width")
     return Stream(start=s, end=end, control=control, width=width, flux=flux,
                   v_start=satellite.v_sys, v_end=satellite.v_sys + velocity_extent,

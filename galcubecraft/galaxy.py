@@ -5,7 +5,7 @@ import torch
 from .components.base import to_tensor
 from .components.flows import Flow, Warp
 from .components.kinematics import AnalyticRotationCurve, RotationCurve
-from .components.surface import SersicDisk, Surface
+from .components.surface import SersicDisk, Surface, SurfaceSum
 from .components.vertical import ExponentialVertical, VerticalProfile
 from .distance import Placed, default_cosmology
 from .parameters import Parameter, resolve_aliases
@@ -35,9 +35,10 @@ class Galaxy(Placed):
 
     Parameters
     ----------
-    surface : `~galcubecraft.components.Surface`
+    surface : `~galcubecraft.components.Surface` or `~galcubecraft.SurfaceSum`
         Face-on surface-brightness profile: `~galcubecraft.SersicDisk`,
-        `~galcubecraft.GaussianRing`, `~galcubecraft.TabulatedSurface`.
+        `~galcubecraft.GaussianRing`, `~galcubecraft.TabulatedSurface`, or a sum of
+        profiles with their shares of the flux (bulge + disk, disk + ring).
     kinematics : `~galcubecraft.RotationCurve`
         Rotation law.
     inclination : `~astropy.units.Quantity` [angle]
@@ -118,7 +119,8 @@ class Galaxy(Placed):
         for name, value in (("surface", surface), ("kinematics", kinematics),
                             ("vertical", vertical)):
             base = self.COMPONENTS[name]
-            if not isinstance(value, base):
+            if not isinstance(value, base) and not (name == "surface"
+                                                    and isinstance(value, SurfaceSum)):
                 raise TypeError(f"{name} must be a {base.__name__}, got {value!r}")
         if isinstance(flows, Flow):
             flows = (flows,)
@@ -137,9 +139,9 @@ class Galaxy(Placed):
         if warp is not None and not isinstance(warp, Warp):
             raise TypeError(f"warp must be a Warp, got {warp!r}")
         if (isinstance(kinematics, AnalyticRotationCurve) and kinematics.r_0 is None
-                and not isinstance(surface, SersicDisk)):
+                and not (isinstance(surface.main, SersicDisk) and not surface.main.key_prefix)):
             raise ValueError("kinematics: an AnalyticRotationCurve without r_0 is tied to a "
-                             f"Sersic profile's r_eff and n; {type(surface).__name__} has "
+                             f"Sersic profile's r_eff and n; {type(surface.main).__name__} has "
                              "none: give r_0")
         self.surface, self.kinematics, self.vertical = surface, kinematics, vertical
         self.flows, self.warp = flows, warp
@@ -176,7 +178,9 @@ class Galaxy(Placed):
     def model(self):
         """The classes of this galaxy's parts (`galcubecraft.rings.DiskModel`): what the
         projector needs besides the tensors, and what galaxies rendered in one batch share."""
-        return DiskModel(surface=type(self.surface), vertical=type(self.vertical),
+        terms = getattr(self.surface, "terms", (self.surface,))
+        return DiskModel(surface=type(terms[0]), terms=tuple(type(t) for t in terms[1:]),
+                         vertical=type(self.vertical),
                          kinematics=type(self.kinematics),
                          flows=tuple(type(f) for f in self.flows),
                          warp=None if self.warp is None else type(self.warp))
@@ -221,18 +225,25 @@ class Galaxy(Placed):
         ``[[galaxy]]`` tables, command-line flags, catalogues and truth tables are made of.
         """
         out = dict(cls.declarations)
-        owners = [*Surface.laws.values(), *VerticalProfile.laws.values(),
-                  *RotationCurve.laws.values(), *Flow.kinds, Warp]
+        owners = [*Surface.laws.values(), *Surface.addends.values(),
+                  *VerticalProfile.laws.values(), *RotationCurve.laws.values(), *Flow.kinds,
+                  Warp]
         for owner in owners:
             for name, p in owner.flat_declarations().items():
                 if name in out:
                     continue          # shared by name (scale_height; a law's v_max alias)
                 out[name] = p
+        out.update(cls._fraction_declarations())
         return out
+
+    @staticmethod
+    def _fraction_declarations():
+        """``<prefix>flux_fraction`` of every profile a `SurfaceSum` may add."""
+        return {p.name: p for p in (c.fraction_declaration() for c in Surface.addends.values())}
 
     def laws(self):
         """The names of this galaxy's surface, vertical and rotation laws."""
-        named = {"surface": self.surface, "vertical": self.vertical,
+        named = {"surface": self.surface.main, "vertical": self.vertical,
                  "rotation": self.kinematics}
         out = {}
         for key, part in named.items():
@@ -281,10 +292,18 @@ class Galaxy(Placed):
             chosen[key] = base.laws[law]
         law_cls = chosen["rotation"]
         law = law_cls.law
+        # profiles added to the surface law's (a SurfaceSum): those given a flux fraction
+        main = chosen["surface"]
+        if main.key("flux_fraction") in values:
+            raise ValueError(f"{where}: {main.key('flux_fraction')}: the {main.law!r} profile is "
+                             "the galaxy's surface; a flux fraction is for a profile added "
+                             "to it")
+        added = [c for c in Surface.addends.values() if c.key("flux_fraction") in values]
         extras = [*Flow.kinds, Warp]
         mine = {**cls.declarations}
-        for owner in (chosen["surface"], chosen["vertical"], law_cls, *extras):
+        for owner in (main, chosen["vertical"], law_cls, *extras, *added):
             mine.update(owner.flat_declarations())
+        mine.update({c.key("flux_fraction"): c.fraction_declaration() for c in added})
         values = resolve_aliases(values, mine, where)
         unknown = set(values) - set(flat)
         if unknown:
@@ -292,12 +311,17 @@ class Galaxy(Placed):
                              f"{sorted(flat)}")
         other = set(values) - set(mine)
         for key, (base, _, part) in cls.LAWS.items():
-            theirs = {n for c in base.laws.values() for n in c.flat_declarations()}
+            owners = [*base.laws.values(), *(Surface.addends.values() if key == "surface" else ())]
+            theirs = {n for c in owners for n in c.flat_declarations()}
             stray = sorted(other & theirs)
             if stray:
+                hint = ""
+                if key == "surface":
+                    hint = (" (a profile added to it needs its share of the flux: "
+                            f"{sorted(c.key('flux_fraction') for c in Surface.addends.values())})")
                 raise ValueError(f"{where}: {stray} belong to another {part} than "
                                  f"{chosen[key].law!r}, which takes "
-                                 f"{list(chosen[key].flat_declarations())}")
+                                 f"{list(chosen[key].flat_declarations())}{hint}")
         merged = dict((defaults or {}).get("laws", {}).get(law, {}))
         merged.update({k: v for k, v in (defaults or {}).items()
                        if k in mine and k not in law_cls.declarations})
@@ -325,8 +349,18 @@ class Galaxy(Placed):
             return True
         flows = [f.from_flat(parsed) for f in Flow.kinds if given(f)]
         warp = Warp.from_flat(parsed) if given(Warp) else None
+        for term in added:
+            lacking = [k for k, p in term.flat_declarations().items()
+                       if p.required and k not in parsed]
+            if lacking:
+                raise ValueError(f"{where}: a {term.__name__} added with "
+                                 f"{term.key('flux_fraction')} needs {lacking} too")
+        try:
+            surface = SurfaceSum.from_flat(main.from_flat(parsed), parsed)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         own = {n: parsed[n] for n in cls.declarations if n in parsed}
-        return cls(surface=chosen["surface"].from_flat(parsed),
+        return cls(surface=surface,
                    vertical=chosen["vertical"].from_flat(parsed),
                    kinematics=law_cls.from_flat(parsed), cosmology=cosmology, flows=flows,
                    warp=warp, **own)

@@ -291,18 +291,28 @@ class Parameter:
             return value.to_value(self.internal_unit)
         return value.to_value(_KMS / u.kpc) / to_arcsec(self.name, 1 * u.kpc)
 
+    #: Whether a value may be a 1-D table (a ``'1d'`` shape, or a flow's amplitude that is a
+    #: constant or a table): truth tables give such a parameter an array column.
+    @property
+    def may_be_table(self):
+        return self.shape == "1d"
+
     def to_table(self, value, to_arcsec=None):
-        """``value`` as a number in the kind's table unit (arcsec, deg, km/s, Jy km/s; sizes
-        through ``to_arcsec``), NaN for an unset value: a truth-table cell."""
+        """``value`` as a number (a 1-D table: an array) in the kind's table unit (arcsec, deg,
+        km/s, Jy km/s; sizes through ``to_arcsec``), NaN for an unset value: a truth-table
+        cell."""
         if value is None:
             return math.nan
         if self.kind == "size":
-            return float(to_arcsec(self.name, value))
-        if self.kind == "dimensionless":
-            return float(value)
-        if self.kind == "velocity_gradient":
-            return float(self._per_arcsec(value, to_arcsec))
-        return float(value.to_value(self.table_unit))
+            out = to_arcsec(self.name, value)
+        elif self.kind == "dimensionless":
+            out = getattr(value, "value", value)
+        elif self.kind == "velocity_gradient":
+            out = self._per_arcsec(value, to_arcsec)
+        else:
+            out = value.to_value(self.table_unit)
+        out = np.asarray(out, dtype=float)
+        return float(out) if out.ndim == 0 else out
 
     @property
     def flag(self):
@@ -330,13 +340,16 @@ class Parameter:
 
 
 def declared_parameters(cls):
-    """The `Parameter` declarations of a class and its bases, in declaration order."""
+    """The `Parameter` declarations of a class and its bases, in declaration order (a
+    subclass that sets an inherited parameter's name to None has no such parameter)."""
     out = {}
     for klass in reversed(cls.__mro__):
         for name, value in vars(klass).items():
             if isinstance(value, Parameter):
                 out.pop(name, None)
                 out[name] = value
+            elif value is None and name in out:
+                del out[name]
     return out
 
 

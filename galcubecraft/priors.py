@@ -32,8 +32,8 @@ import astropy.units as u
 import numpy as np
 
 from ._files import read_toml
-from .components import (ArctanRotationCurve, BisymmetricFlow, GaussianRing, LopsidedFlow,
-                         RadialFlow, SersicDisk, Warp)
+from .components import (ArctanRotationCurve, AsymmetricDrift, BisymmetricFlow, GaussianRing,
+                         LopsidedFlow, RadialFlow, SersicBulge, SersicDisk, SurfaceSum, Warp)
 from .galaxy import Galaxy
 from .parameters import Parameter, resolve_aliases
 from .units import validate_number, validate_quantity
@@ -327,6 +327,12 @@ class GalaxyPriors:
                                      description="the ring's radius, over r_eff"),
             "ring_width": Parameter("dimensionless", positive=True, name="ring_width",
                                     description="the ring's Gaussian width, over r_eff")},
+        "bulge": {
+            "bulge_flux_fraction": SersicBulge.fraction_declaration(),
+            "bulge_r_eff": Parameter("dimensionless", positive=True, name="bulge_r_eff",
+                                     description="the bulge's half-light radius, over r_eff"),
+            "bulge_n": SersicBulge.flat_declarations()["bulge_n"]},
+        "drift": {},
     }
     FEATURE_DEFAULTS = {
         "warp_inclination": Normal(0 * u.deg, 10 * u.deg, name="warp_inclination"),
@@ -342,6 +348,9 @@ class GalaxyPriors:
         "radial_v_rad": Uniform(-20 * _KMS, 10 * _KMS, name="radial_v_rad"),
         "ring_radius": Uniform(1.0, 2.0, name="ring_radius"),
         "ring_width": Uniform(0.15, 0.4, name="ring_width"),
+        "bulge_flux_fraction": Uniform(0.05, 0.4, name="bulge_flux_fraction"),
+        "bulge_r_eff": Uniform(0.1, 0.3, name="bulge_r_eff"),
+        "bulge_n": Fixed(4.0, name="bulge_n"),
     }
 
     def __init__(self, **distributions):
@@ -419,13 +428,21 @@ class GalaxyPriors:
 
     @staticmethod
     def parts(draw):
-        """The `~galcubecraft.Galaxy` arguments of a draw's real-galaxy parts: ``surface``
-        (a ring), ``flows`` and ``warp``, where the draw has them."""
+        """The `~galcubecraft.Galaxy` arguments of a draw's surface and real-galaxy parts:
+        ``surface`` (the Sersic disk, or a ring, with a bulge added where the draw has
+        one), ``flows`` and ``warp`` where the draw has them."""
         r_eff = draw["r_eff"]
         out, flows = {}, []
+        out["surface"] = SersicDisk(r_eff=r_eff, n=float(draw["n"].value))
         if draw.get("ring"):
             out["surface"] = GaussianRing(radius=float(draw["ring_radius"].value) * r_eff,
                                           width=float(draw["ring_width"].value) * r_eff)
+        if draw.get("bulge"):
+            main = out["surface"]
+            share = float(draw["bulge_flux_fraction"].value)
+            bulge = SersicBulge(r_eff=float(draw["bulge_r_eff"].value) * r_eff,
+                                n=float(draw["bulge_n"].value))
+            out["surface"] = SurfaceSum([main, bulge], fractions=[1 - share, share])
         if draw.get("bar"):
             end = float(draw["bar_length"].value) * r_eff
             nodes = u.Quantity([0 * end, end, 1.25 * end])
@@ -437,6 +454,8 @@ class GalaxyPriors:
                                       draw["lopsided_angle"] % (360 * u.deg)))
         if draw.get("radial"):
             flows.append(RadialFlow(draw["radial_v_rad"]))
+        if draw.get("drift"):
+            flows.append(AsymmetricDrift())
         if flows:
             out["flows"] = flows
         if draw.get("warp"):

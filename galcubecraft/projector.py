@@ -152,11 +152,21 @@ DOMAIN = {
     "v_sys": (-math.inf, C_KMS, True),
     "warp_inclination": (0.0, math.pi / 2 + 1e-6, True), "ring_width": (0.0, math.inf, False),
     "ring_radius": (0.0, math.inf, True), "table_surface_density": (0.0, math.inf, True),
+    "bulge_r_eff": (0.0, math.inf, False), "bulge_n": (0.0, math.inf, False),
 }
+#: The same for every parameter whose name ends so (a sum of profiles' shares of the flux).
+DOMAIN_BY_SUFFIX = {"_flux_fraction": (0.0, 1.0, True)}
 #: The tensors every batch needs; plain disks (`galcubecraft.rings.DiskModel.plain`) also
 #: ``r_eff`` and ``n``.
 _REQUIRED = ("x0", "y0", "inclination", "position_angle", "flux", "dispersion", "v_sys",
              "scale_height")
+
+
+def _domain(name):
+    """``(low, high, low inclusive?)`` of the tensor ``name`` (`DOMAIN`), or None."""
+    if name in DOMAIN:
+        return DOMAIN[name]
+    return next((d for suffix, d in DOMAIN_BY_SUFFIX.items() if name.endswith(suffix)), None)
 
 
 @contextmanager
@@ -732,8 +742,9 @@ class Projector:
             bad = {}
             for name, value in params.items():
                 flags = ~torch.isfinite(value)
-                if name in DOMAIN:
-                    low, high, closed = DOMAIN[name]
+                domain = _domain(name)
+                if domain is not None:
+                    low, high, closed = domain
                     flags = flags | (value > high) | ((value < low) if closed else (value <= low))
                 bad[name] = flags
             # one device synchronisation per batch; the culprit is looked for only on failure
@@ -743,8 +754,8 @@ class Projector:
             value = params[name]
             where = torch.nonzero(flags.reshape(flags.shape[0], -1).any(dim=1))[0].item() \
                 if flags.dim() else 0
-            low, high, closed = DOMAIN.get(name, (-math.inf, math.inf, True))
-            rule = "finite" if name not in DOMAIN else (
+            low, high, closed = _domain(name) or (-math.inf, math.inf, True)
+            rule = "finite" if _domain(name) is None else (
                 f"finite and in {'[' if closed else '('}{low:g}, {high:g}]")
             raise ValueError(f"{name} must be {rule} (internal units), got "
                              f"{value.reshape(value.shape[0], -1)[where].tolist()} "
@@ -1002,7 +1013,13 @@ class Projector:
         """Disks that are more than plain, by the ring quadrature (`galcubecraft.rings`): the
         padded model, as `project`'s, its light in clouds of `_cloud` pixels."""
         resolution = (self._beam[1] if self._beam is not None else 0.5) * self.pixel
-        plan = rings.plan_rings(params, model, self.pixel * self._ring_spacing, resolution)
+        # the padded field's corners, plus two clouds: no sample beyond lands on it
+        ny_p, nx_p = self.padded_shape
+        corners = np.array([[sx * nx_p / 2, sy * ny_p / 2] for sx in (-1, 1) for sy in (-1, 1)])
+        reach = float(np.hypot(*(corners @ np.asarray(self._sky_matrix).T).T).max()
+                      + 2 * self._cloud * self.pixel)
+        plan = rings.plan_rings(params, model, self.pixel * self._ring_spacing, resolution,
+                                reach=reach)
         flux = params["flux"] * self._compression(params["v_sys"])
         cube = rings.project_rings(
             params, model, plan, pixel=self.pixel, sky_matrix=self._sky_matrix,
@@ -1010,7 +1027,6 @@ class Projector:
             flux=flux, cloud=self._cloud, max_chunk_elements=self.max_chunk_elements,
             line_nodes_per_sigma=self.line_nodes_per_sigma,
             line_integration=self.line_integration)
-        ny_p, nx_p = self.padded_shape
         return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 
     def _project_group(self, params, plan, kinematics):

@@ -81,25 +81,79 @@ class DiskModel:
     kinematics: type
     flows: Tuple[type, ...] = ()
     warp: Optional[type] = None
+    terms: Tuple[type, ...] = ()
 
     @property
     def plain(self):
         """A Sérsic disk, exponential in height, on circular orbits, unwarped: the
         projector's exact sky-cell integral renders it."""
         return (getattr(self.surface, "plain", False) and getattr(self.vertical, "plain", False)
-                and not self.flows and self.warp is None)
+                and not self.flows and self.warp is None and not self.terms)
 
     def describe(self):
         """What makes this model more than a plain disk, in words."""
         parts = []
-        if not getattr(self.surface, "plain", False):
-            parts.append(self.surface.__name__)
+        if not getattr(self.surface, "plain", False) or self.terms:
+            parts.append(" + ".join(s.__name__ for s in self.surfaces))
         if not getattr(self.vertical, "plain", False):
             parts.append(self.vertical.__name__)
         parts += [f.__name__ for f in self.flows]
         if self.warp is not None:
             parts.append(self.warp.__name__)
         return ", ".join(parts) or "plain disk"
+
+    @property
+    def surfaces(self):
+        """The surface profiles: the galaxy's, then those of a `~galcubecraft.SurfaceSum`."""
+        return (self.surface, *self.terms)
+
+    def fractions(self, params):
+        """Each profile's share of the flux (tensors shaped as ``params``' scalars): a sum's
+        later terms their ``<prefix>flux_fraction``, the first the rest."""
+        later = [params[t.key("flux_fraction")] for t in self.terms]
+        return [1.0 - sum(later) if later else 1.0, *later]
+
+    def radial_range(self, params):
+        """``(r_min, r_max)`` holding the light of every profile (*arcsec*, per galaxy)."""
+        ranges = [s.radial_range(params) for s in self.surfaces]
+        return (torch.stack([r[0] for r in ranges]).amin(0),
+                torch.stack([r[1] for r in ranges]).amax(0))
+
+    def radial_scale(self, params):
+        """The smallest radial scale of any profile (*arcsec*, per galaxy)."""
+        return torch.stack([s.radial_scale(params) for s in self.surfaces]).amin(0)
+
+    def local_scale(self, radius, params):
+        """The smallest radial scale of any profile at ``radius`` (*arcsec*)."""
+        return torch.stack([s.local_scale(radius, params) for s in self.surfaces]).amin(0)
+
+    def norms(self, radius, params, element):
+        """Each profile's light summed over the samples at ``radius``, each standing for
+        ``element`` (its area): the normalisations of `light` and `surface_density`."""
+        out = []
+        for surface in self.surfaces:
+            light = surface.density(radius, params) * element
+            out.append(light.sum(dim=tuple(range(1, light.dim())), keepdim=True).clamp_min(
+                torch.finfo(light.dtype).tiny))
+        return out
+
+    def surface_density(self, radius, params, norms):
+        """The face-on surface density at ``radius``, each profile at its share of the flux
+        over its ``norms`` (a sum's terms in their right proportions)."""
+        return sum(fraction * surface.density(radius, params) / norm for surface, fraction, norm
+                   in zip(self.surfaces, self.fractions(params), norms))
+
+    def light(self, radius, params, element):
+        """Each galaxy's surface density times ``element`` (the area a sample at ``radius``
+        stands for), normalised so that its sum over the samples is one for each profile
+        times its share of the flux: a sum's terms keep their shares exactly."""
+        return self.surface_density(radius, params, self.norms(radius, params, element)) * element
+
+    @property
+    def drift(self):
+        """The flow that corrects the rotation for pressure support (an asymmetric drift),
+        or None."""
+        return next((f for f in self.flows if getattr(f, "corrects_rotation", False)), None)
 
     def needs_two_sides(self):
         """Whether the gas above and below the plane differ (vertical motions)."""
@@ -142,44 +196,45 @@ class RingPlan:
         return self.ring.shape[1] * self.heights.shape[1]
 
 
-def plan_rings(params, model, spacing, resolution=None):
+def plan_rings(params, model, spacing, resolution=None, reach=None):
     """The samples of a batch of disks: rings, azimuths and heights (`RingPlan`).
 
     ``spacing`` (*arcsec*) is the most the samples are apart on the sky along the rings and
     across them; rings are narrower where the profile's own radial scale asks for it.
     ``resolution`` (*arcsec*, default ``spacing``) is the finest scale the image shows (the
     beam's sigma): it sets the height nodes of disks whose motions do not depend on height.
+    ``reach`` (*arcsec*, optional): no sample further than this from the field's centre
+    lands on the rendered pixels; a ring that lies wholly beyond it on the sky (an inclined
+    disk's far wings) is one sample, which carries its light off the image.
     """
     with torch.no_grad():
-        rmin, rmax = model.surface.radial_range(params)
-        scale = model.surface.radial_scale(params)
-        zone = _zone_radius(params, model, rmin, rmax)
+        detached = {k: v.detach().double().cpu() for k, v in params.items()}
+        rmin, rmax = model.radial_range(detached)
+        scale = model.radial_scale(detached)
+        zone = _zone_radius(detached, model, rmin, rmax)
+        shaped = {k: (v[:, None] if v.dim() == 1 else v) for k, v in detached.items()}
+        heights, spreads, weights = _height_nodes(params, model, spacing,
+                                                  spacing if resolution is None else resolution)
+        inner = (_nearest_on_sky(detached, model, heights) if reach is not None
+                 else torch.zeros(len(rmin), 3, dtype=torch.float64))
         rows = []
         for b in range(len(rmin)):
-            # rings a whole fraction of the spacing wide (at most a quarter of the profile's
-            # scale), on a grid fixed in radius: the samples do not move when the
-            # parameters do (the plan is a step function of them, so gradients are exact);
-            # beyond the zone radius (all but _ZONE_LIGHT of the light) twice as wide and
-            # _OUTER_SPACING times further apart along them
-            split = int(math.ceil(spacing / min(spacing, _RADIAL_RESOLUTION * float(scale[b]))
-                                  - 1e-9))
-            width = spacing / split
-            first = int(math.floor(float(rmin[b]) / width))
-            inner = max(first, int(math.ceil(float(zone[b]) / (2 * width))) * 2)
-            last = max(inner, int(math.ceil(float(rmax[b]) / (2 * width))) * 2)
-            inner_k = np.arange(first, inner)
-            outer_k = np.arange(inner, last, 2)
-            radius = np.concatenate([(inner_k + 0.5) * width, (outer_k + 1.0) * width])
-            widths = np.concatenate([np.full(inner_k.size, width), np.full(outer_k.size,
-                                                                           2 * width)])
-            step = np.concatenate([np.full(inner_k.size, spacing),
-                                   np.full(outer_k.size, _OUTER_SPACING * spacing)])
-            if len(radius) > MAX_RINGS:
-                raise ValueError(f"galaxy {b} of the batch needs {len(radius)} rings (most "
-                                 f"{MAX_RINGS}): its profile's radial scale "
+            one = {k: v[b:b + 1] for k, v in shaped.items()}
+            radius, widths, outer = _ring_cells(
+                lambda r: model.local_scale(r[None], one)[0].numpy(), float(rmin[b]),
+                float(rmax[b]), float(zone[b]), float(scale[b]), spacing)
+            # rings whose nearest point on the sky is beyond the reach: one sample each
+            cos_i, lift, shift = (float(x) for x in inner[b])
+            away = ((radius - 0.5 * widths) * cos_i - lift - shift > reach if reach is not None
+                    else np.zeros(radius.size, dtype=bool))
+            if int((~away).sum()) > MAX_RINGS:
+                raise ValueError(f"galaxy {b} of the batch needs {int((~away).sum())} rings "
+                                 f"(most {MAX_RINGS}): its profile's radial scale "
                                  f"({float(scale[b]):.3g} arcsec) is too small for its extent "
                                  f"({float(rmax[b]):.3g} arcsec)")
+            step = np.where(outer, _OUTER_SPACING * spacing, spacing)
             n_phi = np.maximum(_MIN_AZIMUTHS, np.ceil(2 * math.pi * radius / step)).astype(int)
+            n_phi[away] = 1
             ring = np.repeat(radius, n_phi)
             start = np.repeat(np.cumsum(n_phi) - n_phi, n_phi)
             j = np.arange(ring.size) - start
@@ -194,21 +249,97 @@ def plan_rings(params, model, spacing, resolution=None):
             return torch.as_tensor(out)
         ring, azimuth, d_azimuth, d_r = padded(0), padded(1), padded(2, 1.0), padded(3)
         used = torch.as_tensor(np.stack([np.arange(longest) < r[0].size for r in rows]))
-        heights, spreads, weights = _height_nodes(params, model, spacing,
-                                                  spacing if resolution is None else resolution)
     return RingPlan(ring=ring, azimuth=azimuth, d_radius=d_r, d_azimuth=d_azimuth, used=used,
                     heights=heights, spreads=spreads, height_weights=weights)
 
 
+def _ring_cells(local_scale, rmin, rmax, zone, scale, spacing):
+    """One galaxy's rings: ``(radius, width, outer)`` arrays (*arcsec*; ``outer``: beyond the
+    zone radius, where the azimuths are sparser).
+
+    The rings are cells of a binary tree over radius, on a grid fixed in radius: the finest
+    width is ``w0 = spacing / split``, a whole fraction of the spacing and at most a quarter
+    of the profile's smallest scale (``scale``); a ring is ``2^m w0`` wide and starts at a
+    multiple of its width, as wide as a quarter of the local scale (``local_scale(radius)``,
+    the narrowest of the profiles') allows, at most ``spacing`` within ``zone`` and twice that
+    beyond it.  Rings cover ``[0, r_max)`` from the one holding ``r_min``.  Only step functions
+    of the parameters choose them, so gradients through the samples are exact.
+    """
+    split = int(math.ceil(spacing / min(spacing, _RADIAL_RESOLUTION * scale) - 1e-9))
+    w0 = spacing / split
+    top_inner = int(math.floor(math.log2(split) + 1e-9))
+    top = top_inner + 1
+    block = w0 * 2 ** top
+    n_fine = int(math.ceil(rmax / block)) * 2 ** top
+    if n_fine > _MAX_FINE_CELLS:
+        raise ValueError(f"a profile's radial scale ({scale:.3g} arcsec) is too small for its "
+                         f"extent ({rmax:.3g} arcsec): it would need {n_fine} radial cells")
+    edges = np.arange(n_fine) * w0
+    # the zone's edge on the grid of rings twice the finest width
+    zone = math.ceil(zone / (2 * w0) - 1e-9) * 2 * w0
+    # the coarsest level each fine cell allows: floor(log2(needed / w0)), needed a quarter of
+    # the local scale at either edge of the cell, one level more beyond the zone
+    needed = _RADIAL_RESOLUTION * np.minimum(local_scale(torch.as_tensor(edges)),
+                                             local_scale(torch.as_tensor(edges + w0)))
+    allowed = np.floor(np.log2(np.maximum(needed / w0, 1.0)) + 1e-9).astype(int)
+    allowed = np.minimum(allowed, top_inner) + (edges >= zone)
+    covered = np.zeros(n_fine, dtype=bool)
+    starts, levels = [], []
+    for m in range(top, -1, -1):
+        size = 2 ** m
+        fits = allowed.reshape(-1, size).min(axis=1) >= m
+        new = fits & ~covered.reshape(-1, size)[:, 0]
+        index = np.nonzero(new)[0] * size
+        starts.append(index)
+        levels.append(np.full(index.size, m))
+        covered.reshape(-1, size)[new] = True
+    starts, levels = np.concatenate(starts), np.concatenate(levels)
+    order = np.argsort(starts)
+    starts, levels = starts[order], levels[order]
+    width = w0 * 2.0 ** levels
+    lower = starts * w0
+    keep = lower + width > rmin
+    return (lower + 0.5 * width)[keep], width[keep], (lower >= zone)[keep]
+
+
+def _nearest_on_sky(params, model, heights):
+    """Per galaxy, ``(cos i, lift, shift)`` (*arcsec*) such that every point of a ring of radius
+    ``R`` lies at least ``R cos i - lift - shift`` from the field's centre on the sky: ``i``
+    the largest inclination of any ring, ``lift`` the highest node's height times
+    ``sin i``, ``shift`` the centre's offset plus any ring's (a warp's centres)."""
+    inc = params["inclination"]
+    h = params["scale_height"]
+    shift = torch.hypot(params["x0"], params["y0"])
+    warp = model.warp
+    if warp is not None:
+        tables = {n: params[warp.key(n)] for n in warp.declarations if warp.key(n) in params}
+        if "inclination" in tables:
+            inc = torch.maximum(inc, tables["inclination"].amax(dim=-1))
+        if "scale_height" in tables:
+            h = torch.maximum(h, tables["scale_height"].amax(dim=-1))
+        moved = [tables[n].abs().amax(dim=-1) for n in ("centre_east", "centre_north")
+                 if n in tables]
+        if moved:
+            shift = shift + torch.hypot(*moved) if len(moved) == 2 else shift + moved[0]
+    inc = inc.clamp(0.0, math.pi / 2)
+    lift = h * heights.abs().amax(dim=-1) * torch.sin(inc)
+    return torch.stack([torch.cos(inc), lift, shift], dim=-1)
+
+
+#: Most fine radial cells of one galaxy's ring tree.
+_MAX_FINE_CELLS = 2**24
+
+
 def _zone_radius(params, model, rmin, rmax):
     """The radius within which all but `_ZONE_LIGHT` of each galaxy's light lies, from its
-    profile on a fine grid."""
+    profiles on a fine grid."""
     t = torch.linspace(0.0, 1.0, 4097, dtype=torch.float64)
     radius = rmin[:, None] + (rmax - rmin)[:, None] * t                 # (B, 4097)
     detached = {k: v.detach().double().cpu() for k, v in params.items()}
     shaped = {k: (v[:, None] if v.dim() == 1 else v) for k, v in detached.items()}
-    light = model.surface.density(radius, shaped) * radius
-    cumulative = torch.cumulative_trapezoid(light, radius, dim=-1)
+    middle = 0.5 * (radius[:, 1:] + radius[:, :-1])
+    light = model.light(middle, shaped, middle * torch.diff(radius, dim=-1))
+    cumulative = torch.cumsum(light, dim=-1)
     cumulative = cumulative / cumulative[:, -1:].clamp_min(1e-300)
     index = torch.searchsorted(cumulative, torch.full((len(rmin), 1), 1 - _ZONE_LIGHT,
                                                       dtype=torch.float64)).clamp(max=4095)
@@ -327,19 +458,34 @@ def _velocity_nodes(params, model, edges, samples, rows, nodes_per_sigma, force=
 _MAX_NODE_ELEMENTS = 2**26
 
 
-def line_of_sight(radius, phi, z, params, model):
+def line_of_sight(radius, phi, z, params, model, density=None):
     """The line-of-sight velocity (*km/s*, in the galaxy's rest frame) and the dispersion
-    at disk-frame ``(radius, phi, z)`` (see `galcubecraft.components.flows`)."""
-    v_phi = model.kinematics.circular_velocity(radius, params)
-    v_r = torch.zeros_like(v_phi)
-    v_z = torch.zeros_like(v_phi)
+    at disk-frame ``(radius, phi, z)`` (see `galcubecraft.components.flows`).  ``density``
+    (radius -> face-on surface density, any normalisation) is needed by an asymmetric
+    drift."""
+    v_c = model.kinematics.circular_velocity(radius, params)
+    v_phi = 0.0
+    v_r = torch.zeros_like(v_c)
+    v_z = torch.zeros_like(v_c)
     sigma = params["dispersion"]
     for flow in model.flows:
+        if getattr(flow, "corrects_rotation", False):
+            continue
         terms = flow.velocities(radius, phi, z, params)
         v_phi = v_phi + terms.get("v_phi", 0.0)
         v_r = v_r + terms.get("v_R", 0.0)
         v_z = v_z + terms.get("v_z", 0.0)
         sigma = terms.get("sigma", sigma)
+    drift = model.drift
+    if drift is not None:
+        def dispersion(r):
+            out = params["dispersion"]
+            for flow in model.flows:
+                if getattr(flow, "sets_dispersion", False):
+                    out = flow.velocities(r, phi, z, params)["sigma"]
+            return out
+        v_c = drift.rotation(v_c, radius, params, density, dispersion)
+    v_phi = v_c + v_phi
     inc, _ = _orientation(radius, params, model)
     v = torch.sin(inc) * (v_phi * torch.cos(phi) + v_r * torch.sin(phi)) - v_z * torch.cos(inc)
     shift = None if model.warp is None else model.warp.at("v_shift", radius, params)
@@ -393,8 +539,15 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     d_r, d_phi = put(plan.d_radius)[:, :, None], put(plan.d_azimuth)[:, :, None]
     t = put(plan.heights)[:, None, :]                          # (B, 1, Z)
 
-    # the weights: Sigma R dR dphi x the height's share, scaled to the flux
-    area = model.surface.density(radius, p) * radius * d_r * d_phi * put(plan.used)[:, :, None]
+    # the weights: Sigma R dR dphi x the height's share, scaled to the flux (each profile of
+    # a sum to its share)
+    element = radius * d_r * d_phi * put(plan.used)[:, :, None]
+    norms = model.norms(radius, p, element)
+    area = model.surface_density(radius, p, norms) * element
+
+    def los(r, ph, zz):
+        return line_of_sight(r, ph, zz, p, model,
+                             density=lambda x: model.surface_density(x, p, norms))
     weight = area * put(plan.height_weights)[:, None, :]
     total = weight.sum(dim=(1, 2), keepdim=True)
     weight = weight * (flux.reshape(-1, 1, 1) / total.clamp_min(torch.finfo(dtype).tiny))
@@ -427,15 +580,14 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         zz = z[..., :1] if shared else z.expand(batch, r.shape[1], n_z)
         # the line: velocity at the sample, widened by the field's spread over its segment
         # (ring width, azimuth step) and its height bin
-        v, sigma = line_of_sight(r, ph, zz, p, model)
-        spread2 = (line_of_sight(r + 0.5 * dr, ph, zz, p, model)[0]
-                   - line_of_sight((r - 0.5 * dr).clamp_min(0.0), ph, zz, p, model)[0]) ** 2
-        spread2 = spread2 + (line_of_sight(r, ph + 0.5 * dph, zz, p, model)[0]
-                             - line_of_sight(r, ph - 0.5 * dph, zz, p, model)[0]) ** 2
+        v, sigma = los(r, ph, zz)
+        spread2 = (los(r + 0.5 * dr, ph, zz)[0]
+                   - los((r - 0.5 * dr).clamp_min(0.0), ph, zz)[0]) ** 2
+        spread2 = spread2 + (los(r, ph + 0.5 * dph, zz)[0] - los(r, ph - 0.5 * dph, zz)[0]) ** 2
         spread2 = spread2 / 12.0
         if not shared:
             dz = 1e-3 * h + 1e-9
-            slope = (line_of_sight(r, ph, zz + dz * torch.sign(zz), p, model)[0] - v) / dz
+            slope = (los(r, ph, zz + dz * torch.sign(zz))[0] - v) / dz
             spread2 = spread2 + slope ** 2 * h ** 2 * put(plan.spreads)[:, None, :]
         # the samples are a midpoint rule: their own spread of velocities is the field's
         # wherever the line is wider than about half the step between neighbours; below,

@@ -202,7 +202,7 @@ def test_flat_galaxy_parameter_names_are_unique_across_the_parts():
 def test_a_new_parameter_reaches_the_command_line_and_the_truth_table(capsys):
     """Declaring a parameter is all it takes: the CLI flag, the flat dictionary and the
     truth-table column follow."""
-    from galcubecraft.catalogue import PARAMETER_COLUMNS
+    from galcubecraft.catalogue import PARAMETER_COLUMNS, TABLE_COLUMNS
     from galcubecraft.cli import main
     with pytest.raises(SystemExit):
         main(["render", "--help"])
@@ -210,5 +210,7 @@ def test_a_new_parameter_reaches_the_command_line_and_the_truth_table(capsys):
     for name, p in gcc.Galaxy.flat_parameters().items():
         if p.shape is None:
             assert p.flag in help_text, name
-        if p.shape is None and name not in ("v_sys", "distance", "redshift"):
+        if p.may_be_table:
+            assert name in TABLE_COLUMNS and name not in PARAMETER_COLUMNS
+        elif p.shape is None and name not in ("v_sys", "distance", "redshift"):
             assert name in PARAMETER_COLUMNS

@@ -32,7 +32,7 @@ from ..parameters import Parameter
 from .base import Component, check_table_nodes
 
 __all__ = ["Flow", "RadialFlow", "VerticalFlow", "LaggingHalo", "BisymmetricFlow",
-           "LopsidedFlow", "DispersionProfile", "Warp", "amplitude_at"]
+           "LopsidedFlow", "DispersionProfile", "AsymmetricDrift", "Warp", "amplitude_at"]
 
 
 def amplitude_at(radius, params, cls, name):
@@ -104,6 +104,8 @@ def _table_of(declaration):
 
 class _Amplitude(Parameter):
     """An amplitude that is a constant, or a 1-D table over the flow's ``radius``."""
+
+    may_be_table = True
 
     def validate(self, value, name=None):
         if value is not None and np.ndim(getattr(value, "value", value)) == 1:
@@ -282,6 +284,71 @@ class DispersionProfile(Flow):
     @classmethod
     def velocities(cls, radius, phi, z, params):
         return {"sigma": amplitude_at(radius, params, cls, "dispersion")}
+
+
+class AsymmetricDrift(Flow):
+    r"""Pressure support: the gas rotates more slowly than the circular speed (asymmetric
+    drift), by the radial Jeans equation of a thin disk (Binney & Tremaine 2008, eq. 4.228,
+    without the tilt term; as used for gas by Iorio et al. 2017, MNRAS 466, 4159, eq. 11):
+
+    .. math::
+
+        v_\phi^2 = v_c^2 + \sigma^2\left[rac{\partial\ln(\Sigma\sigma^2)}{\partial\ln R}
+                   + 1 - \left(rac{\sigma_\phi}{\sigma_R}
+ight)^2
+ight]
+
+    with :math:`\Sigma` the galaxy's surface profile (all its terms), :math:`\sigma` its
+    dispersion (a `DispersionProfile` where it has one), and :math:`v_\phi = 0` where the
+    bracket would make it imaginary.  The galaxy's rotation law is then :math:`v_c`, the
+    circular speed of the potential; what the gas shows is :math:`v_\phi`.
+
+    Parameters
+    ----------
+    azimuthal_ratio : float
+        :math:`\sigma_\phi / \sigma_R` (> 0): 1 for gas, whose dispersion is isotropic
+        (default); about 0.7 for stars in a flat rotation curve (the epicyclic
+        :math:`\kappa / 2\Omega`).
+
+    Examples
+    --------
+    >>> from galcubecraft import AsymmetricDrift
+    >>> AsymmetricDrift()
+    <AsymmetricDrift(azimuthal_ratio=1.0)>
+    """
+
+    key_prefix = "drift_"
+    #: The rotation is corrected (`rotation`), not added to.
+    corrects_rotation = True
+    radius = None
+    azimuthal_ratio = Parameter("dimensionless", positive=True, default=1.0,
+                                description="sigma_phi / sigma_R (1: isotropic gas)")
+
+    def __init__(self, azimuthal_ratio=1.0):
+        self.azimuthal_ratio = azimuthal_ratio
+
+    #: The logarithmic derivative is a central difference over R exp(+-_STEP).
+    _STEP = 1e-3
+
+    @classmethod
+    def rotation(cls, v_c, radius, params, density, dispersion):
+        """:math:`v_\\phi` at ``radius`` from the circular speed ``v_c``; ``density`` and
+        ``dispersion`` are callables of radius (the surface profile, any normalisation, and
+        the dispersion)."""
+        if density is None:
+            raise ValueError("AsymmetricDrift needs the galaxy's surface profile")
+        tiny = torch.finfo(v_c.dtype).tiny
+        r = radius.clamp_min(1e-6)
+        up, down = r * np.exp(cls._STEP), r * np.exp(-cls._STEP)
+
+        def log_pressure(x):
+            sigma = dispersion(x)
+            return torch.log((density(x) * sigma ** 2).clamp_min(tiny))
+        slope = (log_pressure(up) - log_pressure(down)) / (2 * cls._STEP)
+        ratio = params[cls.key("azimuthal_ratio")].reshape(-1, *([1] * (v_c.dim() - 1)))
+        sigma = dispersion(r)
+        v2 = v_c ** 2 + sigma ** 2 * (slope + 1 - ratio ** 2)
+        return torch.sign(v_c) * torch.sqrt(v2.clamp_min(1e-12))
 
 
 class Warp(Component):

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from .. import functional as F
-from ..parameters import Parameter
-from ..units import validate_line_flux, validate_size
+from ..parameters import Declared, Parameter
+from ..units import validate_line_flux, validate_number, validate_size
 from .base import Component, check_table_nodes
 
-__all__ = ["Surface", "SersicDisk", "ExponentialDisk", "GaussianRing", "TabulatedSurface"]
+__all__ = ["Surface", "SersicDisk", "ExponentialDisk", "SersicBulge", "GaussianRing",
+           "TabulatedSurface", "SurfaceSum"]
 
 #: Fraction of a profile's light left beyond the radii where its samples stop.
 _RANGE_LIGHT = 1e-6
@@ -31,6 +32,22 @@ class Surface(Component):
     plain = False
     #: name -> class of every named profile (``surface = 'ring'``).
     laws = {}
+    #: key prefix -> class of every profile that may be added to another in a `SurfaceSum`
+    #: (those whose parameters have keys of their own: ``'ring_'``, ``'table_'``, ``'bulge_'``).
+    addends = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key_prefix"):
+            Surface.addends[cls.key_prefix] = cls
+
+    @classmethod
+    def fraction_declaration(cls):
+        """The `Parameter` of this profile's share of the flux in a `SurfaceSum`, under its
+        key (``'bulge_flux_fraction'``)."""
+        return Parameter("dimensionless", minimum=0.0, maximum=1.0,
+                         name=cls.key("flux_fraction"),
+                         description=f"{cls.__name__}'s share of the flux in a sum")
 
     @classmethod
     def density(cls, radius, params):
@@ -48,6 +65,18 @@ class Surface(Component):
         """The smallest radial scale of the profile (*arcsec*, one per galaxy): the
         projector's radial samples are at most a quarter of it apart."""
         raise NotImplementedError
+
+    @classmethod
+    def local_scale(cls, radius, params):
+        """The profile's radial scale at ``radius`` (*arcsec*; ``radius`` a (batch, M) float64
+        CPU tensor, ``params`` detached (batch, 1)): rings at ``radius`` are at most a quarter
+        of it wide.  By default `radial_scale` everywhere."""
+        return cls.radial_scale(params).reshape(-1, 1).expand_as(radius)
+
+    @property
+    def main(self):
+        """The profile that sets the galaxy's scale: this one (a `SurfaceSum`'s first term)."""
+        return self
 
     def surface_brightness(self, radius, flux):
         """Surface brightness at ``radius`` of a disk of total flux ``flux``.
@@ -137,19 +166,34 @@ class SersicDisk(Surface):
 
     @classmethod
     def density(cls, radius, params):
-        return F.sersic(radius, 1.0, params["r_eff"], params["n"])
+        return F.sersic(radius, 1.0, params[cls.key("r_eff")], params[cls.key("n")])
+
+    @classmethod
+    def _r_eff_n(cls, params):
+        return (_detached(params, cls.key("r_eff")).reshape(-1).numpy(),
+                _detached(params, cls.key("n")).reshape(-1).numpy())
 
     @classmethod
     def radial_range(cls, params):
-        r_eff, n = _detached(params, "r_eff").numpy(), _detached(params, "n").numpy()
+        r_eff, n = cls._r_eff_n(params)
         rmax = F.sersic_enclosing_radius(1 - _RANGE_LIGHT, r_eff, n)
         return torch.zeros(len(r_eff), dtype=torch.float64), torch.as_tensor(rmax)
 
     @classmethod
     def radial_scale(cls, params):
         """The radius holding 10% of the light (a cusp's scale for n > 1)."""
-        r_eff, n = _detached(params, "r_eff").numpy(), _detached(params, "n").numpy()
+        r_eff, n = cls._r_eff_n(params)
         return torch.as_tensor(F.sersic_enclosing_radius(0.1, r_eff, n))
+
+    @classmethod
+    def local_scale(cls, radius, params):
+        r"""`radial_scale` :math:`r_{10}` within it; beyond, for n > 1, as the profile's
+        e-folding length :math:`|d\ln\Sigma/dR|^{-1} \propto R^{1 - 1/n}` grows (so that a
+        cuspy profile's extended wings take rings as wide as their slope allows)."""
+        r10 = cls.radial_scale(params).reshape(-1, 1)
+        _, n = cls._r_eff_n(params)
+        power = torch.as_tensor(1 - 1 / np.maximum(n, 1.0)).reshape(-1, 1)
+        return r10 * (radius / r10).clamp_min(1.0) ** power
 
     def surface_brightness(self, radius, flux):
         """Surface brightness at ``radius`` of a disk of total flux ``flux``.
@@ -199,6 +243,41 @@ class ExponentialDisk(SersicDisk):
         return self.r_eff / self.b_n
 
 
+class SersicBulge(SersicDisk):
+    r"""A Sérsic profile added to another in a `SurfaceSum`: a bulge (de Vaucouleurs by
+    default, n = 4) beside a disk.
+
+    The same law as `SersicDisk` (its parameters keyed ``bulge_r_eff``, ``bulge_n`` in flat
+    dictionaries and files), for the second Sérsic term of a sum; its share of the flux is
+    the sum's (the bulge-to-total ratio B/T).  Projected like the disk: flat, with the
+    galaxy's inclination, vertical profile and rotation.
+
+    Parameters
+    ----------
+    r_eff : `~astropy.units.Quantity` [angle or length]
+        Half-light radius.
+    n : float
+        Sérsic index, 0 < n <= 20 (default 4).
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from galcubecraft import SersicBulge
+    >>> SersicBulge(r_eff=1.5 * u.arcsec)
+    <SersicBulge(r_eff=1.5 arcsec, n=4.0)>
+    """
+
+    plain = False
+    law = None
+    key_prefix = "bulge_"
+    r_eff = Parameter("size", positive=True, description="half-light radius of the bulge")
+    n = Parameter("dimensionless", positive=True, maximum=20.0, default=4.0,
+                  description="Sersic index of the bulge (4: de Vaucouleurs)")
+
+    def __init__(self, r_eff, n=4.0):
+        super().__init__(r_eff=r_eff, n=n)
+
+
 class GaussianRing(Surface):
     r"""A ring: a Gaussian in radius, :math:`\Sigma(R) \propto \exp[-(R - R_0)^2 / 2 w^2]`.
 
@@ -234,16 +313,18 @@ class GaussianRing(Surface):
 
     @classmethod
     def density(cls, radius, params):
-        return torch.exp(-0.5 * ((radius - params["ring_radius"]) / params["ring_width"]) ** 2)
+        return torch.exp(-0.5 * ((radius - params[cls.key("radius")])
+                                 / params[cls.key("width")]) ** 2)
 
     @classmethod
     def radial_range(cls, params):
-        r0, w = _detached(params, "ring_radius"), _detached(params, "ring_width")
+        r0 = _detached(params, cls.key("radius")).reshape(-1)
+        w = _detached(params, cls.key("width")).reshape(-1)
         return (r0 - cls.REACH * w).clamp_min(0.0), r0 + cls.REACH * w
 
     @classmethod
     def radial_scale(cls, params):
-        return _detached(params, "ring_width")
+        return _detached(params, cls.key("width")).reshape(-1)
 
 
 class TabulatedSurface(Surface):
@@ -293,17 +374,139 @@ class TabulatedSurface(Surface):
 
     @classmethod
     def density(cls, radius, params):
-        nodes, values = params["table_radius"], params["table_surface_density"]
+        nodes, values = params[cls.key("radius")], params[cls.key("surface_density")]
         inside = torch.maximum(radius, nodes[..., :1].expand_as(radius[..., :1]))
         sigma = F.interpolate_pchip(inside, nodes, values)
         return torch.where(radius <= nodes[..., -1:], sigma, torch.zeros_like(sigma))
 
     @classmethod
     def radial_range(cls, params):
-        nodes = _detached(params, "table_radius")
+        nodes = _detached(params, cls.key("radius"))
         return torch.zeros(nodes.shape[0], dtype=torch.float64), nodes[:, -1]
 
     @classmethod
     def radial_scale(cls, params):
-        nodes = _detached(params, "table_radius")
+        nodes = _detached(params, cls.key("radius"))
         return torch.diff(nodes, dim=-1).amin(dim=-1)
+
+
+class SurfaceSum(Declared):
+    """A sum of surface-brightness profiles, each with its share of the flux: bulge + disk,
+    disk + ring.
+
+    Each term is normalised to its share of the galaxy's ``flux`` (its ``fraction``) and the
+    terms add; the galaxy's vertical profile, rotation, flows and warp apply to all of them.
+    Rendered by the ring quadrature (`galcubecraft.rings`), which keeps each term's share
+    exactly.
+
+    Parameters
+    ----------
+    terms : sequence of `Surface`
+        Two or more profiles.  The first is any profile (its parameters keep their plain
+        names: ``r_eff``, ``n``); each later one is a profile whose parameters have keys of
+        their own (`Surface.addends`: `SersicBulge` ``bulge_``, `GaussianRing` ``ring_``,
+        `TabulatedSurface` ``table_``), at most one of each.
+    fractions : sequence of float
+        Each term's share of the flux, in [0, 1], adding up to 1.  In flat dictionaries and
+        files each later term's share is its ``<prefix>flux_fraction`` (the bulge's is B/T);
+        the first term has the rest.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> import galcubecraft as gcc
+    >>> total = gcc.SurfaceSum([gcc.SersicDisk(r_eff=8 * u.arcsec, n=1),
+    ...                         gcc.SersicBulge(r_eff=1 * u.arcsec, n=4)], fractions=[0.7, 0.3])
+    >>> total.fractions
+    (0.7, 0.3)
+    >>> total.flat()["bulge_flux_fraction"]
+    0.3
+    """
+
+    def __init__(self, terms, fractions):
+        terms = tuple(terms)
+        if len(terms) < 2:
+            raise ValueError(f"SurfaceSum: terms must hold at least two profiles, got "
+                             f"{len(terms)}")
+        for term in terms:
+            if not isinstance(term, Surface):
+                raise TypeError(f"SurfaceSum: terms must be Surface profiles (SersicDisk, "
+                                f"SersicBulge, GaussianRing, TabulatedSurface), got {term!r}")
+        prefixes = [type(t).key_prefix for t in terms]
+        for term in terms[1:]:
+            if type(term).key_prefix not in Surface.addends:
+                raise ValueError(
+                    f"SurfaceSum: terms after the first need keys of their own "
+                    f"({', '.join(f'{c.__name__} {p!r}' for p, c in Surface.addends.items())}); "
+                    f"got a {type(term).__name__} (a second Sersic profile is a SersicBulge)")
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError(f"SurfaceSum: at most one profile of each kind, got "
+                             f"{[type(t).__name__ for t in terms]}")
+        try:
+            fractions = list(fractions)
+        except TypeError:
+            raise TypeError(f"SurfaceSum: fractions must be a sequence of numbers, got "
+                            f"{fractions!r}") from None
+        fractions = np.array([validate_number("fractions", f, minimum=0.0, maximum=1.0)
+                              for f in fractions])
+        if fractions.shape != (len(terms),):
+            raise ValueError(f"SurfaceSum: fractions must hold one share per term "
+                             f"({len(terms)}), got {fractions.size}")
+        if abs(fractions.sum() - 1.0) > 1e-6:
+            raise ValueError(f"SurfaceSum: fractions must add up to 1, got {list(fractions)} "
+                             f"(sum {fractions.sum():.6g})")
+        self.terms = terms
+        self.fractions = tuple(float(f) for f in fractions)
+
+    def _init_arguments(self):
+        return {"terms": self.terms, "fractions": np.array(self.fractions)}
+
+    @property
+    def main(self):
+        """The first term: the profile that sets the galaxy's scale (its ``r_eff``)."""
+        return self.terms[0]
+
+    def flat(self):
+        """Every term's parameters under their keys, and each later term's flux fraction."""
+        out = {}
+        for term, fraction in zip(self.terms, self.fractions):
+            out.update(term.flat())
+        for term, fraction in zip(self.terms[1:], self.fractions[1:]):
+            out[type(term).key("flux_fraction")] = fraction
+        return out
+
+    @classmethod
+    def from_flat(cls, main, values):
+        """``main`` (a `Surface`) alone, or the sum of it and every profile of `Surface.addends`
+        whose ``<prefix>flux_fraction`` is in ``values`` (checked flat values)."""
+        added = [c for c in Surface.addends.values()
+                 if c.key("flux_fraction") in values and c is not type(main)]
+        if not added:
+            return main
+        shares = [float(values[c.key("flux_fraction")]) for c in added]
+        if sum(shares) > 1 + 1e-9:
+            raise ValueError(f"the flux fractions {[c.key('flux_fraction') for c in added]} "
+                             f"add up to {sum(shares):.6g} > 1")
+        return cls([main, *(c.from_flat(values) for c in added)],
+                   fractions=[max(0.0, 1 - sum(shares)), *shares])
+
+    def tensors(self, to_arcsec, device=None, dtype=torch.float32):
+        """Every term's tensors, and each later term's flux fraction (``bulge_flux_fraction``)."""
+        out = {}
+        for term in self.terms:
+            out.update(term.tensors(to_arcsec, device, dtype))
+        for term, fraction in zip(self.terms[1:], self.fractions[1:]):
+            out[type(term).key("flux_fraction")] = torch.tensor(fraction, device=device,
+                                                                dtype=dtype)
+        return out
+
+    def surface_brightness(self, radius, flux):
+        """The terms' surface brightnesses (each `Surface.surface_brightness` at its share
+        of ``flux``), added."""
+        flux = validate_line_flux("flux", flux)
+        return sum(term.surface_brightness(radius, fraction * flux)
+                   for term, fraction in zip(self.terms, self.fractions))
+
+    def __repr__(self):
+        return "<SurfaceSum(" + " + ".join(f"{f:g} {t!r}" for t, f in zip(self.terms,
+                                                                          self.fractions)) + ")>"
