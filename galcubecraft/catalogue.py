@@ -181,7 +181,7 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
             p["inclination"].to_value(u.rad) + math.radians(tilt), math.pi / 2))
             + 4 * p["dispersion"].to_value(_KMS) + speed)
         r_eff = p["r_eff"]
-        galaxies.append(Galaxy(
+        galaxies.append(priors.with_parameters(Galaxy(
             **priors.parts(p),
             vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
             kinematics=ArctanRotationCurve(v_max=p["v_max"],
@@ -189,7 +189,7 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
             inclination=p["inclination"], position_angle=p["position_angle"] % (360 * u.deg),
             flux=p["flux"], dispersion=p["dispersion"],
             v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
-            offset=grid.offset_of_pixel(x, y)))
+            offset=grid.offset_of_pixel(x, y)), p))
         placed.append((x, y))
     if len(galaxies) < n:
         raise ValueError(f"placed only {len(galaxies)} of {n} galaxies {min_sep} apart; "

@@ -32,8 +32,9 @@ import astropy.units as u
 import numpy as np
 
 from ._files import read_toml
-from .components import (ArctanRotationCurve, AsymmetricDrift, BisymmetricFlow, GaussianRing,
-                         LopsidedFlow, RadialFlow, SersicBulge, SersicDisk, SurfaceSum, Warp)
+from .components import (ArctanRotationCurve, AsymmetricDrift, BisymmetricFlow, Flow,
+                         GaussianRing, LopsidedFlow, RadialFlow, SersicBulge, SersicDisk,
+                         SurfaceSum, Warp)
 from .galaxy import Galaxy
 from .parameters import Parameter, resolve_aliases
 from .units import validate_number, validate_quantity
@@ -247,6 +248,90 @@ def distribution_from_spec(name, spec):
     return Fixed(spec, name=name)
 
 
+class ParameterPriors:
+    """Distributions of any of a galaxy's flat parameters (`Galaxy.flat_parameters`), each
+    fixed or drawn, and of each node of a table.
+
+    Each value is a fixed quantity, a `Distribution` (or a priors-file table naming one),
+    or, for a parameter that is a table (a warp's nodes, a tabulated profile, a flow's
+    amplitudes), a list with one such value per node.  Law names (``surface``,
+    ``vertical``, ``rotation``) are fixed strings.  Every value is checked against the
+    parameter's declaration (units, bounds, shape) before any is drawn.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from galcubecraft.priors import ParameterPriors
+    >>> priors = ParameterPriors({
+    ...     "warp_radius": ["0 arcsec", "10 arcsec", "20 arcsec"],
+    ...     "warp_inclination": ["60 deg", "60 deg",
+    ...                          {"distribution": "uniform", "low": "60 deg", "high": "80 deg"}]})
+    >>> draw = priors.sample(np.random.default_rng(1))
+    >>> draw["warp_inclination"]  # doctest: +FLOAT_CMP
+    <Quantity [60.        , 60.        , 70.23643946] deg>
+    """
+
+    def __init__(self, values, where="galaxy.parameters"):
+        declared = Galaxy.flat_parameters()
+        self.laws = {}
+        self.distributions = {}
+        for name, spec in dict(values).items():
+            if name in Galaxy.LAWS:
+                base = Galaxy.LAWS[name][0]
+                if not isinstance(spec, str) or spec.lower() not in base.laws:
+                    raise ValueError(f"{where}: {name} must be one of {sorted(base.laws)}, got "
+                                     f"{spec!r}")
+                self.laws[name] = spec.lower()
+                continue
+            if name not in declared:
+                raise ValueError(f"{where}: unknown galaxy parameter {name!r}; known: "
+                                 f"{sorted([*Galaxy.LAWS, *declared])}")
+            p = declared[name]
+            if isinstance(spec, (list, tuple)):
+                if not p.may_be_table:
+                    raise ValueError(f"{where}: {name} is one number, not a table; got {spec!r}")
+                if not spec:
+                    raise ValueError(f"{where}: {name}: a table needs at least one node")
+                nodes = [distribution_from_spec(f"{name}[{k}]", x) for k, x in enumerate(spec)]
+            else:
+                if p.shape == "1d":
+                    raise ValueError(f"{where}: {name} is a table: give a list, one value per "
+                                     "node")
+                nodes = distribution_from_spec(name, spec)
+            for k, dist in enumerate(nodes if isinstance(nodes, list) else [nodes]):
+                label = f"{name}[{k}]" if isinstance(nodes, list) else name
+                low, high = dist.support()
+                _declared_range(p, low, high, label)
+            self.distributions[name] = nodes
+
+    def sample(self, rng):
+        """One draw of every value (a flat dictionary: Quantities, floats, arrays, law
+        names), in a fixed order."""
+        out = dict(self.laws)
+        for name, dist in self.distributions.items():
+            if isinstance(dist, list):
+                out[name] = u.Quantity([d.sample(rng) for d in dist])
+            else:
+                out[name] = dist.sample(rng)
+        return out
+
+    def supports(self, name):
+        """``(low, high)`` over every node of ``name``'s distributions (Quantities)."""
+        dist = self.distributions[name]
+        ranges = [d.support() for d in (dist if isinstance(dist, list) else [dist])]
+        return (min(r[0] for r in ranges), max(r[1] for r in ranges))
+
+    def __repr__(self):
+        return f"<ParameterPriors {dict(self.laws, **self.distributions)!r}>"
+
+
+def _declared_range(p, low, high, name):
+    """`Parameter.check_range`, with a plain number read in a dimensionless parameter."""
+    if p.kind == "dimensionless" and isinstance(low, u.Quantity):
+        low, high = low.to_value(u.one), high.to_value(u.one)
+    p.check_range(low, high, name)
+
+
 class GalaxyPriors:
     """Distributions of the parameters of one galaxy, with checked units and bounds.
 
@@ -272,6 +357,11 @@ class GalaxyPriors:
         Gas velocity dispersion (default 10 km/s).
     flux : line flux
         Integrated line flux (default log-uniform 1-10 Jy km/s).
+    parameters : dict, optional
+        Any of the galaxy's flat parameters (`ParameterPriors`: fixed, drawn, or a table
+        with a distribution per node; a priors file's ``[galaxy.parameters]`` table), drawn
+        after the rest and replacing what they drew (``scale_height``, a warp's tables,
+        ``lag_dv_dz``, ...).
     """
 
     #: name -> `~galcubecraft.parameters.Parameter`: what each distribution draws, with its
@@ -353,7 +443,9 @@ class GalaxyPriors:
         "bulge_n": Fixed(4.0, name="bulge_n"),
     }
 
-    def __init__(self, **distributions):
+    def __init__(self, *, parameters=None, **distributions):
+        self.parameters = (parameters if isinstance(parameters, ParameterPriors) else
+                           ParameterPriors(parameters or {}))
         features = {k: p for part in self.FEATURES.values() for k, p in part.items()}
         fractions = {f"{part}_fraction" for part in self.FEATURES}
         distributions = resolve_aliases(distributions, self.PARAMETERS, "priors")
@@ -406,6 +498,8 @@ class GalaxyPriors:
             if part in self.fractions:
                 out[part] = bool(rng.random() < self.fractions[part])
                 out.update({k: self.distributions[k].sample(rng) for k in params})
+        if self.parameters.distributions or self.parameters.laws:
+            out["parameters"] = self.parameters.sample(rng)
         return out
 
     def extra_speed(self):
@@ -424,7 +518,32 @@ class GalaxyPriors:
         if "warp" in self.fractions:
             tilt = max(abs(x.to_value(u.deg))
                        for x in self.distributions["warp_inclination"].support())
+        # what the flat parameters set: flows' amplitudes, and a warp's inclinations beyond
+        # the galaxies' own
+        for name in self.parameters.distributions:
+            owner = next((f for f in Flow.kinds if name in f.flat_declarations()), None)
+            if owner is not None and owner.flat_declarations()[name].kind == "velocity":
+                reach = max(abs(x.to_value(_KMS)) for x in self.parameters.supports(name))
+                speed += 4 * reach if getattr(owner, "sets_dispersion", False) else reach
+            if name == "warp_inclination":
+                low = self.distributions["inclination"].support()[0]
+                tilt = max(tilt, (self.parameters.supports(name)[1] - low).to_value(u.deg))
         return speed, tilt
+
+    @staticmethod
+    def with_parameters(galaxy, draw):
+        """``galaxy`` with the flat parameters of ``draw['parameters']`` (a `ParameterPriors`
+        draw) in place of its own: a law they name replaces the galaxy's, with its keys."""
+        values = draw.get("parameters")
+        if not values:
+            return galaxy
+        flat = galaxy.to_dict()
+        for key, (base, _, _) in Galaxy.LAWS.items():
+            if key in values and values[key] != flat[key]:
+                for name in base.laws[flat[key]].flat_declarations():
+                    flat.pop(name, None)
+        flat.update(values)
+        return Galaxy.from_dict(flat, where="galaxy.parameters")
 
     @staticmethod
     def parts(draw):

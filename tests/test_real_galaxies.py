@@ -900,3 +900,56 @@ def test_populations_draw_bulges_and_drift():
     assert abs(len(bulged) - 100) < 4 * math.sqrt(50) and abs(len(drifting) - 50) < 4 * 6.2
     assert all(0.1 <= g.surface.fractions[1] <= 0.2 for g in bulged)
     assert all(g.surface.terms[1].r_eff <= 0.3 * g.surface.main.r_eff for g in bulged)
+
+
+def test_priors_over_any_parameter_and_each_node_of_a_table(tmp_path):
+    """A priors file's [galaxy.parameters] draws any flat parameter, and each node of a
+    table from its own distribution; the drawn galaxies carry them, with the same seed the
+    same galaxies, and their truth tables hold the drawn nodes."""
+    from galcubecraft.catalogue import random_galaxies, truth_table
+    from galcubecraft.priors import read_priors_file
+    path = tmp_path / "priors.toml"
+    path.write_text("""
+[galaxy]
+r_eff = {distribution = "loguniform", low = "2 arcsec", high = "4 arcsec"}
+
+[galaxy.parameters]
+surface = "ring"
+ring_radius = {distribution = "uniform", low = "3 arcsec", high = "6 arcsec"}
+ring_width = "1 arcsec"
+scale_height = "0.3 arcsec"
+warp_radius = ["0 arcsec", "5 arcsec", "10 arcsec"]
+warp_inclination = ["50 deg", {distribution = "uniform", low = "50 deg", high = "60 deg"},
+                    {distribution = "uniform", low = "60 deg", high = "80 deg"}]
+lag_dv_dz = {distribution = "uniform", low = "1 km/(s arcsec)", high = "5 km/(s arcsec)"}
+""")
+    priors, _ = read_priors_file(path)
+    grid = gcc.CubeGrid(shape=(40, 64, 64), pixel_scale=1 * u.arcsec, channel_width=40 * KMS)
+    galaxies = random_galaxies(grid, 50, priors=priors, seed=2, edge=4 * u.arcsec,
+                               min_separation=0 * u.arcsec)
+    assert galaxies == random_galaxies(grid, 50, priors=priors, seed=2, edge=4 * u.arcsec,
+                                       min_separation=0 * u.arcsec)
+    nodes = np.array([g.warp.inclination.to_value(u.deg) for g in galaxies])
+    assert (nodes[:, 0] == 50).all()
+    assert (50 <= nodes[:, 1]).all() and (nodes[:, 1] <= 60).all() and nodes[:, 1].std() > 2
+    assert (60 <= nodes[:, 2]).all() and (nodes[:, 2] <= 80).all()
+    assert all(isinstance(g.surface, gcc.GaussianRing) and g.vertical.scale_height
+               == 0.3 * u.arcsec for g in galaxies)
+    assert all(any(isinstance(f, gcc.LaggingHalo) for f in g.flows) for g in galaxies)
+    table = truth_table(grid, galaxies)
+    assert np.allclose(table["warp_inclination"].to_value(u.deg), nodes)
+
+
+@pytest.mark.parametrize("spec, match", [
+    (dict(warp_radius="5 arcsec"), "give a list"),
+    (dict(inclination=["5 deg", "6 deg"]), "one number"),
+    (dict(warp_inclination=["50 deg", {"distribution": "uniform", "low": "80 deg",
+                                       "high": "95 deg"}]), r"warp_inclination\[1\]"),
+    (dict(warp_inclination=["50 deg", "3 km/s"]), r"warp_inclination\[1\]"),
+    (dict(surface="bar"), "surface must be one of"),
+    (dict(no_such=1), "unknown galaxy parameter"),
+])
+def test_bad_parameter_priors_are_refused(spec, match):
+    from galcubecraft.priors import GalaxyPriors
+    with pytest.raises((ValueError, u.UnitsError), match=match):
+        GalaxyPriors(parameters=spec)

@@ -293,10 +293,8 @@ class AsymmetricDrift(Flow):
 
     .. math::
 
-        v_\phi^2 = v_c^2 + \sigma^2\left[rac{\partial\ln(\Sigma\sigma^2)}{\partial\ln R}
-                   + 1 - \left(rac{\sigma_\phi}{\sigma_R}
-ight)^2
-ight]
+        v_\phi^2 = v_c^2 + \sigma^2\left[\frac{\partial\ln(\Sigma\sigma^2)}{\partial\ln R}
+                   + 1 - \left(\frac{\sigma_\phi}{\sigma_R}\right)^2\right]
 
     with :math:`\Sigma` the galaxy's surface profile (all its terms), :math:`\sigma` its
     dispersion (a `DispersionProfile` where it has one), and :math:`v_\phi = 0` where the
