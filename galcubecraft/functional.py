@@ -50,7 +50,9 @@ class _SersicBn(torch.autograd.Function):
 
     @staticmethod
     def forward(n):
-        n64 = n.detach().to(torch.float64)
+        # solved on the CPU in float64 (a handful of values; on a GPU each Newton step's
+        # convergence test would wait for the device), returned on n's device
+        n64 = n.detach().to(device="cpu", dtype=torch.float64)
         a = 2 * n64
         b = _bn_initial_guess(n64)
         for _ in range(50):
@@ -62,7 +64,7 @@ class _SersicBn(torch.autograd.Function):
             b = b_new
             if converged:
                 break
-        return b.to(n.dtype)
+        return b.to(device=n.device, dtype=n.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

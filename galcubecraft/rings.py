@@ -127,27 +127,36 @@ class DiskModel:
         """The smallest radial scale of any profile at ``radius`` (*arcsec*)."""
         return torch.stack([s.local_scale(radius, params) for s in self.surfaces]).amin(0)
 
-    def norms(self, radius, params, element):
+    def norms(self, radius, params, element, densities=None):
         """Each profile's light summed over the samples at ``radius``, each standing for
-        ``element`` (its area): the normalisations of `light` and `surface_density`."""
+        ``element`` (its area): the normalisations of `light` and `surface_density`
+        (``densities``: the profiles' at ``radius``, if already evaluated)."""
+        if densities is None:
+            densities = [s.density(radius, params) for s in self.surfaces]
         out = []
-        for surface in self.surfaces:
-            light = surface.density(radius, params) * element
+        for density in densities:
+            light = density * element
             out.append(light.sum(dim=tuple(range(1, light.dim())), keepdim=True).clamp_min(
                 torch.finfo(light.dtype).tiny))
         return out
 
-    def surface_density(self, radius, params, norms):
+    def surface_density(self, radius, params, norms, densities=None):
         """The face-on surface density at ``radius``, each profile at its share of the flux
         over its ``norms`` (a sum's terms in their right proportions)."""
-        return sum(fraction * surface.density(radius, params) / norm for surface, fraction, norm
-                   in zip(self.surfaces, self.fractions(params), norms))
+        if densities is None:
+            densities = [s.density(radius, params) for s in self.surfaces]
+        if not self.terms:
+            return densities[0] / norms[0]
+        return sum(fraction * density / norm for density, fraction, norm
+                   in zip(densities, self.fractions(params), norms))
 
     def light(self, radius, params, element):
         """Each galaxy's surface density times ``element`` (the area a sample at ``radius``
         stands for), normalised so that its sum over the samples is one for each profile
         times its share of the flux: a sum's terms keep their shares exactly."""
-        return self.surface_density(radius, params, self.norms(radius, params, element)) * element
+        densities = [s.density(radius, params) for s in self.surfaces]
+        norms = self.norms(radius, params, element, densities)
+        return self.surface_density(radius, params, norms, densities) * element
 
     @property
     def drift(self):
@@ -542,8 +551,9 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     # the weights: Sigma R dR dphi x the height's share, scaled to the flux (each profile of
     # a sum to its share)
     element = radius * d_r * d_phi * put(plan.used)[:, :, None]
-    norms = model.norms(radius, p, element)
-    area = model.surface_density(radius, p, norms) * element
+    densities = [s.density(radius, p) for s in model.surfaces]
+    norms = model.norms(radius, p, element, densities)
+    area = model.surface_density(radius, p, norms, densities) * element
 
     def los(r, ph, zz):
         return line_of_sight(r, ph, zz, p, model,
