@@ -10,7 +10,8 @@
    64 from the same priors without those parts (`realistic_disks`).
 
 The two of each pair are timed alternately (medians), so that a busy moment hurts both; the
-ratios are the result.
+ratios are the result.  The batches are grouped as `galcubecraft.render` groups them: on a
+GPU the real galaxies' parts merged into few groups (`galcubecraft.rings.merge`).
 """
 import argparse
 import statistics
@@ -91,8 +92,10 @@ def measure(device="cpu", repeats=5, batch=64):
              for g in (reference_galaxy(), warped_reference())]
     plain, warped = _alternate([lambda p=p: projector(p[1], p[0]) for p in pairs], repeats)
     batch_projector = gcc.Projector(gcc.CubeGrid(**BATCH_GRID), device=device)
-    plain_batch = gcc.stack_parameters(realistic_disks(batch, plain=True), device=device)
-    real_batch = gcc.stack_parameters(realistic_disks(batch), device=device)
+    # as render does: on a GPU the real galaxies' groups merged (rings.merge)
+    plain_batch = gcc.stack_parameters(realistic_disks(batch, plain=True), device=device,
+                                       merge="auto")
+    real_batch = gcc.stack_parameters(realistic_disks(batch), device=device, merge="auto")
 
     def render_all(groups):
         return [batch_projector(params, model) for model, params in groups]

@@ -45,7 +45,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["DiskModel", "RingPlan", "plan_rings", "project_rings", "MAX_RINGS",
+__all__ = ["DiskModel", "RingPlan", "plan_rings", "project_rings", "merge", "MAX_RINGS",
            "MAX_SIDE_NODES"]
 
 #: Most rings (radial samples) of one galaxy, and most height bins on each side of the plane.
@@ -111,21 +111,40 @@ class DiskModel:
         """Each profile's share of the flux (tensors shaped as ``params``' scalars): a sum's
         later terms their ``<prefix>flux_fraction``, the first the rest."""
         later = [params[t.key("flux_fraction")] for t in self.terms]
-        return [1.0 - sum(later) if later else 1.0, *later]
+        return [(1.0 - sum(later)).clamp_min(0.0) if later else 1.0, *later]
+
+    def _active(self, params):
+        """Per profile, the galaxies (flat bool, batch) where it has a share of the flux: a
+        profile without one takes no part in the sampling."""
+        return [torch.as_tensor(f).reshape(-1) > 0 if torch.is_tensor(f) else None
+                for f in self.fractions(params)]
+
+    def _reduce(self, values, params, fill, op):
+        """``op`` (amin or amax) over the profiles' per-galaxy ``values``, skipping those with
+        no share (``fill`` there)."""
+        stacked = []
+        for value, active in zip(values, self._active(params)):
+            if active is not None:
+                shape = (-1,) + (1,) * (value.dim() - 1)
+                value = torch.where(active.reshape(shape), value, torch.full_like(value, fill))
+            stacked.append(value)
+        return getattr(torch.stack(stacked), op)(0)
 
     def radial_range(self, params):
         """``(r_min, r_max)`` holding the light of every profile (*arcsec*, per galaxy)."""
         ranges = [s.radial_range(params) for s in self.surfaces]
-        return (torch.stack([r[0] for r in ranges]).amin(0),
-                torch.stack([r[1] for r in ranges]).amax(0))
+        return (self._reduce([r[0] for r in ranges], params, math.inf, "amin"),
+                self._reduce([r[1] for r in ranges], params, 0.0, "amax"))
 
     def radial_scale(self, params):
         """The smallest radial scale of any profile (*arcsec*, per galaxy)."""
-        return torch.stack([s.radial_scale(params) for s in self.surfaces]).amin(0)
+        return self._reduce([s.radial_scale(params) for s in self.surfaces], params, math.inf,
+                            "amin")
 
     def local_scale(self, radius, params):
         """The smallest radial scale of any profile at ``radius`` (*arcsec*)."""
-        return torch.stack([s.local_scale(radius, params) for s in self.surfaces]).amin(0)
+        return self._reduce([s.local_scale(radius, params) for s in self.surfaces], params,
+                            math.inf, "amin")
 
     def norms(self, radius, params, element, densities=None):
         """Each profile's light summed over the samples at ``radius``, each standing for
@@ -654,3 +673,118 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         spectra = torch.cumsum(out.reshape(batch, n_pix + 1, n_nodes), dim=-1)
         return torch.matmul(spectra, matrix).transpose(1, 2)
     return out.reshape(batch, n_pix + 1, n_edges - 1).transpose(1, 2)
+
+
+def _neutral(model, params):
+    """Whether a galaxy of ``model`` can be rendered as part of a larger model with zero parts:
+    profiles, flows and warp tables that take no part in the sampling when absent."""
+    if model.plain or not all(getattr(s, "neutral", False) for s in model.surfaces):
+        return False
+    if not all(getattr(f, "neutral", False) for f in model.flows):
+        return False
+    if model.warp is not None:
+        tables = {k for k in params if k.startswith(model.warp.key_prefix)}
+        return tables <= {model.warp.key(n) for n in model.warp.NEUTRAL}
+    return True
+
+
+def merge(groups):
+    """Groups of ring-path galaxies ``[(DiskModel, params), ...]`` rendered as fewer groups,
+    each galaxy holding the parts of the others at no amplitude: a profile at no share of the
+    flux (a copy of another galaxy's), a flow with zero amplitudes, a warp whose tables hold
+    the galaxy's own inclination and position angle.  Only parts that take no part in the
+    sampling when so held are merged (`neutral`: Sersic and ring profiles, radial and harmonic
+    flows, warps of orientation), and only galaxies with the same vertical profile, rotation
+    law and table lengths; a galaxy renders the same cube to rounding either way, whatever
+    the others.  Fewer groups are fewer launches: on a GPU a batch of mixed real galaxies is
+    bound by them.  Returns the new list of ``(model, params)`` (other groups unchanged)."""
+    buckets, out = {}, []
+    for model, params in groups:
+        if not isinstance(model, DiskModel) or not _neutral(model, params):
+            out.append((model, params))
+            continue
+        own = set()
+        for part in (*model.surfaces, *model.flows,
+                     *(() if model.warp is None else (model.warp,))):
+            own |= {part.key(n) for n in part.declarations}
+        own |= {t.key("flux_fraction") for t in model.terms}
+        rest = tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in params.items()
+                            if k not in own))
+        buckets.setdefault((model.vertical, model.kinematics, rest), []).append((model, params))
+    for members in buckets.values():
+        merged = _merged(members) if len(members) > 1 else None
+        out.extend(members if merged is None else [merged])
+    return out
+
+
+def _merged(members):
+    """One ``(model, params)`` for ``members`` (see `merge`), or None if their parts' tables
+    differ in length."""
+    # one order whatever the members' (flows in the order galaxies keep them, Flow.kinds:
+    # they add, and each galaxy's own then add in its own order)
+    surfaces = sorted({s for m, _ in members for s in m.surfaces},
+                      key=lambda c: (c.key_prefix, c.__name__))
+    mains = [s for s in surfaces if not s.key_prefix]
+    # the unprefixed profile (a Sersic disk; an exponential disk is one) leads the sum
+    main = (min(mains, key=lambda c: len(c.__mro__)) if mains else surfaces[0])
+    if any(not issubclass(c, main) for c in mains):
+        return None
+    terms = tuple(s for s in surfaces if s.key_prefix and s is not main)
+    flows = {f for m, _ in members for f in m.flows}
+    flows = tuple(sorted(flows, key=lambda f: f.kinds.index(f) if f in f.kinds else len(f.kinds)))
+    warp = next((m.warp for m, _ in members if m.warp is not None), None)
+    first = members[0][0]
+    union = DiskModel(surface=main, vertical=first.vertical, kinematics=first.kinematics,
+                      flows=flows, warp=warp, terms=terms)
+    templates = {}
+    for _, params in members:
+        for k, v in params.items():
+            if k in templates and templates[k].shape[1:] != v.shape[1:]:
+                return None
+            templates.setdefault(k, v[:1])
+    lifted = [_lift(model, params, union, templates) for model, params in members]
+    keys = lifted[0].keys()
+    if any(p.keys() != keys for p in lifted):
+        return None
+    return union, {k: torch.cat([p[k] for p in lifted]) for k in keys}
+
+
+def _lift(model, params, union, templates):
+    """``params`` of a galaxy of ``model`` as a galaxy of ``union`` (see `merge`)."""
+    batch = params["flux"].shape[0]
+    out = dict(params)
+
+    def copy(key):
+        return templates[key].expand(batch, *templates[key].shape[1:]).clone()
+    # profiles: the member's own at their shares; the others copied, at none
+    shares = dict(zip(model.surfaces, model.fractions(params)))
+    for surface in union.surfaces:
+        for name in surface.declarations:
+            if surface.key(name) not in out:
+                out[surface.key(name)] = copy(surface.key(name))
+    for surface in union.terms:
+        share = shares.get(surface, None)
+        out[surface.key("flux_fraction")] = (
+            torch.zeros_like(params["flux"]) if share is None else
+            torch.as_tensor(share, dtype=params["flux"].dtype,
+                            device=params["flux"].device).expand(batch).clone())
+    # flows: the others' at zero amplitude
+    for flow in union.flows:
+        if flow in model.flows:
+            continue
+        for name, declaration in flow.declarations.items():
+            key = flow.key(name)
+            if key in templates:
+                value = copy(key)
+                # its amplitudes (constants or tables) zero; its nodes and angles as copied
+                amplitude = declaration.may_be_table and declaration.shape is None
+                out[key] = torch.zeros_like(value) if amplitude else value
+    # a warp: the galaxy's own orientation at every node
+    if union.warp is not None:
+        for name in union.warp.NEUTRAL:
+            key = union.warp.key(name)
+            if key in templates and key not in out:
+                value = copy(key)
+                out[key] = value if name == "radius" else params[name].reshape(-1, 1).expand_as(
+                    value).clone()
+    return out

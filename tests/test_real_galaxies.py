@@ -953,3 +953,42 @@ def test_bad_parameter_priors_are_refused(spec, match):
     from galcubecraft.priors import GalaxyPriors
     with pytest.raises((ValueError, u.UnitsError), match=match):
         GalaxyPriors(parameters=spec)
+
+
+def test_merged_groups_render_each_galaxy_as_alone():
+    """Real galaxies of different parts merged into one group (each holding the others' parts
+    at no amplitude) render the cubes they render in their own groups, to rounding; parts
+    that change the sampling (a lag, a table) are not merged."""
+    mixed = [
+        disk(),
+        disk(surface=gcc.GaussianRing(6 * u.arcsec, 1.5 * u.arcsec), flows=[ZERO_FLOW]),
+        disk(flows=[gcc.BisymmetricFlow([30, 30, 0] * KMS, [20, 20, 0] * KMS, 40 * u.deg,
+                                        radius=[0, 5, 7] * u.arcsec)], offset=(3, 1) * u.arcsec),
+        disk(surface=gcc.SurfaceSum([gcc.ExponentialDisk(scale_length=3 * u.arcsec),
+                                     gcc.SersicBulge(1 * u.arcsec)], fractions=[0.8, 0.2]),
+             flows=[gcc.LopsidedFlow(15 * KMS, 5 * KMS, 10 * u.deg), gcc.RadialFlow(-20 * KMS)]),
+        disk(surface=gcc.GaussianRing(5 * u.arcsec, 1 * u.arcsec), inclination=45 * u.deg,
+             warp=gcc.Warp([0, 4, 9] * u.arcsec, inclination=[45, 45, 70] * u.deg)),
+        disk(vertical=gcc.ExponentialVertical(1 * u.arcsec),
+             flows=[gcc.LaggingHalo(5 * KMS / u.arcsec)]),
+    ]
+    mixed = [g.replace(flux=(10 + k) * JYKMS) for k, g in enumerate(mixed)]
+    grid = grid_for(n_pix=40, n_chan=24, width=20.0, beam=3.0)
+    projector = gcc.Projector(grid, dtype=D)
+    alone = gcc.stack_parameters(mixed, dtype=D)
+    merged = gcc.stack_parameters(mixed, dtype=D, merge=True)
+    assert len(alone) == 6 and len(merged) == 3
+    union = [m for m, _ in merged if isinstance(m, gcc.rings.DiskModel)
+             and not m.uses_height() and not m.plain][0]
+    assert union.describe() == ("ExponentialDisk + SersicBulge + GaussianRing, RadialFlow, "
+                                "BisymmetricFlow, LopsidedFlow, Warp")
+
+    def cubes(groups):
+        # each galaxy known by its flux
+        with torch.no_grad():
+            return {round(float(params["flux"][k]), 9): cube.numpy() for model, params in groups
+                    for k, cube in enumerate(projector(params, model))}
+    a, b = cubes(alone), cubes(merged)
+    assert len(a) == 6
+    for key in a:
+        assert np.abs(a[key] - b[key]).max() <= 1e-12 * np.abs(a[key]).max(), key

@@ -62,6 +62,10 @@ class Flow(Component):
 
     #: Every kind of flow, in the order galaxies list them in flat dictionaries.
     kinds = []
+    #: With its amplitudes zero it changes nothing, and how the disk is sampled does not
+    #: depend on it: a galaxy without it may be rendered beside galaxies with it
+    #: (`galcubecraft.rings.merge`).
+    neutral = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -132,6 +136,7 @@ class RadialFlow(Flow):
     """
 
     key_prefix = "radial_"
+    neutral = True
     v_rad = _Amplitude("velocity", description="radial velocity in the plane, outwards > 0")
 
     def __init__(self, v_rad, radius=None):
@@ -198,6 +203,7 @@ class _HarmonicFlow(Flow):
     """The m-fold harmonic flow of Spekkens & Sellwood (2007)."""
 
     m = None
+    neutral = True
 
     @classmethod
     def velocities(cls, radius, phi, z, params):
@@ -384,6 +390,8 @@ class Warp(Component):
     <Warp(3 nodes, R <= 60.0 arcsec: inclination 60.0 -> 75.0 deg)>
     """
 
+    #: Tables that a flat disk can hold at its own value (`galcubecraft.rings.merge`).
+    NEUTRAL = ("radius", "inclination", "position_angle")
     key_prefix = "warp_"
     radius = Parameter("size", nonnegative=True, shape="1d",
                        description="radii of the warp's nodes, increasing")

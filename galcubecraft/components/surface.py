@@ -30,6 +30,10 @@ class Surface(Component):
 
     #: The projector's switch to its exact integral of Sersic disks.
     plain = False
+    #: A galaxy without this profile may be rendered beside galaxies with it, holding a copy
+    #: of theirs at no share of the flux (`galcubecraft.rings.merge`): its parameters are
+    #: scalars, and a profile with no share takes no part in the sampling.
+    neutral = False
     #: name -> class of every named profile (``surface = 'ring'``).
     laws = {}
     #: key prefix -> class of every profile that may be added to another in a `SurfaceSum`
@@ -143,6 +147,7 @@ class SersicDisk(Surface):
     """
 
     plain = True
+    neutral = True
     law = "sersic"
     r_eff = Parameter("size", positive=True,
                       description="half-light radius in the disk plane")
@@ -301,6 +306,7 @@ class GaussianRing(Surface):
 
     key_prefix = "ring_"
     law = "ring"
+    neutral = True
     radius = Parameter("size", nonnegative=True, description="radius where the ring peaks")
     width = Parameter("size", positive=True, description="Gaussian sigma of the ring in radius")
 
