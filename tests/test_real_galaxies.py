@@ -751,8 +751,8 @@ def test_velocity_nodes_agree_with_integrating_every_line(kw):
 
 def test_a_seeded_sweep_of_real_galaxies_keeps_its_flux():
     """Random ring-path galaxies over the legal range (sizes 0.03-16", any inclination with
-    0 and 90 deg among them, razor-thin to thick, every surface and vertical law, flows, z up
-    to 6, with and without a beam): finite cubes whose flux is the galaxy's, less what falls
+    0 and 90 deg among them, razor-thin to thick, every surface and vertical law, sums with a
+    bulge, flows and asymmetric drift, z up to 6, with and without a beam): finite cubes whose flux is the galaxy's, less what falls
     beyond a field of 21 scale lengths (at most 3e-3 here, from thick n = 3 disks)."""
     rng = np.random.default_rng(7)
     for k in range(12):
@@ -764,8 +764,13 @@ def test_a_seeded_sweep_of_real_galaxies_keeps_its_flux():
                    gcc.TabulatedSurface(np.linspace(0, 6 * scale, 7) * u.arcsec,
                                         [1, .9, .7, .4, .2, .1, 0]),
                    gcc.SersicDisk(r_eff=scale * u.arcsec, n=rng.uniform(0.5, 2))][k % 4]
+        if k % 6 == 5:           # a ring or a Sersic disk with a bulge
+            surface = gcc.SurfaceSum([surface, gcc.SersicBulge(0.3 * scale * u.arcsec, 2)],
+                                     fractions=[0.8, 0.2])
         vertical = [gcc.ExponentialVertical, gcc.Sech2Vertical, gcc.GaussianVertical][k % 3]
         flows = [gcc.RadialFlow(rng.uniform(-40, 40) * KMS)]
+        if k % 4 == 2:
+            flows.append(gcc.AsymmetricDrift())
         if k % 2:
             flows.append(gcc.BisymmetricFlow(20 * KMS, 10 * KMS, rng.uniform(0, 180) * u.deg))
         if k % 5 == 0:
