@@ -26,7 +26,8 @@ __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
     "sersic", "sersic_efold", "sersic_log_slope",
     "midpoint_correction", "exponential_vertical",
-    "window_integral", "window_tail", "sky_to_disk", "line_of_sight_velocity", "velocity_moments",
+    "window_integral", "window_tail", "sparse_product", "sky_to_disk", "line_of_sight_velocity",
+    "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
     "convolve_beam_separable", "read_pixels", "translate", "point_share", "interpolate_linear",
@@ -770,3 +771,38 @@ def convolve_beam_separable(images, matrices):
         my = my.reshape(my.shape[0], *inner, *my.shape[1:])
         mx = mx.reshape(mx.shape[0], *inner, *mx.shape[1:])
     return torch.matmul(torch.matmul(my, images), mx.transpose(-1, -2))
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``S @ dense`` for a sparse ``S`` given as ``(rows, cols, values)``, with a backward that
+    never makes ``S`` dense (torch's own materialises ``grad @ dense^T`` before masking it),
+    and is itself differentiable (a Hessian goes through it)."""
+
+    @staticmethod
+    def forward(rows, cols, values, n_rows, dense):
+        matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), values,
+                                         (n_rows, dense.shape[0]), check_invariants=False)
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        rows, cols, values, n_rows, dense = inputs
+        ctx.save_for_backward(rows, cols, values, dense)
+        ctx.n_rows = n_rows
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, cols, values, dense = ctx.saved_tensors
+        grad_values = grad_dense = None
+        if ctx.needs_input_grad[2]:
+            grad_values = (grad[rows] * dense[cols]).sum(dim=-1)
+        if ctx.needs_input_grad[4]:
+            grad_dense = sparse_product(cols, rows, values, dense.shape[0], grad)
+        return None, None, grad_values, None, grad_dense
+
+
+def sparse_product(rows, cols, values, n_rows, dense):
+    """``S @ dense`` (``n_rows`` x ``dense.shape[1]``) for the sparse matrix ``S`` of entries
+    ``values`` at ``(rows, cols)`` (repeated entries add), differentiable in ``values`` and
+    ``dense`` to any order without ever holding ``S`` dense."""
+    return _SparseProduct.apply(rows, cols, values, n_rows, dense)

@@ -215,8 +215,9 @@ class CubeGrid:
             `galcubecraft.lines.LINES`); required when the header has none and its
             axis is a frequency or wavelength; replaces the header's if given.
         spectral_unit : str or `~astropy.units.Unit`, optional
-            The spectral axis' unit, required when the header has no ``CUNIT``
-            for it.
+            The spectral axis' unit where the header has no ``CUNIT`` for it (default: the
+            FITS standard's, m/s for a velocity axis such as a legacy ``VELO-LSR``, Hz for
+            frequency, m for wavelength; said in a warning).
         spectral_response : `~galcubecraft.response.SpectralResponse`, optional
         pixel_sampling : {'point', 'average'}
             ``'point'`` for a radio image (default), ``'average'`` for an IFU or

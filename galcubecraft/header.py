@@ -17,11 +17,21 @@ from radio_beam import Beam, Beams
 from . import lines
 from .units import validate_quantity
 
-__all__ = ["read_header", "cube_hdu", "grid_arguments", "parse_bunit"]
+__all__ = ["read_header", "cube_hdu", "grid_arguments", "parse_bunit", "FITSCubeWarning"]
 
 _KMS = u.km / u.s
 #: Spectral CTYPE prefixes whose values are velocities: the rest frequency only names the line.
 _VELOCITY_TYPES = ("VRAD", "VOPT", "VELO", "ZOPT", "BETA", "FELO")
+#: The FITS standard's unit of each spectral axis type, meant where CUNIT is missing.
+_SI_SPECTRAL_UNITS = {"FREQ": "Hz", "ENER": "J", "WAVN": "1/m", "VRAD": "m/s", "VOPT": "m/s",
+                      "VELO": "m/s", "FELO": "m/s", "WAVE": "m", "AWAV": "m", "ZOPT": "",
+                      "BETA": ""}
+
+
+class FITSCubeWarning(UserWarning):
+    """A FITS header read as its writer meant it, by an assumption worth knowing about."""
+
+
 #: CASA / AIPS BUNIT spellings astropy does not parse as written, matched case-insensitively.
 _BUNIT_ALIASES = {
     "jy/beam": u.Jy / u.beam, "jy beam-1": u.Jy / u.beam, "jy/bm": u.Jy / u.beam,
@@ -170,9 +180,16 @@ def grid_arguments(header, *, beam=None, beams=None, rest_frequency=None, spectr
     if spectral_unit is not None:
         header[spec_key] = u.Unit(spectral_unit).to_string(format="fits")
     elif not str(header.get(spec_key, "")).strip():
-        raise ValueError(f"the header has no {spec_key} for its {ctypes[spec]} axis; pass "
-                         "spectral_unit=... (e.g. 'Hz', 'km/s', 'Angstrom') rather than "
-                         "have the FITS default assumed")
+        # the FITS standard's units where CUNIT is missing (Greisen et al. 2006, WCS paper III):
+        # what legacy (AIPS-style) headers such as VELO-LSR in m/s were written to mean
+        default = _SI_SPECTRAL_UNITS.get(ctypes[spec].split("-")[0])
+        if default is None:
+            raise ValueError(f"the header has no {spec_key} for its {ctypes[spec]} axis; pass "
+                             "spectral_unit=... (e.g. 'Hz', 'km/s', 'Angstrom')")
+        warnings.warn(f"the header has no {spec_key} for its {ctypes[spec]} axis: reading it "
+                      f"in {default}, the FITS standard's unit (pass spectral_unit=... if it "
+                      "is not)", FITSCubeWarning, stacklevel=3)
+        header[spec_key] = default
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         w = WCS(header)

@@ -354,6 +354,57 @@ class NoiseModel:
         scale = rms / math.sqrt(power * float(np.sum(kernel**2)))
         return (noise * scale).numpy()
 
+    #: The whitened likelihood keeps the spatial frequencies where the beam's transfer
+    #: function is at least this (where the noise, and any beam-convolved model, has power).
+    KEEP = 1e-4
+
+    def whitened_chi2(self, residual, grid, rms, keep=KEEP):
+        """``(chi2, n_modes)``: the chi-squared of ``residual`` (data minus model, a torch
+        tensor ``(..., n_chan, ny, nx)`` in the grid's unit) under this noise, and how many
+        independent Gaussian variables it sums.
+
+        The residual is whitened exactly for this model's covariance: divided by the rms
+        (``rms``: a float, or one per channel), decorrelated over channels by the Cholesky
+        factor of the spectral response's correlation, and over pixels in Fourier space by
+        the filter that correlates the noise (`draw`'s), on the frequencies where the beam's
+        transfer function is at least ``keep`` (above them neither the noise nor a
+        beam-convolved model has power to speak of; they are left out).  For noise this
+        model draws, ``chi2`` is then a chi-squared variable of ``n_modes`` degrees of freedom:
+        the log-likelihood is ``-chi2 / 2`` up to a constant, and differentiable.  White
+        noise without a spectral response gives the plain sum of squares.
+        """
+        self._check(grid)
+        residual = torch.as_tensor(residual)
+        n_chan, ny, nx = residual.shape[-3:]
+        dtype = residual.dtype if residual.dtype.is_floating_point else torch.float64
+        rms = torch.as_tensor(rms, dtype=dtype, device=residual.device)
+        y = residual / (rms.reshape(-1, 1, 1) if rms.dim() else rms)
+        kernel = self._kernel(grid)
+        if len(kernel) > 1:
+            # the channels' correlation: noise_j = sum_k w_k u_{j+k}, normalised
+            w = np.asarray(kernel, dtype=float)
+            auto = np.correlate(w, w, mode="full")[len(w) - 1:] / np.sum(w**2)
+            lag = np.abs(np.subtract.outer(np.arange(n_chan), np.arange(n_chan)))
+            corr = np.where(lag < len(auto), auto[np.minimum(lag, len(auto) - 1)], 0.0)
+            chol = torch.as_tensor(np.linalg.cholesky(corr), dtype=dtype, device=y.device)
+            flat = y.reshape(*y.shape[:-3], n_chan, ny * nx)
+            y = torch.linalg.solve_triangular(chol, flat, upper=False).reshape(y.shape)
+        filt, power = _spatial_filter(grid, (ny, nx), self.correlation)
+        if filt is None:
+            return (y ** 2).sum(dim=(-3, -2, -1)), n_chan * ny * nx
+        filt = filt.to(device=y.device)
+        kept = filt ** 2 >= keep * float((filt ** 2).max())
+        weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64, device=y.device)
+        weight[0] = 1.0
+        if nx % 2 == 0:
+            weight[-1] = 1.0
+        weight = torch.where(kept, weight.expand_as(filt), torch.zeros_like(filt))
+        scale = torch.where(kept, math.sqrt(power) / filt.clamp_min(1e-300),
+                            torch.zeros_like(filt))
+        spectrum = torch.fft.rfft2(y) * scale.to(dtype)
+        chi2 = ((spectrum.abs() ** 2) * weight.to(dtype)).sum(dim=(-3, -2, -1)) / (ny * nx)
+        return chi2, int(round(float(weight.sum()))) * n_chan
+
     def __repr__(self):
         level = (f"rms={self.rms}" if self.rms is not None else
                  f"peak_snr={self.peak_snr}" if self.peak_snr is not None else

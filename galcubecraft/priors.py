@@ -30,6 +30,7 @@ import math
 
 import astropy.units as u
 import numpy as np
+import torch
 
 from ._files import read_toml
 from .components import (ArctanRotationCurve, AsymmetricDrift, BisymmetricFlow, Flow,
@@ -70,6 +71,20 @@ class Distribution:
     def support(self):
         """``(low, high)`` Quantities the samples lie within (inclusive)."""
         raise NotImplementedError
+
+    def log_density(self, x):
+        """The log probability density at ``x`` (a torch tensor of values in `unit`), up to a
+        constant: what a fit adds to the log-likelihood.  Fixed values and choices have
+        none (they cannot be fitted)."""
+        raise TypeError(f"a {type(self).__name__} distribution cannot be fitted")
+
+    def constraint(self):
+        """The support as a `torch.distributions.constraints` constraint (values in `unit`):
+        a fit moves in the unconstrained space of ``torch.distributions.biject_to`` of it."""
+        low, high = (v.to_value(self.unit) for v in self.support())
+        if math.isinf(low) and math.isinf(high):
+            return torch.distributions.constraints.real
+        return torch.distributions.constraints.interval(low, high)
 
 
 class Fixed(Distribution):
@@ -112,6 +127,9 @@ class Uniform(_Range):
     def sample(self, rng, size=None):
         return rng.uniform(self.low.value, self.high.value, size) * self.unit
 
+    def log_density(self, x):
+        return torch.zeros_like(x)
+
 
 class LogUniform(_Range):
     """Uniform in log between ``low`` and ``high`` (both > 0)."""
@@ -124,6 +142,9 @@ class LogUniform(_Range):
     def sample(self, rng, size=None):
         lo, hi = math.log(self.low.value), math.log(self.high.value)
         return np.exp(rng.uniform(lo, hi, size)) * self.unit
+
+    def log_density(self, x):
+        return -torch.log(x)
 
 
 class Isotropic(_Range):
@@ -139,6 +160,9 @@ class Isotropic(_Range):
         c_hi, c_lo = np.cos(self.low.to_value(u.rad)), np.cos(self.high.to_value(u.rad))
         return (np.arccos(rng.uniform(c_lo, c_hi, size)) * u.rad).to(self.unit)
 
+    def log_density(self, x):
+        return torch.log(torch.sin(x * self.unit.to(u.rad)).clamp_min(1e-300))
+
 
 class Normal(Distribution):
     """Gaussian of ``mean`` and ``std``."""
@@ -152,6 +176,10 @@ class Normal(Distribution):
 
     def sample(self, rng, size=None):
         return rng.normal(self.mean.value, self.std.value, size) * self.unit
+
+    def log_density(self, x):
+        # a truncated normal's too: its normalisation is a constant
+        return -0.5 * ((x - self.mean.value) / self.std.value) ** 2
 
     def support(self):
         return -np.inf * self.unit, np.inf * self.unit
@@ -288,8 +316,11 @@ class ParameterPriors:
                                  f"{sorted([*Galaxy.LAWS, *declared])}")
             p = declared[name]
             if isinstance(spec, (list, tuple)):
-                if not p.may_be_table:
+                fixed = p.shape if p.shape not in (None, "1d") else None
+                if not p.may_be_table and fixed is None:
                     raise ValueError(f"{where}: {name} is one number, not a table; got {spec!r}")
+                if fixed is not None and len(spec) != fixed[0]:
+                    raise ValueError(f"{where}: {name} holds {fixed[0]} values, got {spec!r}")
                 if not spec:
                     raise ValueError(f"{where}: {name}: a table needs at least one node")
                 nodes = [distribution_from_spec(f"{name}[{k}]", x) for k, x in enumerate(spec)]

@@ -662,10 +662,9 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         line = torch.arange(n_lines, device=device).reshape(1, *lines_shape[1:])
         line = (line + (torch.arange(batch, device=device) * n_lines).reshape(-1, 1, 1))
         line = line[:, None].expand_as(index)
-        shares = torch.sparse_coo_tensor(
-            torch.stack([(index + base[:, :, None, None]).reshape(-1), line.reshape(-1)]),
-            share.reshape(-1), (batch * (n_pix + 1), batch * n_lines), check_invariants=False)
-        product = torch.sparse.mm(shares, lines.reshape(batch * n_lines, n_edges - 1))
+        product = F.sparse_product((index + base[:, :, None, None]).reshape(-1),
+                                   line.reshape(-1), share.reshape(-1), batch * (n_pix + 1),
+                                   lines.reshape(batch * n_lines, n_edges - 1))
         out = out + product if torch.is_grad_enabled() else out.add_(product)
     if nodes is not None:
         matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes,

@@ -1,0 +1,131 @@
+"""Fitting cubes (`galcubecraft.fit`): the whitened likelihood, calibrated error bars, results.
+
+The noise treatment is checked against draws of the noise it models (its chi-squared must be a
+chi-squared variable of the stated degrees of freedom), and the error bars against mocks: over
+mock cubes with beam-correlated noise the pulls (median - truth) / sigma must scatter as a unit
+Gaussian, while the independent-pixel chi-squared, fitted to the same mocks, gives pulls
+several times too wide (its error bars too small).
+"""
+import astropy.units as u
+import numpy as np
+import pytest
+import torch
+from radio_beam import Beam
+
+import galcubecraft as gcc
+from galcubecraft.fit import FitSpace, fit
+from galcubecraft.noise import NoiseModel
+from galcubecraft.response import Hanning
+
+KMS = u.km / u.s
+
+
+@pytest.mark.parametrize("response", [None, Hanning()])
+def test_the_whitened_chi2_of_the_noise_is_chi2_distributed(response):
+    grid = gcc.CubeGrid(shape=(10, 20, 26), pixel_scale=1 * u.arcsec, channel_width=20 * KMS,
+                        beam=Beam(4 * u.arcsec), spectral_response=response)
+    noise = NoiseModel(rms=1 * u.Jy / u.beam)
+    values = []
+    for seed in range(150):
+        chi2, n = noise.whitened_chi2(torch.as_tensor(noise.draw(grid, 0.3, seed=seed)), grid,
+                                      0.3)
+        values.append(float(chi2))
+    values = np.array(values)
+    assert n < 0.7 * grid.n_chan * 20 * 26               # the beam leaves most modes out
+    assert abs(values.mean() - n) < 4 * np.sqrt(2 * n / len(values))
+    assert 0.8 < values.std() / np.sqrt(2 * n) < 1.2
+    # white noise: the plain sum of squares
+    white = NoiseModel(rms=1 * u.Jy / u.beam, correlation="white", spectral=False)
+    cube = white.draw(grid, 0.3, seed=1)
+    chi2, n = white.whitened_chi2(torch.as_tensor(cube), grid, 0.3)
+    assert n == cube.size and float(chi2) == pytest.approx((cube**2).sum() / 0.09)
+
+
+GRID = gcc.CubeGrid(shape=(10, 16, 16), pixel_scale=2 * u.arcsec, channel_width=50 * KMS,
+                    beam=Beam(6 * u.arcsec))
+TRUTH = gcc.Galaxy(surface=gcc.ExponentialDisk(scale_length=4 * u.arcsec),
+                   kinematics=gcc.ArctanRotationCurve(150 * KMS, 3 * u.arcsec),
+                   inclination=55 * u.deg, position_angle=30 * u.deg, flux=20 * u.Jy * KMS,
+                   dispersion=20 * KMS)
+MODEL = dict(surface="sersic", r_eff="6.713 arcsec", n=1.0, rotation="arctan",
+             r_turn="3 arcsec", dispersion="20 km/s", position_angle="30 deg",
+             inclination={"distribution": "uniform", "low": "20 deg", "high": "85 deg"},
+             v_max={"distribution": "uniform", "low": "50 km/s", "high": "300 km/s"},
+             flux={"distribution": "loguniform", "low": "2 Jy km/s", "high": "200 Jy km/s"})
+VALUES = {"inclination": 55.0, "v_max": 150.0, "flux": 20.0}
+
+
+def test_error_bars_are_calibrated_only_with_the_whitened_likelihood():
+    """Mocks at peak S/N 5, rendered at twice the fit's sampling, with beam-correlated noise:
+    the whitened likelihood's pulls scatter as a unit Gaussian (the full check over 200 mocks
+    is ``python -m benchmarks.fit_calibration``); the independent-pixel chi-squared's are
+    twice as wide or more."""
+    clean = gcc.render(TRUTH, GRID, oversample=2).unitless_filled_data[:]
+    rms = float(clean.max()) / 5
+    noise = NoiseModel(rms=1 * u.Jy / u.beam)
+    pulls = {"whitened": [], "independent": []}
+    for seed in range(6):
+        data = clean + noise.draw(GRID, rms, seed=seed)
+        for likelihood, out in pulls.items():
+            result = fit(data, MODEL, grid=GRID, noise=rms, likelihood=likelihood, seed=seed,
+                         starts=2, draws=2000)
+            for row in result.table:
+                sigma = 0.5 * (row["p84"] - row["p16"])
+                out.append((row["median"] - VALUES[row["name"]]) / sigma)
+    whitened, independent = np.std(pulls["whitened"]), np.std(pulls["independent"])
+    assert 0.5 < whitened < 1.6, pulls["whitened"]
+    assert independent > 1.8 * whitened, (whitened, independent)
+
+
+def test_a_fit_result_holds_the_table_the_cubes_and_writes_them(tmp_path):
+    clean = gcc.render(TRUTH, GRID).unitless_filled_data[:]
+    rms = float(clean.max()) / 20
+    data = clean + NoiseModel(rms=1 * u.Jy / u.beam).draw(GRID, rms, seed=3)
+    result = fit(data, MODEL, grid=GRID, noise=rms, method="map", seed=0, starts=2)
+    assert result.samples is None and list(result.table["name"]) == list(VALUES)
+    assert abs(result["inclination"] - 55 * u.deg) < 5 * u.deg
+    assert result.galaxy.inclination == result["inclination"]
+    assert result.chi2 < 1.5 * result.n_modes
+    residual = result.residual.unitless_filled_data[:]
+    assert np.allclose(residual + result.model.unitless_filled_data[:], data, atol=1e-6)
+    result.write(tmp_path / "fit")
+    assert {p.name for p in (tmp_path / "fit").iterdir()} == {"fit.ecsv", "model.fits",
+                                                              "residual.fits"}
+    with pytest.raises(FileExistsError, match="overwrite"):
+        result.write(tmp_path / "fit")
+    # the same seed, the same fit
+    again = fit(data, MODEL, grid=GRID, noise=rms, method="map", seed=0, starts=2)
+    assert np.array_equal(again.table["best"], result.table["best"])
+
+
+def test_each_node_of_a_table_and_the_offset_can_be_free():
+    space = FitSpace(dict(MODEL, offset=[{"distribution": "uniform", "low": "-3 arcsec",
+                                          "high": "3 arcsec"}, "1 arcsec"],
+                          warp_radius=["0 arcsec", "5 arcsec", "10 arcsec"],
+                          warp_inclination=["55 deg", "55 deg", {"distribution": "uniform",
+                                                                 "low": "50 deg",
+                                                                 "high": "80 deg"}]))
+    assert space.names == ["inclination", "v_max", "flux", "offset[0]", "warp_inclination[2]"]
+    theta = torch.tensor([[60.0, 100.0, 10.0, -2.0, 70.0]], dtype=torch.float64)
+    params = space.tensors(theta)
+    assert float(params["x0"][0]) == -2.0 and float(params["y0"][0]) == 1.0
+    assert np.allclose(params["warp_inclination"][0].numpy(), np.radians([55, 55, 70]))
+    assert float(params["inclination"][0]) == pytest.approx(np.radians(60))
+    galaxy = space.galaxy_at(theta[0])
+    assert galaxy.warp.inclination[-1] == 70 * u.deg and galaxy.offset[0] == -2 * u.arcsec
+
+
+@pytest.mark.parametrize("cube, model, kw, match", [
+    (np.full(GRID.shape, np.nan), MODEL, {}, "no finite value"),
+    (np.zeros(GRID.shape), dict(MODEL, no_such="1 arcsec"), {}, "unknown galaxy parameter"),
+    (np.zeros(GRID.shape), {k: v for k, v in MODEL.items() if not isinstance(v, dict)},
+     {}, "no free parameter"),
+    (np.zeros(GRID.shape), dict(MODEL, n={"distribution": "choice", "values": [1, 2]}), {},
+     "cannot be fitted"),
+    (np.zeros(GRID.shape), MODEL, {"method": "mcmc"}, "method"),
+    (np.zeros((3, 4, 4)), MODEL, {}, "shape"),
+    (np.zeros(GRID.shape), MODEL, {"noise": 0.0}, "noise"),
+])
+def test_bad_fits_are_refused_before_any_work(cube, model, kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit(cube, model, grid=GRID, **{"noise": 1.0, **kw})
