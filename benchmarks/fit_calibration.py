@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import galcubecraft as gcc
-from galcubecraft.fit import fit
+from galcubecraft.fitting import fit
 from galcubecraft.noise import NoiseModel
 
 KMS = u.km / u.s

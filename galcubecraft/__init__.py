@@ -16,6 +16,7 @@ from .components import (AnalyticRotationCurve, ArctanRotationCurve, AsymmetricD
 from .cube import SyntheticCube, to_spectral_cube, write_fits
 from .galaxy import Galaxy, Scene, default_cosmology, radio_velocity
 from .grid import CO_1_0, CubeGrid
+from .fitting import FitResult, fit
 from .generator import GalCubeCraft, GeneratedCube
 from .noise import NoiseModel, apply_and_convolve_noise, apply_noise
 from .observation import Observation, observe
@@ -35,5 +36,5 @@ __all__ = [
     "render", "render_tensor", "stack_parameters",
     "SyntheticCube", "to_spectral_cube", "write_fits",
     "GalCubeCraft", "GeneratedCube", "SeedPopulation", "apply_noise", "apply_and_convolve_noise",
-    "NoiseModel", "observe", "Observation",
+    "NoiseModel", "observe", "Observation", "fit", "FitResult",
 ]

@@ -130,7 +130,7 @@ LAYERS = {
     **{m: (2, "instrument") for m in ("grid", "noise", "cube")},
     **{m: (2, "engine") for m in ("streams", "refine", "projector")},
     **{m: (3, "assembly") for m in ("render", "catalogue", "population", "visualise")},
-    **{m: (4, "outputs") for m in ("observation", "inject", "dataset", "generator")},
+    **{m: (4, "outputs") for m in ("observation", "inject", "dataset", "generator", "fitting")},
     **{m: (5, "front ends") for m in ("cli", "explorer")},
 }
 

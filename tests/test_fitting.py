@@ -1,4 +1,4 @@
-"""Fitting cubes (`galcubecraft.fit`): the whitened likelihood, calibrated error bars, results.
+"""Fitting cubes (`galcubecraft.fitting`): the whitened likelihood, honest error bars, results.
 
 The noise treatment is checked against draws of the noise it models (its chi-squared must be a
 chi-squared variable of the stated degrees of freedom), and the error bars against mocks: over
@@ -13,7 +13,7 @@ import torch
 from radio_beam import Beam
 
 import galcubecraft as gcc
-from galcubecraft.fit import FitSpace, fit
+from galcubecraft.fitting import FitSpace, fit
 from galcubecraft.noise import NoiseModel
 from galcubecraft.response import Hanning
 

@@ -47,6 +47,8 @@ METHODS = ("map", "laplace")
 
 #: The unconstrained parameters are held within this.
 _REACH = 30.0
+#: L-BFGS stops when the loss per datum (or its gradient) changes by less than this.
+_TOLERANCE = 1e-9
 
 
 class FitSpace:
@@ -255,7 +257,7 @@ def estimate_rms(data):
 
 
 def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whitened",
-        starts=8, draws=4000, seed=0, device=None, progress=False, max_iter=200):
+        starts=8, draws=4000, seed=0, device=None, progress=False, max_iter=500):
     """Fit ``model`` to ``cube``.
 
     Parameters
@@ -318,20 +320,29 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     z = space.unconstrained(space.sample_prior(rng, starts)).detach().requires_grad_(True)
+    # the loss per datum: L-BFGS stops when a step changes it, or its gradient is, below
+    # _TOLERANCE (a chi-squared change of _TOLERANCE times the number of data)
+    n_data = float(np.prod(data.shape))
     optimiser = torch.optim.LBFGS([z], max_iter=max_iter, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-9, tolerance_change=1e-12)
+                                  tolerance_grad=_TOLERANCE, tolerance_change=_TOLERANCE,
+                                  history_size=20)
+    evaluations = [0]
+    bar = tqdm(desc="fit: best fit", unit="eval", disable=not progress)
 
     def closure():
         optimiser.zero_grad()
         values = log_post(z)
         # a start that wanders where the model is not finite is held back, not followed
         values = torch.where(torch.isfinite(values), values, torch.full_like(values, -1e300))
-        loss = -values.sum()
+        loss = -values.sum() / n_data
         loss.backward()
         z.grad.nan_to_num_(0.0, posinf=0.0, neginf=0.0)
+        evaluations[0] += 1
+        bar.update()
         return loss
-    for _ in tqdm(range(3), desc="fit: best fit", disable=not progress):
-        optimiser.step(closure)
+    optimiser.step(closure)
+    bar.close()
+    seconds["evaluations"] = evaluations[0]
     with torch.no_grad():
         values = log_post(z)
         values = torch.where(torch.isfinite(values), values, torch.full_like(values, -math.inf))
