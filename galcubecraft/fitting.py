@@ -355,8 +355,8 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         t0 = time.perf_counter()
         hessian = torch.autograd.functional.hessian(lambda x: -log_post(x[None])[0], z_best[0])
         cov = _covariance(hessian.detach())
-        draw = torch.as_tensor(rng.multivariate_normal(z_best[0].cpu().numpy(), cov.numpy(),
-                                                       size=draws),
+        draw = torch.as_tensor(rng.multivariate_normal(z_best[0].cpu().numpy(),
+                                                       cov.cpu().numpy(), size=draws),
                                dtype=space.dtype, device=space.device)
         with torch.no_grad():
             theta = space.constrained(draw)[0].cpu().numpy()

@@ -1,6 +1,6 @@
 """Fit the CARMA CO(1-0) cube of NGC 4324 with a ring model (Laplace posterior).
 
-    python examples/ngc4324/fit_ngc4324.py PATH/TO/NGC4324.fits [OUT_DIR]
+    python examples/ngc4324/fit_ngc4324.py PATH/TO/NGC4324.fits [OUT_DIR] [DEVICE]
 
 The cube comes from KinMSpy's examples (T. A. Davis, MIT licence: ``kinms/examples/
 NGC4324.fits``; Alatalo et al. 2013); it is not shipped with galcubecraft.  Its legacy
@@ -25,14 +25,14 @@ MODEL = dict(
     v_sys={"distribution": "uniform", "low": "1580 km/s", "high": "1700 km/s"})
 
 
-def main(path, out=None):
+def main(path, out=None, device=None):
     t = time.perf_counter()
     result = gcc.fit(path, MODEL, method="laplace", noise=0.0031, starts=4, seed=1,
-                     progress=True)
+                     progress=True, device=device)
     print(f"{time.perf_counter() - t:.0f} s ({result.seconds['evaluations']} evaluations of 4 "
           f"starts); chi2 {result.chi2:.0f} for {result.n_modes} whitened modes")
     result.table.pprint_all()
-    if out is not None:
+    if out:
         result.write(out, overwrite=True)
     return result
 
