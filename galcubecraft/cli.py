@@ -1,7 +1,10 @@
-"""The command line: ``galcubecraft render``, ``plot``, ``inject``, ``dataset``, ``export``."""
+"""The command line: ``galcubecraft render``, ``plot``, ``inject``, ``dataset``, ``export``,
+``fit``."""
 import argparse
+import errno
 import sys
 import warnings
+from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -12,6 +15,7 @@ from ._files import atomic_path, check_paths, read_toml
 from .catalogue import galaxies_from_table, random_galaxies
 from .components import RotationCurve, Surface, VerticalProfile
 from .dataset import export_fits, generate_dataset
+from .fitting import METHODS, fit
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import parse_bunit, read_header
@@ -19,7 +23,7 @@ from .inject import Injection, inject
 from .lines import LINES
 from .parameters import parse_quantity
 from .pixelgrid import PIXEL_SAMPLINGS
-from .priors import GalaxyPriors, read_priors_file
+from .priors import GalaxyPriors, ParameterPriors, read_priors_file
 from .render import render
 
 __all__ = ["main", "build_parser"]
@@ -247,7 +251,70 @@ def build_parser():
                    help="cube indices: 'A:B' (B excluded) or a comma-separated list")
     x.add_argument("-o", "--output", required=True, help="folder for the FITS files")
     x.add_argument("--overwrite", action="store_true", help="replace existing files")
+    f = sub.add_parser(
+        "fit", help="fit a model to a FITS cube: best fit and posterior, with gradients",
+        description=(
+            "Fit a model to a FITS cube by L-BFGS from several starts (map) and the "
+            "posterior's Gaussian approximation by autograd (laplace). The model file's "
+            "[galaxy] table holds every parameter fixed (\"60 deg\") or with a prior "
+            "({distribution = \"uniform\", low = ..., high = ...}), tables node by node. The "
+            "likelihood whitens the noise's correlation by the beam and the spectral "
+            "response. Writes fit.ecsv (best fit, median, 16/84 percentiles), samples.ecsv, "
+            "model.fits and residual.fits in OUT, atomically; existing results are kept "
+            "unless --overwrite."),
+        formatter_class=_HelpFormatter)
+    f.add_argument("cube", help="FITS cube to fit (read only)")
+    f.add_argument("--model", required=True, help="TOML model file with a [galaxy] table")
+    f.add_argument("-o", "--out", required=True, help="folder for the results")
+    f.add_argument("--method", choices=METHODS, default="laplace", help="fitting method")
+    f.add_argument("--noise", help="noise rms per channel in the cube's unit, e.g. "
+                                   "'3.1 mJy/beam' (default: the sigma-clipped MAD of each "
+                                   "channel)")
+    f.add_argument("--starts", type=int, default=8, help="L-BFGS starts drawn from the priors")
+    f.add_argument("--seed", type=int, default=0, help="seeds the starts and the draws")
+    f.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    f.add_argument("--spectral-unit", help="unit of the spectral axis when the header has no "
+                                           "CUNIT (default: the FITS standard's, with a "
+                                           "warning)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument("--overwrite", action="store_true", help="replace results in OUT")
     return p
+
+
+def fit_command(args):
+    """``galcubecraft fit``: fit a model file to a cube and write the results."""
+    config = read_toml(args.model)
+    unknown = set(config) - {"galaxy"}
+    if unknown or "galaxy" not in config:
+        raise ValueError(f"{args.model}: a model file holds one [galaxy] table, got "
+                         f"{sorted(config) or 'nothing'}")
+    model = ParameterPriors(config["galaxy"], where=f"{args.model} [galaxy]")
+    if args.starts < 1:
+        raise ValueError(f"--starts must be at least 1, got {args.starts}")
+    from spectral_cube import SpectralCube
+    try:
+        cube = SpectralCube.read(args.cube)
+    except OSError:
+        raise
+    except Exception as exc:        # noqa: BLE001 - astropy's readers raise many kinds
+        raise ValueError(f"cannot read {args.cube} as a spectral cube: {_one_line(exc)}") \
+            from None
+    if cube.unit.is_equivalent(u.Jy / u.beam):
+        cube = cube.to(u.Jy / u.beam)
+    grid = CubeGrid.from_fits(cube, spectral_unit=args.spectral_unit)
+    noise = None
+    if args.noise is not None:
+        noise = parse_quantity("--noise", args.noise).to_value(cube.unit)
+    out = Path(args.out)
+    for name in ("fit.ecsv", "samples.ecsv", "model.fits", "residual.fits"):
+        if (out / name).exists() and not args.overwrite:
+            raise FileExistsError(errno.EEXIST, "file exists", str(out / name))
+    result = fit(cube, model, method=args.method, grid=grid, noise=noise, starts=args.starts,
+                 seed=args.seed, device=args.device, progress=not args.no_progress)
+    result.write(out, overwrite=args.overwrite)
+    result.table.pprint_all()
+    print(f"chi2 {result.chi2:.1f} for {result.n_modes} whitened modes; results in {out}/")
+    return 0
 
 
 def dataset_command(args):
@@ -437,7 +504,7 @@ def render_command(args):
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, u.UnitsError,
                  OSError)
 COMMANDS = {"render": render_command, "plot": plot, "inject": inject_command,
-            "dataset": dataset_command, "export": export_command}
+            "dataset": dataset_command, "export": export_command, "fit": fit_command}
 
 
 def _one_line(exc):

@@ -17,6 +17,7 @@ Methods:
   Hessian of the negative log-posterior in the unconstrained space (by autograd), sampled
   and mapped back through the supports (so the samples respect the bounds).
 """
+import errno
 import math
 import time
 import warnings
@@ -217,8 +218,8 @@ class FitResult:
             files["samples.ecsv"] = QTable(self.samples)
         for name in (*files, "model.fits", "residual.fits"):
             if (directory / name).exists() and not overwrite:
-                raise FileExistsError(f"{directory / name} exists; pass overwrite=True to "
-                                      "replace it")
+                raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to "
+                                      "replace it", str(directory / name))
         for name, table in files.items():
             with atomic_path(directory / name, overwrite=True) as tmp:
                 table.write(tmp, format="ascii.ecsv", overwrite=True)

@@ -129,3 +129,44 @@ def test_each_node_of_a_table_and_the_offset_can_be_free():
 def test_bad_fits_are_refused_before_any_work(cube, model, kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fit(cube, model, grid=GRID, **{"noise": 1.0, **kw})
+
+
+def test_the_fit_command_writes_results_and_keeps_them(tmp_path, capsys):
+    from galcubecraft.cli import main
+    clean = gcc.render(TRUTH, GRID)
+    rms = float(clean.unitless_filled_data[:].max()) / 20
+    noisy = gcc.to_spectral_cube(
+        clean.unitless_filled_data[:] + NoiseModel(rms=1 * u.Jy / u.beam).draw(GRID, rms,
+                                                                              seed=4), GRID)
+    noisy.write(tmp_path / "obs.fits")
+    model = tmp_path / "model.toml"
+    model.write_text("""
+[galaxy]
+surface = "sersic"
+r_eff = "6.713 arcsec"
+n = 1.0
+rotation = "arctan"
+r_turn = "3 arcsec"
+dispersion = "20 km/s"
+position_angle = "30 deg"
+inclination = {distribution = "uniform", low = "20 deg", high = "85 deg"}
+v_max = {distribution = "uniform", low = "50 km/s", high = "300 km/s"}
+flux = {distribution = "loguniform", low = "2 Jy km/s", high = "200 Jy km/s"}
+""")
+    args = ["fit", str(tmp_path / "obs.fits"), "--model", str(model), "-o", str(tmp_path / "out"),
+            "--noise", f"{rms} Jy/beam", "--starts", "2", "--no-progress"]
+    assert main(args) == 0
+    assert "inclination" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "fit.ecsv", "samples.ecsv", "model.fits", "residual.fits"}
+    before = (tmp_path / "out" / "fit.ecsv").read_text()
+    assert main(args) == 2                                  # results kept
+    assert "exists; use --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "fit.ecsv").read_text() == before
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[galaxy]\ninclination = "60 deg"\nno_such = "1 arcsec"\n')
+    assert main(["fit", str(tmp_path / "obs.fits"), "--model", str(bad), "-o",
+                 str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown galaxy parameter 'no_such'" in err and "Traceback" not in err
+    assert not (tmp_path / "o2").exists()
