@@ -187,8 +187,10 @@ class FitResult:
         Posterior draws (``'laplace'``).
     galaxy : `~galcubecraft.Galaxy`
         The best fit.
-    model, residual : `~galcubecraft.SyntheticCube`
-        The best fit's cube on the data's grid, and data minus model.
+    grid : `~galcubecraft.CubeGrid`
+        The data's grid.
+    data, model, residual : `~galcubecraft.SyntheticCube`
+        The data, the best fit's cube on its grid, and data minus model.
     chi2, n_modes : float, int
         The whitened chi-squared at the best fit and its number of independent variables.
     method : str
@@ -196,16 +198,30 @@ class FitResult:
         Wall time of each step.
     """
 
-    def __init__(self, *, table, samples, galaxy, model, residual, chi2, n_modes, method,
-                 seconds):
-        self.table, self.samples, self.galaxy = table, samples, galaxy
-        self.model, self.residual = model, residual
+    def __init__(self, *, table, samples, galaxy, grid, data, model, residual, chi2, n_modes,
+                 method, seconds):
+        self.table, self.samples, self.galaxy, self.grid = table, samples, galaxy, grid
+        self.data, self.model, self.residual = data, model, residual
         self.chi2, self.n_modes, self.method, self.seconds = chi2, n_modes, method, seconds
 
     def __getitem__(self, name):
         """The best fit of a free parameter, as a Quantity."""
         row = self.table[list(self.table["name"]).index(name)]
         return row["best"] * u.Unit(row["unit"])
+
+    def plot(self, mask=None):
+        """Data, model and residual, one figure each: moment 0, moment 1 and the
+        position-velocity diagram along the fitted major axis through the fitted centre
+        (`galcubecraft.visualise.overview`; ``mask``: the voxels of the data's moments, e.g.
+        ``data > 3 * rms``).  Returns the three figures."""
+        from .visualise import overview
+        offset = u.Quantity([self.galaxy.to_arcsec("offset", c) for c in self.galaxy.offset],
+                            u.arcsec)
+        centre = self.data.wcs.celestial.pixel_to_world(*self.grid.pixel_of(offset))
+        return [overview(cube, self.galaxy.position_angle, title=title, center=centre,
+                         mask=mask)
+                for cube, title in ((self.data, "data"), (self.model, "model"),
+                                    (self.residual, "residual"))]
 
     def write(self, directory, overwrite=False):
         """``fit.ecsv`` (the table), ``model.fits``, ``residual.fits`` and, with samples,
@@ -379,6 +395,7 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     table.meta.update(method=method, likelihood=likelihood, chi2=float(chi2),
                       n_modes=int(n_modes), seed=seed)
     return FitResult(table=table, samples=samples, galaxy=space.galaxy_at(theta_best),
+                     grid=grid, data=to_spectral_cube(data, grid),
                      model=to_spectral_cube(best_cube, grid),
                      residual=to_spectral_cube(data - best_cube, grid),
                      chi2=float(chi2), n_modes=int(n_modes), method=method, seconds=seconds)

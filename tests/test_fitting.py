@@ -88,6 +88,10 @@ def test_a_fit_result_holds_the_table_the_cubes_and_writes_them(tmp_path):
     assert result.chi2 < 1.5 * result.n_modes
     residual = result.residual.unitless_filled_data[:]
     assert np.allclose(residual + result.model.unitless_filled_data[:], data, atol=1e-6)
+    figures = result.plot()         # data, model, residual: moments and PV
+    assert len(figures) == 3 and all(len(f.axes) >= 3 for f in figures)
+    import matplotlib.pyplot as plt
+    plt.close("all")
     result.write(tmp_path / "fit")
     assert {p.name for p in (tmp_path / "fit").iterdir()} == {"fit.ecsv", "model.fits",
                                                               "residual.fits"}
@@ -135,9 +139,8 @@ def test_the_fit_command_writes_results_and_keeps_them(tmp_path, capsys):
     from galcubecraft.cli import main
     clean = gcc.render(TRUTH, GRID)
     rms = float(clean.unitless_filled_data[:].max()) / 20
-    noisy = gcc.to_spectral_cube(
-        clean.unitless_filled_data[:] + NoiseModel(rms=1 * u.Jy / u.beam).draw(GRID, rms,
-                                                                              seed=4), GRID)
+    noise = NoiseModel(rms=1 * u.Jy / u.beam).draw(GRID, rms, seed=4)
+    noisy = gcc.to_spectral_cube(clean.unitless_filled_data[:] + noise, GRID)
     noisy.write(tmp_path / "obs.fits")
     model = tmp_path / "model.toml"
     model.write_text("""
