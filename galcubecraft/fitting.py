@@ -314,8 +314,12 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         warnings.warn("the cube has no beam: its noise is taken as independent pixels")
     space = FitSpace(model, device=device)
     projector = Projector(grid, device=space.device, dtype=space.dtype)
+    if isinstance(noise, u.Quantity):
+        # the data are in Jy/beam where they can be (_read), else in the grid's unit
+        unit = u.Jy / u.beam if noise.unit.is_equivalent(u.Jy / u.beam) else grid.unit
+        noise = noise.to_value(unit)
     rms = estimate_rms(data) if noise is None else np.broadcast_to(
-        np.asarray(getattr(noise, "value", noise), dtype=float), (data.shape[0],))
+        np.asarray(noise, dtype=float), (data.shape[0],))
     if not np.all(np.isfinite(rms) & (rms > 0)):
         raise ValueError(f"the noise must be positive and finite in every channel, got {rms}")
     correlation = "beam" if grid.beam is not None and likelihood == "whitened" else "white"

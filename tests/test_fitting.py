@@ -97,9 +97,10 @@ def test_a_fit_result_holds_the_table_the_cubes_and_writes_them(tmp_path):
                                                               "residual.fits"}
     with pytest.raises(FileExistsError, match="overwrite"):
         result.write(tmp_path / "fit")
-    # the same seed, the same fit
-    again = fit(data, MODEL, grid=GRID, noise=rms, method="map", seed=0, starts=2)
-    assert np.array_equal(again.table["best"], result.table["best"])
+    # the same seed, the same fit (the noise as a Quantity in any unit of brightness)
+    again = fit(data, MODEL, grid=GRID, noise=rms * 1e3 * u.mJy / u.beam, method="map",
+                seed=0, starts=2)
+    assert np.allclose(again.table["best"], result.table["best"], rtol=1e-5)
 
 
 def test_each_node_of_a_table_and_the_offset_can_be_free():
