@@ -299,12 +299,8 @@ def fit_command(args):
     except Exception as exc:        # noqa: BLE001 - astropy's readers raise many kinds
         raise ValueError(f"cannot read {args.cube} as a spectral cube: {_one_line(exc)}") \
             from None
-    if cube.unit.is_equivalent(u.Jy / u.beam):
-        cube = cube.to(u.Jy / u.beam)
     grid = CubeGrid.from_fits(cube, spectral_unit=args.spectral_unit)
-    noise = None
-    if args.noise is not None:
-        noise = parse_quantity("--noise", args.noise).to_value(cube.unit)
+    noise = None if args.noise is None else parse_quantity("--noise", args.noise)
     out = Path(args.out)
     for name in ("fit.ecsv", "samples.ecsv", "model.fits", "residual.fits"):
         if (out / name).exists() and not args.overwrite:

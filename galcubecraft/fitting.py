@@ -254,12 +254,17 @@ def _read(cube, grid):
         cube = SpectralCube.read(str(cube))
     if isinstance(cube, SpectralCube):
         grid = grid if grid is not None else CubeGrid.from_fits(cube)
-        if cube.unit.is_equivalent(u.Jy / u.beam):
-            cube = cube.to(u.Jy / u.beam)
-        return np.asarray(cube.unitless_filled_data[:], dtype=float), grid
-    if grid is None:
+        # in the unit the model is rendered in (spectral-cube's conversions, K included)
+        try:
+            cube = cube.to(grid.unit)
+        except (u.UnitsError, ValueError, TypeError) as exc:
+            raise ValueError(f"the cube's unit {cube.unit} cannot be converted to "
+                             f"{grid.unit}, the model's: {exc}") from None
+        data = np.asarray(cube.unitless_filled_data[:], dtype=float)
+    elif grid is None:
         raise TypeError("an array needs its grid: fit(array, model, grid=CubeGrid(...))")
-    data = np.asarray(getattr(cube, "value", cube), dtype=float)
+    else:
+        data = np.asarray(getattr(cube, "value", cube), dtype=float)
     if data.shape != tuple(grid.shape):
         raise ValueError(f"the cube's shape {data.shape} is not its grid's {grid.shape}")
     return data, grid
@@ -280,15 +285,16 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     Parameters
     ----------
     cube : str, `~pathlib.Path`, `~spectral_cube.SpectralCube` or array
-        The data (an array needs ``grid``); Jy/beam or a unit convertible to it.
+        The data (an array needs ``grid``, and is in its unit); a cube is converted to the
+        grid's unit (Jy/beam, from K too) by spectral-cube.
     model : `~galcubecraft.priors.ParameterPriors` or dict
         Every flat galaxy parameter fixed or with a prior (see the module docstring).
     method : {'map', 'laplace'}
     grid : `~galcubecraft.CubeGrid`, optional
         The data's grid (default: read from the cube's header).
     noise : `~astropy.units.Quantity`, float or array, optional
-        The noise rms (one, or one per channel), in the data's unit; default
-        `estimate_rms`.  Correlated by the grid's beam and spectral response.
+        The noise rms (one, or one per channel; a float in the grid's unit, Jy/beam);
+        default `estimate_rms`.  Correlated by the grid's beam and spectral response.
     likelihood : {'whitened', 'independent'}
         ``'independent'`` is the plain chi-squared over pixels, for comparison only: it
         ignores the noise's correlation and its error bars are too small.
@@ -315,9 +321,7 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     space = FitSpace(model, device=device)
     projector = Projector(grid, device=space.device, dtype=space.dtype)
     if isinstance(noise, u.Quantity):
-        # the data are in Jy/beam where they can be (_read), else in the grid's unit
-        unit = u.Jy / u.beam if noise.unit.is_equivalent(u.Jy / u.beam) else grid.unit
-        noise = noise.to_value(unit)
+        noise = noise.to_value(grid.unit)             # the data's unit (_read)
     rms = estimate_rms(data) if noise is None else np.broadcast_to(
         np.asarray(noise, dtype=float), (data.shape[0],))
     if not np.all(np.isfinite(rms) & (rms > 0)):
@@ -326,11 +330,11 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     noise_model = NoiseModel(rms=1 * u.one, correlation=correlation,
                              spectral=likelihood == "whitened")
     target = torch.as_tensor(data, dtype=space.dtype, device=space.device)
-    rms_t = torch.as_tensor(np.array(rms), dtype=space.dtype, device=space.device)
+    chi2, n_modes = noise_model.chi2(grid, data.shape, rms, dtype=space.dtype,
+                                     device=space.device)
 
     def chi2_of(theta):
-        cube_ = projector(space.tensors(theta), space.model)
-        return noise_model.whitened_chi2(target - cube_, grid, rms_t)
+        return chi2(target - projector(space.tensors(theta), space.model)), n_modes
 
     def log_post(z):
         theta, jac = space.constrained(z)
@@ -385,7 +389,7 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
                    for k, (name, unit) in enumerate(zip(space.names, space.units))}
         seconds["laplace"] = time.perf_counter() - t0
     with torch.no_grad():
-        chi2, n_modes = chi2_of(theta_best[None])
+        best_chi2 = chi2_of(theta_best[None])[0]
         best_cube = projector(space.tensors(theta_best[None]), space.model)[0].cpu().numpy()
     table = QTable()
     table["name"] = space.names
@@ -396,13 +400,13 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         p16, p50, p84 = np.percentile(values, [16, 50, 84], axis=1)
         table["median"], table["p16"], table["p84"] = p50, p16, p84
         table["std"] = values.std(axis=1)
-    table.meta.update(method=method, likelihood=likelihood, chi2=float(chi2),
+    table.meta.update(method=method, likelihood=likelihood, chi2=float(best_chi2),
                       n_modes=int(n_modes), seed=seed)
     return FitResult(table=table, samples=samples, galaxy=space.galaxy_at(theta_best),
                      grid=grid, data=to_spectral_cube(data, grid),
                      model=to_spectral_cube(best_cube, grid),
                      residual=to_spectral_cube(data - best_cube, grid),
-                     chi2=float(chi2), n_modes=int(n_modes), method=method, seconds=seconds)
+                     chi2=float(best_chi2), n_modes=int(n_modes), method=method, seconds=seconds)
 
 
 def _covariance(hessian):

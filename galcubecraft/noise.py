@@ -147,11 +147,17 @@ def _mean_power(spectrum, nx):
     transfer function this is the variance it gives unit white noise; for the
     transform of an image, the sum of the image's squares (Parseval).
     """
+    return float((spectrum.abs() ** 2 * _rfft_weights(nx)).sum()) / (spectrum.shape[-2] * nx)
+
+
+def _rfft_weights(nx):
+    """How many bins of a full spectrum each ``rfft`` bin of a row of ``nx`` stands for: two
+    for ``0 < kx < nx / 2``, one for ``kx = 0`` and (``nx`` even) the Nyquist bin."""
     weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64)
     weight[0] = 1.0
     if nx % 2 == 0:
         weight[-1] = 1.0
-    return float((spectrum.abs() ** 2 * weight).sum()) / (spectrum.shape[-2] * nx)
+    return weight
 
 
 def correlated_noise(shape, beam, rms, seed=None, pixel_scale=1 * u.arcsec):
@@ -361,7 +367,7 @@ class NoiseModel:
     def whitened_chi2(self, residual, grid, rms, keep=KEEP):
         """``(chi2, n_modes)``: the chi-squared of ``residual`` (data minus model, a torch
         tensor ``(..., n_chan, ny, nx)`` in the grid's unit) under this noise, and how many
-        independent Gaussian variables it sums.
+        independent Gaussian variables it sums (`chi2`'s, made for one call).
 
         The residual is whitened exactly for this model's covariance: divided by the rms
         (``rms``: a float, or one per channel), decorrelated over channels by the Cholesky
@@ -373,37 +379,50 @@ class NoiseModel:
         the log-likelihood is ``-chi2 / 2`` up to a constant, and differentiable.  White
         noise without a spectral response gives the plain sum of squares.
         """
-        self._check(grid)
         residual = torch.as_tensor(residual)
-        n_chan, ny, nx = residual.shape[-3:]
         dtype = residual.dtype if residual.dtype.is_floating_point else torch.float64
-        rms = torch.as_tensor(rms, dtype=dtype, device=residual.device)
-        y = residual / (rms.reshape(-1, 1, 1) if rms.dim() else rms)
+        function, n_modes = self.chi2(grid, residual.shape[-3:], rms, keep=keep, dtype=dtype,
+                                      device=residual.device)
+        return function(residual), n_modes
+
+    def chi2(self, grid, shape, rms, keep=KEEP, dtype=torch.float64, device=None):
+        """``(function, n_modes)``: `whitened_chi2` for residuals of ``shape`` ``(n_chan, ny,
+        nx)``, its factors (the channels' Cholesky factor, the spatial filter) made once, for
+        a fit that evaluates it many times."""
+        self._check(grid)
+        n_chan, ny, nx = (int(n) for n in shape)
+        rms = torch.as_tensor(np.array(rms, dtype=float), dtype=dtype, device=device)
+        inverse_rms = 1 / (rms.reshape(-1, 1, 1) if rms.dim() else rms)
         kernel = self._kernel(grid)
+        chol = None
         if len(kernel) > 1:
             # the channels' correlation: noise_j = sum_k w_k u_{j+k}, normalised
             w = np.asarray(kernel, dtype=float)
             auto = np.correlate(w, w, mode="full")[len(w) - 1:] / np.sum(w**2)
             lag = np.abs(np.subtract.outer(np.arange(n_chan), np.arange(n_chan)))
             corr = np.where(lag < len(auto), auto[np.minimum(lag, len(auto) - 1)], 0.0)
-            chol = torch.as_tensor(np.linalg.cholesky(corr), dtype=dtype, device=y.device)
-            flat = y.reshape(*y.shape[:-3], n_chan, ny * nx)
-            y = torch.linalg.solve_triangular(chol, flat, upper=False).reshape(y.shape)
+            chol = torch.as_tensor(np.linalg.cholesky(corr), dtype=dtype, device=device)
+
+        def whitened(residual):
+            y = residual * inverse_rms
+            if chol is not None:
+                flat = y.reshape(*y.shape[:-3], n_chan, ny * nx)
+                y = torch.linalg.solve_triangular(chol, flat, upper=False).reshape(y.shape)
+            return y
         filt, power = _spatial_filter(grid, (ny, nx), self.correlation)
         if filt is None:
-            return (y ** 2).sum(dim=(-3, -2, -1)), n_chan * ny * nx
-        filt = filt.to(device=y.device)
+            return (lambda residual: (whitened(residual) ** 2).sum(dim=(-3, -2, -1)),
+                    n_chan * ny * nx)
         kept = filt ** 2 >= keep * float((filt ** 2).max())
-        weight = torch.full((nx // 2 + 1,), 2.0, dtype=torch.float64, device=y.device)
-        weight[0] = 1.0
-        if nx % 2 == 0:
-            weight[-1] = 1.0
-        weight = torch.where(kept, weight.expand_as(filt), torch.zeros_like(filt))
+        weight = torch.where(kept, _rfft_weights(nx).expand_as(filt), torch.zeros_like(filt))
         scale = torch.where(kept, math.sqrt(power) / filt.clamp_min(1e-300),
                             torch.zeros_like(filt))
-        spectrum = torch.fft.rfft2(y) * scale.to(dtype)
-        chi2 = ((spectrum.abs() ** 2) * weight.to(dtype)).sum(dim=(-3, -2, -1)) / (ny * nx)
-        return chi2, int(round(float(weight.sum()))) * n_chan
+        # |rfft2 (y) x scale|^2, each bin counted as often as it stands for, over ny nx
+        factor = (scale ** 2 * weight / (ny * nx)).to(device=device, dtype=dtype)
+
+        def function(residual):
+            return (torch.fft.rfft2(whitened(residual)).abs() ** 2 * factor).sum(dim=(-3, -2, -1))
+        return function, int(round(float(weight.sum()))) * n_chan
 
     def __repr__(self):
         level = (f"rms={self.rms}" if self.rms is not None else
