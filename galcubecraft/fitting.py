@@ -15,7 +15,12 @@ Methods:
   best is kept.
 - ``'laplace'``: the MAP and the posterior's Gaussian approximation there, the inverse
   Hessian of the negative log-posterior in the unconstrained space (by autograd), sampled
-  and mapped back through the supports (so the samples respect the bounds).
+  and mapped back through the supports (so the samples respect the bounds); its evidence is
+  the Gaussian's.
+- ``'nested'``: the MAP, and the posterior and evidence of nautilus (Lange 2023), an
+  importance nested sampler whose bounds are learnt by neural networks, on the batched
+  likelihood (the optional ``fit`` extra): for posteriors that are not Gaussian and for
+  comparing models (warp or not) by their evidences.
 """
 import errno
 import math
@@ -39,13 +44,16 @@ from .noise import NoiseModel
 from .priors import Fixed, ParameterPriors
 from .projector import Projector
 from .render import stack_parameters
+from .units import FWHM_PER_SIGMA
 
-__all__ = ["fit", "FitResult", "FitSpace", "METHODS"]
+__all__ = ["fit", "FitResult", "FitSpace", "METHODS", "estimate_rms", "signal_mask", "moment_guess"]
 
 #: The methods of `fit`.
-METHODS = ("map", "laplace")
+METHODS = ("map", "laplace", "nested")
 
 
+#: Screening candidates rendered at once.
+_SCREEN_BATCH = 8
 #: The unconstrained parameters are held within this.
 _REACH = 30.0
 #: L-BFGS stops when the loss per datum (or its gradient) changes by less than this.
@@ -126,7 +134,12 @@ class FitSpace:
         return torch.stack([t.inv(theta[:, k]) for k, t in enumerate(self.transforms)], dim=1)
 
     def log_prior(self, theta):
+        """The priors' log-density at each row of ``theta``, up to `log_normaliser`."""
         return sum(d.log_density(theta[:, k]) for k, d in enumerate(self.distributions))
+
+    def log_normaliser(self):
+        """What makes `log_prior` normalised (an evidence needs it)."""
+        return sum(d.log_normaliser() for d in self.distributions)
 
     def tensors(self, theta):
         """The projector's tensors for each row of ``theta`` (batch, size)."""
@@ -147,6 +160,38 @@ class FitSpace:
         return torch.as_tensor(np.stack([d.sample(rng, n).to_value(d.unit)
                                          for d in self.distributions], axis=1),
                                dtype=self.dtype, device=self.device)
+
+    def initial(self, guess, rng, n):
+        """``n`` starting points (batch, size): the first half with every parameter that
+        ``guess`` (flat values, e.g. `moment_guess`) names at its guess and the others drawn
+        from their priors (the first of them at the priors' centres), the rest drawn
+        wholly from the priors (in case the guesses mislead).  A guess outside a prior's
+        support is moved inside it (an angle by whole turns first)."""
+        theta = self.sample_prior(rng, n)
+        theta[0] = torch.as_tensor([_centre(d).to_value(d.unit) for d in self.distributions],
+                                   dtype=self.dtype)
+        for k, ((key, j), d) in enumerate(zip(self._slots, self.distributions)):
+            value = guess.get(key)
+            if value is None:
+                continue
+            value = u.Quantity(value)
+            if j is not None:
+                if value.isscalar or j >= value.size:
+                    continue
+                value = value[j]
+            try:
+                value = value.to_value(d.unit)
+            except u.UnitsError:
+                continue
+            low, high = (b.to_value(d.unit) for b in d.support())
+            if d.unit.physical_type == "angle" and not low <= value <= high:
+                turn = (360 * u.deg).to_value(d.unit)
+                value = value + turn * np.ceil((low - value) / turn)
+            # inside, by a hair, so that the transform to unconstrained space is finite
+            span = high - low if np.isfinite(high - low) else 0.0
+            value = min(max(value, low + 1e-3 * span), high - 1e-3 * span)
+            theta[:max(1, n // 2), k] = value
+        return theta
 
     def galaxy_at(self, theta):
         """The `~galcubecraft.Galaxy` of one row of free values (values in `units`)."""
@@ -193,13 +238,19 @@ class FitResult:
         The data, the best fit's cube on its grid, and data minus model.
     chi2, n_modes : float, int
         The whitened chi-squared at the best fit and its number of independent variables.
+    log_evidence : float or None
+        The log marginal likelihood (``'nested'``: nautilus's; ``'laplace'``: the Gaussian
+        approximation's), up to the likelihood's normalising constant, which is the same for
+        every model of the same data and noise: differences between models are their log
+        Bayes factors.
     method : str
     seconds : dict
         Wall time of each step.
     """
 
     def __init__(self, *, table, samples, galaxy, grid, data, model, residual, chi2, n_modes,
-                 method, seconds):
+                 method, seconds, log_evidence=None):
+        self.log_evidence = log_evidence
         self.table, self.samples, self.galaxy, self.grid = table, samples, galaxy, grid
         self.data, self.model, self.residual = data, model, residual
         self.chi2, self.n_modes, self.method, self.seconds = chi2, n_modes, method, seconds
@@ -270,6 +321,91 @@ def _read(cube, grid):
     return data, grid
 
 
+def signal_mask(data, grid, rms=None, clip=5.0, grow_to=2.5):
+    """The voxels that hold the line: smooth, clip and grow (a dilated mask, as Dame 2011's).
+
+    Each channel is smoothed by a circular Gaussian of the beam's geometric-mean sigma, and
+    the cube by a three-channel Hanning window.  Where the smoothed cube exceeds ``clip``
+    times its own robust noise (`estimate_rms` of the smoothed cube, channel by channel) are
+    the seeds; the mask is every connected region above ``grow_to`` times that noise that
+    holds a seed (noise peaks, which reach ``grow_to`` but rarely ``clip``, are left out),
+    grown by one beam sigma and one channel.  ``rms`` (per channel) stands in where the
+    smoothed noise cannot be measured.  Returns a boolean array of ``data``'s shape."""
+    from scipy import ndimage
+    sigma = 1.0
+    if grid.beam is not None:
+        major, minor, _ = grid.beam_pixels()
+        sigma = math.sqrt(major * minor)
+    smooth = ndimage.gaussian_filter(np.nan_to_num(data), (0, sigma, sigma), mode="constant")
+    if data.shape[0] >= 3:
+        smooth = ndimage.convolve1d(smooth, [0.25, 0.5, 0.25], axis=0, mode="constant")
+    noise = estimate_rms(smooth)
+    fallback = np.broadcast_to(np.inf if rms is None else np.asarray(rms) / sigma,
+                               noise.shape)
+    noise = np.where(np.isfinite(noise) & (noise > 0), noise, fallback)[:, None, None]
+    regions, _ = ndimage.label(smooth > grow_to * noise)
+    seeded = np.unique(regions[(smooth > clip * noise) & (regions > 0)])
+    mask = np.isin(regions, seeded)
+    grow = max(1, int(round(sigma)))
+    structure = np.zeros((3, 2 * grow + 1, 2 * grow + 1), dtype=bool)
+    yy, xx = np.mgrid[-grow:grow + 1, -grow:grow + 1]
+    structure[:, yy ** 2 + xx ** 2 <= grow ** 2] = True
+    return ndimage.binary_dilation(mask, structure=structure)
+
+
+def moment_guess(data, grid, mask):
+    """First guesses of a galaxy's parameters from the moments of the data in ``mask``
+    (`signal_mask`).
+
+    - ``flux``: the integrated flux in the mask (`CubeGrid.integrated_flux`);
+    - ``offset``: the flux-weighted centroid;
+    - ``v_sys``: the flux-weighted mean velocity;
+    - ``position_angle``: the direction of the velocity field's gradient (a plane fitted to
+      moment 1, weighted by moment 0), towards the receding side;
+    - ``inclination``: from the axis ratio of moment 0's second moments along and across
+      that direction, the beam's removed (a thin disk: cos i = b / a).
+
+    Returns a dict of flat-parameter Quantities (empty if the mask is empty)."""
+    weights = np.where(mask, np.nan_to_num(data), 0.0).clip(min=0.0)
+    total = weights.sum()
+    if not total > 0:
+        return {}
+    v = grid.spectral_axis.to_value(u.km / u.s)
+    _, ny, nx = data.shape
+    y, x = np.mgrid[:ny, :nx]
+    east, north = (grid.sky_matrix @ np.stack([x.ravel() - (nx - 1) / 2,
+                                              y.ravel() - (ny - 1) / 2]))
+    east, north = east.reshape(ny, nx), north.reshape(ny, nx)
+    m0 = weights.sum(axis=0)
+    e0, n0 = (float((m0 * c).sum() / total) for c in (east, north))
+    v_sys = float((weights * v[:, None, None]).sum() / total)
+    guess = {"flux": grid.integrated_flux(np.where(mask, np.nan_to_num(data), 0.0)),
+             "offset": u.Quantity([e0, n0], u.arcsec),
+             "v_sys": v_sys * u.km / u.s}
+    seen = m0 > 0
+    if seen.sum() < 3:
+        return guess
+    m1 = (weights * v[:, None, None]).sum(axis=0)[seen] / m0[seen]
+    de, dn, w = east[seen] - e0, north[seen] - n0, m0[seen]
+    design = np.stack([de, dn, np.ones_like(de)], axis=1) * np.sqrt(w)[:, None]
+    (a, b, _), *_ = np.linalg.lstsq(design, (m1 - v_sys) * np.sqrt(w), rcond=None)
+    pa = math.atan2(a, b)                      # east of north, towards the receding side
+    guess["position_angle"] = (math.degrees(pa) % 360) * u.deg
+    along = de * math.sin(pa) + dn * math.cos(pa)
+    across = -de * math.cos(pa) + dn * math.sin(pa)
+    var_along, var_across = ((w * c ** 2).sum() / w.sum() for c in (along, across))
+    if grid.beam is not None:
+        bmaj, bmin = (q.to_value(u.arcsec) / FWHM_PER_SIGMA
+                      for q in (grid.beam.major, grid.beam.minor))
+        angle = pa - grid.beam.pa.to_value(u.rad)
+        var_along -= (bmaj * math.cos(angle)) ** 2 + (bmin * math.sin(angle)) ** 2
+        var_across -= (bmaj * math.sin(angle)) ** 2 + (bmin * math.cos(angle)) ** 2
+    if var_along > 0:
+        ratio = math.sqrt(max(var_across, 0.0) / var_along)
+        guess["inclination"] = math.degrees(math.acos(min(max(ratio, 0.0), 1.0))) * u.deg
+    return guess
+
+
 def estimate_rms(data):
     """The noise per channel: the sigma-clipped median absolute deviation of each channel
     (`astropy.stats.mad_std`), robust to the emission in it."""
@@ -279,7 +415,8 @@ def estimate_rms(data):
 
 
 def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whitened",
-        starts=8, draws=4000, seed=0, device=None, progress=False, max_iter=500):
+        guess=None, screen=16, starts=1, draws=4000, live=1000, seed=0, device=None,
+        progress=False, max_iter=500):
     """Fit ``model`` to ``cube``.
 
     Parameters
@@ -289,7 +426,8 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         grid's unit (Jy/beam, from K too) by spectral-cube.
     model : `~galcubecraft.priors.ParameterPriors` or dict
         Every flat galaxy parameter fixed or with a prior (see the module docstring).
-    method : {'map', 'laplace'}
+    method : {'map', 'laplace', 'nested'}
+        ``'nested'`` needs the ``fit`` extra (nautilus-sampler).
     grid : `~galcubecraft.CubeGrid`, optional
         The data's grid (default: read from the cube's header).
     noise : `~astropy.units.Quantity`, float or array, optional
@@ -298,10 +436,20 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     likelihood : {'whitened', 'independent'}
         ``'independent'`` is the plain chi-squared over pixels, for comparison only: it
         ignores the noise's correlation and its error bars are too small.
+    guess : dict, optional
+        First guesses of flat parameters (Quantities; ``offset`` as 2 values), over those
+        the data's moments give (`moment_guess` of `signal_mask`: centre, v_sys, position
+        angle, inclination, flux); ``False`` for none (every start from the priors).
+    screen : int
+        Candidate starts (`FitSpace.initial`: half at the guesses, half from the priors),
+        rendered without gradients, of which the best ``starts`` are followed.
     starts : int
-        L-BFGS starts drawn from the priors (rendered as one batch).
+        L-BFGS starts followed to convergence (one batch).
     draws : int
-        Posterior draws of ``'laplace'``.
+        Posterior draws of ``'laplace'`` and ``'nested'`` (whose run goes on until its
+        effective sample size reaches this).
+    live : int
+        Live points of ``'nested'``.
     seed : int
         Seeds the starts and the draws: the same seed, the same result.
     """
@@ -344,7 +492,19 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     seconds["setup"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    z = space.unconstrained(space.sample_prior(rng, starts)).detach().requires_grad_(True)
+    if guess is not False:
+        guess = {**moment_guess(data, grid, signal_mask(data, grid, rms)), **(guess or {})}
+    # the starts: the best of `screen` candidates (guesses and prior draws), one batch
+    # after another without gradients
+    candidates = space.initial(guess or {}, rng, max(screen, starts))
+    with torch.no_grad():
+        scores = torch.cat([log_post(space.unconstrained(c)) for c in
+                            candidates.split(_SCREEN_BATCH)])
+    scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -math.inf))
+    chosen = torch.argsort(scores, descending=True)[:starts]
+    z = space.unconstrained(candidates[chosen]).detach().requires_grad_(True)
+    seconds["screen"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     # the loss per datum: L-BFGS stops when a step changes it, or its gradient is, below
     # _TOLERANCE (a chi-squared change of _TOLERANCE times the number of data)
     n_data = float(np.prod(data.shape))
@@ -375,7 +535,8 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
     z_best = z.detach()[best:best + 1]
     seconds["map"] = time.perf_counter() - t0
     theta_best = space.constrained(z_best)[0].detach()[0]
-    samples = None
+    theta = None
+    samples, evidence = None, {}
     if method == "laplace":
         t0 = time.perf_counter()
         hessian = torch.autograd.functional.hessian(lambda x: -log_post(x[None])[0], z_best[0])
@@ -385,9 +546,22 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
                                dtype=space.dtype, device=space.device)
         with torch.no_grad():
             theta = space.constrained(draw)[0].cpu().numpy()
+            # the Laplace evidence: the normalised posterior density at the peak (in the
+            # unconstrained space) times the Gaussian's volume
+            peak = float(log_post(z_best)[0]) + space.log_normaliser()
+        evidence["log_evidence"] = (peak + 0.5 * space.size * math.log(2 * math.pi)
+                                    + 0.5 * float(torch.logdet(cov)))
+        seconds["laplace"] = time.perf_counter() - t0
+    elif method == "nested":
+        t0 = time.perf_counter()
+
+        def log_like(theta):
+            return -0.5 * chi2_of(theta)[0]
+        theta, evidence = _nested(space, log_like, rng, draws, live, progress)
+        seconds["nested"] = time.perf_counter() - t0
+    if theta is not None and method != "map":
         samples = {name: theta[:, k] * unit
                    for k, (name, unit) in enumerate(zip(space.names, space.units))}
-        seconds["laplace"] = time.perf_counter() - t0
     with torch.no_grad():
         best_chi2 = chi2_of(theta_best[None])[0]
         best_cube = projector(space.tensors(theta_best[None]), space.model)[0].cpu().numpy()
@@ -401,12 +575,42 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         table["median"], table["p16"], table["p84"] = p50, p16, p84
         table["std"] = values.std(axis=1)
     table.meta.update(method=method, likelihood=likelihood, chi2=float(best_chi2),
-                      n_modes=int(n_modes), seed=seed)
+                      n_modes=int(n_modes), seed=seed, **evidence)
     return FitResult(table=table, samples=samples, galaxy=space.galaxy_at(theta_best),
                      grid=grid, data=to_spectral_cube(data, grid),
                      model=to_spectral_cube(best_cube, grid),
                      residual=to_spectral_cube(data - best_cube, grid),
-                     chi2=float(best_chi2), n_modes=int(n_modes), method=method, seconds=seconds)
+                     chi2=float(best_chi2), n_modes=int(n_modes), method=method, seconds=seconds,
+                     log_evidence=evidence.get("log_evidence"))
+
+
+def _nested(space, log_like, rng, draws, live, progress):
+    """``(theta draws (draws, size), {'log_evidence', 'n_eff', 'n_like'})`` by nautilus, the
+    neural-network-boosted importance nested sampler (Lange 2023), on the batched
+    likelihood: the priors' quantiles map its unit cube to the parameters."""
+    try:
+        from nautilus import Sampler
+    except ImportError:
+        raise ImportError("method='nested' needs nautilus-sampler: pip install "
+                          "'galcubecraft[fit]'") from None
+
+    def prior(cube):
+        return np.stack([d.quantile(cube[:, k]) for k, d in enumerate(space.distributions)],
+                        axis=1)
+
+    def likelihood(theta):
+        with torch.no_grad():
+            t = torch.as_tensor(np.atleast_2d(theta), dtype=space.dtype, device=space.device)
+            out = torch.cat([log_like(c) for c in t.split(_SCREEN_BATCH)]).cpu().numpy()
+        return np.where(np.isfinite(out), out, -np.inf)
+    sampler = Sampler(prior, likelihood, n_dim=space.size, n_live=live, vectorized=True,
+                      seed=int(rng.integers(2**31)))
+    sampler.run(n_eff=max(draws, 1), discard_exploration=True, verbose=progress)
+    points, log_w, _ = sampler.posterior()
+    weights = np.exp(log_w - log_w.max())
+    pick = rng.choice(len(points), size=draws, p=weights / weights.sum())
+    return points[pick], {"log_evidence": float(sampler.log_z), "n_eff": float(sampler.n_eff),
+                          "n_like": int(sampler.n_like)}
 
 
 def _covariance(hessian):

@@ -26,7 +26,7 @@ __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
     "sersic", "sersic_efold", "sersic_log_slope",
     "midpoint_correction", "exponential_vertical",
-    "window_integral", "window_tail", "sparse_product", "sky_to_disk", "line_of_sight_velocity",
+    "window_integral", "window_tail", "sparse_product", "deposit_rows", "sky_to_disk", "line_of_sight_velocity",
     "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
@@ -395,7 +395,9 @@ def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, 
     shift = torch.where(positive, num / torch.where(positive, share, torch.ones_like(share)),
                         torch.zeros_like(num))
     variance = (v_x * v_x * dx2 + v_y * v_y * dy2) / 12.0
-    bound = torch.sqrt(3.0 * variance)
+    # (held off zero: the square root's slope there is infinite, and a Hessian would carry
+    # it as 0 x inf)
+    bound = torch.sqrt((3.0 * variance).clamp_min(1e-30))
     return torch.maximum(torch.minimum(shift, bound), -bound), variance
 
 
@@ -806,3 +808,22 @@ def sparse_product(rows, cols, values, n_rows, dense):
     ``values`` at ``(rows, cols)`` (repeated entries add), differentiable in ``values`` and
     ``dense`` to any order without ever holding ``S`` dense."""
     return _SparseProduct.apply(rows, cols, values, n_rows, dense)
+
+
+def deposit_rows(rows, shares, lines, n_rows):
+    """``out[rows[k, l]] += shares[k, l] * lines[l]`` for every ``k`` and ``l``: ``lines``
+    (``L`` x ``C``) spread onto ``n_rows`` rows, each line onto ``K`` rows (``rows`` and
+    ``shares`` are ``K`` x ``L``; a row may receive many), differentiable to any order.
+
+    On the CPU one scatter-add per ``k`` (its backward: one gather per ``k``, each the size of
+    ``lines``, held in cache); elsewhere the sparse product (`sparse_product`), whose
+    single launch is what a GPU wants.  The sum is the same to rounding."""
+    if lines.device.type != "cpu":
+        k = rows.shape[0]
+        cols = torch.arange(lines.shape[0], device=lines.device).expand(k, -1)
+        return sparse_product(rows.reshape(-1), cols.reshape(-1), shares.reshape(-1), n_rows,
+                              lines)
+    out = lines.new_zeros((n_rows, lines.shape[1]))
+    for row, share in zip(rows, shares):
+        out.index_add_(0, row, share[:, None] * lines)
+    return out

@@ -78,6 +78,17 @@ class Distribution:
         none (they cannot be fitted)."""
         raise TypeError(f"a {type(self).__name__} distribution cannot be fitted")
 
+    def quantile(self, q):
+        """The values (in `unit`, a numpy array) below which lie the fractions ``q`` (an array
+        in [0, 1]) of the distribution: the map from the unit cube that a nested sampler
+        draws in."""
+        raise TypeError(f"a {type(self).__name__} distribution cannot be fitted")
+
+    def log_normaliser(self):
+        """The constant that makes `log_density` the normalised log-density (a float): what
+        an evidence needs."""
+        raise TypeError(f"a {type(self).__name__} distribution cannot be fitted")
+
     def constraint(self):
         """The support as a `torch.distributions.constraints` constraint (values in `unit`):
         a fit moves in the unconstrained space of ``torch.distributions.biject_to`` of it."""
@@ -130,6 +141,12 @@ class Uniform(_Range):
     def log_density(self, x):
         return torch.zeros_like(x)
 
+    def quantile(self, q):
+        return self.low.value + np.asarray(q) * (self.high.value - self.low.value)
+
+    def log_normaliser(self):
+        return -math.log(self.high.value - self.low.value)
+
 
 class LogUniform(_Range):
     """Uniform in log between ``low`` and ``high`` (both > 0)."""
@@ -145,6 +162,13 @@ class LogUniform(_Range):
 
     def log_density(self, x):
         return -torch.log(x)
+
+    def quantile(self, q):
+        lo, hi = math.log(self.low.value), math.log(self.high.value)
+        return np.exp(lo + np.asarray(q) * (hi - lo))
+
+    def log_normaliser(self):
+        return -math.log(math.log(self.high.value / self.low.value))
 
 
 class Isotropic(_Range):
@@ -163,6 +187,18 @@ class Isotropic(_Range):
     def log_density(self, x):
         return torch.log(torch.sin(x * self.unit.to(u.rad)).clamp_min(1e-300))
 
+    def _cosines(self):
+        return np.cos(self.low.to_value(u.rad)), np.cos(self.high.to_value(u.rad))
+
+    def quantile(self, q):
+        c_lo, c_hi = self._cosines()
+        return (np.arccos(c_lo - np.asarray(q) * (c_lo - c_hi)) * u.rad).to_value(self.unit)
+
+    def log_normaliser(self):
+        # p(i) = sin i / (cos low - cos high), i in rad; per unit of `unit`
+        c_lo, c_hi = self._cosines()
+        return math.log(u.Unit(self.unit).to(u.rad) / (c_lo - c_hi))
+
 
 class Normal(Distribution):
     """Gaussian of ``mean`` and ``std``."""
@@ -180,6 +216,13 @@ class Normal(Distribution):
     def log_density(self, x):
         # a truncated normal's too: its normalisation is a constant
         return -0.5 * ((x - self.mean.value) / self.std.value) ** 2
+
+    def quantile(self, q):
+        from scipy.stats import norm
+        return norm.ppf(q, loc=self.mean.value, scale=self.std.value)
+
+    def log_normaliser(self):
+        return -math.log(self.std.value * math.sqrt(2 * math.pi))
 
     def support(self):
         return -np.inf * self.unit, np.inf * self.unit
@@ -200,10 +243,23 @@ class TruncatedNormal(Normal):
 
     def sample(self, rng, size=None):
         from scipy.stats import truncnorm
-        a = (self.low.value - self.mean.value) / self.std.value
-        b = (self.high.value - self.mean.value) / self.std.value
+        a, b = self._standard_bounds()
         return truncnorm.rvs(a, b, loc=self.mean.value, scale=self.std.value, size=size,
                              random_state=rng) * self.unit
+
+    def _standard_bounds(self):
+        return ((self.low.value - self.mean.value) / self.std.value,
+                (self.high.value - self.mean.value) / self.std.value)
+
+    def quantile(self, q):
+        from scipy.stats import truncnorm
+        a, b = self._standard_bounds()
+        return truncnorm.ppf(q, a, b, loc=self.mean.value, scale=self.std.value)
+
+    def log_normaliser(self):
+        from scipy.stats import norm
+        a, b = self._standard_bounds()
+        return super().log_normaliser() - math.log(norm.cdf(b) - norm.cdf(a))
 
     def support(self):
         return self.low, self.high

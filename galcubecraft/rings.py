@@ -658,13 +658,14 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         lines = 0.5 * (erf[..., 1:] - erf[..., :-1])                     # (B, n [x Z], C)
         # pixels x lines as a sparse matrix of the cloud-in-cell shares: one product, no
         # (samples x corners x heights x channels) temporary
-        n_lines = lines.shape[1]
-        line = torch.arange(n_lines, device=device).reshape(1, *lines_shape[1:])
-        line = (line + (torch.arange(batch, device=device) * n_lines).reshape(-1, 1, 1))
-        line = line[:, None].expand_as(index)
-        product = F.sparse_product((index + base[:, :, None, None]).reshape(-1),
-                                   line.reshape(-1), share.reshape(-1), batch * (n_pix + 1),
-                                   lines.reshape(batch * n_lines, n_edges - 1))
+        # lines in the order (galaxy, sample[, height]); each one's rows: its 4 corners [x
+        # the heights that share it]
+        index = index + base[:, :, None, None]
+        order = (1, 3, 0, 2) if shared else (1, 0, 2, 3)
+        groups = 4 * n_z if shared else 4
+        product = F.deposit_rows(index.permute(order).reshape(groups, -1),
+                                 share.permute(order).reshape(groups, -1),
+                                 lines.reshape(-1, n_edges - 1), batch * (n_pix + 1))
         out = out + product if torch.is_grad_enabled() else out.add_(product)
     if nodes is not None:
         matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes,
