@@ -59,7 +59,7 @@ def measure(mocks=200, snrs=(5, 10, 20), method="laplace", progress=True):
             rms = float(clean.max()) / snr
             data = clean + noise.draw(grid, rms, seed=k)
             result = fit(data, model, grid=grid, noise=rms, likelihood=likelihood, seed=k,
-                         method=method, starts=2, draws=2000)
+                         method=method, draws=2000)
             for name in values:
                 draws = result.samples[name].value
                 lo68, hi68 = np.percentile(draws, [16, 84])

@@ -15,7 +15,7 @@ from ._files import atomic_path, check_paths, read_toml
 from .catalogue import galaxies_from_table, random_galaxies
 from .components import RotationCurve, Surface, VerticalProfile
 from .dataset import export_fits, generate_dataset
-from .fitting import METHODS, fit
+from .fitting import METHODS, FitResult, fit
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import parse_bunit, read_header
@@ -254,14 +254,17 @@ def build_parser():
     f = sub.add_parser(
         "fit", help="fit a model to a FITS cube: best fit and posterior, with gradients",
         description=(
-            "Fit a model to a FITS cube by L-BFGS from several starts (map) and the "
-            "posterior's Gaussian approximation by autograd (laplace). The model file's "
-            "[galaxy] table holds every parameter fixed (\"60 deg\") or with a prior "
-            "({distribution = \"uniform\", low = ..., high = ...}), tables node by node. The "
-            "likelihood whitens the noise's correlation by the beam and the spectral "
-            "response. Writes fit.ecsv (best fit, median, 16/84 percentiles), samples.ecsv, "
-            "model.fits and residual.fits in OUT, atomically; existing results are kept "
-            "unless --overwrite."),
+            "Fit a model to a FITS cube: the best fit by L-BFGS from the data's moments "
+            "(map), the posterior's Gaussian approximation by autograd (laplace), or the "
+            "posterior and evidence by nested sampling (nested, needs the fit extra: "
+            "pip install 'galcubecraft[fit]'). The model file's [galaxy] table holds every "
+            "parameter fixed (\"60 deg\") or with a prior ({distribution = \"uniform\", "
+            "low = ..., high = ...}), tables node by node. The likelihood whitens the "
+            "noise's correlation by the beam and the spectral response. Writes fit.ecsv "
+            "(best fit, median, 16/84 percentiles, evidence), samples.ecsv, model.fits, "
+            "residual.fits and the figures (data.png, model.png, residual.png: moments and "
+            "PV diagrams; corner.png) in OUT, atomically; existing results are kept unless "
+            "--overwrite."),
         formatter_class=_HelpFormatter)
     f.add_argument("cube", help="FITS cube to fit (read only)")
     f.add_argument("--model", required=True, help="TOML model file with a [galaxy] table")
@@ -270,12 +273,21 @@ def build_parser():
     f.add_argument("--noise", help="noise rms per channel in the cube's unit, e.g. "
                                    "'3.1 mJy/beam' (default: the sigma-clipped MAD of each "
                                    "channel)")
-    f.add_argument("--starts", type=int, default=8, help="L-BFGS starts drawn from the priors")
+    f.add_argument("--beam", help="the beam's FWHM, e.g. '4.5 arcsec', for a cube whose "
+                                  "header has none")
+    f.add_argument("--region", help="the sub-cube to fit, 'C0:C1,Y0:Y1,X0:X1' (0-based "
+                                    "channels, rows and columns, ends excluded; an empty "
+                                    "field is the whole axis): only it is read")
+    f.add_argument("--starts", type=int, default=1,
+                   help="L-BFGS starts, the best of a screened batch of guesses")
+    f.add_argument("--draws", type=int, default=4000, help="posterior draws (laplace, nested)")
+    f.add_argument("--live", type=int, default=1000, help="live points (nested)")
     f.add_argument("--seed", type=int, default=0, help="seeds the starts and the draws")
     f.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     f.add_argument("--spectral-unit", help="unit of the spectral axis when the header has no "
                                            "CUNIT (default: the FITS standard's, with a "
                                            "warning)")
+    f.add_argument("--no-plots", action="store_true", help="write no figures")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--overwrite", action="store_true", help="replace results in OUT")
     return p
@@ -289,8 +301,10 @@ def fit_command(args):
         raise ValueError(f"{args.model}: a model file holds one [galaxy] table, got "
                          f"{sorted(config) or 'nothing'}")
     model = ParameterPriors(config["galaxy"], where=f"{args.model} [galaxy]")
-    if args.starts < 1:
-        raise ValueError(f"--starts must be at least 1, got {args.starts}")
+    for name in ("starts", "draws", "live"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    region = None if args.region is None else _region(args.region)
     from spectral_cube import SpectralCube
     try:
         cube = SpectralCube.read(args.cube)
@@ -299,18 +313,50 @@ def fit_command(args):
     except Exception as exc:        # noqa: BLE001 - astropy's readers raise many kinds
         raise ValueError(f"cannot read {args.cube} as a spectral cube: {_one_line(exc)}") \
             from None
-    grid = CubeGrid.from_fits(cube, spectral_unit=args.spectral_unit)
+    beam = None if args.beam is None else parse_quantity("--beam", args.beam)
+    try:
+        grid = CubeGrid.from_fits(cube, spectral_unit=args.spectral_unit, beam=beam)
+    except ValueError as exc:
+        if "no beam" in str(exc):
+            raise ValueError(f"{args.cube} has no beam (BMAJ/BMIN/BPA): give one with --beam, "
+                             "e.g. --beam '4.5 arcsec'") from None
+        raise
     noise = None if args.noise is None else parse_quantity("--noise", args.noise)
     out = Path(args.out)
-    for name in ("fit.ecsv", "samples.ecsv", "model.fits", "residual.fits"):
+    names = [*FitResult.FILES, *(() if args.no_plots else FitResult.FIGURES)]
+    for name in names:
         if (out / name).exists() and not args.overwrite:
             raise FileExistsError(errno.EEXIST, "file exists", str(out / name))
-    result = fit(cube, model, method=args.method, grid=grid, noise=noise, starts=args.starts,
-                 seed=args.seed, device=args.device, progress=not args.no_progress)
-    result.write(out, overwrite=args.overwrite)
+    result = fit(cube, model, method=args.method, grid=grid, region=region, noise=noise,
+                 starts=args.starts, draws=args.draws, live=args.live, seed=args.seed,
+                 device=args.device, progress=not args.no_progress)
+    result.write(out, overwrite=args.overwrite, plots=not args.no_plots)
     result.table.pprint_all()
-    print(f"chi2 {result.chi2:.1f} for {result.n_modes} whitened modes; results in {out}/")
+    evidence = ("" if result.log_evidence is None else
+                f"; log evidence {result.log_evidence:.2f}")
+    print(f"chi2 {result.chi2:.1f} for {result.n_modes} whitened modes{evidence}; results "
+          f"in {out}/")
     return 0
+
+
+def _region(text):
+    """``'C0:C1,Y0:Y1,X0:X1'`` as three slices (empty fields: the whole axis)."""
+    fields = text.split(",")
+    if len(fields) > 3:
+        raise ValueError(f"--region takes up to three ranges 'C0:C1,Y0:Y1,X0:X1', got {text!r}")
+    out = []
+    for field in fields:
+        field = field.strip()
+        if not field:
+            out.append(slice(None))
+            continue
+        try:
+            start, stop = (int(x) if x.strip() else None for x in field.split(":"))
+        except ValueError:
+            raise ValueError(f"--region: {field!r} is not a range START:STOP of whole "
+                             f"numbers") from None
+        out.append(slice(start, stop))
+    return tuple(out)
 
 
 def dataset_command(args):

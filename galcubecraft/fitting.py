@@ -264,46 +264,124 @@ class FitResult:
         """Data, model and residual, one figure each: moment 0, moment 1 and the
         position-velocity diagram along the fitted major axis through the fitted centre
         (`galcubecraft.visualise.overview`; ``mask``: the voxels of the data's moments, e.g.
-        ``data > 3 * rms``).  Returns the three figures."""
+        ``data > 3 * rms``), the fitted rotation curve drawn over each PV diagram
+        (`rotation_curve_on_sky`); and with samples, the corner plot (`corner`).  Returns the
+        figures."""
         from .visualise import overview
         offset = u.Quantity([self.galaxy.to_arcsec("offset", c) for c in self.galaxy.offset],
                             u.arcsec)
         centre = self.data.wcs.celestial.pixel_to_world(*self.grid.pixel_of(offset))
-        return [overview(cube, self.galaxy.position_angle, title=title, center=centre,
-                         mask=mask)
-                for cube, title in ((self.data, "data"), (self.model, "model"),
-                                    (self.residual, "residual"))]
+        _, ny, nx = self.grid.shape
+        reach = 0.5 * math.hypot(nx, ny) * self.grid.pixel_scale
+        curve = self.rotation_curve_on_sky(np.linspace(-1, 1, 401) * reach)
+        figures = [overview(cube, self.galaxy.position_angle, title=title, center=centre,
+                            mask=mask, curve=curve)
+                   for cube, title in ((self.data, "data"), (self.model, "model"),
+                                       (self.residual, "residual"))]
+        if self.samples is not None:
+            figures.append(self.corner())
+        return figures
 
-    def write(self, directory, overwrite=False):
-        """``fit.ecsv`` (the table), ``model.fits``, ``residual.fits`` and, with samples,
-        ``samples.ecsv`` in ``directory`` (made if needed); each file is written atomically
-        and an existing one is replaced only with ``overwrite``."""
+    def rotation_curve_on_sky(self, offsets):
+        """The best fit's rotation seen along its major axis: ``(offsets, radio velocities)``
+        at ``offsets`` (angles, positive towards the receding side), ``v_c(|x|) sin i``
+        composed with v_sys (`~galcubecraft.conventions.observed_velocity`).  For a warped
+        disk it uses the galaxy's own inclination: a guide to the eye."""
+        from .conventions import observed_velocity
+        galaxy = self.galaxy
+        offsets = u.Quantity(offsets, u.arcsec)
+        radius = np.abs(offsets)
+        sizes = [v for k, v in galaxy.kinematics.parameters.items()
+                 if k in galaxy.kinematics.size_names and v is not None]
+        if sizes and sizes[0].unit.is_equivalent(u.kpc):
+            per_kpc = galaxy.to_arcsec("radius", 1 * u.kpc)
+            radius = (radius.to_value(u.arcsec) / per_kpc) * u.kpc
+        main = galaxy.surface.main
+        v_c = galaxy.kinematics(radius, r_eff=getattr(main, "r_eff", None),
+                                n=getattr(main, "n", None)).to_value(u.km / u.s)
+        projected = np.sign(offsets.value) * v_c * math.sin(galaxy.inclination.to_value(u.rad))
+        v_sys = galaxy.v_sys.to_value(u.km / u.s)
+        return offsets, observed_velocity(v_sys, projected) * u.km / u.s
+
+    def corner(self, **kwargs):
+        """The posterior's corner plot (the ``corner`` package, the ``fit`` extra): every
+        free parameter in its unit, the best fit marked.  ``kwargs`` go to
+        `corner.corner`."""
+        if self.samples is None:
+            raise ValueError(f"a {self.method!r} fit has no samples: fit with method="
+                             "'laplace' or 'nested'")
+        try:
+            import corner
+        except ImportError:
+            raise ImportError("the corner plot needs corner: pip install "
+                              "'galcubecraft[fit]'") from None
+        names = list(self.table["name"])
+        values = np.stack([self.samples[n].value for n in names], axis=1)
+        labels = [f"{n} [{unit}]" if unit else n for n, unit in zip(names, self.table["unit"])]
+        options = dict(labels=labels, truths=list(self.table["best"]), quantiles=[0.16, 0.5, 0.84],
+                       show_titles=True, title_fmt=".3g", label_kwargs={"fontsize": 8},
+                       title_kwargs={"fontsize": 8}, truth_color="tab:red")
+        options.update(kwargs)
+        return corner.corner(values, **options)
+
+    #: What `write` writes (the figures with ``plots``, the samples when there are some).
+    FILES = ("fit.ecsv", "samples.ecsv", "model.fits", "residual.fits")
+    FIGURES = ("data.png", "model.png", "residual.png", "corner.png")
+
+    def write(self, directory, overwrite=False, plots=False):
+        """``fit.ecsv`` (the table, its metadata the method, chi-squared and evidence),
+        ``model.fits``, ``residual.fits`` and, with samples, ``samples.ecsv`` in
+        ``directory`` (made if needed); with ``plots``, `plot`'s figures as PNG files
+        (`FIGURES`).  Each file is written atomically, and none is written if one would
+        replace an existing file without ``overwrite``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        files = {"fit.ecsv": self.table}
+        tables = {"fit.ecsv": self.table}
         if self.samples is not None:
-            files["samples.ecsv"] = QTable(self.samples)
-        for name in (*files, "model.fits", "residual.fits"):
-            if (directory / name).exists() and not overwrite:
-                raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to "
-                                      "replace it", str(directory / name))
-        for name, table in files.items():
-            with atomic_path(directory / name, overwrite=True) as tmp:
-                table.write(tmp, format="ascii.ecsv", overwrite=True)
-        self.model.write(directory / "model.fits", overwrite=True)
-        self.residual.write(directory / "residual.fits", overwrite=True)
+            tables["samples.ecsv"] = QTable(self.samples)
+        names = [*tables, "model.fits", "residual.fits"]
+        figures = {}
+        if plots:
+            import matplotlib.pyplot as plt
+            figures = dict(zip(self.FIGURES, self.plot()))
+            names += list(figures)
+        try:
+            for name in names:
+                if (directory / name).exists() and not overwrite:
+                    raise FileExistsError(errno.EEXIST, "file exists; pass overwrite=True to "
+                                          "replace it", str(directory / name))
+            for name, table in tables.items():
+                with atomic_path(directory / name, overwrite=True) as tmp:
+                    table.write(tmp, format="ascii.ecsv", overwrite=True)
+            self.model.write(directory / "model.fits", overwrite=True)
+            self.residual.write(directory / "residual.fits", overwrite=True)
+            for name, figure in figures.items():
+                with atomic_path(directory / name, overwrite=True) as tmp:
+                    figure.savefig(tmp, dpi=110, format="png")
+        finally:
+            if figures:
+                for figure in figures.values():
+                    plt.close(figure)
         return directory
 
     def __repr__(self):
         return f"<FitResult {self.method}: chi2 {self.chi2:.1f} / {self.n_modes}\n{self.table}>"
 
 
-def _read(cube, grid):
+def _read(cube, grid, region=None):
     """``(data array float64, grid)`` of a cube: a path, a `~spectral_cube.SpectralCube`, or
-    an array with its ``grid``."""
+    an array with its ``grid``; ``region`` (slices ``(channels, y, x)``) cuts it before the
+    data are read (a file is memory-mapped: only the sub-cube is loaded)."""
+    if region is not None:
+        region = tuple(region) + (slice(None),) * (3 - len(tuple(region)))
+        if len(region) != 3 or not all(isinstance(r, slice) for r in region):
+            raise TypeError(f"region must be up to three slices (channels, y, x), got {region!r}")
     if isinstance(cube, (str, Path)):
         cube = SpectralCube.read(str(cube))
     if isinstance(cube, SpectralCube):
+        if region is not None:
+            cube = cube[region]
+            grid = None if grid is None else grid.subgrid(*region)
         grid = grid if grid is not None else CubeGrid.from_fits(cube)
         # in the unit the model is rendered in (spectral-cube's conversions, K included)
         try:
@@ -316,9 +394,44 @@ def _read(cube, grid):
         raise TypeError("an array needs its grid: fit(array, model, grid=CubeGrid(...))")
     else:
         data = np.asarray(getattr(cube, "value", cube), dtype=float)
+        if data.shape != tuple(grid.shape):
+            raise ValueError(f"the cube's shape {data.shape} is not its grid's {grid.shape}")
+        if region is not None:
+            data, grid = data[region], grid.subgrid(*region)
     if data.shape != tuple(grid.shape):
         raise ValueError(f"the cube's shape {data.shape} is not its grid's {grid.shape}")
     return data, grid
+
+
+def _check_coverage(space, grid):
+    """Refuse a model that cannot reach the data: a systemic velocity whose every allowed
+    value lies outside the cube's band, or a centre whose every allowed value lies outside
+    its field."""
+    edges = grid.channel_edges.to_value(u.km / u.s)
+    band = (min(edges[0], edges[-1]), max(edges[0], edges[-1]))
+    ranges = {}
+    for key in ("v_sys", "offset"):
+        if key in space.priors.distributions:
+            nodes = space.priors.distributions[key]
+            ranges[key] = [d.support() for d in (nodes if isinstance(nodes, list) else [nodes])]
+    if "v_sys" not in ranges and space.galaxy.v_sys is not None:
+        ranges["v_sys"] = [(space.galaxy.v_sys, space.galaxy.v_sys)]
+    low, high = (q.to_value(u.km / u.s) for q in ranges["v_sys"][0])
+    if high < band[0] or low > band[1]:
+        what = f"{low:g} km/s" if low == high else f"[{low:g}, {high:g}] km/s"
+        raise ValueError(f"the model's v_sys ({what}) lies outside the cube's band "
+                         f"[{band[0]:.6g}, {band[1]:.6g}] km/s (radio)")
+    _, ny, nx = grid.shape
+    half = 0.5 * np.array([nx, ny]) * grid.pixel_scale.to_value(u.arcsec)
+    for k, (low, high) in enumerate(ranges.get("offset", [])):
+        try:
+            low, high = low.to_value(u.arcsec), high.to_value(u.arcsec)
+        except u.UnitsError:
+            continue                          # a length: checked by the render
+        reach = math.hypot(*half)
+        if high < -reach or low > reach:
+            raise ValueError(f"the model's offset[{k}] ([{low:g}, {high:g}] arcsec) lies "
+                             f"outside the cube's field (+-{reach:.3g} arcsec)")
 
 
 def signal_mask(data, grid, rms=None, clip=5.0, grow_to=2.5):
@@ -414,9 +527,9 @@ def estimate_rms(data):
     return np.asarray(mad_std(clipped, axis=(1, 2), ignore_nan=True), dtype=float)
 
 
-def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whitened",
-        guess=None, screen=16, starts=1, draws=4000, live=1000, seed=0, device=None,
-        progress=False, max_iter=500):
+def fit(cube, model, *, method="laplace", grid=None, region=None, noise=None,
+        likelihood="whitened", guess=None, screen=16, starts=1, draws=4000, live=1000,
+        seed=0, device=None, progress=False, max_iter=500):
     """Fit ``model`` to ``cube``.
 
     Parameters
@@ -430,6 +543,10 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         ``'nested'`` needs the ``fit`` extra (nautilus-sampler).
     grid : `~galcubecraft.CubeGrid`, optional
         The data's grid (default: read from the cube's header).
+    region : tuple of slices, optional
+        The sub-cube fitted, ``(channels, y, x)`` (e.g. ``(slice(3, 18), slice(20, 80),
+        slice(20, 80))``); a cube from a file is cut before its data are read.  Offsets are
+        then measured from the region's centre.
     noise : `~astropy.units.Quantity`, float or array, optional
         The noise rms (one, or one per channel; a float in the grid's unit, Jy/beam);
         default `estimate_rms`.  Correlated by the grid's beam and spectral response.
@@ -459,14 +576,20 @@ def fit(cube, model, *, method="laplace", grid=None, noise=None, likelihood="whi
         raise ValueError(f"likelihood must be 'whitened' or 'independent', got {likelihood!r}")
     seconds = {}
     t0 = time.perf_counter()
-    data, grid = _read(cube, grid)
+    data, grid = _read(cube, grid, region)
+    where = "the cube" if region is None else f"the region {region} of the cube"
     if not np.isfinite(data).any():
-        raise ValueError("the cube holds no finite value")
+        raise ValueError(f"{where} holds no finite value")
     if not np.isfinite(data).all():
-        raise ValueError("the cube has blank (NaN) pixels: fit a sub-cube without them")
+        raise ValueError(f"{where} has blank (NaN) voxels: fit a region without them "
+                         f"(region=(channels, y, x) slices; --region on the command line)")
     if grid.beam is None and likelihood == "whitened":
-        warnings.warn("the cube has no beam: its noise is taken as independent pixels")
+        raise ValueError("the cube has no beam (no BMAJ, BMIN, BPA): give its beam "
+                         "(CubeGrid.from_fits(..., beam=...); --beam on the command line), "
+                         "or likelihood='independent' for data whose noise is independent "
+                         "from pixel to pixel")
     space = FitSpace(model, device=device)
+    _check_coverage(space, grid)
     projector = Projector(grid, device=space.device, dtype=space.dtype)
     if isinstance(noise, u.Quantity):
         noise = noise.to_value(grid.unit)             # the data's unit (_read)

@@ -270,12 +270,15 @@ def galaxy_pv_curve(galaxy, offsets):
                      * np.sin(galaxy.inclination)).to(_KMS)
 
 
-def overview(cube, position_angle, title=None, center=None, mask=None, figsize=(13, 3.9)):
+def overview(cube, position_angle, title=None, center=None, mask=None, curve=None,
+             figsize=(13, 3.9)):
     """Moment 0, moment 1 and the position-velocity diagram along ``position_angle``, in one
     row: what a galaxy's structure and kinematics look like at a glance.
 
     The moments are of the voxels in ``mask`` (e.g. ``cube > 3 * rms`` for real data;
-    default all); moment 1 is drawn where moment 0 exceeds 1% of its peak.
+    default all); moment 1 is drawn where moment 0 exceeds 1% of its peak.  ``curve``:
+    ``(offsets, velocities)`` Quantities drawn over the PV diagram (a model's projected
+    rotation curve).
     """
     cube = velocity_cube(cube)
     pv_cube = cube
@@ -298,6 +301,12 @@ def overview(cube, position_angle, title=None, center=None, mask=None, figsize=(
     dx, dv = (x[1] - x[0]) / 2, (v[1] - v[0]) / 2 if len(v) > 1 else 1.0
     ax.imshow(pv.value, origin="lower", aspect="auto", cmap="inferno",
               extent=[x[0] - dx, x[-1] + dx, v[0] - dv, v[-1] + dv])
+    if curve is not None:
+        ax.plot(curve[0].to_value(u.arcsec), curve[1].to_value(_KMS), color="cyan", lw=1.2,
+                label="model rotation")
+        ax.set_xlim(x[0] - dx, x[-1] + dx)
+        ax.set_ylim(*sorted((v[0] - dv, v[-1] + dv)))
+        ax.legend(fontsize=7, loc="upper left")
     ax.set_xlabel(f"offset along PA {u.Quantity(position_angle, u.deg).value:.0f}° [arcsec]")
     ax.set_ylabel("radio velocity [km/s]")
     if title:

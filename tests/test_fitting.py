@@ -13,7 +13,7 @@ import torch
 from radio_beam import Beam
 
 import galcubecraft as gcc
-from galcubecraft.fitting import FitSpace, fit
+from galcubecraft.fitting import FitSpace, fit, moment_guess, signal_mask
 from galcubecraft.noise import NoiseModel
 from galcubecraft.response import Hanning
 
@@ -90,6 +90,13 @@ def test_a_fit_result_holds_the_table_the_cubes_and_writes_them(tmp_path):
     assert np.allclose(residual + result.model.unitless_filled_data[:], data, atol=1e-6)
     figures = result.plot()         # data, model, residual: moments and PV
     assert len(figures) == 3 and all(len(f.axes) >= 3 for f in figures)
+    # the fitted rotation curve over each PV diagram: v_sys + v_c(|x|) sin i, receding > 0
+    offsets, velocities = result.rotation_curve_on_sky([-20, 0.5, 20] * u.arcsec)
+    v_c = float(result.galaxy.kinematics(20 * u.arcsec).to_value(KMS))
+    sin_i = float(np.sin(result.galaxy.inclination))
+    span = (velocities[2] - velocities[0]).to_value(KMS)
+    assert span == pytest.approx(2 * v_c * sin_i, rel=1e-3)
+    assert velocities[1] > result.galaxy.v_sys
     import matplotlib.pyplot as plt
     plt.close("all")
     result.write(tmp_path / "fit")
@@ -130,10 +137,77 @@ def test_each_node_of_a_table_and_the_offset_can_be_free():
     (np.zeros(GRID.shape), MODEL, {"method": "mcmc"}, "method"),
     (np.zeros((3, 4, 4)), MODEL, {}, "shape"),
     (np.zeros(GRID.shape), MODEL, {"noise": 0.0}, "noise"),
+    (np.zeros(GRID.shape), dict(MODEL, v_sys={"distribution": "uniform", "low": "900 km/s",
+                                              "high": "1000 km/s"}), {}, "outside the cube's band"),
+    (np.zeros(GRID.shape), dict(MODEL, v_sys="-600 km/s"), {}, "outside the cube's band"),
+    (np.zeros(GRID.shape), dict(MODEL, offset=["0 arcsec", {
+        "distribution": "uniform", "low": "40 arcsec", "high": "60 arcsec"}]),
+     {}, r"offset\[1\].*outside the cube's field"),
+    (np.zeros(GRID.shape), MODEL, {"grid": GRID.replace(beam=None)}, "has no beam"),
+    (np.where(np.arange(16) < 8, np.nan, 0.0) * np.ones(GRID.shape), MODEL, {}, "blank"),
+    (np.where(np.arange(16) < 8, np.nan, 0.0) * np.ones(GRID.shape), MODEL,
+     {"region": (slice(None), slice(None), slice(0, 8))}, "region .* no finite value"),
 ])
 def test_bad_fits_are_refused_before_any_work(cube, model, kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        fit(cube, model, grid=GRID, **{"noise": 1.0, **kw})
+        fit(cube, model, **{"grid": GRID, "noise": 1.0, **kw})
+
+
+def test_the_moments_guess_the_geometry_of_a_galaxy():
+    """Centre, v_sys, PA, inclination and flux from the moments of a noisy mock, within what a
+    start needs; the smooth-clip-grow mask leaves the noise out."""
+    grid = gcc.CubeGrid(shape=(24, 48, 48), pixel_scale=1 * u.arcsec, channel_width=20 * KMS,
+                        beam=Beam(4 * u.arcsec))
+    truth = TRUTH.replace(position_angle=250 * u.deg, inclination=60 * u.deg,
+                          offset=[3, -2] * u.arcsec, v_sys=40 * KMS)
+    clean = gcc.render(truth, grid).unitless_filled_data[:]
+    rms = float(clean.max()) / 10
+    data = clean + NoiseModel(rms=1 * u.Jy / u.beam).draw(grid, rms, seed=2)
+    mask = signal_mask(data, grid)
+    assert mask[clean > 0.3 * clean.max()].all()
+    assert not mask[:, :4, :4].any() and not mask[:, -4:, -4:].any()     # noise left out
+    guess = moment_guess(data, grid, mask)
+    assert abs(guess["position_angle"] - 250 * u.deg) < 10 * u.deg
+    assert abs(guess["inclination"] - 60 * u.deg) < 12 * u.deg
+    assert np.all(np.abs(guess["offset"] - [3, -2] * u.arcsec) < 1 * u.arcsec)
+    assert abs(guess["v_sys"] - 40 * KMS) < 10 * KMS
+    assert abs(guess["flux"] / truth.flux - 1) < 0.15
+    assert moment_guess(np.zeros(grid.shape), grid, np.zeros(grid.shape, bool)) == {}
+
+
+def test_a_region_is_fitted_as_its_own_cube(tmp_path):
+    """Fitting a region of a file reads only it, and gives the fit of the cut-out cube (its
+    offsets from the region's centre)."""
+    clean = gcc.render(TRUTH, GRID).unitless_filled_data[:]
+    rms = float(clean.max()) / 20
+    data = clean + NoiseModel(rms=1 * u.Jy / u.beam).draw(GRID, rms, seed=5)
+    big = np.zeros((14, 24, 24))
+    big[2:12, 4:20, 6:22] = data
+    grid = gcc.CubeGrid(shape=big.shape, pixel_scale=GRID.pixel_scale,
+                        channel_width=GRID.channel_width, beam=GRID.beam,
+                        velocity_center=0 * KMS)
+    gcc.to_spectral_cube(big, grid).write(tmp_path / "big.fits")
+    region = (slice(2, 12), slice(4, 20), slice(6, 22))
+    whole = fit(tmp_path / "big.fits", MODEL, region=region, noise=rms, method="map")
+    assert whole.grid.shape == GRID.shape
+    alone = fit(data, MODEL, grid=whole.grid, noise=rms, method="map")
+    assert np.allclose(whole.table["best"], alone.table["best"], rtol=1e-6)
+
+
+def test_nested_sampling_gives_the_posterior_and_the_laplace_evidence():
+    """nautilus on the batched likelihood: its posterior agrees with the Laplace one where
+    the posterior is Gaussian, and so does its evidence (to its own error)."""
+    clean = gcc.render(TRUTH, GRID, oversample=2).unitless_filled_data[:]
+    rms = float(clean.max()) / 10
+    data = clean + NoiseModel(rms=1 * u.Jy / u.beam).draw(GRID, rms, seed=0)
+    laplace = fit(data, MODEL, grid=GRID, noise=rms, method="laplace", draws=2000)
+    nested = fit(data, MODEL, grid=GRID, noise=rms, method="nested", draws=400, live=200)
+    assert nested.table.meta["n_eff"] >= 400
+    assert abs(nested.log_evidence - laplace.log_evidence) < 0.6
+    for a, b in zip(nested.table, laplace.table):
+        assert abs(a["median"] - b["median"]) < 0.5 * b["std"], a["name"]
+        assert 0.7 < a["std"] / b["std"] < 1.4, a["name"]
+    assert nested.samples["flux"].unit == u.Jy * KMS
 
 
 def test_the_fit_command_writes_results_and_keeps_them(tmp_path, capsys):
@@ -158,11 +232,13 @@ v_max = {distribution = "uniform", low = "50 km/s", high = "300 km/s"}
 flux = {distribution = "loguniform", low = "2 Jy km/s", high = "200 Jy km/s"}
 """)
     args = ["fit", str(tmp_path / "obs.fits"), "--model", str(model), "-o", str(tmp_path / "out"),
-            "--noise", f"{rms} Jy/beam", "--starts", "2", "--no-progress"]
+            "--noise", f"{rms} Jy/beam", "--starts", "2", "--no-progress",
+            "--region", ",1:15,"]
     assert main(args) == 0
     assert "inclination" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "fit.ecsv", "samples.ecsv", "model.fits", "residual.fits"}
+        "fit.ecsv", "samples.ecsv", "model.fits", "residual.fits", "data.png", "model.png",
+        "residual.png", "corner.png"}
     before = (tmp_path / "out" / "fit.ecsv").read_text()
     assert main(args) == 2                                  # results kept
     assert "exists; use --overwrite" in capsys.readouterr().err
