@@ -37,6 +37,7 @@ from spectral_cube import SpectralCube
 from tqdm.auto import tqdm
 
 from ._files import atomic_path
+from .components import Warp
 from .cube import to_spectral_cube
 from .galaxy import Galaxy
 from .grid import CubeGrid
@@ -103,14 +104,28 @@ class FitSpace:
             raise ValueError("the model needs a flux (fixed or with a prior)")
         self.galaxy = Galaxy.from_dict(centre, where="model")
         (self.model, self.template), = stack_parameters([self.galaxy], self.device, dtype)
+        # a node's place in the galaxy's own table: a model may add nodes before the given
+        # ones (a rotation table that does not give R = 0 starts at (0, 0))
+        own = self.galaxy.to_dict()
+        self._nodes = []
+        for key, j in self._slots:
+            lead = 0
+            if j is not None and key != "offset":
+                lead = u.Quantity(own[key]).size - len(self.priors.distributions[key])
+                given = u.Quantity(centre[key])
+                if lead < 0 or not np.allclose(u.Quantity(own[key])[lead:].to_value(given.unit),
+                                               given.value, rtol=1e-9, atol=0):
+                    raise ValueError(f"{key}: the model's table does not hold the given nodes "
+                                     "as given; cannot fit its nodes")
+            self._nodes.append(None if j is None else j + lead)
         self._targets = []
-        for (key, j), d in zip(self._slots, self.distributions):
+        for (key, j), node, d in zip(self._slots, self._nodes, self.distributions):
             p = declared[key]
             factor = float(np.asarray(p.to_internal(1 * d.unit, self.galaxy.to_arcsec)))
             if key == "offset":
                 self._targets.append(("x0" if j == 0 else "y0", None, factor))
             else:
-                self._targets.append((key, j, factor))
+                self._targets.append((key, node, factor))
         self.transforms = [torch.distributions.biject_to(d.constraint())
                            for d in self.distributions]
 
@@ -170,8 +185,15 @@ class FitSpace:
         theta = self.sample_prior(rng, n)
         theta[0] = torch.as_tensor([_centre(d).to_value(d.unit) for d in self.distributions],
                                    dtype=self.dtype)
+        speeds = self._speed_guesses(guess.get("rotation_curve"))
         for k, ((key, j), d) in enumerate(zip(self._slots, self.distributions)):
             value = guess.get(key)
+            if (key, j) in speeds:
+                value, j = speeds[key, j], None
+            if value is None and key.startswith(Warp.key_prefix):
+                # a warp's table of an orientation starts flat, at the galaxy's guess
+                value = guess.get(key[len(Warp.key_prefix):])
+                j = None
             if value is None:
                 continue
             value = u.Quantity(value)
@@ -193,16 +215,39 @@ class FitSpace:
             theta[:max(1, n // 2), k] = value
         return theta
 
+    def _speed_guesses(self, curve):
+        """``{(key, node): speed}`` for the free speeds of the rotation law from a guessed
+        rotation curve ``(radii, speeds)``: a table's nodes at their radii, a scalar speed
+        (``v_flat``, ``v_max``, ``v_0``) at the curve's outer half's median."""
+        if curve is None:
+            return {}
+        law = self.galaxy.kinematics
+        radii, speeds = (np.asarray(q.value, dtype=float) for q in curve)
+        out = {}
+        for (key, j), node in zip(self._slots, self._nodes):
+            if key not in law.param_names or law.declarations[key].kind != "velocity":
+                continue
+            if j is None:
+                out[key, j] = np.median(speeds[len(speeds) // 2:]) * u.km / u.s
+            else:
+                table = [n for n, p in law.declarations.items()
+                         if p.kind == "size" and p.shape == "1d"]
+                if table:
+                    r = self.galaxy.to_arcsec(table[0], getattr(law, table[0])[node])
+                    out[key, j] = np.interp(r, radii, speeds) * u.km / u.s
+        return out
+
     def galaxy_at(self, theta):
         """The `~galcubecraft.Galaxy` of one row of free values (values in `units`)."""
         values = self.galaxy.to_dict()
-        for k, ((key, j), d) in enumerate(zip(self._slots, self.distributions)):
+        for k, ((key, j), node, d) in enumerate(zip(self._slots, self._nodes,
+                                                    self.distributions)):
             value = float(theta[k]) * d.unit
             if j is None:
                 values[key] = value
             else:
                 table = u.Quantity(values[key]).copy()
-                table[j] = value.to(table.unit)
+                table[node] = value.to(table.unit)
                 values[key] = table
         return Galaxy.from_dict(values, where="fit")
 
@@ -476,7 +521,9 @@ def moment_guess(data, grid, mask):
     - ``position_angle``: the direction of the velocity field's gradient (a plane fitted to
       moment 1, weighted by moment 0), towards the receding side;
     - ``inclination``: from the axis ratio of moment 0's second moments along and across
-      that direction, the beam's removed (a thin disk: cos i = b / a).
+      that direction, the beam's removed (a thin disk: cos i = b / a);
+    - ``rotation_curve``: ``(radii, speeds)``, moment 1 near the major axis deprojected in
+      rings a beam wide (what `FitSpace.initial` starts a rotation law's speeds from).
 
     Returns a dict of flat-parameter Quantities (empty if the mask is empty)."""
     weights = np.where(mask, np.nan_to_num(data), 0.0).clip(min=0.0)
@@ -507,6 +554,7 @@ def moment_guess(data, grid, mask):
     along = de * math.sin(pa) + dn * math.cos(pa)
     across = -de * math.cos(pa) + dn * math.sin(pa)
     var_along, var_across = ((w * c ** 2).sum() / w.sum() for c in (along, across))
+    bmaj = bmin = 0.0
     if grid.beam is not None:
         bmaj, bmin = (q.to_value(u.arcsec) / FWHM_PER_SIGMA
                       for q in (grid.beam.major, grid.beam.minor))
@@ -516,6 +564,25 @@ def moment_guess(data, grid, mask):
     if var_along > 0:
         ratio = math.sqrt(max(var_across, 0.0) / var_along)
         guess["inclination"] = math.degrees(math.acos(min(max(ratio, 0.0), 1.0))) * u.deg
+    # the rotation curve: moment 1 within 45 deg of the major axis, deprojected at the
+    # guessed inclination (clipped to 25-80 deg, where the deprojection is stable), in
+    # rings one beam wide; beam smearing makes its rise too slow, which is good enough to
+    # start from
+    inc = math.radians(min(max(guess.get("inclination", 60 * u.deg).to_value(u.deg), 25), 80))
+    radius = np.hypot(along, across / math.cos(inc))
+    cos_phi = np.divide(along, radius, out=np.zeros_like(radius), where=radius > 0)
+    near = np.abs(cos_phi) > math.cos(math.radians(45))
+    if near.sum() >= 3:
+        speed = (m1 - v_sys)[near] / (math.sin(inc) * cos_phi[near])
+        width = (max(math.sqrt(bmaj * bmin), 1e-3) * FWHM_PER_SIGMA if grid.beam is not None
+                 else 2 * grid.pixel_scale.to_value(u.arcsec))
+        edges = np.arange(0.0, radius[near].max() + width, width)
+        which = np.digitize(radius[near], edges) - 1
+        rings = [(0.5 * (edges[k] + edges[k + 1]), np.median(speed[which == k]))
+                 for k in range(len(edges) - 1) if (which == k).sum() >= 3]
+        if rings:
+            r, v = np.array(rings).T
+            guess["rotation_curve"] = (r * u.arcsec, np.clip(v, 0, None) * u.km / u.s)
     return guess
 
 

@@ -127,6 +127,24 @@ def test_each_node_of_a_table_and_the_offset_can_be_free():
     assert galaxy.warp.inclination[-1] == 70 * u.deg and galaxy.offset[0] == -2 * u.arcsec
 
 
+def test_a_free_node_is_the_node_given_even_where_the_model_adds_nodes():
+    """A rotation table without R = 0 starts at (0, 0): its free nodes are still the ones the
+    model file lists (a regression: they were shifted by one, onto the added node)."""
+    model = dict(MODEL, rotation="tabulated", radius=["3 arcsec", "6 arcsec", "9 arcsec"],
+                 velocity=["100 km/s", {"distribution": "uniform", "low": "0 km/s",
+                                        "high": "300 km/s"}, "160 km/s"])
+    del model["v_max"], model["r_turn"]
+    space = FitSpace(model)
+    assert space.names == ["inclination", "flux", "velocity[1]"]
+    theta = torch.tensor([[55.0, 20.0, 140.0]], dtype=torch.float64)
+    galaxy = space.galaxy_at(theta[0])
+    assert list(galaxy.kinematics.velocity.value) == [0, 100, 140, 160]
+    params = space.tensors(theta)
+    direct = gcc.Projector(GRID)(params, space.model)
+    expected = gcc.render(galaxy, GRID).unitless_filled_data[:]
+    assert np.allclose(direct[0].numpy(), expected, atol=1e-9 * expected.max())
+
+
 @pytest.mark.parametrize("cube, model, kw, match", [
     (np.full(GRID.shape, np.nan), MODEL, {}, "no finite value"),
     (np.zeros(GRID.shape), dict(MODEL, no_such="1 arcsec"), {}, "unknown galaxy parameter"),
