@@ -2,7 +2,7 @@
 
     python -m benchmarks.fit PATH/TO/NGC4324.fits [--nested] [--live 500] [--device cpu]
 
-The model and priors are those of ``examples/ngc4324`` (a Gaussian ring, a flat rotation
+The model and priors are ``examples/ngc4324/model.toml`` (a Gaussian ring, a flat rotation
 curve, a 1" exponential disk; uniform priors; the header's rms, 3.1 mJy/beam), fitted by
 ``map`` (L-BFGS from the data's moments), ``laplace`` (MAP + the Hessian's Gaussian, 4,000
 draws) and, with ``--nested``, ``nested`` (nautilus; converged when its effective sample size
@@ -11,12 +11,12 @@ adaptive Metropolis) are the times recorded on this 2-core machine in the data's
 a model, so they are not rerun here.
 """
 import argparse
-import importlib.util
 import time
 import warnings
 from pathlib import Path
 
 import galcubecraft as gcc
+from galcubecraft.fitting import read_model
 from galcubecraft.header import FITSCubeWarning
 
 # KinMS_fitter on the same cube and priors, 2 cores (../shared/data/ngc4324/README.md)
@@ -27,11 +27,8 @@ KINMS_FITTER_VALUES = {"position_angle": "235.6 ± 0.6", "inclination": "64.5 +1
 
 
 def _model():
-    path = Path(__file__).resolve().parents[1] / "examples" / "ngc4324" / "fit_ngc4324.py"
-    spec = importlib.util.spec_from_file_location("fit_ngc4324", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MODEL
+    return read_model(Path(__file__).resolve().parents[1] / "examples" / "ngc4324" /
+                      "model.toml")
 
 
 def main(argv=None):

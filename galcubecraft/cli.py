@@ -15,7 +15,7 @@ from ._files import atomic_path, check_paths, read_toml
 from .catalogue import galaxies_from_table, random_galaxies
 from .components import RotationCurve, Surface, VerticalProfile
 from .dataset import export_fits, generate_dataset
-from .fitting import METHODS, FitResult, fit
+from .fitting import METHODS, FitResult, fit, read_model
 from .galaxy import Galaxy
 from .grid import CubeGrid
 from .header import parse_bunit, read_header
@@ -23,7 +23,7 @@ from .inject import Injection, inject
 from .lines import LINES
 from .parameters import parse_quantity
 from .pixelgrid import PIXEL_SAMPLINGS
-from .priors import GalaxyPriors, ParameterPriors, read_priors_file
+from .priors import GalaxyPriors, read_priors_file
 from .render import render
 
 __all__ = ["main", "build_parser"]
@@ -295,12 +295,7 @@ def build_parser():
 
 def fit_command(args):
     """``galcubecraft fit``: fit a model file to a cube and write the results."""
-    config = read_toml(args.model)
-    unknown = set(config) - {"galaxy"}
-    if unknown or "galaxy" not in config:
-        raise ValueError(f"{args.model}: a model file holds one [galaxy] table, got "
-                         f"{sorted(config) or 'nothing'}")
-    model = ParameterPriors(config["galaxy"], where=f"{args.model} [galaxy]")
+    model = read_model(args.model)
     for name in ("starts", "draws", "live"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")

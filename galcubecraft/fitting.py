@@ -36,8 +36,9 @@ from astropy.table import QTable
 from spectral_cube import SpectralCube
 from tqdm.auto import tqdm
 
-from ._files import atomic_path
+from ._files import atomic_path, read_toml
 from .components import Warp
+from .conventions import observed_velocity
 from .cube import to_spectral_cube
 from .galaxy import Galaxy
 from .grid import CubeGrid
@@ -47,18 +48,23 @@ from .projector import Projector
 from .render import stack_parameters
 from .units import FWHM_PER_SIGMA
 
-__all__ = ["fit", "FitResult", "FitSpace", "METHODS", "estimate_rms", "signal_mask", "moment_guess"]
+__all__ = ["fit", "read_model", "FitResult", "FitSpace", "METHODS", "estimate_rms", "signal_mask",
+           "moment_guess"]
 
 #: The methods of `fit`.
 METHODS = ("map", "laplace", "nested")
 
 
-#: Screening candidates rendered at once.
+#: Candidates rendered at once without gradients, on a GPU (on the CPU one at a time: a
+#: batch is padded to its largest plan, and the CPU gains nothing from batching).
 _SCREEN_BATCH = 8
 #: The unconstrained parameters are held within this.
 _REACH = 30.0
-#: L-BFGS stops when the loss per datum (or its gradient) changes by less than this.
-_TOLERANCE = 1e-9
+#: L-BFGS stops when a step changes the log-posterior by less than this (a hundredth of
+#: what one sigma is worth, 1/2), or the gradient of the loss per datum is below
+#: `_GRADIENT_TOLERANCE`.
+_TOLERANCE = 0.005
+_GRADIENT_TOLERANCE = 1e-9
 
 
 class FitSpace:
@@ -132,6 +138,11 @@ class FitSpace:
     @property
     def size(self):
         return len(self.names)
+
+    @property
+    def batch(self):
+        """How many points to render at once without gradients."""
+        return 1 if self.device.type == "cpu" else _SCREEN_BATCH
 
     def constrained(self, z):
         """``(theta, log |d theta / d z|)`` of unconstrained ``z`` (batch, size)."""
@@ -252,6 +263,17 @@ class FitSpace:
         return Galaxy.from_dict(values, where="fit")
 
 
+def read_model(path):
+    """The model of a TOML file's ``[galaxy]`` table (`~galcubecraft.priors.ParameterPriors`),
+    checked completely: what ``galcubecraft fit --model`` reads."""
+    config = read_toml(path)
+    unknown = set(config) - {"galaxy"}
+    if unknown or "galaxy" not in config:
+        raise ValueError(f"{path}: a model file holds one [galaxy] table, got "
+                         f"{sorted(config) or 'nothing'}")
+    return ParameterPriors(config["galaxy"], where=f"{path} [galaxy]")
+
+
 def _centre(dist):
     """A point inside a distribution's support: its value, mean or middle."""
     if isinstance(dist, Fixed):
@@ -332,7 +354,6 @@ class FitResult:
         at ``offsets`` (angles, positive towards the receding side), ``v_c(|x|) sin i``
         composed with v_sys (`~galcubecraft.conventions.observed_velocity`).  For a warped
         disk it uses the galaxy's own inclination: a guide to the eye."""
-        from .conventions import observed_velocity
         galaxy = self.galaxy
         offsets = u.Quantity(offsets, u.arcsec)
         radius = np.abs(offsets)
@@ -623,7 +644,8 @@ def fit(cube, model, *, method="laplace", grid=None, region=None, noise=None,
     guess : dict, optional
         First guesses of flat parameters (Quantities; ``offset`` as 2 values), over those
         the data's moments give (`moment_guess` of `signal_mask`: centre, v_sys, position
-        angle, inclination, flux); ``False`` for none (every start from the priors).
+        angle, inclination, flux, a rotation curve); ``False`` for none (every start from
+        the priors).
     screen : int
         Candidate starts (`FitSpace.initial`: half at the guesses, half from the priors),
         rendered without gradients, of which the best ``starts`` are followed.
@@ -641,6 +663,10 @@ def fit(cube, model, *, method="laplace", grid=None, region=None, noise=None,
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if likelihood not in ("whitened", "independent"):
         raise ValueError(f"likelihood must be 'whitened' or 'independent', got {likelihood!r}")
+    for name, value in (("screen", screen), ("starts", starts), ("draws", draws),
+                        ("live", live), ("max_iter", max_iter)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     seconds = {}
     t0 = time.perf_counter()
     data, grid = _read(cube, grid, region)
@@ -689,18 +715,18 @@ def fit(cube, model, *, method="laplace", grid=None, region=None, noise=None,
     candidates = space.initial(guess or {}, rng, max(screen, starts))
     with torch.no_grad():
         scores = torch.cat([log_post(space.unconstrained(c)) for c in
-                            candidates.split(_SCREEN_BATCH)])
+                            candidates.split(space.batch)])
     scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -math.inf))
     chosen = torch.argsort(scores, descending=True)[:starts]
     z = space.unconstrained(candidates[chosen]).detach().requires_grad_(True)
     seconds["screen"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # the loss per datum: L-BFGS stops when a step changes it, or its gradient is, below
-    # _TOLERANCE (a chi-squared change of _TOLERANCE times the number of data)
+    # the loss per datum (its scale independent of the cube's size); L-BFGS stops when a
+    # step changes the log-posterior by less than _TOLERANCE
     n_data = float(np.prod(data.shape))
     optimiser = torch.optim.LBFGS([z], max_iter=max_iter, line_search_fn="strong_wolfe",
-                                  tolerance_grad=_TOLERANCE, tolerance_change=_TOLERANCE,
-                                  history_size=20)
+                                  tolerance_grad=_GRADIENT_TOLERANCE,
+                                  tolerance_change=_TOLERANCE / n_data, history_size=20)
     evaluations = [0]
     bar = tqdm(desc="fit: best fit", unit="eval", disable=not progress)
 
@@ -791,7 +817,7 @@ def _nested(space, log_like, rng, draws, live, progress):
     def likelihood(theta):
         with torch.no_grad():
             t = torch.as_tensor(np.atleast_2d(theta), dtype=space.dtype, device=space.device)
-            out = torch.cat([log_like(c) for c in t.split(_SCREEN_BATCH)]).cpu().numpy()
+            out = torch.cat([log_like(c) for c in t.split(space.batch)]).cpu().numpy()
         return np.where(np.isfinite(out), out, -np.inf)
     sampler = Sampler(prior, likelihood, n_dim=space.size, n_live=live, vectorized=True,
                       seed=int(rng.integers(2**31)))

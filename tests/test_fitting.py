@@ -153,6 +153,8 @@ def test_a_free_node_is_the_node_given_even_where_the_model_adds_nodes():
     (np.zeros(GRID.shape), dict(MODEL, n={"distribution": "choice", "values": [1, 2]}), {},
      "cannot be fitted"),
     (np.zeros(GRID.shape), MODEL, {"method": "mcmc"}, "method"),
+    (np.zeros(GRID.shape), MODEL, {"starts": 0}, "starts must be a whole number"),
+    (np.zeros(GRID.shape), MODEL, {"live": 2.5}, "live must be a whole number"),
     (np.zeros((3, 4, 4)), MODEL, {}, "shape"),
     (np.zeros(GRID.shape), MODEL, {"noise": 0.0}, "noise"),
     (np.zeros(GRID.shape), dict(MODEL, v_sys={"distribution": "uniform", "low": "900 km/s",
@@ -190,7 +192,23 @@ def test_the_moments_guess_the_geometry_of_a_galaxy():
     assert np.all(np.abs(guess["offset"] - [3, -2] * u.arcsec) < 1 * u.arcsec)
     assert abs(guess["v_sys"] - 40 * KMS) < 10 * KMS
     assert abs(guess["flux"] / truth.flux - 1) < 0.15
+    # the rotation curve, deprojected from moment 1 near the major axis: the plateau of the
+    # arctan curve (150 km/s x 2/pi arctan(R / 3")) beyond 10" to 15%
+    radii, speeds = guess["rotation_curve"]
+    outer = (radii > 10 * u.arcsec) & (radii < 20 * u.arcsec)
+    expected = 150 * 2 / np.pi * np.arctan(radii[outer].value / 3)
+    assert np.all(np.abs(speeds[outer].value / expected - 1) < 0.15), speeds
     assert moment_guess(np.zeros(grid.shape), grid, np.zeros(grid.shape, bool)) == {}
+    # the guesses become starts: a warp's tables flat at the guessed orientation, a scalar
+    # rotation speed at the plateau
+    space = FitSpace(dict(MODEL, warp_radius=["0 arcsec", "10 arcsec"],
+                          warp_position_angle=[{"distribution": "uniform", "low": "200 deg",
+                                                "high": "300 deg"}] * 2))
+    start = space.initial(guess, np.random.default_rng(0), 4)[0]
+    value = dict(zip(space.names, start.numpy()))
+    assert value["warp_position_angle[0]"] == value["warp_position_angle[1]"] == pytest.approx(
+        guess["position_angle"].value)
+    assert value["v_max"] == pytest.approx(np.median(speeds[len(speeds) // 2:].value))
 
 
 def test_a_region_is_fitted_as_its_own_cube(tmp_path):
