@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 
 from ._files import atomic_path, read_toml
 from .components import Warp
-from .conventions import observed_velocity
 from .cube import to_spectral_cube
 from .galaxy import Galaxy
 from .grid import CubeGrid
@@ -332,15 +331,15 @@ class FitResult:
         position-velocity diagram along the fitted major axis through the fitted centre
         (`galcubecraft.visualise.overview`; ``mask``: the voxels of the data's moments, e.g.
         ``data > 3 * rms``), the fitted rotation curve drawn over each PV diagram
-        (`rotation_curve_on_sky`); and with samples, the corner plot (`corner`).  Returns the
-        figures."""
-        from .visualise import overview
+        (`~galcubecraft.visualise.galaxy_pv_curve`); and with samples, the corner plot
+        (`corner`).  Returns the figures."""
+        from .visualise import galaxy_pv_curve, overview
         offset = u.Quantity([self.galaxy.to_arcsec("offset", c) for c in self.galaxy.offset],
                             u.arcsec)
         centre = self.data.wcs.celestial.pixel_to_world(*self.grid.pixel_of(offset))
         _, ny, nx = self.grid.shape
         reach = 0.5 * math.hypot(nx, ny) * self.grid.pixel_scale
-        curve = self.rotation_curve_on_sky(np.linspace(-1, 1, 401) * reach)
+        curve = galaxy_pv_curve(self.galaxy, np.linspace(-1, 1, 401) * reach)
         figures = [overview(cube, self.galaxy.position_angle, title=title, center=centre,
                             mask=mask, curve=curve)
                    for cube, title in ((self.data, "data"), (self.model, "model"),
@@ -348,26 +347,6 @@ class FitResult:
         if self.samples is not None:
             figures.append(self.corner())
         return figures
-
-    def rotation_curve_on_sky(self, offsets):
-        """The best fit's rotation seen along its major axis: ``(offsets, radio velocities)``
-        at ``offsets`` (angles, positive towards the receding side), ``v_c(|x|) sin i``
-        composed with v_sys (`~galcubecraft.conventions.observed_velocity`).  For a warped
-        disk it uses the galaxy's own inclination: a guide to the eye."""
-        galaxy = self.galaxy
-        offsets = u.Quantity(offsets, u.arcsec)
-        radius = np.abs(offsets)
-        sizes = [v for k, v in galaxy.kinematics.parameters.items()
-                 if k in galaxy.kinematics.size_names and v is not None]
-        if sizes and sizes[0].unit.is_equivalent(u.kpc):
-            per_kpc = galaxy.to_arcsec("radius", 1 * u.kpc)
-            radius = (radius.to_value(u.arcsec) / per_kpc) * u.kpc
-        main = galaxy.surface.main
-        v_c = galaxy.kinematics(radius, r_eff=getattr(main, "r_eff", None),
-                                n=getattr(main, "n", None)).to_value(u.km / u.s)
-        projected = np.sign(offsets.value) * v_c * math.sin(galaxy.inclination.to_value(u.rad))
-        v_sys = galaxy.v_sys.to_value(u.km / u.s)
-        return offsets, observed_velocity(v_sys, projected) * u.km / u.s
 
     def corner(self, **kwargs):
         """The posterior's corner plot (the ``corner`` package, the ``fit`` extra): every

