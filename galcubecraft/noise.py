@@ -35,8 +35,9 @@ from . import functional as F
 from .grid import beam_in_pixels
 from .units import validate_number, validate_quantity
 
-__all__ = ["rng_from_seed", "beam_from_info", "peak_rms", "white_noise", "correlated_noise",
-           "apply_noise", "apply_and_convolve_noise", "convolve_beam", "NoiseModel"]
+__all__ = ["rng_from_seed", "beam_from_info", "peak_rms", "white_noise", "white_normals",
+           "correlated_noise", "apply_noise", "apply_and_convolve_noise", "convolve_beam",
+           "NoiseModel", "noise_levels"]
 
 
 def rng_from_seed(seed):
@@ -130,6 +131,29 @@ def white_noise(shape, rms, seed=None):
     """Independent Gaussian noise of standard deviation ``rms`` (a float array)."""
     rms = validate_number("rms", rms, minimum=0)
     return rng_from_seed(seed).standard_normal(shape) * rms
+
+
+def white_normals(shape, seeds, device=None, dtype=torch.float64):
+    """Standard normal draws ``(len(seeds), *shape)``, the ``k``-th from ``seeds[k]`` alone.
+
+    On the CPU each comes from its `numpy.random.Generator` (`rng_from_seed`), so a cube's
+    noise is the same whether it is drawn alone or in a batch.  On another device each is drawn
+    there by torch's generator (Philox on CUDA), seeded from its own generator: the same for
+    the same seeds on that device, with no round trip through the host, but not the CPU's
+    draws.
+    """
+    shape = tuple(int(s) for s in shape)
+    device = torch.device(device or "cpu")
+    rngs = [rng_from_seed(seed) for seed in seeds]
+    if device.type == "cpu":
+        return torch.from_numpy(np.stack([rng.standard_normal(shape) for rng in rngs])
+                                if rngs else np.zeros((0,) + shape)).to(dtype)
+    out = torch.empty((len(rngs),) + shape, device=device, dtype=dtype)
+    for k, rng in enumerate(rngs):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(rng.integers(2**63 - 1)))
+        out[k] = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return out
 
 
 def _sqrt_beam_filter(shape, beam_pixels):
@@ -312,53 +336,67 @@ class NoiseModel:
                              "correlation='white' for a beam-free grid")
 
     def sum_sigma(self, grid, mask):
-        """Standard deviation of unit-rms noise of this model summed over ``mask`` (exact)."""
+        """Standard deviation of unit-rms noise of this model summed over ``mask`` (exact).
+
+        ``mask``: one cube ``(n_chan, ny, nx)`` (a float is returned) or a batch of them, a
+        tensor ``(..., n_chan, ny, nx)`` (a float64 tensor ``(...)`` is returned)."""
         self._check(grid)
+        batched = isinstance(mask, torch.Tensor) and mask.dim() > 3
+        m = mask.to(torch.float64) if isinstance(mask, torch.Tensor) else \
+            torch.as_tensor(np.asarray(mask, dtype=float))
         kernel = self._kernel(grid)
-        m = torch.as_tensor(np.asarray(mask, dtype=float))
-        n_chan, ny, nx = m.shape
+        n_chan, ny, nx = m.shape[-3:]
         filt, power = _spatial_filter(grid, (ny, nx), self.correlation)
-        spec = torch.fft.rfft2(m)                                  # (n_chan, ny, nx//2+1)
-        if filt is not None:
-            spec = spec * filt
-        # spectral mixing (full convolution over channels) of the filtered mask planes
+        # spectral mixing (full convolution over channels) of the mask planes, then their
+        # spatial filter (the two commute)
         k = len(kernel)
-        mixed = torch.zeros((n_chan + k - 1,) + spec.shape[1:], dtype=spec.dtype)
+        mixed = m.new_zeros(m.shape[:-3] + (n_chan + k - 1, ny, nx))
         for j, w in enumerate(kernel):
-            mixed[j:j + n_chan] += w * spec
+            mixed[..., j:j + n_chan, :, :] += float(w) * m
+        spec = torch.fft.rfft2(mixed)                          # (..., n_mixed, ny, nx//2+1)
+        power2 = torch.view_as_real(spec).square().sum(dim=-1)
+        if filt is not None:
+            power2 = power2 * filt.to(spec.device) ** 2
         # Parseval over each (spatial) plane, summed over the mixed channels
-        total = _mean_power(mixed, nx)
-        return math.sqrt(total / (power * float(np.sum(kernel**2))))
+        weights = _rfft_weights(nx).to(spec.device)
+        total = (power2 * weights).sum(dim=(-3, -2, -1)) / (ny * nx)
+        sigma = torch.sqrt(total / (power * float(np.sum(kernel**2))))
+        return sigma if batched else float(sigma)
 
     def resolve_rms(self, clean, grid, mask):
         """The rms (in the cube's unit) this model gives for ``clean`` on ``grid``."""
-        unit = grid.unit
-        if self.rms is not None:
-            return self.rms.to(unit)
-        data = np.asarray(clean, dtype=float)
-        if self.peak_snr is not None:
-            return peak_rms(data, self.peak_snr) * unit
-        signal = float(np.sum(data[np.asarray(mask, bool)]))
-        if signal <= 0:
-            raise ValueError("the clean cube has no flux in its emission mask; an integrated "
-                             "S/N cannot be set")
-        return signal / (self.integrated_snr * self.sum_sigma(grid, mask)) * unit
+        clean = torch.as_tensor(np.asarray(clean, dtype=float))[None]
+        mask = torch.as_tensor(np.asarray(mask, dtype=bool))[None]
+        return float(noise_levels([self], clean, mask, grid)[0]) * grid.unit
+
+    def white_shape(self, grid):
+        """The shape of the white noise `correlate` takes for one cube of ``grid``: the
+        grid's, with the channels the spectral response consumes."""
+        n_chan, ny, nx = grid.shape
+        return (n_chan + len(self._kernel(grid)) - 1, ny, nx)
+
+    def correlate(self, white, grid):
+        """Unit white noise ``(..., *white_shape)`` made this model's noise of unit rms
+        ``(..., *grid.shape)``: filtered over pixels (the beam's square root) and channels
+        (the spectral response), and scaled by the filters' exact power."""
+        self._check(grid)
+        kernel = self._kernel(grid)
+        n_chan, ny, nx = grid.shape
+        filt, power = _spatial_filter(grid, (ny, nx), self.correlation)
+        if filt is not None:
+            white = torch.fft.irfft2(torch.fft.rfft2(white) * filt.to(white.device), s=(ny, nx))
+        if len(kernel) > 1:
+            white = F.convolve_spectral(white, torch.as_tensor(kernel, device=white.device,
+                                                               dtype=white.dtype))
+        return white / math.sqrt(power * float(np.sum(kernel**2)))
 
     def draw(self, grid, rms, seed=None):
         """A noise cube of ``grid.shape`` and the given rms (a Quantity or a float)."""
         self._check(grid)
         rms = float(u.Quantity(rms).to_value(grid.unit)) if isinstance(rms, u.Quantity) \
             else float(rms)
-        kernel = self._kernel(grid)
-        n_chan, ny, nx = grid.shape
-        half = len(kernel) - 1
-        white = torch.from_numpy(rng_from_seed(seed).standard_normal((n_chan + half, ny, nx)))
-        filt, power = _spatial_filter(grid, (ny, nx), self.correlation)
-        if filt is not None:
-            white = torch.fft.irfft2(torch.fft.rfft2(white) * filt, s=(ny, nx))
-        noise = F.convolve_spectral(white, torch.as_tensor(kernel)) if half else white
-        scale = rms / math.sqrt(power * float(np.sum(kernel**2)))
-        return (noise * scale).numpy()
+        white = white_normals(self.white_shape(grid), [seed])[0]
+        return (self.correlate(white, grid) * rms).numpy()
 
     #: The whitened likelihood keeps the spatial frequencies where the beam's transfer
     #: function is at least this (where the noise, and any beam-convolved model, has power).
@@ -424,8 +462,51 @@ class NoiseModel:
             return (torch.fft.rfft2(whitened(residual)).abs() ** 2 * factor).sum(dim=(-3, -2, -1))
         return function, int(round(float(weight.sum()))) * n_chan
 
+    @property
+    def correlation_key(self):
+        """What the noise's correlation depends on (not its level): models with the same key
+        are filtered alike."""
+        return (self.correlation, self.spectral)
+
     def __repr__(self):
         level = (f"rms={self.rms}" if self.rms is not None else
                  f"peak_snr={self.peak_snr}" if self.peak_snr is not None else
                  f"integrated_snr={self.integrated_snr}")
         return f"<NoiseModel {level} correlation={self.correlation!r} spectral={self.spectral}>"
+
+
+def noise_levels(noises, clean, mask, grid):
+    """The rms (float64 tensor ``(batch,)``, in the grid's unit) that each of ``noises`` (one
+    `NoiseModel` per cube) gives its cube of ``clean`` ``(batch, n_chan, ny, nx)``, with the
+    emission ``mask`` (bool, the same shape) where an integrated S/N is measured.
+
+    The one home of the three ways to set a level: an rms as given; a peak S/N, the clean
+    peak over it; an integrated S/N, the flux in the mask over it and over the standard
+    deviation of this noise summed over the mask (`NoiseModel.sum_sigma`, exact).
+    """
+    unit = grid.unit
+    clean = clean.to(torch.float64)
+    out = torch.full((len(noises),), math.nan, dtype=torch.float64, device=clean.device)
+    given = [k for k, m in enumerate(noises) if m.rms is not None]
+    if given:
+        out[given] = torch.tensor([noises[k].rms.to_value(unit) for k in given],
+                                  dtype=torch.float64, device=clean.device)
+    peak = [k for k, m in enumerate(noises) if m.peak_snr is not None]
+    if peak:
+        top = clean[peak].amax(dim=(-3, -2, -1))
+        if not bool(torch.isfinite(top).all() and (top > 0).all()):
+            raise ValueError(f"the cube's peak must be positive and finite to set a peak S/N, "
+                             f"got {top.min().item()}")
+        out[peak] = top / torch.tensor([noises[k].peak_snr for k in peak],
+                                       dtype=torch.float64, device=clean.device)
+    integrated = [k for k, m in enumerate(noises) if m.integrated_snr is not None]
+    for model in {noises[k].correlation_key for k in integrated}:
+        rows = [k for k in integrated if noises[k].correlation_key == model]
+        signal = (clean[rows] * mask[rows]).sum(dim=(-3, -2, -1))
+        if not bool((signal > 0).all()):
+            raise ValueError("the clean cube has no flux in its emission mask; an integrated "
+                             "S/N cannot be set")
+        snr = torch.tensor([noises[k].integrated_snr for k in rows], dtype=torch.float64,
+                           device=clean.device)
+        out[rows] = signal / (snr * noises[rows[0]].sum_sigma(grid, mask[rows]))
+    return out

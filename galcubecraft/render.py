@@ -9,7 +9,7 @@ from .diffuse import Stream
 from .galaxy import Galaxy, Scene
 from .projector import Projector
 
-__all__ = ["render", "render_tensor", "stack_parameters", "scene_items"]
+__all__ = ["render", "render_tensor", "render_parts", "stack_parameters", "scene_items"]
 
 
 def scene_items(scene):
@@ -32,7 +32,7 @@ def scene_items(scene):
     return galaxies
 
 
-def stack_parameters(galaxies, device=None, dtype=torch.float32, merge=False):
+def stack_parameters(galaxies, device=None, dtype=torch.float32, merge=False, index=False):
     """Group galaxies that share a model and stack their parameters into batches.
 
     Returns a list of ``(model, {name: tensor (batch, ...)})``, ``model`` the rotation
@@ -45,19 +45,59 @@ def stack_parameters(galaxies, device=None, dtype=torch.float32, merge=False):
     rendered in fewer groups, each holding the others' parts at no amplitude
     (`galcubecraft.rings.merge`): the same cubes to rounding, in fewer launches (on a GPU a
     mixed batch is bound by them; on a CPU by the arithmetic, which the held parts add to).
+
+    With ``index``, each group is ``(model, params, rows)``, ``rows`` (a CPU tensor of int64)
+    saying which of ``galaxies`` its batch rows are.
     """
-    groups = defaultdict(list)
-    for g in galaxies:
+    groups, rows = defaultdict(list), defaultdict(list)
+    for i, g in enumerate(galaxies):
         tensors = g.tensors(device=device, dtype=dtype)
         model = g.model
         model = model.kinematics if model.plain else model
         key = (model, tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())))
         groups[key].append(tensors)
+        rows[key].append(i)
     out = [(key[0], {k: torch.stack([t[k] for t in members]) for k in members[0]})
            for key, members in groups.items()]
+    order = [torch.tensor(rows[key], dtype=torch.int64) for key in groups]
     if merge == "auto":
         merge = torch.device(device or "cpu").type == "cuda"
-    return rings.merge(out) if merge else out
+    if merge:
+        out, order = rings.merge(out, index=order)
+    return [(m, p, r) for (m, p), r in zip(out, order)] if index else out
+
+
+def render_parts(scene, grid=None, *, projector=None, device=None, dtype=torch.float32,
+                 **sampling):
+    """Each item of a scene rendered on its own: a ``(n_items, n_chan, ny, nx)`` tensor on the
+    projector's device, in the scene's order (beam applied; `render_tensor` is their sum).
+
+    The galaxies go through the projector in batches of one model each (`stack_parameters`),
+    diffuse streams one batch of them: what a batch of many scenes needs, and what a
+    segmentation label (the item that contributes most to a voxel) needs.
+    """
+    items = scene_items(scene)
+    if projector is None:
+        if grid is None:
+            raise ValueError("render_parts needs a grid or a projector")
+        projector = Projector(grid, device=device, dtype=dtype, **sampling)
+    n_chan, ny, nx = projector.grid.shape
+    parts = torch.zeros((len(items), n_chan, ny, nx), device=projector.device,
+                        dtype=projector.dtype)
+    galaxies = [i for i, g in enumerate(items) if isinstance(g, Galaxy)]
+    streams = [i for i, g in enumerate(items) if isinstance(g, Stream)]
+    if galaxies:
+        for kinematics, params, rows in stack_parameters(
+                [items[i] for i in galaxies], projector.device, projector.dtype, merge="auto",
+                index=True):
+            where = torch.as_tensor(galaxies, dtype=torch.int64)[rows].to(parts.device)
+            parts[where] = projector(params, kinematics)
+    if streams:
+        tensors = [items[i].tensors(projector.device, projector.dtype) for i in streams]
+        stacked = {k: torch.stack([t[k] for t in tensors]) for k in tensors[0]}
+        where = torch.as_tensor(streams, dtype=torch.int64, device=parts.device)
+        parts[where] = projector.observe(projector.project_streams(stacked))
+    return parts
 
 
 def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=None, **sampling):

@@ -688,7 +688,7 @@ def _neutral(model, params):
     return True
 
 
-def merge(groups):
+def merge(groups, index=None):
     """Groups of ring-path galaxies ``[(DiskModel, params), ...]`` rendered as fewer groups,
     each galaxy holding the parts of the others at no amplitude: a profile at no share of the
     flux (a copy of another galaxy's), a flow with zero amplitudes, a warp whose tables hold
@@ -697,11 +697,15 @@ def merge(groups):
     flows, warps of orientation), and only galaxies with the same vertical profile, rotation
     law and table lengths; a galaxy renders the same cube to rounding either way, whatever
     the others.  Fewer groups are fewer launches: on a GPU a batch of mixed real galaxies is
-    bound by them.  Returns the new list of ``(model, params)`` (other groups unchanged)."""
-    buckets, out = {}, []
-    for model, params in groups:
+    bound by them.  Returns the new list of ``(model, params)`` (other groups unchanged); with
+    ``index`` (one tensor per group: which galaxies of a caller's list its rows are), also
+    the merged groups' indices, row for row."""
+    tags = [None] * len(groups) if index is None else list(index)
+    buckets, out, out_index = {}, [], []
+    for (model, params), tag in zip(groups, tags):
         if not isinstance(model, DiskModel) or not _neutral(model, params):
             out.append((model, params))
+            out_index.append(tag)
             continue
         own = set()
         for part in (*model.surfaces, *model.flows,
@@ -710,11 +714,17 @@ def merge(groups):
         own |= {t.key("flux_fraction") for t in model.terms}
         rest = tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in params.items()
                             if k not in own))
-        buckets.setdefault((model.vertical, model.kinematics, rest), []).append((model, params))
+        buckets.setdefault((model.vertical, model.kinematics, rest), []).append(
+            (model, params, tag))
     for members in buckets.values():
-        merged = _merged(members) if len(members) > 1 else None
-        out.extend(members if merged is None else [merged])
-    return out
+        merged = _merged([m[:2] for m in members]) if len(members) > 1 else None
+        if merged is None:
+            out.extend(m[:2] for m in members)
+            out_index.extend(m[2] for m in members)
+        else:
+            out.append(merged)
+            out_index.append(None if index is None else torch.cat([m[2] for m in members]))
+    return out if index is None else (out, out_index)
 
 
 def _merged(members):
