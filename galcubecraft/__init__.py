@@ -19,10 +19,10 @@ from .grid import CO_1_0, CubeGrid
 from .fitting import FitResult, fit
 from .generator import GalCubeCraft, GeneratedCube
 from .noise import NoiseModel, apply_and_convolve_noise, apply_noise
-from .observation import Observation, observe
+from .observation import Observation, ObservedBatch, observe, observe_batch
 from .population import SeedPopulation
 from .projector import Projector
-from .render import render, render_tensor, stack_parameters
+from .render import render, render_parts, render_tensor, stack_parameters
 
 __all__ = [
     "__version__",
@@ -33,8 +33,8 @@ __all__ = [
     "VerticalFlow", "LaggingHalo", "BisymmetricFlow", "LopsidedFlow", "DispersionProfile",
     "AsymmetricDrift", "Warp",
     "Galaxy", "Scene", "default_cosmology", "radio_velocity", "CubeGrid", "CO_1_0", "Projector",
-    "render", "render_tensor", "stack_parameters",
+    "render", "render_tensor", "render_parts", "stack_parameters",
     "SyntheticCube", "to_spectral_cube", "write_fits",
     "GalCubeCraft", "GeneratedCube", "SeedPopulation", "apply_noise", "apply_and_convolve_noise",
-    "NoiseModel", "observe", "Observation", "fit", "FitResult",
+    "NoiseModel", "observe", "Observation", "observe_batch", "ObservedBatch", "fit", "FitResult",
 ]

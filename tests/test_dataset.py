@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def test_two_dask_workers_and_one_process_give_the_same_bytes(tmp_path):
         assert a[key].tobytes() == c[key].tobytes(), key
 
 
-def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path, workers):
     priors = tmp_path / "priors.toml"
     priors.write_text('''
 [dataset]
@@ -83,13 +85,15 @@ r_eff = {distribution = "uniform", low = "1.2 arcsec", high = "2.5 arcsec"}
 v_max = "100 km/s"
 ''')
     out = tmp_path / "killed"
-    args = ["dataset", str(priors), "--n", "60", "--out", str(out), "--no-progress"]
+    args = ["dataset", str(priors), "--n", "60", "--out", str(out), "--no-progress",
+            "--workers", str(workers)]
     code = f"from galcubecraft.cli import main; main({args!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    # its own process group: the kill takes the run and its Dask workers at once
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.sha256"))) < 3:
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(list(out.glob("*.sha256")))
     assert 3 <= done < 30, f"the kill came at {done} of 30 shards"
@@ -104,6 +108,39 @@ v_max = "100 km/s"
     same_catalogues(out, tmp_path / "whole")
     cubes, _ = read_catalogue(out)
     assert list(cubes["index"]) == list(range(60))          # none missing, none twice
+    assert not list(out.glob(".shard_*.part"))
+
+
+def test_a_dask_worker_killed_mid_run_loses_nothing(tmp_path):
+    """A run on a scheduler at an address, one of whose workers is SIGKILLed mid-run: the
+    scheduler gives its shard to another worker, and the dataset is an uninterrupted run's."""
+    distributed = pytest.importorskip("distributed")
+    out, errors = tmp_path / "dask", []
+
+    def run(address):
+        try:
+            generate_dataset(PRIORS, 24, out, shard_size=2, scheduler=address, progress=False)
+        except Exception as exc:       # noqa: BLE001 -- reported by the test below
+            errors.append(exc)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        pids = sorted(client.run(os.getpid).values())
+        thread = threading.Thread(target=run, args=(cluster.scheduler_address,))
+        thread.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("*.sha256"))) < 2:
+            time.sleep(0.02)
+        os.kill(pids[0], signal.SIGKILL)
+        thread.join(timeout=300)
+    assert not errors and not thread.is_alive()
+    done = len(list(out.glob("*.sha256")))
+    assert done == 12
+    generate_dataset(PRIORS, 24, tmp_path / "whole", shard_size=2, progress=False)
+    a, b = arrays(out), arrays(tmp_path / "whole")
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    same_catalogues(out, tmp_path / "whole")
     assert not list(out.glob(".shard_*.part"))
 
 

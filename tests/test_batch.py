@@ -1,0 +1,159 @@
+"""Batched observation on tensors (observe_batch) and batched streaming: the same cubes as one at
+a time, labels against per-galaxy renders, and batches served as tensors."""
+import math
+
+import astropy.units as u
+import numpy as np
+import pytest
+import torch
+
+import galcubecraft as gcc
+from galcubecraft.response import Hanning
+from galcubecraft.dataset import DatasetSpec, StreamingCubes, generate_dataset, CubeDataset
+from galcubecraft.noise import NoiseModel, white_normals
+
+KMS = u.km / u.s
+GRID = gcc.CubeGrid(shape=(10, 24, 24), pixel_scale=1 * u.arcsec, channel_width=30 * KMS,
+                    beam=3 * u.arcsec, spectral_response=Hanning())
+PRIORS = {
+    "dataset": {"seed": 5, "shard_size": 4},
+    "grid": {"shape": [14, 20, 20], "pixel_scale": "1 arcsec", "channel_width": "30 km/s",
+             "beam": "3 arcsec"},
+    "noise": {"integrated_snr": {"distribution": "loguniform", "low": 5, "high": 50}},
+    "scene": {"n_galaxies": {"distribution": "choice", "values": [1, 2, 3]}, "edge": "3 arcsec"},
+    "galaxy": {"r_eff": {"distribution": "uniform", "low": "1.2 arcsec", "high": "2.5 arcsec"},
+               "v_max": {"distribution": "uniform", "low": "60 km/s", "high": "120 km/s"}},
+}
+
+
+def galaxy(x, y, flux=1.0, v_sys=0.0, pa=30.0):
+    return gcc.Galaxy(surface=gcc.SersicDisk(r_eff=2 * u.arcsec),
+                      kinematics=gcc.FlatRotationCurve(100 * KMS), inclination=50 * u.deg,
+                      position_angle=pa * u.deg, flux=flux * u.Jy * KMS, v_sys=v_sys * KMS,
+                      offset=[x, y] * u.arcsec)
+
+
+def scenes():
+    return [[galaxy(0, 0)],
+            [galaxy(-4, 2, 2.0, 20), galaxy(4, -3, 1.0, -30, 120), galaxy(1, 5, 0.5)],
+            [galaxy(3, 3, 1.5, 10, 200), galaxy(-3, -2)]]
+
+
+@pytest.mark.parametrize("noise", [NoiseModel(peak_snr=8), NoiseModel(integrated_snr=30),
+                                   NoiseModel(rms=0.002 * u.Jy / u.beam, correlation="white")])
+def test_a_batch_is_its_cubes_observed_one_at_a_time(noise):
+    projector = gcc.Projector(GRID)
+    batch = gcc.observe_batch(scenes(), GRID, [noise] * 3, [1, 2, 3], projector=projector,
+                              mask_threshold="2 sigma" if noise.rms is not None else None)
+    for k, scene in enumerate(scenes()):
+        obs = gcc.observe(scene, GRID, noise, seed=k + 1, projector=projector,
+                          mask_threshold="2 sigma" if noise.rms is not None else None)
+        # (the cubes observe returns hold float32)
+        for name in ("clean", "noisy"):
+            np.testing.assert_array_equal(getattr(batch, name)[k].float().numpy(),
+                                          getattr(obs, name).unitless_filled_data[:])
+        np.testing.assert_array_equal(batch.mask[k].numpy(), obs.mask)
+        np.testing.assert_array_equal(batch.labels[k].numpy(), obs.labels)
+        row = dict(zip(gcc.ObservedBatch.CUBE_COLUMNS, batch.cube_params[k].tolist()))
+        assert row["n_galaxies"] == len(scene)
+        assert row["noise_rms"] == pytest.approx(obs.params["noise_rms"].value, rel=1e-12)
+        assert row["peak_snr"] == pytest.approx(obs.params["peak_snr"], rel=1e-12)
+    if noise.integrated_snr is not None:      # the level it was asked for, measured back
+        np.testing.assert_allclose(batch.cube_params[:, 4].numpy(), 30, rtol=1e-9)
+    if noise.peak_snr is not None:
+        np.testing.assert_allclose(batch.cube_params[:, 3].numpy(), 8, rtol=1e-12)
+
+
+def test_labels_name_the_brightest_galaxy_of_each_voxel():
+    """Against each galaxy rendered alone by `render` (the argmax taken by numpy)."""
+    batch = gcc.observe_batch(scenes(), GRID)
+    for k, scene in enumerate(scenes()):
+        parts = np.stack([gcc.render(g, GRID).unitless_filled_data[:] for g in scene])
+        want = np.where(batch.mask[k].numpy(), np.argmax(parts, axis=0) + 1, 0)
+        np.testing.assert_array_equal(batch.labels[k].numpy(), want)
+        assert set(np.unique(want)) == set(range(len(scene) + 1))
+        np.testing.assert_allclose(batch.clean[k].numpy(), parts.sum(axis=0), rtol=0,
+                                   atol=1e-6 * parts.max())
+
+
+def test_rendering_the_scenes_together_changes_only_rounding():
+    apart = gcc.observe_batch(scenes(), GRID, dtype=torch.float32)
+    together = gcc.observe_batch(scenes(), GRID, dtype=torch.float32, together=True)
+    peak = float(apart.clean.max())
+    np.testing.assert_allclose(together.clean.numpy(), apart.clean.numpy(), rtol=0,
+                               atol=2e-6 * peak)
+
+
+def test_truth_and_parameter_tensors():
+    batch = gcc.observe_batch(scenes(), GRID)
+    table = batch.truth(first_index=10)
+    assert list(table["index"]) == [10, 11, 11, 11, 12, 12]
+    tensor, names = batch.galaxy_tensor()
+    assert tensor.shape == (3, 3, len(names)) and "inclination" in names
+    assert torch.isnan(tensor[0, 1:]).all() and not torch.isnan(tensor[1]).any()
+    np.testing.assert_allclose(tensor[2, 0, names.index("flux")].item(), 1.5)
+    np.testing.assert_allclose(tensor[:, 0, names.index("inclination")].numpy(),
+                               math.radians(50), rtol=1e-6)
+
+
+def test_bad_batches_are_refused():
+    with pytest.raises(ValueError, match="one noise model and one seed per scene"):
+        gcc.observe_batch(scenes(), GRID, [NoiseModel(peak_snr=3)], [1])
+    with pytest.raises(ValueError, match="correlated alike"):
+        gcc.observe_batch(scenes()[:2], GRID,
+                          [NoiseModel(peak_snr=3), NoiseModel(peak_snr=3, correlation="white")],
+                          [1, 2])
+    with pytest.raises(ValueError, match="at least one scene"):
+        gcc.observe_batch([], GRID)
+    with pytest.raises(ValueError, match="batch_size"):
+        StreamingCubes(PRIORS, batch_size=0)
+    with pytest.raises(ValueError, match="keys"):
+        StreamingCubes(PRIORS, keys=("noisy", "truth"))
+
+
+def test_white_normals_are_each_seeds_own_draws():
+    draws = white_normals((3, 4), [7, np.random.SeedSequence(9)])
+    np.testing.assert_array_equal(draws[0].numpy(),
+                                  np.random.default_rng(7).standard_normal((3, 4)))
+    np.testing.assert_array_equal(draws[1].numpy(), np.random.default_rng(
+        np.random.SeedSequence(9)).standard_normal((3, 4)))
+
+
+def test_streamed_batches_are_the_datasets_cubes(tmp_path):
+    generate_dataset(PRIORS, 10, tmp_path / "d", progress=False)
+    data = CubeDataset(tmp_path / "d", keys=("noisy", "clean", "mask", "labels"))
+    keys = ("noisy", "clean", "mask", "labels")
+    stream = StreamingCubes(PRIORS, start=1, stop=10, batch_size=4, device="cpu", keys=keys)
+    sizes = []
+    for batch in stream:
+        sizes.append(len(batch["index"]))
+        assert batch["param_names"] == gcc.ObservedBatch.CUBE_COLUMNS
+        assert batch["params"].shape == (len(batch["index"]), 5)
+        for j, index in enumerate(batch["index"].tolist()):
+            for key in keys:               # the same bytes, whatever the batch
+                assert torch.equal(batch[key][j], data[index][key]), (index, key)
+            assert batch["params"][j, 0] == data[index]["params"]["n_galaxies"]
+            assert batch["params"][j, 4].item() == pytest.approx(
+                data[index]["params"]["integrated_snr"], rel=1e-6)
+        n = batch["params"][:, 0].long()
+        assert ((~torch.isnan(batch["galaxies"][..., 0])).sum(dim=1) == n).all()
+    assert sizes == [4, 4, 1]
+    # batches from DataLoader workers: every cube once
+    loader = torch.utils.data.DataLoader(
+        StreamingCubes(PRIORS, stop=10, batch_size=3, device="cpu"), batch_size=None,
+        num_workers=2)
+    seen = sorted(i for batch in loader for i in batch["index"].tolist())
+    assert seen == list(range(10))
+
+
+def test_a_shard_is_made_in_bounded_batches(tmp_path, monkeypatch):
+    """Shards bigger than a render batch are made batch by batch, the same cubes."""
+    import galcubecraft.dataset as ds
+    generate_dataset(PRIORS, 6, tmp_path / "a", shard_size=6, progress=False)
+    monkeypatch.setattr(ds, "RENDER_BATCH", 4)
+    generate_dataset(PRIORS, 6, tmp_path / "b", shard_size=6, progress=False)
+    a, b = CubeDataset(tmp_path / "a"), CubeDataset(tmp_path / "b")
+    for i in range(6):
+        assert torch.equal(a[i]["noisy"], b[i]["noisy"])
+    spec = DatasetSpec(PRIORS)
+    assert spec.make_batch(range(2), 5).clean.shape == (2, 14, 20, 20)
