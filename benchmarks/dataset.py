@@ -1,10 +1,23 @@
-"""Dataset generation on this machine: ``python -m benchmarks.dataset``.
+"""Training data end to end on this machine: ``python -m benchmarks.dataset [--baseline REF]``.
 
-Throughput (cubes/s) of ``generate_dataset`` at 64x64x32 with 1 and 2 workers, and the
-peak memory (RSS of this process and its workers) over a long run of small cubes, sampled
-every 0.2 s, to show that it stays flat.
+Rows (cubes/s; 64x64x32, 1" pixels, 3" beam, 20 km/s channels, beam-correlated noise at a
+peak S/N of 3-30, masks, labels and the truth table):
+
+* ``galcubecraft dataset`` (`generate_dataset`, HDF5 shards of 64, start-up included) with one
+  process and with two Dask workers, for scenes of 1-3 galaxies (2.1 on average) and of one;
+* `StreamingCubes` on the CPU, one cube per item and (where the code has it) in batches;
+* the projector alone on the same galaxies, one torch thread: the rate the rest is bound by.
+
+With ``--baseline REF`` the same rows are measured for the code at git revision ``REF`` (in a
+temporary worktree), each code in its own process, alternating, so that a busy machine slows
+both alike.  Then the peak memory (RSS of the run and its workers, sampled every 0.2 s) of a
+long run of small cubes (16x32x32), to show that it stays flat.
 """
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -12,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from galcubecraft.dataset import generate_dataset
+ROOT = Path(__file__).resolve().parent.parent
 
 PRIORS = {
     "dataset": {"seed": 1, "shard_size": 64},
@@ -24,6 +37,65 @@ PRIORS = {
                          "high": "5 arcsec"},
                "v_max": {"distribution": "uniform", "low": "80 km/s", "high": "250 km/s"}},
 }
+ONE = {**PRIORS, "scene": {"n_galaxies": 1}}
+
+#: Run in a fresh process whose ``galcubecraft`` is the one at ``code``.
+_SCRIPT = r"""
+import json, sys, tempfile, time
+sys.path.insert(0, {code!r})
+import torch
+import galcubecraft as gcc
+from galcubecraft.dataset import DatasetSpec, StreamingCubes, generate_dataset
+priors, n, what = json.loads({priors!r}), {n}, {what!r}
+out = {{}}
+if __name__ == "__main__":
+    if what == "dataset":
+        for workers in (1, 2):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                generate_dataset(priors, n, tmp + "/d", workers=workers, progress=False)
+                out[f"dataset_{{workers}}"] = n / (time.perf_counter() - start)
+    else:
+        torch.set_num_threads(2)
+        stream = StreamingCubes(priors, stop=n, device="cpu")
+        start = time.perf_counter()
+        for _ in stream:
+            pass
+        out["stream"] = n / (time.perf_counter() - start)
+        try:
+            stream = StreamingCubes(priors, stop=n, device="cpu", batch_size=16)
+        except TypeError:
+            pass
+        else:
+            start = time.perf_counter()
+            for _ in stream:
+                pass
+            out["stream_batch"] = n / (time.perf_counter() - start)
+        torch.set_num_threads(1)
+        spec = DatasetSpec(priors)
+        projector = gcc.Projector(spec.grid)
+        scenes = [spec.draw(i, 1)[0] for i in range(64)]
+        with torch.no_grad():
+            start = time.perf_counter()
+            for scene in scenes:
+                for law, params in gcc.stack_parameters(scene):
+                    projector(params, law)
+            out["projector"] = 64 / (time.perf_counter() - start)
+    print(json.dumps(out))
+"""
+
+
+def _measure(code, priors, n, what):
+    script = _SCRIPT.format(code=str(code), priors=json.dumps(priors), n=n, what=what)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+        fh.write(script)       # a file: Dask's spawned workers re-import the main module
+    try:
+        done = subprocess.run([sys.executable, fh.name], capture_output=True, text=True,
+                              env=env, check=True)
+    finally:
+        os.unlink(fh.name)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def rss_tree():
@@ -37,7 +109,11 @@ def rss_tree():
     return total
 
 
-def run(n, workers, priors, folder, sample=False):
+def memory_run(n, folder):
+    from galcubecraft.dataset import generate_dataset
+    small = {**PRIORS, "grid": {**PRIORS["grid"], "shape": [16, 32, 32],
+                                "channel_width": "40 km/s"},
+             "dataset": {"seed": 2, "shard_size": 256}}
     peaks, stop = [], threading.Event()
 
     def watch():
@@ -47,7 +123,7 @@ def run(n, workers, priors, folder, sample=False):
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     start = time.perf_counter()
-    generate_dataset(priors, n, folder, workers=workers, progress=False)
+    generate_dataset(small, n, folder, workers=1, progress=False)
     elapsed = time.perf_counter() - start
     stop.set()
     thread.join()
@@ -55,22 +131,56 @@ def run(n, workers, priors, folder, sample=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dataset",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="cubes per throughput run")
-    parser.add_argument("--memory-n", type=int, default=10000,
-                        help="cubes of the memory run (16x32x32)")
+    parser.add_argument("--baseline", help="git revision to compare against")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--memory-n", type=int, default=20000,
+                        help="cubes of the memory run (16x32x32; 0 to skip)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        for workers in (1, 2):
-            elapsed, _ = run(args.n, workers, PRIORS, Path(tmp) / f"w{workers}")
-            print(f"64x64x32, {workers} worker(s): {args.n / elapsed:.1f} cubes/s "
-                  f"({args.n} cubes in {elapsed:.1f} s, Dask start-up included for 2)")
-        small = {**PRIORS, "grid": {**PRIORS["grid"], "shape": [16, 32, 32],
-                                    "channel_width": "40 km/s"},
-                 "dataset": {"seed": 2, "shard_size": 256}}
-        elapsed, peaks = run(args.memory_n, 1, small, Path(tmp) / "memory")
+    codes = {"ours": ROOT}
+    tmp = tempfile.TemporaryDirectory(prefix="galcubecraft-baseline-")
+    if args.baseline:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        tree = Path(tmp.name) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
+                        commit], check=True)
+        codes["baseline"] = tree
+    results = {who: {} for who in codes}
+    try:
+        for _ in range(args.rounds):
+            for label, priors in (("1-3 galaxies", PRIORS), ("1 galaxy", ONE)):
+                for what in ("dataset", "stream"):
+                    for who, code in codes.items():
+                        got = _measure(code, priors, args.n, what)
+                        for key, value in got.items():
+                            best = results[who].get((label, key), 0)
+                            results[who][(label, key)] = max(best, value)
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(tree)], check=False)
+        tmp.cleanup()
+    names = {"dataset_1": "galcubecraft dataset, 1 process", "dataset_2":
+             "galcubecraft dataset, 2 Dask workers", "stream": "StreamingCubes, one cube per item",
+             "stream_batch": "StreamingCubes, batches of 16",
+             "projector": "projector alone (1 thread), the bound"}
+    base = f"at {args.baseline}" if args.baseline else ""
+    print(f"| 64x64x32 cubes/s | this checkout | {'galcubecraft ' + base if base else ''} "
+          f"| ratio |")
+    print("|---|---|---|---|")
+    for (label, key), value in results["ours"].items():
+        other = results.get("baseline", {}).get((label, key))
+        print(f"| {names[key]}, {label} | {value:.1f} | "
+              f"{'' if other is None else f'{other:.1f}'} | "
+              f"{'' if other is None else f'{value / other:.2f}x'} |")
+    if args.memory_n:
+        with tempfile.TemporaryDirectory() as folder:
+            elapsed, peaks = memory_run(args.memory_n, Path(folder) / "memory")
         quarter = max(1, len(peaks) // 4)
-        print(f"16x32x32, 1 worker: {args.memory_n} cubes in {elapsed:.0f} s "
+        print(f"\n16x32x32, 1 process: {args.memory_n} cubes in {elapsed:.0f} s "
               f"({args.memory_n / elapsed:.1f} cubes/s); peak RSS {max(peaks) / 2**20:.0f} MiB; "
               f"max RSS in each quarter of the run: "
               + ", ".join(f"{max(peaks[k:k + quarter]) / 2**20:.0f}"

@@ -238,6 +238,9 @@ def build_parser():
     d.add_argument("--workers", type=int, default=1,
                    help="local Dask worker processes (1: in this process)")
     d.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
+    d.add_argument("--device", default="cpu",
+                   help="where to render: 'cpu' or 'cuda' (a GPU dataset draws its noise "
+                        "there, and is finished only on a GPU)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-space-check", action="store_true",
                    help="do not refuse a dataset larger (uncompressed) than the free disk space")
@@ -359,7 +362,7 @@ def dataset_command(args):
     manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
                                 workers=args.workers, scheduler=args.scheduler,
                                 shard_size=args.shard_size, progress=not args.no_progress,
-                                check_space=not args.no_space_check)
+                                check_space=not args.no_space_check, device=args.device)
     print(f"dataset of {args.n} cubes in {args.out} ({manifest.name}, cubes.ecsv, "
           f"galaxies.ecsv)")
     return 0

@@ -8,8 +8,10 @@ A dataset is described once, by a priors file (`DatasetSpec`), and made by
   galaxies in one projector batch, one torch thread), so it is the same bytes
   whatever the shard size, the number of workers or the order they run in.
 * **Shards.** Cubes ``[j K, (j + 1) K)`` go to ``shard_<j>.h5``: HDF5, one chunk per
-  cube and array, compressed (gzip + shuffle), holding ``noisy``, ``clean``,
-  ``mask`` and ``labels`` and the shard's rows of the catalogue.  HDF5 rather than
+  cube and array, holding ``noisy``, ``clean``, ``mask`` and ``labels`` (all but the
+  incompressible ``noisy`` compressed, gzip + shuffle) and the shard's rows of the
+  catalogue.  A shard's cubes are observed `RENDER_BATCH` at a time on tensors
+  (`~galcubecraft.observe_batch`) while a thread writes the previous batch.  HDF5 rather than
   Zarr because a shard has one writer and must appear all at once: it is one
   file, written under a temporary name and renamed when complete, its SHA-256
   then recorded beside it; h5py, PyTorch data loaders, IDL and MATLAB read it
@@ -67,7 +69,7 @@ from .observation import ObservedBatch, observe, observe_batch
 from .parameters import parse_quantity
 from .population import SeedPopulation
 from .priors import GalaxyPriors, distribution_from_spec
-from .projector import Projector
+from .projector import Projector, check_device
 from .resources import format_bytes
 from .response import SampledGaussian
 
@@ -298,6 +300,14 @@ def _table_from_h5(ds):
     return table
 
 
+def _batch_options(device):
+    """How a batch is observed on ``device``: on the CPU each cube alone and in float64 after
+    the projector (a cube is then the same bytes in any batch); on a GPU the batch's galaxies
+    together, in float32 (fewer, larger launches)."""
+    on_cpu = torch.device(device).type == "cpu"
+    return dict(together=not on_cpu, dtype=torch.float64 if on_cpu else torch.float32)
+
+
 def _stored(batch, key):
     """Array ``key`` of an `~galcubecraft.ObservedBatch` in its `STORED` dtype."""
     return getattr(batch, key).to(STORED[key])
@@ -328,15 +338,17 @@ RENDER_BATCH = 16
 INCOMPRESSIBLE = ("noisy",)
 
 
-def _make_shard(config, seed, shard, first, count, out_dir, compression):
+def _make_shard(config, seed, shard, first, count, out_dir, compression, device="cpu"):
     """Task: render cubes [first, first + count) into shard file ``shard``; returns its checksum.
 
     The cubes are observed `RENDER_BATCH` at a time; a thread writes (and compresses) each
-    batch while the next is rendered."""
+    batch while the next is rendered.  On a GPU (``device``) a batch's galaxies are rendered
+    together and its noise drawn there (`StreamingCubes`'s way)."""
     import h5py
     torch.set_num_threads(1)        # the same arithmetic on every worker
     spec = DatasetSpec(config)
-    projector = Projector(spec.grid)
+    projector = Projector(spec.grid, device=device)
+    make = _batch_options(projector.device)
     out_dir = Path(out_dir)
     path = out_dir / f"shard_{shard:06d}.h5"
     shape = spec.grid.shape
@@ -363,8 +375,9 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression):
             pending = None
             for start in range(0, count, RENDER_BATCH):
                 stop = min(count, start + RENDER_BATCH)
-                batch = spec.make_batch(range(first + start, first + stop), seed, projector)
-                blocks = {key: _stored(batch, key).numpy() for key in arrays}
+                batch = spec.make_batch(range(first + start, first + stop), seed, projector,
+                                        **make)
+                blocks = {key: _stored(batch, key).cpu().numpy() for key in arrays}
                 cube_tables.append(_cube_table(first + start, batch))
                 galaxy_tables.append(batch.truth(first + start))
                 del batch
@@ -480,11 +493,12 @@ def lock_folder(out):
         os.close(fd)
 
 
-def _manifest(spec, n, seed, shard_size):
+def _manifest(spec, n, seed, shard_size, device):
     grid = spec.grid
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "galcubecraft": __version__,
         "n_cubes": int(n), "seed": seed, "shard_size": int(shard_size),
+        "device": device.type,
         "n_shards": int(math.ceil(n / shard_size)), "priors": spec.config,
         "grid": {"shape": list(grid.shape), "unit": grid.unit.to_string(),
                  "pixel_scale": str(grid.pixel_scale), "channel_width": str(grid.channel_width),
@@ -498,7 +512,7 @@ def _manifest(spec, n, seed, shard_size):
 
 
 def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shard_size=None,
-                     compression="gzip", progress=True, check_space=True):
+                     compression="gzip", progress=True, check_space=True, device="cpu"):
     """Make (or finish) a dataset of ``n`` cubes in folder ``out``.
 
     Parameters
@@ -526,6 +540,11 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
     check_space : bool
         Refuse, before any work, a dataset larger (uncompressed) than the free space of the
         folder's disk (default True).
+    device : str or `torch.device`
+        Where the workers render (default ``'cpu'``).  On a GPU the galaxies of each batch of
+        `RENDER_BATCH` cubes are rendered together and the noise is drawn there (from each
+        cube's own seed), so a GPU dataset is its own: the manifest records the device kind,
+        and a dataset is finished only on the kind it was begun on.
 
     Returns
     -------
@@ -542,6 +561,7 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
         raise ValueError("a dataset needs a seed (a non-negative integer: --seed or the priors' "
                          "[dataset] seed) so that it can be re-made")
     seed = int(seed)
+    device = check_device(device)
     shard_size = int(shard_size or spec.shard_size)
     # absolute: Dask workers (on other hosts too) resolve paths in their own directories
     out = Path(out).expanduser().resolve()
@@ -552,11 +572,12 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
         _check_space(out, n, spec.grid.shape)
     with lock_folder(out):
         return _generate_locked(spec, n, out, seed, shard_size, workers, scheduler,
-                                compression, progress)
+                                compression, progress, device)
 
 
-def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compression, progress):
-    manifest = _manifest(spec, n, seed, shard_size)
+def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compression, progress,
+                     device):
+    manifest = _manifest(spec, n, seed, shard_size, device)
     manifest_path = out / "manifest.json"
     config = spec.config
     shards = [(j, j * shard_size, min(shard_size, n - j * shard_size))
@@ -568,7 +589,7 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             old = None          # damaged: the shards' own records decide what is kept
-    keys = ("format", "n_cubes", "seed", "shard_size", "priors", "galcubecraft")
+    keys = ("format", "n_cubes", "seed", "shard_size", "priors", "galcubecraft", "device")
     if old is not None and any(old.get(k) != manifest.get(k) for k in keys):
         diff = [k for k in keys if old.get(k) != manifest.get(k)]
         kept = [p.name for p in sorted(out.glob("shard_*.h5"))]
@@ -586,12 +607,14 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
                disable=not progress, desc="galcubecraft dataset")
     try:
         if todo and (scheduler is not None or workers > 1):
-            _run_dask(todo, config, seed, out, compression, workers, scheduler, bar)
+            _run_dask(todo, config, seed, out, compression, workers, scheduler, bar,
+                      str(device))
         else:
             threads = torch.get_num_threads()
             try:
                 for j, first, count in todo:
-                    _make_shard(config, seed, j, first, count, str(out), compression)
+                    _make_shard(config, seed, j, first, count, str(out), compression,
+                                str(device))
                     bar.update(count)
             finally:
                 torch.set_num_threads(threads)
@@ -602,7 +625,7 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
     return manifest_path
 
 
-def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar):
+def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar, device):
     import dask
     from distributed import Client, LocalCluster, as_completed
     if scheduler is not None:
@@ -619,7 +642,7 @@ def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar):
         client = Client(cluster)
     try:
         futures = [client.submit(_make_shard, config, seed, j, first, count, str(out),
-                                 compression, pure=False, key=f"shard-{j}-{seed}")
+                                 compression, device, pure=False, key=f"shard-{j}-{seed}")
                    for j, first, count in todo]
         for future in as_completed(futures):
             _, count, _ = future.result()
@@ -827,11 +850,7 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         device = torch.device(self.device if self.device is not None else
                               "cuda" if torch.cuda.is_available() and info is None else "cpu")
         projector = Projector(self.spec.grid, device=device)
-        on_cpu = device.type == "cpu"
-        # on the CPU each cube alone and float64 after the projector: a dataset's bytes; on a
-        # GPU the batch's galaxies together, in float32
-        make = dict(projector=projector, together=not on_cpu,
-                    dtype=torch.float64 if on_cpu else torch.float32)
+        make = dict(projector=projector, **_batch_options(device))
         if self.batch_size is None:
             for block in self._blocks(RENDER_BATCH, worker, n_workers):
                 batch = self.spec.make_batch(block, self.seed, **make)

@@ -58,7 +58,7 @@ from .resources import check_memory
 from .conventions import C_KMS, internal_velocity, velocity_compression
 
 __all__ = ["Projector", "SamplingPlan", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS",
-           "TRUNCATION_FRACTION", "SMALL_RENDER", "DOMAIN"]
+           "TRUNCATION_FRACTION", "SMALL_RENDER", "DOMAIN", "check_device"]
 
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 TRUNCATION_FRACTION = 1e-6
@@ -121,7 +121,7 @@ _NODES_PAY_OFF_GPU = 0.05
 SMALL_RENDER = 2**23
 
 
-def _check_device(device):
+def check_device(device):
     """A `torch.device` that exists here, or a ValueError that says what to use instead."""
     if device is None:
         return torch.device("cpu")
@@ -421,7 +421,7 @@ class Projector:
         self.max_oversample = int(max_oversample)
         self.minor_density = float(minor_density)
         self.max_minor_samples = int(max_minor_samples)
-        self.device = _check_device(device)
+        self.device = check_device(device)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         if (max_chunk_elements is not None and int(max_chunk_elements) < 1) or \
