@@ -8,6 +8,10 @@ peak S/N of 3-30, masks, labels and the truth table):
 * `StreamingCubes` on the CPU, one cube per item and (where the code has it) in batches;
 * the projector alone on the same galaxies, one torch thread: the rate the rest is bound by.
 
+With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCubes` on the
+device in batches of ``--gpu-batch`` (noise, masks, labels and parameters, no host round
+trip), the projector alone on batches of that size, and the reference 128x128x40 render.
+
 With ``--baseline REF`` the same rows are measured for the code at git revision ``REF`` (in a
 temporary worktree), each code in its own process, alternating, so that a busy machine slows
 both alike.  Then the peak memory (RSS of the run and its workers, sampled every 0.2 s) of a
@@ -130,6 +134,37 @@ def memory_run(n, folder):
     return elapsed, peaks
 
 
+def gpu_rows(device, batch, n_batches=5):
+    """The GPU rows: (measure, value) pairs."""
+    import torch
+    from benchmarks.render import batch_time, reference_galaxy, reference_grid, timeit
+    import galcubecraft as gcc
+    from galcubecraft.dataset import StreamingCubes
+    out = []
+
+    def _sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    for label, priors in (("1-3 galaxies", PRIORS), ("1 galaxy", ONE)):
+        stream = iter(StreamingCubes(priors, batch_size=batch, device=device))
+        next(stream)
+        _sync()
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            got = next(stream)
+        _sync()
+        out.append((f"StreamingCubes on {device}, batches of {batch}, {label}, cubes/s",
+                    f"{n_batches * len(got['index']) / (time.perf_counter() - start):.0f}"))
+    with torch.no_grad():
+        out.append((f"projector alone, batch of {batch} random galaxies 64x64x32, cubes/s",
+                    f"{batch / batch_time(batch, device, 3):.0f}"))
+        grid, galaxy = reference_grid(), reference_galaxy()
+        projector = gcc.Projector(grid, device=device)
+        seconds = timeit(lambda: gcc.render_tensor(galaxy, grid, projector=projector), 5)
+        out.append(("reference render 128x128x40, ms", f"{1e3 * seconds:.1f}"))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dataset",
                                      description=__doc__.splitlines()[0])
@@ -138,7 +173,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--memory-n", type=int, default=20000,
                         help="cubes of the memory run (16x32x32; 0 to skip)")
+    parser.add_argument("--device", default="cpu", help="cuda: the GPU rows instead")
+    parser.add_argument("--gpu-batch", type=int, default=1024)
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        import torch
+        print(f"| measure ({torch.cuda.get_device_name()}) | value |\n|---|---|")
+        for name, value in gpu_rows(args.device, args.gpu_batch):
+            print(f"| {name} | {value} |")
+        return 0
     codes = {"ours": ROOT}
     tmp = tempfile.TemporaryDirectory(prefix="galcubecraft-baseline-")
     if args.baseline:

@@ -26,7 +26,7 @@ from .units import (radio_velocity, redshift_of_radio_velocity, validate_quantit
                     velocity_compression)
 
 __all__ = ["random_galaxies", "check_band", "truth_table", "galaxies_from_table",
-           "stack_tables", "table_cell", "PARAMETER_COLUMNS", "TABLE_COLUMNS"]
+           "stack_tables", "pad_columns", "table_cell", "PARAMETER_COLUMNS", "TABLE_COLUMNS"]
 
 _KMS = u.km / u.s
 #: Parameters a truth table holds besides the position and systemic velocity: every flat
@@ -65,21 +65,31 @@ def table_cell(row, name):
     return numbers * unit if unit is not None else numbers
 
 
+def pad_columns(table, widths):
+    """``table`` (a QTable) with each array column named in ``widths`` padded with NaN to that
+    many entries (truth tables of different batches hold tables of different lengths)."""
+    table = QTable(table)
+    for name, width in widths.items():
+        if name in table.colnames and table[name].shape[1] < width:
+            column = table[name]
+            pad = np.full((len(table), width - column.shape[1]), np.nan)
+            if isinstance(column, u.Quantity):
+                table[name] = np.concatenate([column.value, pad], axis=1) * column.unit
+            else:
+                table[name] = np.concatenate([np.asarray(column), pad], axis=1)
+    return table
+
+
 def stack_tables(tables):
     """`astropy.table.vstack` of truth tables, their array columns padded with NaN to the
-    widest (tables of different shards hold tables of different lengths)."""
-    tables = [QTable(t) for t in tables]
-    for name in {c for t in tables for c in t.colnames if t[c].ndim == 2}:
-        width = max(t[name].shape[1] for t in tables if name in t.colnames)
-        for t in tables:
-            if name in t.colnames and t[name].shape[1] < width:
-                column = t[name]
-                pad = np.full((len(t), width - column.shape[1]), np.nan)
-                if isinstance(column, u.Quantity):
-                    t[name] = np.concatenate([column.value, pad], axis=1) * column.unit
-                else:
-                    t[name] = np.concatenate([np.asarray(column), pad], axis=1)
-    return vstack(tables)
+    widest (`pad_columns`)."""
+    tables = list(tables)
+    widths = {}
+    for t in tables:
+        for c in t.colnames:
+            if t[c].ndim == 2:
+                widths[c] = max(widths.get(c, 0), t[c].shape[1])
+    return vstack([pad_columns(t, widths) for t in tables])
 
 
 def check_band(grid, priors):

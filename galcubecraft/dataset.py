@@ -45,6 +45,7 @@ on the fly, with no disk in between).
 import copy
 import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -61,7 +62,7 @@ from astropy.table import QTable, vstack
 
 from ._about import version as __version__
 from ._files import atomic_path, read_toml, remove_stale_parts
-from .catalogue import check_band, random_galaxies, stack_tables
+from .catalogue import check_band, pad_columns, random_galaxies, stack_tables
 from .cube import to_spectral_cube
 from .grid import CubeGrid
 from .noise import NoiseModel
@@ -653,22 +654,52 @@ def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar, dev
             cluster.close()
 
 
-def _write_catalogue(out, manifest):
-    import h5py
-    cubes, galaxies = [], []
-    for j in range(manifest["n_shards"]):
-        with h5py.File(out / f"shard_{j:06d}.h5", "r") as f:
-            cubes.append(_table_from_h5(f["cubes"]))
-            galaxies.append(_table_from_h5(f["galaxies"]))
-    cube_table = vstack(cubes)
-    cube_table["shard"] = np.repeat(np.arange(len(cubes)), [len(t) for t in cubes])
-    galaxy_table = stack_tables(galaxies)
-    galaxy_table["id"] = np.arange(len(galaxy_table))
+def _ecsv_rows(table):
+    """``(header, rows)``: the lines of ``table`` written as ECSV, split after its header (the
+    YAML comment lines and the line of column names)."""
+    buffer = io.StringIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, table in (("cubes.ecsv", cube_table), ("galaxies.ecsv", galaxy_table)):
-            with atomic_path(out / name, overwrite=True) as tmp:
-                table.write(tmp, format="ascii.ecsv", overwrite=True)
+        table.write(buffer, format="ascii.ecsv")
+    lines = buffer.getvalue().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if not line.startswith("#")) + 1
+    return lines[:start], lines[start:]
+
+
+def _write_catalogue(out, manifest):
+    """``cubes.ecsv`` and ``galaxies.ecsv`` from the shards' own tables, one shard at a time:
+    the memory is a shard's rows, not the dataset's (the files are written as they are read;
+    the truth tables' array columns are first padded to the widest of any shard)."""
+    import h5py
+    paths = [out / f"shard_{j:06d}.h5" for j in range(manifest["n_shards"])]
+    widths = {}
+    for path in paths:                  # the widest array columns, from the shards' dtypes
+        with h5py.File(path, "r") as f:
+            dtype = f["galaxies"].dtype
+            for name in dtype.names or ():
+                if dtype[name].shape:
+                    widths[name] = max(widths.get(name, 0), dtype[name].shape[0])
+    with atomic_path(out / "cubes.ecsv", overwrite=True) as cubes_tmp, \
+            atomic_path(out / "galaxies.ecsv", overwrite=True) as galaxies_tmp, \
+            open(cubes_tmp, "w") as cubes_file, open(galaxies_tmp, "w") as galaxies_file:
+        headers, n_galaxies = {}, 0
+        for j, path in enumerate(paths):
+            with h5py.File(path, "r") as f:
+                cubes = _table_from_h5(f["cubes"])
+                galaxies = pad_columns(_table_from_h5(f["galaxies"]), widths)
+            cubes["shard"] = np.full(len(cubes), j)
+            galaxies["id"] = np.arange(n_galaxies, n_galaxies + len(galaxies))
+            n_galaxies += len(galaxies)
+            for name, table, file in (("cubes", cubes, cubes_file),
+                                      ("galaxies", galaxies, galaxies_file)):
+                header, rows = _ecsv_rows(table)
+                if name not in headers:
+                    headers[name] = header
+                    file.writelines(header)
+                elif header != headers[name]:
+                    raise CorruptShard(errno.EIO, f"{path.name}: its {name} table's columns are "
+                                       f"not those of shard 0", str(path))
+                file.writelines(rows)
     manifest = dict(manifest)
     manifest["shards"] = [{"file": f"shard_{j:06d}.h5",
                            "sha256": (out / f"shard_{j:06d}.sha256").read_text().split()[0]}

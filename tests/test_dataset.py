@@ -252,3 +252,27 @@ def test_the_seed_population_is_a_ready_preset(tmp_path):
         DatasetSpec({**config, "galaxy": {}})
     with pytest.raises(ValueError, match="name"):
         DatasetSpec({"preset": {"name": "galcubecraft-9"}})
+
+
+def test_the_catalogue_is_written_shard_by_shard_as_the_stacked_tables(tmp_path):
+    """Shards whose galaxies hold tables of different lengths (warps, tabulated curves): the
+    catalogue written one shard at a time equals the shards' tables stacked in memory."""
+    from galcubecraft.catalogue import stack_tables
+    from galcubecraft.dataset import _table_from_h5
+    preset = Path(__file__).resolve().parents[1] / "examples" / "realistic_disks.toml"
+    out = tmp_path / "d"
+    generate_dataset(preset, 10, out, shard_size=2, progress=False)
+    tables = []
+    for j in range(5):
+        with h5py.File(out / f"shard_{j:06d}.h5", "r") as f:
+            tables.append(_table_from_h5(f["galaxies"]))
+    widths = {tuple(t[c].shape[1] for t in tables) for c in tables[0].colnames
+              if tables[0][c].ndim == 2}
+    assert any(len(set(w)) > 1 for w in widths), "no array column differs between shards"
+    want = stack_tables(tables)
+    cubes, got = read_catalogue(out)
+    assert list(got["id"]) == list(range(len(want))) and list(cubes["index"]) == list(range(10))
+    assert got.colnames == want.colnames
+    for name in want.colnames:
+        if name != "id":
+            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
