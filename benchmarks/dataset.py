@@ -5,7 +5,8 @@ peak S/N of 3-30, masks, labels and the truth table):
 
 * ``galcubecraft dataset`` (`generate_dataset`, HDF5 shards of 64, start-up included) with one
   process and with two Dask workers, for scenes of 1-3 galaxies (2.1 on average) and of one;
-* `StreamingCubes` on the CPU, one cube per item and (where the code has it) in batches;
+* `StreamingCubes` on the CPU, one cube per item and (where the code has it) in batches, in
+  this process and from a ``DataLoader`` with two workers (start-up included);
 * the projector alone on the same galaxies, one torch thread: the rate the rest is bound by.
 
 With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCubes` on the
@@ -75,6 +76,13 @@ if __name__ == "__main__":
             for _ in stream:
                 pass
             out["stream_batch"] = n / (time.perf_counter() - start)
+            loader = torch.utils.data.DataLoader(
+                StreamingCubes(priors, stop=n, device="cpu", batch_size=16), batch_size=None,
+                num_workers=2)
+            start = time.perf_counter()
+            for _ in loader:
+                pass
+            out["stream_loader"] = n / (time.perf_counter() - start)
         torch.set_num_threads(1)
         spec = DatasetSpec(priors)
         projector = gcc.Projector(spec.grid)
@@ -209,6 +217,7 @@ def main(argv=None):
     names = {"dataset_1": "galcubecraft dataset, 1 process", "dataset_2":
              "galcubecraft dataset, 2 Dask workers", "stream": "StreamingCubes, one cube per item",
              "stream_batch": "StreamingCubes, batches of 16",
+             "stream_loader": "StreamingCubes, batches of 16, DataLoader with 2 workers",
              "projector": "projector alone (1 thread), the bound"}
     base = f"at {args.baseline}" if args.baseline else ""
     print(f"| 64x64x32 cubes/s | this checkout | {'galcubecraft ' + base if base else ''} "

@@ -241,6 +241,9 @@ def build_parser():
     d.add_argument("--device", default="cpu",
                    help="where to render: 'cpu' or 'cuda' (a GPU dataset draws its noise "
                         "there, and is finished only on a GPU)")
+    d.add_argument("--no-compression", action="store_true",
+                   help="store clean, mask and labels uncompressed (about 1.7x the disk, "
+                        "about 15%% faster; noisy is never compressed)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-space-check", action="store_true",
                    help="do not refuse a dataset larger (uncompressed) than the free disk space")
@@ -362,7 +365,8 @@ def dataset_command(args):
     manifest = generate_dataset(args.priors, args.n, args.out, seed=args.seed,
                                 workers=args.workers, scheduler=args.scheduler,
                                 shard_size=args.shard_size, progress=not args.no_progress,
-                                check_space=not args.no_space_check, device=args.device)
+                                check_space=not args.no_space_check, device=args.device,
+                                compression=None if args.no_compression else "gzip")
     print(f"dataset of {args.n} cubes in {args.out} ({manifest.name}, cubes.ecsv, "
           f"galaxies.ecsv)")
     return 0

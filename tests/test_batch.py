@@ -170,3 +170,28 @@ def test_the_denoiser_example_trains_on_streamed_batches():
     out = module.main(["--toy", "--minutes", "0.05", "--held-out", "8", "--device", "cpu"])
     assert out["steps"] >= 1 and out["data_rate"] > 0 and out["train_rate"] > 0
     assert math.isfinite(out["gain"]) and out["gain"] > 0
+
+
+def test_uncompressed_shards_hold_the_same_cubes(tmp_path):
+    generate_dataset(PRIORS, 4, tmp_path / "gzip", progress=False)
+    generate_dataset(PRIORS, 4, tmp_path / "raw", progress=False, compression=None)
+    import h5py
+    with h5py.File(tmp_path / "gzip" / "shard_000000.h5") as f, \
+            h5py.File(tmp_path / "raw" / "shard_000000.h5") as g:
+        assert f["clean"].compression == "gzip" and f["noisy"].compression is None
+        assert g["clean"].compression is None
+        for key in ("noisy", "clean", "mask", "labels"):
+            assert f[key][()].tobytes() == g[key][()].tobytes(), key
+
+
+def test_the_cli_makes_an_uncompressed_dataset(tmp_path):
+    from galcubecraft.cli import main
+    priors = tmp_path / "priors.toml"
+    priors.write_text('[dataset]\nseed = 1\n[grid]\nshape = [12, 16, 16]\n'
+                      'channel_width = "40 km/s"\nbeam = "3 arcsec"\n[noise]\npeak_snr = 10\n'
+                      '[galaxy]\nr_eff = "1.5 arcsec"\nv_max = "100 km/s"\n')
+    assert main(["dataset", str(priors), "--n", "2", "--out", str(tmp_path / "d"),
+                 "--no-compression", "--no-progress"]) == 0
+    import h5py
+    with h5py.File(tmp_path / "d" / "shard_000000.h5") as f:
+        assert f["clean"].compression is None and f["clean"].shape == (2, 12, 16, 16)
