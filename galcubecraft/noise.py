@@ -330,7 +330,9 @@ class NoiseModel:
         kernel = grid.response_kernel
         return np.ones(1) if not self.spectral or kernel is None else kernel
 
-    def _check(self, grid):
+    def check_grid(self, grid):
+        """Raise `ValueError` if this noise cannot be drawn on ``grid`` (beam-correlated noise
+        on a grid without a beam)."""
         if self.correlation == "beam" and grid.beam is None:
             raise ValueError("beam-correlated noise needs a grid with a beam; use "
                              "correlation='white' for a beam-free grid")
@@ -340,7 +342,7 @@ class NoiseModel:
 
         ``mask``: one cube ``(n_chan, ny, nx)`` (a float is returned) or a batch of them, a
         tensor ``(..., n_chan, ny, nx)`` (a float64 tensor ``(...)`` is returned)."""
-        self._check(grid)
+        self.check_grid(grid)
         batched = isinstance(mask, torch.Tensor) and mask.dim() > 3
         m = mask.to(torch.float64) if isinstance(mask, torch.Tensor) else \
             torch.as_tensor(np.asarray(mask, dtype=float))
@@ -379,7 +381,7 @@ class NoiseModel:
         """Unit white noise ``(..., *white_shape)`` made this model's noise of unit rms
         ``(..., *grid.shape)``: filtered over pixels (the beam's square root) and channels
         (the spectral response), and scaled by the filters' exact power."""
-        self._check(grid)
+        self.check_grid(grid)
         kernel = self._kernel(grid)
         n_chan, ny, nx = grid.shape
         filt, power = _spatial_filter(grid, (ny, nx), self.correlation)
@@ -392,7 +394,7 @@ class NoiseModel:
 
     def draw(self, grid, rms, seed=None):
         """A noise cube of ``grid.shape`` and the given rms (a Quantity or a float)."""
-        self._check(grid)
+        self.check_grid(grid)
         rms = float(u.Quantity(rms).to_value(grid.unit)) if isinstance(rms, u.Quantity) \
             else float(rms)
         white = white_normals(self.white_shape(grid), [seed])[0]
@@ -427,7 +429,7 @@ class NoiseModel:
         """``(function, n_modes)``: `whitened_chi2` for residuals of ``shape`` ``(n_chan, ny,
         nx)``, its factors (the channels' Cholesky factor, the spatial filter) made once, for
         a fit that evaluates it many times."""
-        self._check(grid)
+        self.check_grid(grid)
         n_chan, ny, nx = (int(n) for n in shape)
         rms = torch.as_tensor(np.array(rms, dtype=float), dtype=dtype, device=device)
         inverse_rms = 1 / (rms.reshape(-1, 1, 1) if rms.dim() else rms)

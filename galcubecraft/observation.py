@@ -242,6 +242,8 @@ def observe_batch(scenes, grid, noises=None, seeds=None, *, mask_threshold=None,
     if len({noises[k].correlation_key for k in noisy_rows}) > 1:
         raise ValueError("the noise models of a batch must be correlated alike (their "
                          "levels may differ); observe the others in another batch")
+    if noisy_rows:
+        noises[noisy_rows[0]].check_grid(grid)          # before any work
     if projector is None:
         projector = Projector(grid, device=device)
     elif projector.grid is not grid:
@@ -272,7 +274,6 @@ def observe_batch(scenes, grid, noises=None, seeds=None, *, mask_threshold=None,
         noisy = clean
         if noisy_rows:
             model = noises[noisy_rows[0]]
-            model._check(grid)
             rows = torch.as_tensor(noisy_rows, device=clean.device)
             levels = noise_levels([noises[k] for k in noisy_rows], clean[rows], mask[rows],
                                   grid)
