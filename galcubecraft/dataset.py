@@ -863,6 +863,8 @@ class StreamingCubes(torch.utils.data.IterableDataset):
             raise ValueError(f"batch_size must be a positive integer or None, got "
                              f"{batch_size!r}")
         self.start, self.stop = int(start), None if stop is None else int(stop)
+        if device is not None:
+            device = check_device(device)
         self.keys, self.transform, self.device = tuple(keys), transform, device
         self.batch_size = None if batch_size is None else int(batch_size)
 

@@ -288,8 +288,8 @@ def observe_batch(scenes, grid, noises=None, seeds=None, *, mask_threshold=None,
                 signal = (clean[rows] * mask[rows]).to(torch.float64).sum(dim=(-3, -2, -1))
                 sigma = model.sum_sigma(grid, mask[rows][filled])
                 integrated[rows[filled]] = signal[filled] / (sigma * levels[filled])
-    counts = torch.bincount(owner, minlength=batch).to(device=clean.device,
-                                                       dtype=torch.float64)
+    counts = torch.tensor([sum(isinstance(g, Galaxy) for g in scene) for scene in scenes],
+                          dtype=torch.float64, device=clean.device)
     cube_params = torch.stack([counts, threshold.to(torch.float64), rms, peak / rms,
                                integrated], dim=1)
     return ObservedBatch(grid, noisy, clean, mask, labels, cube_params, scenes, seeds, noises)

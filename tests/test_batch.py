@@ -109,6 +109,8 @@ def test_bad_batches_are_refused():
         StreamingCubes(PRIORS, batch_size=0)
     with pytest.raises(ValueError, match="keys"):
         StreamingCubes(PRIORS, keys=("noisy", "truth"))
+    with pytest.raises(ValueError, match="device"):
+        StreamingCubes(PRIORS, device="gpu0")
 
 
 def test_white_normals_are_each_seeds_own_draws():

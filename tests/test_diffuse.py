@@ -125,6 +125,9 @@ def test_scenes_mix_galaxies_and_streams_and_observe_labels_them():
     obs = gcc.observe(items, g)
     assert set(np.unique(obs.labels)) >= {1, 2, 4}
     assert len(obs.params["galaxies"]) == 3 and len(obs.params["streams"]) == 2
+    batch = gcc.observe_batch([items, items[:2]], g)          # streams are not galaxies
+    assert batch.cube_params[:, 0].tolist() == [3, 2]
+    np.testing.assert_array_equal(batch.labels[0].numpy(), obs.labels)
 
 
 def test_bad_streams():
