@@ -163,13 +163,12 @@ class ObservedBatch:
         names = sorted({name for cube in rows for t in cube for name, v in t.items()
                         if v.dim() == 0})
         most = max([len(cube) for cube in rows] + [1])
-        out = torch.full((len(self), most, len(names)), math.nan, dtype=torch.float64)
+        out = np.full((len(self), most, len(names)), math.nan)
         for k, cube in enumerate(rows):
             for j, t in enumerate(cube):
-                for c, name in enumerate(names):
-                    if name in t and t[name].dim() == 0:
-                        out[k, j, c] = t[name]
-        return out.to(device=device, dtype=dtype), names
+                out[k, j] = [float(t[name]) if name in t and t[name].dim() == 0 else math.nan
+                             for name in names]
+        return torch.as_tensor(out, device=device, dtype=dtype), names
 
 
 def _labels(parts, owner, n_cubes):
