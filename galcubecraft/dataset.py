@@ -535,7 +535,8 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
     shard_size : int, optional
         Cubes per shard (default: the priors', or 64).
     compression : str or None
-        HDF5 compression of the arrays (default ``'gzip'``).
+        HDF5 compression of ``clean``, ``mask`` and ``labels`` (default ``'gzip'``, level 1,
+        with shuffle; None: none).  ``noisy`` is stored uncompressed (`INCOMPRESSIBLE`).
     progress : bool
         Show a tqdm bar of cubes done, rate and ETA.
     check_space : bool
