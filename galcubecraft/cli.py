@@ -302,9 +302,6 @@ def build_parser():
 def fit_command(args):
     """``galcubecraft fit``: fit a model file to a cube and write the results."""
     model = read_model(args.model)
-    for name in ("starts", "draws", "live"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     region = None if args.region is None else _region(args.region)
     from spectral_cube import SpectralCube
     try:

@@ -502,8 +502,8 @@ def noise_levels(noises, clean, mask, grid):
         out[peak] = top / torch.tensor([noises[k].peak_snr for k in peak],
                                        dtype=torch.float64, device=clean.device)
     integrated = [k for k, m in enumerate(noises) if m.integrated_snr is not None]
-    for model in {noises[k].correlation_key for k in integrated}:
-        rows = [k for k in integrated if noises[k].correlation_key == model]
+    for key in {noises[k].correlation_key for k in integrated}:
+        rows = [k for k in integrated if noises[k].correlation_key == key]
         signal = (clean[rows] * mask[rows]).sum(dim=(-3, -2, -1))
         if not bool((signal > 0).all()):
             raise ValueError("the clean cube has no flux in its emission mask; an integrated "

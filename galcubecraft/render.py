@@ -93,11 +93,16 @@ def render_parts(scene, grid=None, *, projector=None, device=None, dtype=torch.f
             where = torch.as_tensor(galaxies, dtype=torch.int64)[rows].to(parts.device)
             parts[where] = projector(params, kinematics)
     if streams:
-        tensors = [items[i].tensors(projector.device, projector.dtype) for i in streams]
-        stacked = {k: torch.stack([t[k] for t in tensors]) for k in tensors[0]}
         where = torch.as_tensor(streams, dtype=torch.int64, device=parts.device)
-        parts[where] = projector.observe(projector.project_streams(stacked))
+        parts[where] = projector.observe(projector.project_streams(
+            _stacked_streams([items[i] for i in streams], projector)))
     return parts
+
+
+def _stacked_streams(streams, projector):
+    """Diffuse streams' parameter tensors stacked into one batch for ``projector``."""
+    tensors = [s.tensors(projector.device, projector.dtype) for s in streams]
+    return {k: torch.stack([t[k] for t in tensors]) for k in tensors[0]}
 
 
 def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=None, **sampling):
@@ -112,9 +117,8 @@ def render_tensor(scene, grid, *, device=None, dtype=torch.float32, projector=No
         part = projector(params, kinematics).sum(dim=0)
         cube = part if cube is None else cube + part
     if streams:
-        tensors = [s.tensors(projector.device, projector.dtype) for s in streams]
-        stacked = {k: torch.stack([t[k] for t in tensors]) for k in tensors[0]}
-        part = projector.observe(projector.project_streams(stacked).sum(dim=0))
+        part = projector.observe(
+            projector.project_streams(_stacked_streams(streams, projector)).sum(dim=0))
         cube = part if cube is None else cube + part
     return cube
 

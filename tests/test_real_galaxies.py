@@ -993,3 +993,9 @@ def test_merged_groups_render_each_galaxy_as_alone():
     assert len(a) == 6
     for key in a:
         assert np.abs(a[key] - b[key]).max() <= 1e-12 * np.abs(a[key]).max(), key
+    # with index, each merged row names its galaxy (each known by its flux)
+    rows_seen = []
+    for _, params, rows in gcc.stack_parameters(mixed, dtype=D, merge=True, index=True):
+        assert params["flux"].tolist() == [mixed[r].flux.value for r in rows.tolist()]
+        rows_seen += rows.tolist()
+    assert sorted(rows_seen) == list(range(6))
