@@ -1,15 +1,22 @@
-"""Accuracy sweep: random legal galaxies at default sampling against a 4x finer float64 render
-and against the quasi-Monte Carlo in-field flux of tests/test_accuracy.py.
+"""Accuracy sweep: random legal galaxies at default sampling against references that share no
+code with the projector, and against a 4x finer float64 render.
 
-    python -m benchmarks.accuracy [--cases 100] [--seed 2026] [--catalogue N]
+    python -m benchmarks.accuracy [--cases 100] [--seed 2026] [--points 24] [--catalogue N]
 
-Prints one line per case that misses 1e-3 in flux or 0.3% in L1, the worst case of each, and
-the fraction within each target; writes the summary to benchmarks/results/accuracy.md.  With
-``--catalogue N`` it measures instead ordinary galaxies: N drawn by
-`galcubecraft.catalogue.random_galaxies` (seed 1) on 64 x 64 x 32 (1" pixels, 3" beam,
-25 km/s channels), each cube's L1 against the same 4x finer float64 render (median and worst).
+For each case of tests/test_accuracy.py's sweep: the in-field flux against the quasi-Monte
+Carlo one (``light_in_field``), and the cube's L1 distance to the Monte Carlo cube
+(``monte_carlo_cube``, 2^points draws) and to the render with ``FINE`` sampling.  The Monte
+Carlo cube's own noise is estimated from an independent one of a quarter the draws (L1 between
+them / sqrt(5)); a case counts as within 0.3% where its L1 less twice that noise is, so that
+galaxies mostly outside the field (few draws land in it) are judged by what the reference
+resolves, and the noise is listed with them.  Writes the summary and the worst cases to
+benchmarks/results/accuracy.md.  With ``--catalogue N`` it measures instead ordinary galaxies:
+N drawn by `galcubecraft.catalogue.random_galaxies` (seed 1) on 64 x 64 x 32 (1" pixels, 3"
+beam, 25 km/s channels), each cube's L1 against the 4x finer float64 render (median and
+worst).
 """
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,10 +27,12 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
-from test_accuracy import light_in_field, random_case, render_case  # noqa: E402
+from test_accuracy import (l1_distance, light_in_field, monte_carlo_cube,  # noqa: E402
+                           random_case, render_case)
 
 #: "4x finer": four times the cells per pixel, minor-axis bins and band cells per band radius
-#: (band_cells 16 against 4), three footprint nodes and exact (erf) line integration, in float64.
+#: (band_cells 16 against 4, 32 against 8 for thick disks), three footprint nodes and exact
+#: (erf) line integration, in float64.
 FINE = dict(oversample=8, max_oversample=32, minor_density=4, max_minor_samples=2048,
             footprint_nodes=3, line_integration="erf", band_cells=16)
 
@@ -32,6 +41,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--points", type=int, default=24,
+                        help="log2 of the Monte Carlo cube's draws (default 24)")
     parser.add_argument("--catalogue", type=int, default=0, metavar="N",
                         help="L1 of N ordinary catalogue galaxies instead of the sweep")
     args = parser.parse_args(argv)
@@ -42,27 +53,43 @@ def main(argv=None):
     for _ in tqdm(range(args.cases), desc="accuracy sweep"):
         case = random_case(rng)
         start = time.perf_counter()
-        default = render_case(case)
+        default = render_case(case).numpy()
         seconds = time.perf_counter() - start
-        fine = render_case(case, dtype=torch.float64, **FINE)
+        fine = render_case(case, dtype=torch.float64, **FINE).numpy()
         expected = light_in_field(case, case["npix"] / 2)
-        flux = abs(float(default.sum()) - expected) / max(expected, 1e-3)
-        l1 = float((default - fine).abs().sum() / fine.abs().sum().clamp_min(1e-300))
-        rows.append((flux, l1, seconds, case))
-    flux = np.array([r[0] for r in rows])
-    l1 = np.array([r[1] for r in rows])
+        reference = monte_carlo_cube(case, points=2**args.points)
+        noise = l1_distance(monte_carlo_cube(case, points=2**(args.points - 2), seed=7),
+                            reference) / math.sqrt(5)
+        rows.append(dict(flux=abs(float(default.sum()) - expected) / max(expected, 1e-3),
+                         mc=l1_distance(default, reference), fine=l1_distance(default, fine),
+                         fine_mc=l1_distance(fine, reference), noise=noise, seconds=seconds,
+                         case=case))
+    col = {k: np.array([r[k] for r in rows]) for k in ("flux", "mc", "fine", "fine_mc", "noise")}
+    resolved = col["mc"] - 2 * col["noise"]
     lines = [f"# Accuracy sweep: {args.cases} random legal galaxies (seed {args.seed})", "",
-             f"- flux within 1e-3 of the QMC in-field flux: {np.mean(flux <= 1e-3):.0%}; "
-             f"worst {flux.max():.2e}",
-             f"- L1 within 0.3% of a 4x finer float64 render: {np.mean(l1 <= 3e-3):.0%}; "
-             f"worst {l1.max():.2e}",
-             f"- median default render time {np.median([r[2] for r in rows]):.3f} s", "",
-             "| flux error | L1 | n | r_eff (px) | i (deg) | h / r_eff | r_turn / r_eff |",
-             "|---|---|---|---|---|---|---|"]
-    for f, d, _, c in sorted(rows, key=lambda r: -max(r[0] / 1e-3, r[1] / 3e-3))[:15]:
-        lines.append(f"| {f:.1e} | {d:.1e} | {c['n']:.2f} | {c['r_eff']:.3g} | "
+             f"- flux within 1e-3 of the QMC in-field flux: {np.mean(col['flux'] <= 1e-3):.0%}; "
+             f"worst {col['flux'].max():.2e}",
+             f"- L1 to the Monte Carlo cube (2^{args.points} draws) within 0.3%, less twice its "
+             f"noise: {np.mean(resolved <= 3e-3):.0%}; within 0.5%: "
+             f"{np.mean(resolved <= 5e-3):.0%}; within 1%: {np.mean(resolved <= 1e-2):.0%}; "
+             f"worst {resolved.max():.2e}",
+             f"- L1 to the Monte Carlo cube within 0.3% outright: {np.mean(col['mc'] <= 3e-3):.0%} "
+             f"(its noise: median {np.median(col['noise']):.1e}, worst "
+             f"{col['noise'].max():.1e})",
+             f"- the 4x finer float64 render, for comparison: within 0.3% of the Monte Carlo "
+             f"cube less twice its noise: {np.mean(col['fine_mc'] - 2 * col['noise'] <= 3e-3):.0%};"
+             f" the default within 0.3% of it: {np.mean(col['fine'] <= 3e-3):.0%}",
+             f"- median default render time {np.median([r['seconds'] for r in rows]):.3f} s", "",
+             "| flux error | L1 to MC | its noise | L1 to 4x finer | 4x finer to MC | n | "
+             "r_eff (px) | i (deg) | h / r_eff | r_turn / r_eff | PA (deg) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = np.argsort(-np.maximum(col["flux"] / 1e-3, resolved / 3e-3))
+    for k in order[:15]:
+        r, c = rows[k], rows[k]["case"]
+        lines.append(f"| {r['flux']:.1e} | {r['mc']:.1e} | {r['noise']:.1e} | {r['fine']:.1e} | "
+                     f"{r['fine_mc']:.1e} | {c['n']:.2f} | {c['r_eff']:.3g} | "
                      f"{c['inclination']:.0f} | {c['scale_height'] / c['r_eff']:.2f} | "
-                     f"{c['r_turn'] / c['r_eff']:.2f} |")
+                     f"{c['r_turn'] / c['r_eff']:.2f} | {c['position_angle']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     (ROOT / "results" / "accuracy.md").write_text(text)

@@ -170,12 +170,18 @@ def midpoint_correction(along, across, radius, width, q, dq, taper=None):
     r3 = radius * radius * radius
     q_s = q * cos
     curvature = q_s * q_s + dq * cos * cos + q * across * across / r3
+    # the series holds where the sample keeps away from the centre, where a cusp's
+    # derivatives diverge: in full beyond one width, none within half of one (zero-width
+    # samples, the padding of a batch, divide by one instead)
+    width = torch.as_tensor(width, dtype=radius.dtype, device=radius.device)
+    safe = torch.where(width > 0, width, torch.ones_like(width))
+    gate = torch.clamp(2.0 * radius / safe - 1.0, 0.0, 1.0)
     if taper is None:
-        return width * width / 24.0 * curvature
+        return gate * width * width / 24.0 * curvature
     t, t_r, t_rr = taper
     t_s = t_r * cos
     t_ss = t_rr * cos * cos + t_r * across * across / r3
-    return width * width / 24.0 * (curvature * t + 2 * q_s * t_s + t_ss)
+    return gate * width * width / 24.0 * (curvature * t + 2 * q_s * t_s + t_ss)
 
 
 def exponential_vertical(z, scale_height):

@@ -635,7 +635,8 @@ class Projector:
                 solid = kinematics.solid_body_radius(params).detach().double().cpu()
                 bands = refine.plan_bands(
                     r_eff.numpy(), n.numpy(), b_n.numpy(), rmax.numpy(), cell.numpy(),
-                    solid.expand_as(r_eff).numpy(), band_cells=self.band_cells)
+                    solid.expand_as(r_eff).numpy(), band_cells=refine.band_cells_for(
+                        self.band_cells, r_eff.numpy(), h.numpy(), sin_i.numpy()))
         return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax,
                             tail=tail, bands=bands, zone=zone,
                             outer_cells=outer_cells.to(torch.int64),

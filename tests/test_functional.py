@@ -278,3 +278,24 @@ def test_sersic_central_spread_is_the_mean_squared_radius(n, r_eff, radius):
     inner = integrate.quad(light, 0, radius, args=(3,), points=points, limit=200)[0]
     outer = integrate.quad(light, 0, radius, args=(1,), points=points, limit=200)[0]
     assert F.sersic_central_spread(radius, r_eff, n) == pytest.approx(inner / outer, rel=1e-6)
+
+
+def test_midpoint_correction_is_confined_to_samples_clear_of_the_centre():
+    """The series is applied in full a width or more from the centre, not at all within half
+    a width (where a cusp's derivatives diverge), and zero-width samples (a batch's padding)
+    give finite gradients."""
+    r_eff, n = torch.tensor(2.0, dtype=D), torch.tensor(4.0, dtype=D)
+    b_n = F.sersic_bn(n)
+    width = 0.1
+    along = torch.tensor([0.01, 0.04, 0.1, 0.3], dtype=D, requires_grad=True)
+    across = torch.zeros(4, dtype=D)
+    radius = torch.hypot(along, across)
+    q, dq = F.sersic_log_slope(radius, r_eff, n, b_n)
+    gated = F.midpoint_correction(along, across, radius, width, q, dq)
+    series = width**2 / 24 * (q * q + dq)          # along the radius: Sigma'' / Sigma
+    assert gated[0] == 0 and gated[1] == 0
+    torch.testing.assert_close(gated[2:], series[2:])
+    assert series[0] > 1                # what the centre's sample took before: more than itself
+    padded = F.midpoint_correction(along, across, radius, torch.zeros(4, dtype=D), q, dq)
+    (gated.sum() + padded.sum()).backward()
+    assert torch.isfinite(along.grad).all()
