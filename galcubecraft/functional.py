@@ -170,18 +170,22 @@ def midpoint_correction(along, across, radius, width, q, dq, taper=None):
     r3 = radius * radius * radius
     q_s = q * cos
     curvature = q_s * q_s + dq * cos * cos + q * across * across / r3
-    # the series holds where the sample keeps away from the centre, where a cusp's
-    # derivatives diverge: in full beyond one width, none within half of one (zero-width
-    # samples, the padding of a batch, divide by one instead)
+    if taper is None:
+        correction = width * width / 24.0 * curvature
+    else:
+        t, t_r, t_rr = taper
+        t_s = t_r * cos
+        t_ss = t_rr * cos * cos + t_r * across * across / r3
+        correction = width * width / 24.0 * (curvature * t + 2 * q_s * t_s + t_ss)
+    # the series holds where the sample keeps away from the centre.  On a sample that holds
+    # the centre, the light peaks within it, so the midpoint can only overestimate it: a
+    # positive term there (a cusp's, which diverges) is phased out within one width of the
+    # centre (none within half of one); a negative one (a cone's apex, n = 1) is kept.
+    # Zero-width samples, the padding of a batch, divide by one instead.
     width = torch.as_tensor(width, dtype=radius.dtype, device=radius.device)
     safe = torch.where(width > 0, width, torch.ones_like(width))
     gate = torch.clamp(2.0 * radius / safe - 1.0, 0.0, 1.0)
-    if taper is None:
-        return gate * width * width / 24.0 * curvature
-    t, t_r, t_rr = taper
-    t_s = t_r * cos
-    t_ss = t_rr * cos * cos + t_r * across * across / r3
-    return gate * width * width / 24.0 * (curvature * t + 2 * q_s * t_s + t_ss)
+    return torch.where(correction > 0, gate * correction, correction)
 
 
 def exponential_vertical(z, scale_height):

@@ -236,7 +236,7 @@ THICK_CUSPS = {
 }
 
 
-#: Measured 0.18%, 0.07% and 0.06% (the Monte Carlo cube's own noise is about 0.1%).
+#: Measured 0.18%, 0.21% and 0.06% (the Monte Carlo cube's own noise is about 0.1%).
 THICK_CUSP_L1 = 5e-3
 
 
