@@ -139,16 +139,15 @@ def monte_carlo_cube(case, points=2**23, seed=1, chunk=2**21):
     return cube.T.reshape(n_chan, npix, npix) / (chunk * (points // chunk))
 
 
-#: Where the flux guarantee holds today (docs/rendering.rst, "What is guaranteed"): Sérsic n up to
-#: this value at any size, inclination and thickness.  Beyond it (cuspier disks) the sweep
-#: below measures errors up to 27% for thick disks whose r_eff is larger than the field (which
-#: sees only their cusp); they are reported, not hidden.
-GUARANTEED_N = 3.0
 #: In-field fluxes are compared to 1e-3 of themselves or 2e-4 of the galaxy's whole flux,
 #: whichever is larger (a galaxy with 1% of its light in the field is held to 2e-4 of its flux).
 ABSOLUTE_FLOOR = 2e-4
-#: The tolerance measured to hold today for n <= GUARANTEED_N (the aim is 1e-3; worst 3.3e-3).
+#: Every galaxy of the sweep keeps its flux to this (measured worst 3.2e-3, a thick disk at
+#: 83 deg with a third of its light in the field; 27% for cusps larger than the field before
+#: the midpoint correction was confined to samples clear of the centre) ...
 GUARANTEED_TOLERANCE = 5e-3
+#: ... and at least this many of the 500 to FLUX_TOLERANCE (measured 482; 475 before).
+WITHIN_FLUX_TOLERANCE = 478
 
 
 def sweep(count=500, seed=2026):
@@ -160,23 +159,18 @@ def sweep(count=500, seed=2026):
 
 
 def test_flux_is_exact_for_500_random_legal_galaxies():
-    """500 seeded random legal galaxies, each keeping its in-field flux to 5e-3 (or 2e-4 of its
-    total flux when little of it is in the field) at default sampling and dtype, for n <= 3
-    (measured worst: 3.3e-3, a thick disk at 83 deg with a third of its light in the field);
-    and the cuspier ones are counted, so that a regression there shows too."""
-    failures, beyond, cuspy = [], [], 0
+    """500 seeded random legal galaxies (Sérsic n up to 8), each keeping its in-field flux to
+    5e-3 (or 2e-4 of its total flux when little of it is in the field) at default sampling
+    and dtype, and nearly all of them to 1e-3 (the count catches a regression there)."""
+    failures, within = [], 0
     for case, flux, expected in sweep():
         error = abs(flux - expected)
-        ok = error <= max(GUARANTEED_TOLERANCE * expected, ABSOLUTE_FLOOR)
-        if case["n"] <= GUARANTEED_N and not ok:
+        if error > max(GUARANTEED_TOLERANCE * expected, ABSOLUTE_FLOOR):
             failures.append((f"{flux:.5f} vs {expected:.5f}", case))
-        elif case["n"] > GUARANTEED_N:
-            cuspy += 1
-            beyond.append(not ok)
+        within += error <= max(FLUX_TOLERANCE * expected, ABSOLUTE_FLOOR)
     assert not failures, (f"{len(failures)} galaxies off by more than {GUARANTEED_TOLERANCE}: "
                           f"{failures[:3]}")
-    # the cuspier galaxies that miss 5e-3 (thick ones larger than the field): 8 of 168 measured
-    assert cuspy > 150 and sum(beyond) <= 12
+    assert within >= WITHIN_FLUX_TOLERANCE
 
 
 def test_the_reference_catches_a_lost_percent():
