@@ -57,7 +57,7 @@ CORE_LIGHT = 1e-4
 BAND_CELLS = 4
 #: Disks whose projected thickness ``h sin i`` exceeds this fraction of r_eff have band cells
 #: twice finer (`band_cells_for`): their bands' light spreads along the minor axis, and on
-#: coarser cells thick cusps were 0.3-1% L1 from the Monte Carlo cube (0.06-0.15% finer).
+#: coarser cells thick cusps were 0.3-1% L1 from the Monte Carlo cube (0.06-0.2% finer).
 THICK_BANDS = 0.2
 #: A band's cells reach this many scale heights from the plane (e^-8 = 3e-4 of its light lies
 #: beyond; the band's flux is exact whatever its cells hold).

@@ -108,8 +108,9 @@ def monte_carlo_cube(case, points=2**23, seed=1, chunk=2**21):
     curve at its in-plane radius, its Gaussian dispersion integrated over each channel
     analytically.  Velocities are shared first between nodes sigma / 32 apart (linear
     weights, so each draw's mean velocity is kept and its variance grows by at most
-    (sigma / 64)^2: a relative error ~1e-4), so that ``points`` can be large.  Each value of
-    the (n_chan, npix, npix) cube is a fraction of the galaxy's flux."""
+    (sigma / 64)^2: a relative error ~1e-4), so that ``points`` can be large; they are drawn
+    in chunks of independent scrambles (``points`` rounded down to whole chunks).  Each value
+    of the (n_chan, npix, npix) cube is a fraction of the galaxy's flux."""
     npix, n_chan, width, sigma = case["npix"], case["n_chan"], case["width"], case["dispersion"]
     sin_i = math.sin(math.radians(case["inclination"]))
     step = sigma / 32
@@ -189,7 +190,7 @@ def test_monte_carlo_cube_is_a_reference():
     """The Monte Carlo cube is the analytic one where that is known (a point source at rest:
     one pixel holding the channel-integrated Gaussian), its noise is below 0.2% L1 at its
     default size, and it tells apart an ordinary disk from the same disk turned the other way
-    or rotating the other way (100-200% L1), so a convention error cannot pass."""
+    or rotating the other way (more than 50% L1), so a convention error cannot pass."""
     point = dict(n=1.0, r_eff=1e-6, inclination=40.0, scale_height=0.0, position_angle=30.0,
                  dispersion=12.0, width=5.0, npix=8, x0=0.7, y0=-1.2, v_max=0.0, r_turn=1.0,
                  n_chan=15)
