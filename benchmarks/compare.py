@@ -86,12 +86,11 @@ def l1(a, b):
     return float(np.abs(a - b).sum() / np.abs(b).sum())
 
 
-def reference_cube(oversample=4, minor_density=2, footprint_nodes=3):
+def reference_cube(oversample=4, minor_density=2):
     """Ours at finer sampling in float64, every line integrated over the channels with erf."""
     with torch.no_grad():
         return gcc.render_tensor(reference_galaxy(), reference_grid(), dtype=torch.float64,
                                  oversample=oversample, minor_density=minor_density,
-                                 footprint_nodes=footprint_nodes,
                                  line_nodes_per_sigma=None).numpy()
 
 

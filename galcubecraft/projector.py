@@ -23,8 +23,10 @@ line of sight) to disk-frame (``Y``, ``Z``) has unit Jacobian
     g(Y) = P[Z in ((Y cos i - eta - d/2) / sin i, (Y cos i - eta + d/2) / sin i)]
 
 where ``P`` is the (exponential) vertical distribution.  ``g`` is a box of
-width ``d / cos i`` smoothed by a Laplace kernel of scale ``h tan i``; its
-integral over each ``Y`` bin is analytic
+width ``d / cos i`` smoothed by a Laplace kernel of scale ``h tan i`` (for a
+position angle between the pixel axes, a trapezoid: the box convolved with a
+narrower one, integrated as such for disks thin as seen, `_TRAPEZOID_RATIO`);
+its integral over each ``Y`` bin is analytic
 (:func:`~galcubecraft.functional.window_integral`), so the vertical structure
 is integrated exactly and the ``Y`` bins only need to resolve the surface
 brightness and velocity field of the disk.  The bins are as wide as a cell
@@ -97,12 +99,18 @@ _CELLS_PER_MINOR_AXIS = 1.5
 _STRETCH_R_EFF = 0.5
 #: Long windows have their finest bins this many stretches inside them, nearest the centre.
 _PEAK_STRETCHES = 16.0
-
-
-def _shift_rule(nodes):
-    """Gauss-Legendre nodes (on [-1/2, 1/2]) and weights for the narrower box of a footprint."""
-    x, w = np.polynomial.legendre.leggauss(int(nodes))
-    return tuple(zip((x / 2).tolist(), (w / 2).tolist()))
+#: A cell's footprint across the minor axis is a trapezoid whose ramps are at least this
+#: fraction of its window's span (a wider ramp by that much changes the window by ~1e-6).
+_MIN_RAMP = 1e-3
+#: The trapezoid is integrated for galaxies thin as seen against its ramps (``h sin i`` below
+#: this many times the cell's narrower side across the minor axis, ``d min(|cos PA|, |sin
+#: PA|)``); thicker disks' windows smooth the ramps away and keep the box, which costs half.
+_TRAPEZOID_RATIO = 2.0
+#: Least bins across the envelope's step (a_0 / 2 to a_0, `galcubecraft.refine`) along a window
+#: whose box is more than _LONG_WINDOW times longer than the step (a disk within a few degrees
+#: of edge-on: a thin n = 5.5 cusp at 89 deg lost 0.3% of its flux on 2-3 bins per step).
+_STEP_BINS = 4.0
+_LONG_WINDOW = 8.0
 
 
 #: Scale heights above the midplane beyond which a galaxy's light is neglected (e^-15 = 3e-7).
@@ -237,6 +245,9 @@ class SamplingPlan:
         The radius (arcsec) holding all but `_ZONE_LIGHT` of the light: pixels that can hold
         light from within it are the inner zone, sampled with ``cells`` and ``minor``; the
         others (the outer zone) with ``outer_cells`` and ``outer_minor``.
+    trapezoid : Tensor (batch,), bool, optional
+        Whether a cell's footprint across the minor axis is integrated as the trapezoid it
+        is (disks thin as seen), or as its wider box (`_TRAPEZOID_RATIO`).
     """
 
     cells: torch.Tensor
@@ -250,6 +261,7 @@ class SamplingPlan:
     zone: Optional[torch.Tensor] = None
     outer_cells: Optional[torch.Tensor] = None
     outer_minor: Optional[torch.Tensor] = None
+    trapezoid: Optional[torch.Tensor] = None
 
     def outer(self):
         """The plan of the outer zone (its own cells and bins; no footprint yet)."""
@@ -266,7 +278,8 @@ class SamplingPlan:
         """The plan of the galaxies ``idx``, their footprints trimmed to the longest."""
         rows = {name: getattr(self, name)[idx.to(getattr(self, name).device)]
                 for name in ("cells", "minor", "rmax", "tail", "pixels", "pixel_used", "zone",
-                             "outer_cells", "outer_minor") if getattr(self, name) is not None}
+                             "outer_cells", "outer_minor", "trapezoid")
+                if getattr(self, name) is not None}
         longest = int(rows["pixel_used"].sum(dim=1).max()) if len(idx) else 0
         rows["pixels"], rows["pixel_used"] = (rows["pixels"][:, :longest],
                                               rows["pixel_used"][:, :longest])
@@ -301,12 +314,6 @@ class Projector:
         Cap on the samples per cell along the minor axis (default 64); the
         count is ``(1/cos i + 6 h tan i / d) * minor_density``, so the cap is
         reached only for very thick or nearly edge-on disks.
-    footprint_nodes : int
-        Gauss-Legendre nodes across the narrower side of a cell's footprint on
-        the minor axis (a sky-aligned square cell seen at an angle is a box
-        convolved with a narrower box).  One (default) treats the narrow box as
-        its centre, which changes renders by far less than the cell sampling
-        error and costs a third of three nodes; use 3 for reference renders.
     line_nodes_per_sigma : float or None
         How the line profiles are integrated over the channels.  With a number
         (default 2), each sample's flux is spread over a velocity grid of this
@@ -384,7 +391,7 @@ class Projector:
     """
 
     def __init__(self, grid, *, device=None, dtype=torch.float32, oversample=2, max_oversample=8,
-                 minor_density=1.0, max_minor_samples=512, footprint_nodes=1,
+                 minor_density=1.0, max_minor_samples=512,
                  line_nodes_per_sigma=2.0, line_integration="auto", footprint=True,
                  refine=True, band_cells=refine.BAND_CELLS, min_beam_sigma=MIN_BEAM_SIGMA,
                  max_chunk_elements=None, group_ratio=None, max_memory=None, threads=None):
@@ -394,8 +401,6 @@ class Projector:
             raise ValueError(f"minor_density must be positive, got {minor_density!r}")
         if int(max_minor_samples) < 1:
             raise ValueError(f"max_minor_samples must be >= 1, got {max_minor_samples!r}")
-        if int(footprint_nodes) != footprint_nodes or footprint_nodes < 1:
-            raise ValueError(f"footprint_nodes must be a positive integer, got {footprint_nodes!r}")
         if line_nodes_per_sigma is not None and not line_nodes_per_sigma >= 1:
             raise ValueError(f"line_nodes_per_sigma must be >= 1 or None, got "
                              f"{line_nodes_per_sigma!r}")
@@ -415,7 +420,6 @@ class Projector:
             raise ValueError(f"min_beam_sigma must be a number in [0, 16] (beam sigmas in "
                              f"rendered pixels), got {min_beam_sigma!r}")
         self.min_beam_sigma = float(min_beam_sigma)
-        self._shift_rule = _shift_rule(footprint_nodes)
         self.grid = grid
         self.oversample = int(oversample)
         self.max_oversample = int(max_oversample)
@@ -637,10 +641,17 @@ class Projector:
                     r_eff.numpy(), n.numpy(), b_n.numpy(), rmax.numpy(), cell.numpy(),
                     solid.expand_as(r_eff).numpy(), band_cells=refine.band_cells_for(
                         self.band_cells, r_eff.numpy(), h.numpy(), sin_i.numpy()))
+                # windows long against the envelope's step (nearly edge-on disks) resolve it
+                step = torch.as_tensor(np.where(bands.envelope, bands.outer, np.inf))
+                minor = torch.maximum(minor, counts(self.oversample, step=step)[1])
+            # disks thin as seen against a cell's footprint's ramps integrate the trapezoid
+            pa_pixels = params["position_angle"].detach().double().cpu() - self._rotation
+            narrow = cell * torch.minimum(torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs())
+            trapezoid = h * sin_i < _TRAPEZOID_RATIO * narrow
         return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax,
                             tail=tail, bands=bands, zone=zone,
                             outer_cells=outer_cells.to(torch.int64),
-                            outer_minor=outer_minor.to(torch.int64))
+                            outer_minor=outer_minor.to(torch.int64), trapezoid=trapezoid)
 
     def _counts(self, r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail):
         """``counts(oversample)``: cells per pixel side and minor-axis bins per cell of each
@@ -652,7 +663,8 @@ class Projector:
         # nearly edge-on, whose bins must resolve the disk along the sight line)
         reach = torch.as_tensor(F.sersic_enclosing_radius(1 - 1e-4, r_eff.numpy(), n.numpy()))
 
-        def counts(oversample, bin_efolds=_BIN_EFOLDS, per_minor_axis=_CELLS_PER_MINOR_AXIS):
+        def counts(oversample, bin_efolds=_BIN_EFOLDS, per_minor_axis=_CELLS_PER_MINOR_AXIS,
+                   step=None):
             cells = torch.ceil(per_minor_axis * self.pixel / projected - 1e-6)
             cells = cells.clamp(oversample, max(oversample, self.max_oversample))
             cell = self.pixel / cells
@@ -666,6 +678,13 @@ class Projector:
             efold_far = F.sersic_efold(far, r_eff, n, b_n)
             du = torch.minimum(cell / stretch,
                                bin_efolds * efold_far / torch.hypot(far, stretch))
+            if step is not None:
+                # the envelope's step (``step`` = a_0: from a_0 / 2 to a_0) in at least
+                # _STEP_BINS bins where a long window crosses it (a_0 or less from the peak);
+                # elsewhere the cells resolve it (refine.STEP_CELLS)
+                ratio = step / torch.hypot(step, stretch)               # NaN where no step
+                crosses = torch.isfinite(step) & (1.5 * cell / cos_i > _LONG_WINDOW * 0.5 * step)
+                du = torch.where(crosses, torch.minimum(du, 0.5 * ratio / _STEP_BINS), du)
             minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
             return cells, minor.clamp(1, self.max_minor_samples)
         return counts
@@ -930,17 +949,19 @@ class Projector:
         the most expensive one's size (results do not depend on the grouping).
 
         A galaxy's cost is its footprint's pixels x cells per pixel x minor-axis samples (with
-        ``bands``, its band cells x their minor-axis samples); a group is padded to the
-        largest of each, and a galaxy joins the current group while the padded cost stays
-        within ``ratio`` of the group's own.
+        ``bands``, its band cells x their minor-axis samples), twice that for a trapezoid
+        footprint; a group is padded to the largest of each, and a galaxy joins the current
+        group while the padded cost stays within ``ratio`` of the group's own.
         """
+        footprint = 1.0 + (plan.trapezoid.double() if plan.trapezoid is not None else
+                           torch.zeros(plan.cells.shape, dtype=torch.float64))
         if bands:
-            shape = torch.stack([plan.entries.used.sum(dim=1).double(),
-                                 torch.ones(plan.entries.minor.shape, dtype=torch.float64),
+            shape = torch.stack([plan.entries.used.sum(dim=1).double(), footprint,
                                  plan.entries.minor.double() + 2], dim=1)
         else:
             shape = torch.stack([plan.pixel_used.sum(dim=1).cpu().double(),
-                                 plan.cells.double() ** 2, plan.minor.double() + 2], dim=1)
+                                 plan.cells.double() ** 2 * footprint,
+                                 plan.minor.double() + 2], dim=1)
         cost = shape.prod(dim=1)
         groups, current, widest, total = [], [], None, 0.0
         for i in torch.argsort(cost, stable=True).tolist():
@@ -987,6 +1008,11 @@ class Projector:
                       tail=plan.tail.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       sin_i=torch.sin(inc), cos_i=torch.cos(inc).clamp_min(_COS_FLOOR),
                       sigma=sigma.reshape(batch, 1, 1, 1), edges=edges)
+        # which footprints the group integrates (a Python set: no device sync in the chunks)
+        trapezoid = plan.trapezoid if plan.trapezoid is not None else \
+            torch.zeros(batch, dtype=torch.bool)
+        shaped.update(trapezoid=trapezoid.to(self.device).reshape(batch, 1, 1, 1),
+                      footprints={"trapezoid" if t else "box" for t in trapezoid.tolist()})
         return shaped, sigma
 
     def _rest_frame_edges(self, params):
@@ -1246,9 +1272,8 @@ class Projector:
         # vertical window: the cell's sky strip seen in the disk plane, integrated over Z
         lam = (p["scale_height"] * sin_i / cos_i).clamp_min(1e-6 * cell)
         # the cell is a sky-aligned square: across the minor axis its footprint is a box of
-        # width a = d max(|cos PA|, |sin PA|) convolved with one of width b = d min(...); the
-        # box is integrated analytically, the convolution by footprint_nodes Gauss-Legendre
-        # shifts (one, the default, puts the narrow box at its centre)
+        # width a = d max(|cos PA|, |sin PA|) convolved with one of width b = d min(...), a
+        # trapezoid, integrated with the Laplace window analytically (`window_integral`)
         pa_pixels = p["position_angle"] - self._rotation      # PA relative to the pixel axes
         cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
         a, b = cell * torch.maximum(cs, sn), cell * torch.minimum(cs, sn)
@@ -1273,16 +1298,8 @@ class Projector:
         frac = torch.clamp(j / p["n_minor"], max=1.0)
         edges = peak + stretch * torch.sinh(u_lo + u_span * frac)     # (B, P, C, M + 1)
         start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
-        g = torch.zeros_like(start)
-        tail_lo, tail_hi = torch.zeros_like(lo), torch.zeros_like(hi)
-        em = torch.expm1(-width / lam)
-        for node, w_q in self._shift_rule:
-            shift = node * b / cos_i
-            s1, s2 = y1 + shift, y2 + shift
-            g = g + w_q * F.window_integral(start - s1, start - s2, width, lam, em)
-            # fold the window's tails into the end bins unless the disk's edge clips them
-            tail_lo = tail_lo + w_q * F.window_tail(lo - s1, lo - s2, lam, "lower")
-            tail_hi = tail_hi + w_q * F.window_tail(hi - s1, hi - s2, lam, "upper")
+        g, tail_lo, tail_hi = self._footprint_window(p, y1, y2, b / cos_i, start, width, lo,
+                                                     hi, lam)
         tail_lo = torch.where(lo_free >= -p["rmax"], tail_lo, torch.zeros_like(lo))
         tail_hi = torch.where(hi_free <= p["rmax"], tail_hi, torch.zeros_like(hi))
         # beyond the bins the window is exactly exponential (scale lam): each tail becomes one
@@ -1337,6 +1354,26 @@ class Projector:
             spectra = spectra.new_zeros((batch, n_rows, spectra.shape[-1])).scatter_add(
                 1, rows[..., None].expand_as(spectra), spectra)
         return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
+
+    @staticmethod
+    def _footprint_window(p, y1, y2, ramp, start, width, lo, hi, lam):
+        """The window of each cell's footprint across the minor axis ([y1, y2] in the disk
+        plane, ramps of ``ramp``) over its bins (``start``, ``width``), and its tails below
+        ``lo`` and above ``hi``: the trapezoid for the galaxies of ``p["trapezoid"]``, the box
+        for the others (only what the group needs is computed)."""
+        em = torch.expm1(-width / lam)
+        parts = []
+        for kind in ("box", "trapezoid"):
+            if kind not in p["footprints"]:
+                continue
+            # ramps at least _MIN_RAMP of the bins' span (rounding: see window_integral)
+            r = torch.maximum(ramp, _MIN_RAMP * (hi - lo)) if kind == "trapezoid" else None
+            parts.append((F.window_integral(start - y1, start - y2, width, lam, em, ramp=r),
+                          F.window_tail(lo - y1, lo - y2, lam, "lower", ramp=r),
+                          F.window_tail(hi - y1, hi - y2, lam, "upper", ramp=r)))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.where(p["trapezoid"], t, b) for b, t in zip(*parts))
 
     def project_streams(self, params):
         """Streams (`galcubecraft.diffuse.Stream`) on the padded grid, like `project`.

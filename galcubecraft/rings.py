@@ -594,7 +594,7 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
         out = flux.new_zeros((batch * (n_pix + 1), n_edges - 1))
     else:
         origin, step, n_nodes = nodes
-        out = flux.new_zeros(batch * (n_pix + 1) * n_nodes)
+        out = F.node_accumulator(batch * (n_pix + 1) * n_nodes, flux)
     base = (torch.arange(batch, device=device) * (n_pix + 1))[:, None]
     # the largest temporaries per sample: its lines (erf at every edge) and its corners'
     # indices and shares, or its node scatters
@@ -670,7 +670,7 @@ def project_rings(params, model, plan, *, pixel, sky_matrix, shape, margin, edge
     if nodes is not None:
         matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes,
                                           params["dispersion"].clamp_min(1e-3))
-        spectra = torch.cumsum(out.reshape(batch, n_pix + 1, n_nodes), dim=-1)
+        spectra = F.node_weights(out, batch, n_pix + 1, n_nodes, flux.dtype)
         return torch.matmul(spectra, matrix).transpose(1, 2)
     return out.reshape(batch, n_pix + 1, n_edges - 1).transpose(1, 2)
 

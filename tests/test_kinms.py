@@ -80,7 +80,7 @@ def l1(a, b):
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def case(request):
-    return request.param, ours(request.param, oversample=4, minor_density=2, footprint_nodes=3)
+    return request.param, ours(request.param, oversample=4, minor_density=2)
 
 
 def test_agrees_with_kinms_within_its_sampling_noise(case):
