@@ -4,7 +4,8 @@ code with the projector, and against a 4x finer float64 render.
     python -m benchmarks.accuracy [--cases 100] [--seed 2026] [--points 24] [--catalogue N]
 
 For each case of tests/test_accuracy.py's sweep: the in-field flux against the quasi-Monte
-Carlo one (``light_in_field``), and the cube's L1 distance to the Monte Carlo cube
+Carlo one (``light_in_field``, refined as the tests do where the render is near the tolerance),
+and the cube's L1 distance to the Monte Carlo cube
 (``monte_carlo_cube``, 2^points draws) and to the render with ``FINE`` sampling.  The Monte
 Carlo cube's own noise is estimated from an independent one of a quarter the draws (L1 between
 them / sqrt(5)); a case counts as within 0.3% where its L1 less twice that noise is, so that
@@ -27,14 +28,14 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
-from test_accuracy import (l1_distance, light_in_field, monte_carlo_cube,  # noqa: E402
-                           random_case, render_case)
+from test_accuracy import (REFINED_POINTS, l1_distance, light_in_field,  # noqa: E402
+                           monte_carlo_cube, random_case, render_case, tolerance)
 
 #: "4x finer": four times the cells per pixel, minor-axis bins and band cells per band radius
-#: (band_cells 16 against 4, 32 against 8 for thick disks), three footprint nodes and exact
-#: (erf) line integration, in float64.
+#: (band_cells 16 against 4, 32 against 8 for thick disks) and exact (erf) line integration, in
+#: float64.
 FINE = dict(oversample=8, max_oversample=32, minor_density=4, max_minor_samples=2048,
-            footprint_nodes=3, line_integration="erf", band_cells=16)
+            line_integration="erf", band_cells=16)
 
 
 def main(argv=None):
@@ -57,18 +58,22 @@ def main(argv=None):
         seconds = time.perf_counter() - start
         fine = render_case(case, dtype=torch.float64, **FINE).numpy()
         expected = light_in_field(case, case["npix"] / 2)
+        if abs(float(default.sum()) - expected) > tolerance(expected) / 2:
+            expected = light_in_field(case, case["npix"] / 2, REFINED_POINTS)
         reference = monte_carlo_cube(case, points=2**args.points)
         noise = l1_distance(monte_carlo_cube(case, points=2**(args.points - 2), seed=7),
                             reference) / math.sqrt(5)
-        rows.append(dict(flux=abs(float(default.sum()) - expected) / max(expected, 1e-3),
+        error = abs(float(default.sum()) - expected)
+        rows.append(dict(flux=error / max(expected, 1e-3), within=error <= tolerance(expected),
                          mc=l1_distance(default, reference), fine=l1_distance(default, fine),
                          fine_mc=l1_distance(fine, reference), noise=noise, seconds=seconds,
                          case=case))
     col = {k: np.array([r[k] for r in rows]) for k in ("flux", "mc", "fine", "fine_mc", "noise")}
     resolved = col["mc"] - 2 * col["noise"]
     lines = [f"# Accuracy sweep: {args.cases} random legal galaxies (seed {args.seed})", "",
-             f"- flux within 1e-3 of the QMC in-field flux: {np.mean(col['flux'] <= 1e-3):.0%}; "
-             f"worst {col['flux'].max():.2e}",
+             f"- flux within 1e-3 of the QMC in-field flux (or 2e-4 of the total, as the "
+             f"tests): {np.mean([r['within'] for r in rows]):.0%}; worst relative error "
+             f"{col['flux'].max():.2e}",
              f"- L1 to the Monte Carlo cube (2^{args.points} draws) within 0.3%, less twice its "
              f"noise: {np.mean(resolved <= 3e-3):.0%}; within 0.5%: "
              f"{np.mean(resolved <= 5e-3):.0%}; within 1%: {np.mean(resolved <= 1e-2):.0%}; "

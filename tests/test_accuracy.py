@@ -2,13 +2,15 @@
 
 * Flux: a seeded sweep of 500 random legal galaxies (Sérsic n 0.3-8, r_eff 1e-3 to 100 pixels,
   any inclination including 90 deg, thin to thick disks, any position angle, offsets, channel
-  widths 0.1-10 sigma) against the in-field fraction of the light computed by quasi-Monte Carlo
-  (scrambled Sobol points drawn from the Sérsic, uniform azimuth and Laplace vertical laws with
-  SciPy, projected by hand).
+  widths 0.1-10 sigma) against the fraction of the light in the field and the band computed by
+  quasi-Monte Carlo (scrambled Sobol points drawn from the Sérsic, uniform azimuth and Laplace
+  vertical laws with SciPy, projected by hand), refined where the render is near the tolerance.
 * Whole cubes: against the Monte Carlo cube (`monte_carlo_cube`: the same draws, each in its
   pixel with its line-of-sight velocity, the Gaussian line integrated over each channel with
   SciPy), which is itself checked against the analytic cube of a point source and shown to
   tell a disk from the same disk rotating the other way.
+* Razor-thin disks at and near edge-on, their lines between the pixel axes: against the Monte
+  Carlo cube.
 * Thick disks seen at 80-90 deg: the minor-axis profile against a semi-analytic double integral
   (SciPy quadrature).
 * The central bands of `galcubecraft.refine`: a partition of unity whose fluxes sum to the total.
@@ -39,7 +41,8 @@ FLUX_TOLERANCE = 1e-3
 
 
 def random_case(rng):
-    """One random legal galaxy on a small beam-free grid whose band holds the whole line."""
+    """One random legal galaxy on a small beam-free grid of at most 60 channels (a band of
+    narrow channels may cut the line's wings: `light_in_field` counts what it holds)."""
     n = float(np.exp(rng.uniform(np.log(0.3), np.log(8))))
     r_eff = float(10 ** rng.uniform(-3, 2))
     inc = float(rng.choice([rng.uniform(0, 90), 90.0, 89.0, 0.0], p=[0.7, 0.1, 0.1, 0.1]))
@@ -95,11 +98,28 @@ def draws(case, points, seed=1):
     return east, north, radius, phi
 
 
+def line_of_sight_velocity(case, radius, phi):
+    """The arctan rotation curve's line-of-sight velocity (km/s) at in-plane radius and azimuth."""
+    v_circ = case["v_max"] * 2 / np.pi * np.arctan(radius / case["r_turn"])
+    return v_circ * math.sin(math.radians(case["inclination"])) * np.cos(phi)
+
+
+def band_edges(case):
+    """The channel edges of `render_case`'s band (km/s; v_sys = 0 at its middle)."""
+    return (np.arange(case["n_chan"] + 1) - case["n_chan"] / 2) * case["width"]
+
+
 def light_in_field(case, half, points=2**18):
-    """Fraction of the galaxy's light within the square |east|, |north| <= half (arcsec), by
-    quasi-Monte Carlo (`draws`)."""
-    east, north, _, _ = draws(case, points)
-    return float(np.mean((np.abs(east) <= half) & (np.abs(north) <= half)))
+    """Fraction of the galaxy's light within the square |east|, |north| <= half (arcsec) and
+    within the band, by quasi-Monte Carlo (`draws`; each draw's Gaussian line integrated over
+    the band with SciPy: where the band is too narrow to hold the whole line, 14 sigma, the
+    line's wings lie outside it)."""
+    east, north, radius, phi = draws(case, points)
+    inside = (np.abs(east) <= half) & (np.abs(north) <= half)
+    lo, hi = band_edges(case)[[0, -1]]
+    v = line_of_sight_velocity(case, radius, phi)
+    in_band = ndtr((hi - v) / case["dispersion"]) - ndtr((lo - v) / case["dispersion"])
+    return float(np.mean(inside * in_band))
 
 
 def monte_carlo_cube(case, points=2**23, seed=1, chunk=2**21):
@@ -123,8 +143,7 @@ def monte_carlo_cube(case, points=2**23, seed=1, chunk=2**21):
         east, north, radius, phi = draws(case, chunk, seed=np.random.default_rng(child))
         col = np.floor(npix / 2 - east).astype(np.int64)
         row = np.floor(north + npix / 2).astype(np.int64)
-        v_circ = case["v_max"] * 2 / np.pi * np.arctan(radius / case["r_turn"])
-        v = v_circ * sin_i * np.cos(phi)
+        v = line_of_sight_velocity(case, radius, phi)
         # each velocity shared by its two nearest nodes (linear weights: the mean is exact)
         node = v / step + n_bins / 2
         below = np.floor(node).astype(np.int64)
@@ -134,7 +153,7 @@ def monte_carlo_cube(case, points=2**23, seed=1, chunk=2**21):
         hist += np.bincount(cell, weights=1 - upper[inside], minlength=hist.size)
         hist += np.bincount(cell + 1, weights=upper[inside], minlength=hist.size)
     centres = (np.arange(n_bins) - n_bins / 2) * step
-    edges = (np.arange(n_chan + 1) - n_chan / 2) * width
+    edges = band_edges(case)
     cdf = ndtr((edges[None, :] - centres[:, None]) / sigma)
     cube = hist.reshape(npix * npix, n_bins) @ np.diff(cdf, axis=1)
     return cube.T.reshape(n_chan, npix, npix) / (chunk * (points // chunk))
@@ -143,35 +162,46 @@ def monte_carlo_cube(case, points=2**23, seed=1, chunk=2**21):
 #: In-field fluxes are compared to 1e-3 of themselves or 2e-4 of the galaxy's whole flux,
 #: whichever is larger (a galaxy with 1% of its light in the field is held to 2e-4 of its flux).
 ABSOLUTE_FLOOR = 2e-4
-#: Every galaxy of the sweep keeps its flux to this (measured worst 3.2e-3, a thick disk at
-#: 83 deg with a third of its light in the field; 27% for cusps larger than the field before
-#: the midpoint correction was confined to samples clear of the centre) ...
-GUARANTEED_TOLERANCE = 5e-3
-#: ... and at least this many of the 500 to FLUX_TOLERANCE (measured 482; 475 before).
-WITHIN_FLUX_TOLERANCE = 478
+#: Draws of the reference (`light_in_field`), and of the finer one taken where the render is
+#: more than half the tolerance from it: the field's edge makes the quasi-Monte Carlo error
+#: ~N^-3/4, up to 9e-4 at 2^18 draws for galaxies larger than the field.
+REFERENCE_POINTS = 2**18
+REFINED_POINTS = 2**21
+
+
+def tolerance(expected, relative=FLUX_TOLERANCE):
+    """The flux error allowed a galaxy with ``expected`` of its light in the field."""
+    return max(relative * expected, ABSOLUTE_FLOOR)
 
 
 def sweep(count=500, seed=2026):
-    """(case, rendered in-field flux, reference) for ``count`` seeded random legal galaxies."""
+    """(case, rendered in-field flux, reference) for ``count`` seeded random legal galaxies;
+    the reference from `REFINED_POINTS` draws where the render is more than half
+    the tolerance from the one of `REFERENCE_POINTS`."""
     rng = np.random.default_rng(seed)
     for _ in range(count):
         case = random_case(rng)
-        yield case, float(render_case(case).sum()), light_in_field(case, case["npix"] / 2)
+        flux = float(render_case(case).sum())
+        expected = light_in_field(case, case["npix"] / 2, REFERENCE_POINTS)
+        if abs(flux - expected) > tolerance(expected) / 2:
+            expected = light_in_field(case, case["npix"] / 2, REFINED_POINTS)
+        yield case, flux, expected
 
 
 def test_flux_is_exact_for_500_random_legal_galaxies():
-    """500 seeded random legal galaxies (Sérsic n up to 8), each keeping its in-field flux to
-    5e-3 (or 2e-4 of its total flux when little of it is in the field) at default sampling
-    and dtype, and nearly all of them to 1e-3 (the count catches a regression there)."""
-    failures, within = [], 0
+    """500 seeded random legal galaxies (Sérsic n up to 8), every one keeping its in-field,
+    in-band flux to 1e-3 (or 2e-4 of its total flux when little of it is in the field) at the
+    default sampling and dtype.  Measured worst: 9.4e-4 (n = 4.5 at 78 deg).  Before: 8 thick
+    cusps off by up to 27% (the midpoint correction at the centre), point sources gaining up
+    to 0.25% (float32 running sums in `galcubecraft.functional.deposit_lines`), thin cusps
+    within a degree of edge-on 0.13-0.22% off (a cell's footprint across the line taken for a
+    box; too few bins across the envelope's step) and a thick n = 2.2 disk 0.11% (its bands'
+    windows)."""
+    failures = []
     for case, flux, expected in sweep():
-        error = abs(flux - expected)
-        if error > max(GUARANTEED_TOLERANCE * expected, ABSOLUTE_FLOOR):
-            failures.append((f"{flux:.5f} vs {expected:.5f}", case))
-        within += error <= max(FLUX_TOLERANCE * expected, ABSOLUTE_FLOOR)
-    assert not failures, (f"{len(failures)} galaxies off by more than {GUARANTEED_TOLERANCE}: "
-                          f"{failures[:3]}")
-    assert within >= WITHIN_FLUX_TOLERANCE
+        if abs(flux - expected) > tolerance(expected):
+            failures.append((f"{flux:.6f} vs {expected:.6f}", case))
+    assert not failures, f"{len(failures)} galaxies off by more than 1e-3: {failures[:3]}"
 
 
 def test_the_reference_catches_a_lost_percent():
@@ -240,6 +270,37 @@ def test_thick_cusps_keep_their_shape(name):
     """Each cube within THICK_CUSP_L1 of the Monte Carlo one at the default sampling."""
     case = THICK_CUSPS[name]
     assert l1_distance(render_case(case).numpy(), monte_carlo_cube(case)) < THICK_CUSP_L1
+
+
+#: Razor-thin disks at or within a degree of edge-on, their lines at position angles between
+#: the pixel axes: a cell's footprint across such a line is a trapezoid, which a box stood for
+#: before (3.4%, 0.36%, 0.55% and 6.1% L1 from the Monte Carlo cube; the cusps at 89 deg also
+#: lost or gained 0.13-0.16% of their flux on too few bins across the envelope's step).
+EDGE_ON_LINES = {
+    "exponential, 90 deg": dict(n=1.0, r_eff=3.0, inclination=90.0, scale_height=0.0,
+                                position_angle=141.0, dispersion=12.0, width=15.0, npix=16,
+                                x0=0.4, y0=-0.7, v_max=150.0, r_turn=1.5, n_chan=32),
+    "n3.4, 90 deg": dict(n=3.424, r_eff=0.728, inclination=90.0, scale_height=0.0,
+                         position_angle=60.329, dispersion=19.799, width=2.453, npix=12,
+                         x0=1.604, y0=-1.323, v_max=0.0, r_turn=0.023, n_chan=60),
+    "n5.5, 89 deg": dict(n=5.545, r_eff=0.27, inclination=89.0, scale_height=0.0,
+                         position_angle=310.016, dispersion=14.117, width=43.787, npix=12,
+                         x0=1.051, y0=-2.675, v_max=46.814, r_turn=0.372, n_chan=9),
+    "n5.7, 89 deg": dict(n=5.71, r_eff=0.927, inclination=89.0, scale_height=0.0,
+                         position_angle=161.261, dispersion=29.576, width=225.121, npix=16,
+                         x0=-0.867, y0=0.039, v_max=93.328, r_turn=0.101, n_chan=5),
+}
+#: Measured 0.19%, 0.11%, 0.08% and 0.11% (the Monte Carlo cube's noise 0.004-0.013%).
+EDGE_ON_L1 = 3e-3
+
+
+@pytest.mark.parametrize("name", EDGE_ON_LINES)
+def test_razor_thin_edge_on_lines_keep_their_shape_and_flux(name):
+    """Each cube within EDGE_ON_L1 of the Monte Carlo one, and its flux to FLUX_TOLERANCE."""
+    case = EDGE_ON_LINES[name]
+    cube, reference = render_case(case).numpy(), monte_carlo_cube(case)
+    assert l1_distance(cube, reference) < EDGE_ON_L1
+    assert abs(cube.sum() - reference.sum()) < tolerance(reference.sum())
 
 
 def minor_axis_profile(r_eff, n, h, inclination, edges):
