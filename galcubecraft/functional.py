@@ -270,7 +270,8 @@ def window_tail(a1, a2, lam, side, ramp=None):
     """Integral of the window beyond a point outside its box (``side`` 'lower' or 'upper').
 
     For 'lower', ``a1, a2 < 0`` (the point lies below the box); for 'upper'
-    ``a1, a2 >= 0``; with ``ramp`` (`window_integral`), at least half of it.
+    ``a1, a2 >= 0``; with ``ramp`` (`window_integral`'s trapezoid), the point lies beyond the
+    ramps too (``a1, a2 <= -ramp / 2``, or ``>= ramp / 2``).
     """
     if side == "lower":
         return _lower_ramp_tail(a1, lam, ramp) - _lower_ramp_tail(a2, lam, ramp)
