@@ -118,9 +118,9 @@ def test_razor_thin_trapezoid_window_is_the_overlap():
 
 @pytest.mark.parametrize("lam", [1e-6, 0.3, 5.0])
 @pytest.mark.parametrize("ramp", [None, 1e-3, 0.4, 1.5])
-def test_trapezoid_window_tails_and_total(lam, ramp):
-    """Tails and bins of a (trapezoid) window add up to its width; the lower tail matches
-    quadrature."""
+def test_window_tails_and_total(lam, ramp):
+    """Tails and bins of a window (box, or trapezoid with ``ramp``) add up to its width; the
+    lower tail matches quadrature."""
     y1, y2 = -0.5, 1.0
     half = 0.0 if ramp is None else ramp / 2
     lo, hi = y1 - half - 3 * lam, y2 + half + 3 * lam
@@ -129,24 +129,14 @@ def test_trapezoid_window_tails_and_total(lam, ramp):
     lower = F.window_tail(t(lo - y1), t(lo - y2), t(lam), "lower", ramp=r).item()
     upper = F.window_tail(t(hi - y1), t(hi - y2), t(lam), "upper", ramp=r).item()
     middle = F.window_integral(t(lo - y1), t(lo - y2), t(hi - lo), t(lam), ramp=r).item()
-    assert lower + middle + upper == pytest.approx(y2 - y1, rel=1e-10)
-    if ramp is not None and lam > 1e-3:
+    assert lower + middle + upper == pytest.approx(y2 - y1, rel=1e-12 if ramp is None else 1e-10)
+    if ramp is None:
+        reference, _ = integrate.quad(_window, lo - 60 * lam, lo, args=(y1, y2, lam), epsabs=0)
+        assert lower == pytest.approx(reference, rel=1e-7, abs=1e-14)
+    elif lam > 1e-3:
         reference, _ = integrate.quad(_trapezoid_window, lo - 60 * lam - ramp, lo,
                                       args=(y1, y2, lam, ramp), epsabs=1e-14, limit=200)
         assert lower == pytest.approx(reference, rel=1e-7)
-
-
-@pytest.mark.parametrize("lam", [1e-6, 0.3, 5.0])
-def test_window_tails_and_total(lam):
-    y1, y2 = -0.5, 1.0
-    lo, hi = y1 - 3 * lam, y2 + 3 * lam
-    t = lambda v: torch.tensor(v, dtype=D)  # noqa: E731
-    lower = F.window_tail(t(lo - y1), t(lo - y2), t(lam), "lower").item()
-    upper = F.window_tail(t(hi - y1), t(hi - y2), t(lam), "upper").item()
-    middle = F.window_integral(t(lo - y1), t(lo - y2), t(hi - lo), t(lam)).item()
-    assert lower + middle + upper == pytest.approx(y2 - y1, rel=1e-12)
-    ref_lower, _ = integrate.quad(_window, lo - 60 * lam, lo, args=(y1, y2, lam), epsabs=0)
-    assert lower == pytest.approx(ref_lower, rel=1e-7, abs=1e-14)
 
 
 def test_channel_cdf_integrates_the_gaussian_exactly():
