@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate
-from scipy.special import erf, gammaincinv, ndtr
+from scipy.special import (erf, expit, gammainccinv, gammaincinv, gammaln, log_expit, logit,
+                           ndtr)
 from scipy.stats import qmc
 
 import galcubecraft as gcc
@@ -77,15 +78,48 @@ def render_case(case, dtype=torch.float32, **sampling):
         return projector.project(params, gcc.ArctanRotationCurve)[0].double() * case["width"]
 
 
+#: `sersic_quantile`'s table: nodes uniform in logit(u) over u in [1e-16, 1 - 1e-16].
+QUANTILE_NODES = 4096
+
+
+def sersic_quantile(n, u):
+    """The regularised incomplete gamma function's inverse ``gammaincinv(2n, u)`` for many
+    ``u`` in [1e-16, 1 - 1e-16], 10-20x faster than calling SciPy on each draw and within
+    1e-9 of it (`test_sersic_quantile_is_scipys_inverse`): SciPy's inverse ``x`` on
+    `QUANTILE_NODES` nodes uniform in ``z = logit(u)`` (the upper half through
+    ``gammainccinv``, which keeps the tail's digits), and between them the cubic Hermite
+    interpolant of ``ln x`` with its exact slope ``d ln x / dz = u (1 - u) / (x P'(x))``."""
+    a = 2 * n
+    nodes = np.linspace(logit(1e-16), -logit(1e-16), QUANTILE_NODES)
+    h = nodes[1] - nodes[0]
+    x = np.where(nodes <= 0, gammaincinv(a, expit(nodes)), gammainccinv(a, expit(-nodes)))
+    value = np.log(x)
+    slope = h * np.exp(log_expit(nodes) + log_expit(-nodes) + gammaln(a) + x - a * value)
+    t = (logit(np.clip(u, 1e-16, 1 - 1e-16)) - nodes[0]) / h
+    k = np.clip(t.astype(np.int64), 0, QUANTILE_NODES - 2)
+    s = t - k
+    y0, y1, d0, d1 = value[k], value[k + 1], slope[k], slope[k + 1]
+    rise = y1 - y0
+    return np.exp(y0 + s * (d0 + s * ((3 * rise - 2 * d0 - d1) + s * (d0 + d1 - 2 * rise))))
+
+
+def test_sersic_quantile_is_scipys_inverse():
+    """The reference's table against SciPy's inverse on every draw, across the legal n."""
+    u = np.concatenate([np.random.default_rng(3).random(20000), [1e-16, 1e-9, 1 - 1e-9]])
+    for n in (0.3, 0.5, 1.0, 2.2, 4.0, 8.0):
+        assert np.allclose(sersic_quantile(n, u), gammaincinv(2 * n, u), rtol=1e-9, atol=0)
+
+
 def draws(case, points, seed=1):
     """``points`` scrambled Sobol draws of the galaxy's light: its Sérsic radii (by inverting
-    the regularised incomplete gamma function, truncated where the projector cuts the disk),
+    the regularised incomplete gamma function, `sersic_quantile`, truncated where the
+    projector cuts the disk),
     uniform azimuths and Laplace heights, projected by hand.  Returns (east, north) on the sky
     (arcsec) and the in-plane radius and azimuth of each."""
     u_r, u_phi, u_z = qmc.Sobol(3, scramble=True, seed=seed).random(points).T
     n, r_eff, h = case["n"], case["r_eff"], case["scale_height"]
     b = float(sersic_bn(n))
-    radius = r_eff * (gammaincinv(2 * n, np.clip(u_r, 1e-16, 1 - 1e-16)) / b) ** n
+    radius = r_eff * (sersic_quantile(n, u_r) / b) ** n
     radius = np.minimum(radius, r_eff * (gammaincinv(2 * n, 1 - 1e-6) / b) ** n)
     phi = 2 * np.pi * u_phi
     z = h * np.where(u_z < 0.5, np.log(2 * np.maximum(u_z, 1e-300)),
