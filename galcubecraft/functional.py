@@ -24,8 +24,8 @@ from scipy.special import gammainc, gammaincinv, gammaln
 
 __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
-    "sersic", "sersic_efold", "sersic_log_slope",
-    "midpoint_correction", "exponential_vertical",
+    "sersic", "sersic_efold", "sersic_log_slope", "sersic_power",
+    "midpoint_correction", "midpoint_corrections", "exponential_vertical",
     "window_integral", "window_tail", "sparse_product", "deposit_rows", "sky_to_disk",
     "line_of_sight_velocity", "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
@@ -121,7 +121,13 @@ def sersic_total_flux(amplitude, r_eff, n, b_n=None):
     return 2 * math.pi * n * r_eff**2 * amplitude * torch.exp(log_norm)
 
 
-def sersic(radius, amplitude, r_eff, n, b_n=None):
+def sersic_power(radius, r_eff, n):
+    """``(R / r_eff)^(1/n)``, which `sersic` and `sersic_log_slope` share (pass it to both as
+    ``power`` where both are wanted: one power per sample instead of two)."""
+    return (radius / r_eff) ** (1.0 / n)
+
+
+def sersic(radius, amplitude, r_eff, n, b_n=None, power=None):
     """Sérsic surface brightness ``amplitude * exp(-b_n ((R/r_eff)^(1/n) - 1))``.
 
     Parameters
@@ -136,10 +142,14 @@ def sersic(radius, amplitude, r_eff, n, b_n=None):
         Sérsic index.
     b_n : Tensor, optional
         Precomputed :func:`sersic_bn` of ``n``.
+    power : Tensor, optional
+        Precomputed :func:`sersic_power` of ``radius``.
     """
     if b_n is None:
         b_n = sersic_bn(n)
-    return amplitude * torch.exp(-b_n * ((radius / r_eff) ** (1.0 / n) - 1.0))
+    if power is None:
+        power = sersic_power(radius, r_eff, n)
+    return amplitude * torch.exp(-b_n * (power - 1.0))
 
 
 def sersic_efold(radius, r_eff, n, b_n):
@@ -148,12 +158,15 @@ def sersic_efold(radius, r_eff, n, b_n):
     return n * radius / (b_n * (radius / r_eff) ** (1.0 / n))
 
 
-def sersic_log_slope(radius, r_eff, n, b_n):
+def sersic_log_slope(radius, r_eff, n, b_n, power=None):
     """``d ln Sigma / dR`` of a Sérsic disk and its radial derivative (1/arcsec, 1/arcsec^2).
 
-    ``q = -(b_n / (n R)) (R / r_eff)^(1/n)`` and ``dq/dR = q (1/n - 1) / R``.
+    ``q = -(b_n / (n R)) (R / r_eff)^(1/n)`` and ``dq/dR = q (1/n - 1) / R``; ``power``: a
+    precomputed `sersic_power` of ``radius``.
     """
-    q = -(b_n / (n * radius)) * (radius / r_eff) ** (1.0 / n)
+    if power is None:
+        power = sersic_power(radius, r_eff, n)
+    q = (-b_n / n) * power / radius
     return q, q * (1.0 / n - 1.0) / radius
 
 
@@ -165,28 +178,44 @@ def midpoint_correction(along, across, radius, width, q, dq, taper=None):
     ``w^2 / 24`` times its second derivative there.  Returned divided by ``Sigma``:
     ``w^2 / 24 (K T + 2 q_s T_s + T_ss)`` with ``q = d ln Sigma / dR``, ``dq`` its
     derivative (`sersic_log_slope`), ``K = Sigma_ss / Sigma`` and ``taper = (T, T_R, T_RR)``
-    (None: ``T = 1``).  The projector adds it to each sample's ``T``.
+    (None: ``T = 1``).  The projector adds it to each sample's ``T``
+    (`midpoint_corrections`, both directions of a sample at once).
     """
-    cos = along / radius
-    r3 = radius * radius * radius
-    q_s = q * cos
-    curvature = q_s * q_s + dq * cos * cos + q * across * across / r3
+    return midpoint_corrections(along, across, radius, width, None, q, dq, taper)[0]
+
+
+def midpoint_corrections(x, y, radius, dx, dy, q, dq, taper=None):
+    """`midpoint_correction` along both disk-plane directions of a sample ``dx`` by ``dy``
+    (``dy`` None: along ``x`` only), sharing their terms: a tuple, along ``x`` then ``y``.
+
+    With ``c`` the direction's cosine to the radius and ``s`` the other's, the second
+    derivative of ``Sigma T`` along it over ``Sigma`` is
+    ``c^2 ((q^2 + dq) T + 2 q T_R + T_RR) + s^2 (q T + T_R) / R``.
+    """
+    inv_r = 1.0 / radius
+    cx, cy = x * inv_r, y * inv_r
+    cx2, cy2 = cx * cx, cy * cy
     if taper is None:
-        correction = width * width / 24.0 * curvature
+        radial, tangential = q * q + dq, q * inv_r
     else:
         t, t_r, t_rr = taper
-        t_s = t_r * cos
-        t_ss = t_rr * cos * cos + t_r * across * across / r3
-        correction = width * width / 24.0 * (curvature * t + 2 * q_s * t_s + t_ss)
-    # the series holds where the sample keeps away from the centre.  On a sample that holds
-    # the centre, the light peaks within it, so the midpoint can only overestimate it: a
-    # positive term there (a cusp's, which diverges) is phased out within one width of the
-    # centre (none within half of one); a negative one (a cone's apex, n = 1) is kept.
-    # Zero-width samples, the padding of a batch, divide by one instead.
-    width = torch.as_tensor(width, dtype=radius.dtype, device=radius.device)
-    safe = torch.where(width > 0, width, torch.ones_like(width))
-    gate = torch.clamp(2.0 * radius / safe - 1.0, 0.0, 1.0)
-    return torch.where(correction > 0, gate * correction, correction)
+        radial = (q * q + dq) * t + 2 * q * t_r + t_rr
+        tangential = (q * t + t_r) * inv_r
+    out = []
+    for width, c2, s2 in ((dx, cx2, cy2), (dy, cy2, cx2)):
+        if width is None:
+            continue
+        correction = width * width / 24.0 * (c2 * radial + s2 * tangential)
+        # the series holds where the sample keeps away from the centre.  On a sample that
+        # holds the centre, the light peaks within it, so the midpoint can only overestimate
+        # it: a positive term there (a cusp's, which diverges) is phased out within one width
+        # of the centre (none within half of one); a negative one (a cone's apex, n = 1) is
+        # kept.  Zero-width samples, the padding of a batch, divide by one instead.
+        width = torch.as_tensor(width, dtype=radius.dtype, device=radius.device)
+        safe = torch.where(width > 0, width, torch.ones_like(width))
+        gate = torch.clamp(2.0 * radius / safe - 1.0, 0.0, 1.0)
+        out.append(torch.where(correction > 0, gate * correction, correction))
+    return tuple(out)
 
 
 def exponential_vertical(z, scale_height):
@@ -194,44 +223,49 @@ def exponential_vertical(z, scale_height):
     return torch.exp(-torch.abs(z) / scale_height) / (2 * scale_height)
 
 
-def _delta_laplace_antiderivative(a, w, lam, em):
+def _delta_laplace_antiderivative(a, w, lam, inv, scaled_em):
     """``Lambda(a + w) - Lambda(a)`` for ``Lambda(x) = int_{-inf}^x L(t) dt``, L the Laplace CDF.
 
     ``Lambda(x) = lam/2 e^{x/lam}`` for x < 0 and ``x + lam/2 e^{-x/lam}`` for x >= 0.
     Written so that no branch overflows or cancels catastrophically, whatever
-    the ratio of ``w`` (>= 0) to ``lam`` (> 0).  ``em = expm1(-w / lam)``.
+    the ratio of ``w`` (>= 0) to ``lam`` (> 0).  ``inv = 1 / lam`` and
+    ``scaled_em = lam/2 expm1(-w / lam)``, which the bins' windows share (`window_integral`).
     """
     b = a + w
-    right = w + 0.5 * lam * torch.exp(-a.clamp_min(0) / lam) * em
-    left = -0.5 * lam * torch.exp(b.clamp_max(0) / lam) * em
-    cross = b.clamp_min(0) + 0.5 * lam * (torch.expm1(-b.clamp_min(0) / lam)
-                                          - torch.expm1(a.clamp_max(0) / lam))
+    right = w + torch.exp(a.clamp_min(0) * -inv) * scaled_em
+    left = -torch.exp(b.clamp_max(0) * inv) * scaled_em
+    cross = b.clamp_min(0) + 0.5 * lam * (torch.expm1(b.clamp_min(0) * -inv)
+                                          - torch.expm1(a.clamp_max(0) * inv))
     return torch.where(a >= 0, right, torch.where(b < 0, left, cross))
 
 
-def _delta_laplace_second_antiderivative(a, w, lam, em):
+def _delta_laplace_second_antiderivative(a, w, lam, inv, scaled_em, half_w):
     """``Lambda2(a + w) - Lambda2(a)`` for ``Lambda2(x) = int_{-inf}^x Lambda(t) dt``
     (`_delta_laplace_antiderivative`'s ``Lambda``): the integral over a bin of a unit ramp
     ``max(x, 0)`` smoothed by the Laplace law.
 
     ``Lambda2(x) = lam^2/2 e^{x/lam}`` for x < 0 and ``x^2/2 + lam^2 - lam^2/2 e^{-x/lam}``
-    for x >= 0; each branch written without overflow or cancellation within it.
+    for x >= 0; each branch written without overflow or cancellation within it.  ``inv =
+    1 / lam``, ``scaled_em = lam^2/2 expm1(-w / lam)`` and ``half_w = w / 2``, which the
+    four corners of a trapezoid's window share (`window_integral`).
     """
     b = a + w
-    half = 0.5 * lam * lam
-    right = w * (a + 0.5 * w) - half * torch.exp(-a.clamp_min(0) / lam) * em
-    left = -half * torch.exp(b.clamp_max(0) / lam) * em
+    right = w * (a + half_w) - torch.exp(a.clamp_min(0) * -inv) * scaled_em
+    left = -torch.exp(b.clamp_max(0) * inv) * scaled_em
     bp = b.clamp_min(0)
-    cross = 0.5 * bp * bp - half * (torch.expm1(-bp / lam) + torch.expm1(a.clamp_max(0) / lam))
+    cross = 0.5 * bp * bp - (0.5 * lam * lam) * (torch.expm1(bp * -inv)
+                                                 + torch.expm1(a.clamp_max(0) * inv))
     return torch.where(a >= 0, right, torch.where(b < 0, left, cross))
 
 
-def _ramp_integral(a, w, lam, em, ramp):
+def _ramp_integral(a, w, lam, ramp, shared):
     """The bin integral (bin start ``a`` from the edge, width ``w``) of a Laplace-smoothed unit
     step that rises linearly over ``ramp`` centred on the edge: a second difference of
-    `_delta_laplace_second_antiderivative` over ``ramp``."""
-    return (_delta_laplace_second_antiderivative(a + 0.5 * ramp, w, lam, em)
-            - _delta_laplace_second_antiderivative(a - 0.5 * ramp, w, lam, em)) / ramp
+    `_delta_laplace_second_antiderivative` (``shared``: its ``inv, scaled_em, half_w``) over
+    ``ramp``."""
+    half_ramp = 0.5 * ramp
+    return (_delta_laplace_second_antiderivative(a + half_ramp, w, lam, *shared)
+            - _delta_laplace_second_antiderivative(a - half_ramp, w, lam, *shared)) / ramp
 
 
 def window_integral(a1, a2, w, lam, em=None, ramp=None):
@@ -251,10 +285,14 @@ def window_integral(a1, a2, w, lam, em=None, ramp=None):
     """
     if em is None:
         em = torch.expm1(-w / lam)
+    inv = 1.0 / lam
     if ramp is not None:
-        return _ramp_integral(a1, w, lam, em, ramp) - _ramp_integral(a2, w, lam, em, ramp)
-    return (_delta_laplace_antiderivative(a1, w, lam, em)
-            - _delta_laplace_antiderivative(a2, w, lam, em))
+        shared = (inv, (0.5 * lam * lam) * em, 0.5 * w)
+        return (_ramp_integral(a1, w, lam, ramp, shared)
+                - _ramp_integral(a2, w, lam, ramp, shared))
+    scaled_em = (0.5 * lam) * em
+    return (_delta_laplace_antiderivative(a1, w, lam, inv, scaled_em)
+            - _delta_laplace_antiderivative(a2, w, lam, inv, scaled_em))
 
 
 def _lower_ramp_tail(a, lam, ramp):
@@ -413,25 +451,31 @@ def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, 
     steep.  ``q``, ``dq`` as `sersic_log_slope`; ``taper = (T, T_R, T_RR)`` as
     `midpoint_correction` (None: ``T = 1``).
     """
-    c, s = x_disk / radius, y_disk / radius
-    cs2 = c * s * s
-    v_r = v_circ / radius
-    omega_r = (dv_dr - v_r) / radius                 # d(v_c / R)/dR
-    v_x = sin_i * (dv_dr * c * c + v_r * s * s)
-    v_y = sin_i * c * s * (dv_dr - v_r)
-    v_xx = sin_i * (3 * omega_r * cs2 + d2v_dr2 * c * c * c)
-    v_yy = sin_i * (d2v_dr2 * cs2 + omega_r * (c * c * c - 2 * cs2))
+    # the field's derivatives over sin i (which scales the shift and, squared, the variance)
+    inv_r = 1.0 / radius
+    c, s = x_disk * inv_r, y_disk * inv_r
+    c2, s2 = c * c, s * s
+    cs2 = c * s2
+    c3 = c2 * c
+    v_r = v_circ * inv_r
+    shear = dv_dr - v_r
+    omega_r = shear * inv_r                          # d(v_c / R)/dR
+    v_x = dv_dr * c2 + v_r * s2
+    v_y = c * s * shear
+    v_xx = 3 * omega_r * cs2 + d2v_dr2 * c3
+    v_yy = d2v_dr2 * cs2 + omega_r * (c3 - 2 * cs2)
     if taper is None:
-        t, g_x, g_y = 1.0, q * c, q * s
+        g = 2 * q
     else:
         t, t_r, _ = taper
-        g_x, g_y = (q * t + t_r) * c, (q * t + t_r) * s
+        g = 2 * (q * t + t_r)
+        v_xx, v_yy = t * v_xx, t * v_yy
     dx2, dy2 = dx * dx, dy * dy
-    num = dx2 / 24.0 * (t * v_xx + 2 * g_x * v_x) + dy2 / 24.0 * (t * v_yy + 2 * g_y * v_y)
+    num = (sin_i / 24.0) * (dx2 * (v_xx + g * c * v_x) + dy2 * (v_yy + g * s * v_y))
     positive = share > 1e-6
     shift = torch.where(positive, num / torch.where(positive, share, torch.ones_like(share)),
                         torch.zeros_like(num))
-    variance = (v_x * v_x * dx2 + v_y * v_y * dy2) / 12.0
+    variance = (sin_i * sin_i / 12.0) * (v_x * v_x * dx2 + v_y * v_y * dy2)
     # (held off zero: the square root's slope there is infinite, and a Hessian would carry
     # it as 0 x inf)
     bound = torch.sqrt((3.0 * variance).clamp_min(1e-30))
@@ -502,7 +546,8 @@ def line_nodes(edges, dispersion, nodes_per_sigma):
 def _cubic_bspline(t):
     """Uniform cubic B-spline weights of the four nodes around a point ``t`` (``0 <= t < 1``)
     past the second of them."""
-    t2, t3 = t * t, t * t * t
+    t2 = t * t
+    t3 = t2 * t
     return ((1 - t) ** 3 / 6, 2.0 / 3 - t2 + 0.5 * t3, 1.0 / 6 + 0.5 * (t + t2 - t3), t3 / 6)
 
 
@@ -545,15 +590,19 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, 
     diff = node_accumulator(batch * n_rows * n_nodes, w) if out is None else out
     target = torch.arange(batch, device=w.device)[:, None] * n_rows + rows
     base = (target * n_nodes).reshape(batch, n_pix, 1)
-    for end, sign in ((centre - half, 1.0), (centre + half, -1.0)):
-        end = end.clamp(1.5, n_nodes - 3.5)
+    grad = torch.is_grad_enabled()
+    for end, height in ((centre - half, c), (centre + half, -c)):
+        shifted = end.clamp(1.5, n_nodes - 3.5) - 0.5
         with torch.no_grad():
-            first = torch.floor(end - 0.5)               # the first of the four nodes
+            first = torch.floor(shifted)                 # the first of the four nodes
             index = (base + first.long()).reshape(-1)
-        for j, b in enumerate(_cubic_bspline(end - first - 0.5)):
-            term = ((sign * c) * b.reshape(-1)).to(NODE_ACCUMULATOR)
-            diff = diff.scatter_add(0, index + j, term) \
-                if out is not None and torch.is_grad_enabled() else \
+        for j, b in enumerate(_cubic_bspline(shifted - first)):
+            term = (height * b.reshape(-1)).to(NODE_ACCUMULATOR)
+            if not grad:
+                diff[j:].scatter_add_(0, index, term)    # node j of four: the view from j
+            elif out is not None:
+                diff = diff.scatter_add(0, index + j, term)
+            else:
                 diff.scatter_add_(0, index + j, term)
     if out is not None:
         return diff

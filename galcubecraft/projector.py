@@ -1322,14 +1322,15 @@ class Projector:
             outer = refine.radial_window_derivatives(radius, p["inv_outer"])
             inner = refine.radial_window_derivatives(radius, p["inv_inner"])
             taper = tuple(o - i for o, i in zip(outer, inner))
-        q, dq = F.sersic_log_slope(radius, p["r_eff"], p["n"], p["b_n"])
-        across = F.midpoint_correction(y, xi, radius, width, q, dq, taper)
+        power = F.sersic_power(radius, p["r_eff"], p["n"])
+        q, dq = F.sersic_log_slope(radius, p["r_eff"], p["n"], p["b_n"], power=power)
+        along, across = F.midpoint_corrections(xi, y, radius, cell, width, q, dq, taper)
         # a tail's correction holds where its Laplace scale is within the light's e-folding
         # length (where it is not, the tail's light is below _TAIL_ERROR by the choice of T)
         across = torch.cat([across[..., :-2], across[..., -2:].clamp(max=_TAIL_CORRECTION)], -1)
-        share = ((1.0 if taper is None else taper[0])
-                 + F.midpoint_correction(xi, y, radius, cell, q, dq, taper) + across)
-        weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"]) * g
+        share = (1.0 if taper is None else taper[0]) + along + across
+        weight = (F.sersic(radius, p["amplitude"], p["r_eff"], p["n"], b_n=p["b_n"],
+                           power=power) * g
                   * share.clamp_min(0.0) * (cell**2 / a * p["cell_used"] * p["pixel_used"]))
         # line_of_sight_velocity at the mean over the area each sample stands for, and its
         # spread there, in the galaxy's rest frame (the channel edges p["edges"] are too)
