@@ -30,7 +30,9 @@ its integral over each ``Y`` bin is analytic
 (:func:`~galcubecraft.functional.window_integral`), so the vertical structure
 is integrated exactly and the ``Y`` bins only need to resolve the surface
 brightness and velocity field of the disk.  The bins are as wide as a cell
-(``minor_density`` per cell) and span the window (``3 h tan i`` beyond the
+(``minor_density`` per cell; across a trapezoid at most a third of it,
+`galcubecraft.refine.FOOTPRINT_BINS`: a bin's midpoint does not see the ramps)
+and span the window (``3 h tan i`` beyond the
 box, the tails folded into the end bins), clipped to the disk's extent, so
 an edge-on disk stays finite and every cell's weights add up to its exact
 share of the flux.  Each sample's line is a Gaussian of the gas dispersion
@@ -629,15 +631,17 @@ class Projector:
             tail = torch.ceil(torch.log(_TAIL_SKEW * (lam / efold) ** 3 / _TAIL_ERROR)).clamp(
                 _WINDOW_TAIL, _MAX_TAIL)
             rmax = self.truncation_radius(params)
-            counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail)
-            cells, minor = counts(self.oversample)
+            counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h,
+                                  self._footprint_sides(params))
+            cells, minor, trapezoid = counts(self.oversample)
             cell = self.pixel / cells
             # the outer zone (beyond the radius holding all but _ZONE_LIGHT of the light) is
             # sampled as with oversample=1, with cells of up to _OUTER_CELLS_PER_MINOR_AXIS of
             # the projected minor axis and bins of up to _OUTER_BIN_EFOLDS e-folding lengths
             zone = torch.as_tensor(F.sersic_enclosing_radius(1 - _ZONE_LIGHT, r_eff.numpy(),
                                                              n.numpy()))
-            outer_cells, outer_minor = counts(1, _OUTER_BIN_EFOLDS, _OUTER_CELLS_PER_MINOR_AXIS)
+            outer_cells, outer_minor, _ = counts(1, _OUTER_BIN_EFOLDS,
+                                                 _OUTER_CELLS_PER_MINOR_AXIS, trapezoid=trapezoid)
             bands = None
             if kinematics is not None and self.refine:
                 solid = kinematics.solid_body_radius(params).detach().double().cpu()
@@ -648,18 +652,24 @@ class Projector:
                 # windows long against the envelope's step (nearly edge-on disks) resolve it
                 step = torch.as_tensor(np.where(bands.envelope, bands.outer, np.inf))
                 minor = torch.maximum(minor, counts(self.oversample, step=step)[1])
-            # disks thin as seen against a cell's footprint's ramps integrate the trapezoid
-            pa_pixels = params["position_angle"].detach().double().cpu() - self._rotation
-            narrow = cell * torch.minimum(torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs())
-            trapezoid = h * sin_i < _TRAPEZOID_RATIO * narrow
         return SamplingPlan(cells=cells.to(torch.int64), minor=minor.to(torch.int64), rmax=rmax,
                             tail=tail, bands=bands, zone=zone,
                             outer_cells=outer_cells.to(torch.int64),
                             outer_minor=outer_minor.to(torch.int64), trapezoid=trapezoid)
 
-    def _counts(self, r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail):
-        """``counts(oversample)``: cells per pixel side and minor-axis bins per cell of each
-        galaxy, sampled with at least ``oversample`` cells per pixel side."""
+    def _footprint_sides(self, params):
+        """The wide and narrow sides of a cell's footprint across each galaxy's minor axis, per
+        unit of the cell's side (float64, CPU): a box of the wide side convolved with one of
+        the narrow side (`_footprint_window`)."""
+        pa_pixels = params["position_angle"].detach().double().cpu() - self._rotation
+        cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
+        return torch.maximum(cs, sn), torch.minimum(cs, sn)
+
+    def _counts(self, r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h, sides):
+        """``counts(oversample)``: cells per pixel side, minor-axis bins per cell and whether
+        the cells' footprints are integrated as trapezoids, for each galaxy sampled with at
+        least ``oversample`` cells per pixel side.  ``sides``: the wide and narrow sides of
+        a cell's footprint across the minor axis, per unit of its side."""
         projected = torch.hypot(r_eff * cos_i, lam * cos_i)
         # bins are uniform in asinh((Y - Y_c) / s), and, where they widen, at most
         # _BIN_EFOLDS e-folding lengths of the light at the furthest radius the window reaches
@@ -668,10 +678,17 @@ class Projector:
         reach = torch.as_tensor(F.sersic_enclosing_radius(1 - 1e-4, r_eff.numpy(), n.numpy()))
 
         def counts(oversample, bin_efolds=_BIN_EFOLDS, per_minor_axis=_CELLS_PER_MINOR_AXIS,
-                   step=None):
+                   step=None, trapezoid=None):
             cells = torch.ceil(per_minor_axis * self.pixel / projected - 1e-6)
             cells = cells.clamp(oversample, max(oversample, self.max_oversample))
             cell = self.pixel / cells
+            # disks thin as seen against a cell's footprint's ramps integrate the trapezoid,
+            # in bins no wider than 1 / refine.FOOTPRINT_BINS of it: the midpoint rule takes
+            # each bin's window for flat, which the ramps are not
+            if trapezoid is None:
+                trapezoid = h * sin_i < _TRAPEZOID_RATIO * cell * sides[1]
+            finest = torch.where(trapezoid, torch.minimum(
+                cell, (sides[0] + sides[1]) * cell / (cos_i * refine.FOOTPRINT_BINS)), cell)
             window = 1.5 * cell / cos_i + 2 * tail * lam
             span = torch.minimum(window, 2 * rmax)
             # the u-range of a window of width W is at most 2 asinh(W / 2s); bins no wider
@@ -680,7 +697,7 @@ class Projector:
             u_range = 2 * torch.asinh(span / (2 * stretch))
             far = torch.minimum(0.5 * span, reach)
             efold_far = F.sersic_efold(far, r_eff, n, b_n)
-            du = torch.minimum(cell / stretch,
+            du = torch.minimum(finest / stretch,
                                bin_efolds * efold_far / torch.hypot(far, stretch))
             if step is not None:
                 # the envelope's step (``step`` = a_0: from a_0 / 2 to a_0) in at least
@@ -690,7 +707,7 @@ class Projector:
                 crosses = torch.isfinite(step) & (1.5 * cell / cos_i > _LONG_WINDOW * 0.5 * step)
                 du = torch.where(crosses, torch.minimum(du, 0.5 * ratio / _STEP_BINS), du)
             minor = torch.ceil(u_range * self.minor_density / du - 1e-3)
-            return cells, minor.clamp(1, self.max_minor_samples)
+            return cells, minor.clamp(1, self.max_minor_samples), trapezoid
         return counts
 
     @staticmethod
@@ -1231,7 +1248,9 @@ class Projector:
             scale_height=params["scale_height"], pixel=self.pixel, sky_matrix=self._sky_matrix,
             shape=self.pixels.shape, margin=self.margin,
             cos_floor=_COS_FLOOR, minor_density=self.minor_density,
-            max_minor_samples=self.max_minor_samples)
+            max_minor_samples=self.max_minor_samples,
+            footprint=torch.where(plan.trapezoid, sum(self._footprint_sides(params)), 0.0)
+            if plan.trapezoid is not None else None)
 
     def _cells(self, cells, n_cells):
         """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""

@@ -350,6 +350,56 @@ def minor_axis_profile(r_eff, n, h, inclination, edges):
                                   ys) for lo, hi in zip(edges[:-1], edges[1:])])
 
 
+def exact_moment0(case, rows, cols):
+    """The razor-thin disk of `render_case` (``scale_height`` 0) integrated over pixels
+    ``rows`` x ``cols`` by SciPy's adaptive 2-D quadrature, as fractions of its flux: its
+    surface brightness ``Sigma(R) / cos i`` at each sky point, deprojected by hand."""
+    n, r_eff, npix = case["n"], case["r_eff"], case["npix"]
+    b = float(sersic_bn(n))
+    i, pa = math.radians(case["inclination"]), math.radians(case["position_angle"])
+
+    def brightness(north, east):
+        de, dn = east - case["x0"], north - case["y0"]
+        xi = de * math.sin(pa) + dn * math.cos(pa)
+        y = (dn * math.sin(pa) - de * math.cos(pa)) / math.cos(i)
+        return math.exp(-b * ((math.hypot(xi, y) / r_eff) ** (1 / n) - 1)) / math.cos(i)
+    total = integrate.quad(lambda r: 2 * math.pi * r * math.exp(-b * ((r / r_eff) ** (1 / n) - 1)),
+                           0, np.inf)[0]
+    out = np.zeros((len(rows), len(cols)))
+    for a, row in enumerate(rows):
+        for c, col in enumerate(cols):
+            east, north = npix / 2 - col, row - npix / 2        # the pixel's east, south edges
+            out[a, c] = integrate.dblquad(brightness, east - 1, east, north, north + 1,
+                                          epsabs=1e-13, epsrel=1e-10)[0] / total
+    return out
+
+
+#: Thin disks at position angles between the pixel axes, where a cell's footprint across the
+#: minor axis is a trapezoid: (n, r_eff in pixels, inclination, PA).
+OBLIQUE_CELLS = {"face-on n = 0.5, PA 45": (0.5, 3.0, 0.0, 45.0),
+                 "face-on n = 0.5, PA 141": (0.5, 3.0, 0.0, 141.0),
+                 "n = 1 at 40 deg, PA 141": (1.0, 3.0, 40.0, 141.0),
+                 "n = 2 at 30 deg, PA 60": (2.0, 4.0, 30.0, 60.0)}
+
+
+@pytest.mark.parametrize("name", OBLIQUE_CELLS)
+def test_cells_seen_at_an_angle_keep_their_light_in_place(name):
+    """The central 8 x 8 pixels of a razor-thin disk's moment-0 map at the default sampling
+    against the exact integral over each pixel: within 0.18% L1 and 0.5% of the peak in every
+    pixel (measured 0.09-0.13% and 0.32-0.37%).  Before the bins across a trapezoid footprint
+    were limited to a third of it (`galcubecraft.refine.FOOTPRINT_BINS`), 0.24-0.39% and
+    0.32-1.4%: a face-on disk at PA 45 deg had 1.4% of its peak moved between the centre's
+    pixels."""
+    n, r_eff, inclination, pa = OBLIQUE_CELLS[name]
+    case = dict(n=n, r_eff=r_eff, inclination=inclination, scale_height=0.0,
+                position_angle=pa, dispersion=12.0, width=15.0, npix=32, x0=0.0, y0=0.0,
+                v_max=0.0, r_turn=1.0, n_chan=40)
+    exact = exact_moment0(case, range(12, 20), range(12, 20))
+    moment0 = render_case(case).numpy().sum(axis=0)[12:20, 12:20]
+    assert np.abs(moment0 - exact).sum() / exact.sum() < 1.8e-3
+    assert np.abs(moment0 - exact).max() / exact.max() < 5e-3
+
+
 @pytest.mark.parametrize("inclination", [80, 85, 89, 90])
 def test_thick_disk_minor_axis_profile_is_exact_near_edge_on(inclination):
     """h = 0.3 r_eff, r_eff = 5": the minor-axis profile within 0.2% L1 of the semi-analytic one
