@@ -114,7 +114,7 @@ _MIN_RAMP = 1e-3
 #: a trapezoid (`refine.FOOTPRINT_BINS`), the trapezoid was nearer the Monte Carlo cube for 7 of
 #: 8 thick disks of r_eff 3-5 pixels at 30-90 deg (0.12-0.42% L1 against 0.32-0.90%; the
 #: eighth, rotating steeply at 60 deg, 0.64% against 0.40%), and for all it cost the batch of
-#: 64 random galaxies 12% (`python -m benchmarks.baseline`).
+#: 64 random galaxies 12-18% (`python -m benchmarks.baseline`, two runs).
 _TRAPEZOID_RATIO = 2.0
 #: Least bins across the envelope's step (a_0 / 2 to a_0, `galcubecraft.refine`) along a window
 #: whose box is more than _LONG_WINDOW times longer than the step (a disk within a few degrees
