@@ -155,7 +155,7 @@ def sersic(radius, amplitude, r_eff, n, b_n=None, power=None):
 def sersic_efold(radius, r_eff, n, b_n):
     """The e-folding length of a Sérsic disk's light at ``radius``, ``-1 / (d ln Sigma / dR)``
     ``= n R / (b_n (R / r_eff)^(1/n))`` (tensors or NumPy arrays; same unit as ``radius``)."""
-    return n * radius / (b_n * (radius / r_eff) ** (1.0 / n))
+    return n * radius / (b_n * sersic_power(radius, r_eff, n))
 
 
 def sersic_log_slope(radius, r_eff, n, b_n, power=None):

@@ -618,6 +618,7 @@ class Projector:
         """
         with torch.no_grad():
             inc = params["inclination"].detach().double().cpu()
+            pa = params["position_angle"].detach().double().cpu()
             h = params["scale_height"].detach().double().cpu()
             r_eff = params["r_eff"].detach().double().cpu()
             sin_i, cos_i = torch.sin(inc), torch.cos(inc).clamp_min(_COS_FLOOR)
@@ -636,7 +637,7 @@ class Projector:
                 _WINDOW_TAIL, _MAX_TAIL)
             rmax = self.truncation_radius(params)
             counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h,
-                                  self._footprint_sides(params))
+                                  self._footprint_sides(pa))
             cells, minor, trapezoid = counts(self.oversample)
             cell = self.pixel / cells
             # the outer zone (beyond the radius holding all but _ZONE_LIGHT of the light) is
@@ -661,11 +662,12 @@ class Projector:
                             outer_cells=outer_cells.to(torch.int64),
                             outer_minor=outer_minor.to(torch.int64), trapezoid=trapezoid)
 
-    def _footprint_sides(self, params):
-        """The wide and narrow sides of a cell's footprint across each galaxy's minor axis, per
-        unit of the cell's side (float64, CPU): a box of the wide side convolved with one of
-        the narrow side (`_footprint_window`)."""
-        pa_pixels = params["position_angle"].detach().double().cpu() - self._rotation
+    def _footprint_sides(self, position_angle):
+        """The wide and narrow sides of a cell's footprint across the minor axis of galaxies at
+        ``position_angle`` (rad; the plan's detached copy or the integrand's own tensor), per
+        unit of the cell's side: a box of the wide side convolved with one of the narrow side
+        (`_footprint_window`)."""
+        pa_pixels = position_angle - self._rotation          # PA relative to the pixel axes
         cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
         return torch.maximum(cs, sn), torch.minimum(cs, sn)
 
@@ -692,7 +694,7 @@ class Projector:
             if trapezoid is None:
                 trapezoid = h * sin_i < _TRAPEZOID_RATIO * cell * sides[1]
             finest = torch.where(trapezoid, torch.minimum(
-                cell, (sides[0] + sides[1]) * cell / (cos_i * refine.FOOTPRINT_BINS)), cell)
+                cell, refine.footprint_bin(sides[0] + sides[1], cell, cos_i)), cell)
             window = 1.5 * cell / cos_i + 2 * tail * lam
             span = torch.minimum(window, 2 * rmax)
             # the u-range of a window of width W is at most 2 asinh(W / 2s); bins no wider
@@ -1253,7 +1255,8 @@ class Projector:
             shape=self.pixels.shape, margin=self.margin,
             cos_floor=_COS_FLOOR, minor_density=self.minor_density,
             max_minor_samples=self.max_minor_samples,
-            footprint=torch.where(plan.trapezoid, sum(self._footprint_sides(params)), 0.0)
+            footprint=torch.where(plan.trapezoid, sum(self._footprint_sides(
+                params["position_angle"].detach().double().cpu())), 0.0)
             if plan.trapezoid is not None else None)
 
     def _cells(self, cells, n_cells):
@@ -1301,9 +1304,8 @@ class Projector:
         # the cell is a sky-aligned square: across the minor axis its footprint is a box of
         # width a = d max(|cos PA|, |sin PA|) convolved with one of width b = d min(...), a
         # trapezoid, integrated with the Laplace window analytically (`window_integral`)
-        pa_pixels = p["position_angle"] - self._rotation      # PA relative to the pixel axes
-        cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
-        a, b = cell * torch.maximum(cs, sn), cell * torch.minimum(cs, sn)
+        wide, narrow = self._footprint_sides(p["position_angle"])
+        a, b = cell * wide, cell * narrow
         y1, y2 = (eta - 0.5 * a) / cos_i, (eta + 0.5 * a) / cos_i
         reach = 0.5 * b / cos_i + p["tail"] * lam
         lo_free, hi_free = y1 - reach, y2 + reach

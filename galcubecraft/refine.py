@@ -40,7 +40,8 @@ from . import functional as F
 __all__ = ["BandPlan", "BandEntries", "plan_bands", "envelope_inverse_radius", "band_entries",
            "band_fluxes", "radial_window", "radial_window_derivatives", "RESOLVE_CELLS",
            "band_cell", "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "BAND_HEIGHTS",
-           "MAX_BAND_ENTRIES", "THICK_BANDS", "band_cells_for", "BAND_WINDOW_BINS"]
+           "MAX_BAND_ENTRIES", "THICK_BANDS", "band_cells_for", "BAND_WINDOW_BINS",
+           "FOOTPRINT_BINS", "footprint_bin"]
 
 #: The pixel cells resolve the velocity field where the rotation curve is linear over this many
 #: cells.
@@ -288,6 +289,13 @@ class BandEntries:
         return BandEntries(**rows, n_levels=self.n_levels)
 
 
+def footprint_bin(footprint, side, cos_i):
+    """The widest bin (disk-plane arcsec along the minor axis) across the trapezoid footprint
+    of a cell of ``side`` whose width across the minor axis is ``footprint`` sides on the sky:
+    1 / `FOOTPRINT_BINS` of it, seen at ``cos i``."""
+    return footprint * side / (cos_i * FOOTPRINT_BINS)
+
+
 def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pixel,
                  sky_matrix, shape, margin, cos_floor, minor_density, max_minor_samples,
                  band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES, footprint=None):
@@ -396,9 +404,9 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         stretch = torch.maximum(4 * side, a)
         finest = torch.where(window > a / 4, side / BAND_WINDOW_BINS, side)
         if footprint is not None:
-            wide = torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
-            finest = torch.where(wide > 0, torch.minimum(
-                finest, wide * side / (cos_i[r] * FOOTPRINT_BINS)), finest)
+            width = torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
+            finest = torch.where(width > 0, torch.minimum(
+                finest, footprint_bin(width, side, cos_i[r])), finest)
         bins = torch.ceil(2 * torch.asinh(span / (2 * stretch)) * stretch * minor_density
                           / finest - 1e-3).clamp(1, max_minor_samples).to(torch.int64)
         minor[r] = torch.maximum(minor[r], bins)
