@@ -48,6 +48,7 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -483,14 +484,15 @@ class Projector:
         self._erf_work = None      # scratch for erf_at_edges, grown on demand
         self._build_cache()
 
-    def memory_estimate(self, batch=1):
+    def memory_estimate(self, batch=1, moved=0):
         """Bytes a render of ``batch`` galaxies (or cubes) on this grid takes at its peak.
 
         The padded model cube and its copies through the scatter and the beam (six of them
         with the separable beam, nine with the FFT's complex spectra), the beam matrices,
         and the chunks' temporaries (bounded by ``max_chunk_elements``).  Measured peaks on
         a CPU are 40-85% of this estimate, from 128^2 x 40 to 1024^2 x 64, separable and
-        rotated beams (a test checks the estimate covers the peak).
+        rotated beams (a test checks the estimate covers the peak).  Each of ``moved``
+        compact galaxies (`_centred_on_pixels`) adds its multipoles: K cubes, twice.
         """
         n_chan = self.pixels.shape[0] + 2 * self.chan_margin
         ny_p, nx_p = self.padded_shape
@@ -501,16 +503,18 @@ class Projector:
         _, ny, nx = self.observed.shape
         matrices = (ny * ny_p + nx * nx_p) * item if separable and self._beam else 0
         chunks = 3 * self.max_chunk_elements * item
-        return copies * cube + matrices + chunks + 64 * 2**20
+        multipoles = 2 * len(F.MULTIPOLES) * moved * n_chan * ny_p * nx_p * item
+        return copies * cube + multipoles + matrices + chunks + 64 * 2**20
 
-    def check_memory(self, batch=1):
-        """Raise `~galcubecraft.resources.MemoryLimitError` if a render of ``batch`` would need
-        more memory than allowed (``max_memory``)."""
+    def check_memory(self, batch=1, moved=0):
+        """Raise `~galcubecraft.resources.MemoryLimitError` if a render of ``batch`` (``moved``
+        of them compact, `memory_estimate`) would need more memory than allowed
+        (``max_memory``)."""
         _, ny, nx = self.pixels.shape
         pad = "" if not self.margin else f", padded by {self.margin} pixels for the beam"
         finer = ("" if self.supersampling == 1 else
                  f" ({self.supersampling}x finer than the grid's for its narrow beam)")
-        check_memory(self.memory_estimate(batch),
+        check_memory(self.memory_estimate(batch, moved),
                      f"rendering {batch} x {self.pixels.shape[0]} channels x {ny} x {nx} pixels"
                      f"{finer}{pad}", self.max_memory)
 
@@ -755,14 +759,11 @@ class Projector:
             cube, moves = self._model(params, kinematics)
             if moves is None:
                 return self._observe(cube)
-            which, dy, dx, point = moves
-            moved = self._observe(F.point_share(cube[which], *point, self.fft_shape),
-                                  shift=(dy, dx))
-            if len(which) == batch:
+            which, still, dy, dx, model, moments = moves
+            moved = self._observe_multipoles(model, moments, shift=(dy, dx))
+            if cube is None:
                 return moved
-            still = torch.as_tensor(np.setdiff1d(np.arange(batch), which.cpu().numpy()),
-                                    device=self.device)
-            out = self._observe(cube[still])
+            out = self._observe(cube)
             return out.new_zeros((batch,) + out.shape[1:]).index_copy(
                 0, still, out).index_copy(0, which, moved)
 
@@ -838,10 +839,17 @@ class Projector:
             cube, moves = self._model(params, kinematics)
             if moves is None:
                 return cube
-            which, dy, dx, point = moves
-            moved = F.translate(F.point_share(cube[which], *point, self.fft_shape), dy, dx,
-                                self._translate_shape)
-            return cube.index_copy(0, which, moved)
+            which, still, dy, dx, model, moments = moves
+            spectrum = torch.fft.rfft2(model, s=self._translate_shape)
+            if moments is not None:
+                spectrum = spectrum + F.multipole_spectrum(moments, self._translate_shape)
+            phase = F.shift_phase(self._translate_shape, dy, dx, inner=1)
+            moved = F.from_spectrum(spectrum * phase, self._translate_shape,
+                                    self.padded_shape)
+            if cube is None:
+                return moved
+            return moved.new_zeros((batch,) + moved.shape[1:]).index_copy(
+                0, still, cube).index_copy(0, which, moved)
 
     def _prepared(self, params, model=None):
         """The batch's tensors on this device and dtype, checked (`check_inputs`, memory),
@@ -856,33 +864,42 @@ class Projector:
         return params, batch
 
     def _model(self, params, kinematics):
-        """The model with compact galaxies rendered on their nearest pixel centre, and the
-        moves that put them back (`_centred_on_pixels`), or None."""
+        """The model, with compact galaxies rendered on their nearest pixel centre
+        (`_centred_on_pixels`): ``(cube, None)`` if none is, else ``(cube of the others or
+        None, (which, still, dy, dx, model, moments))``: the moved galaxies and the others,
+        the moves back (rendered pixels) and the moved galaxies' pixel integrals and
+        multipoles (`_project`'s pair, before the moves)."""
         params, moves = self._centred_on_pixels(params)
-        return self._project(params, kinematics), moves
+        if moves is None:
+            return self._project(params, kinematics), None
+        which, dy, dx = moves
+        batch = int(params["flux"].shape[0])
+        self.check_memory(batch, moved=len(which))
+        still = torch.as_tensor(np.setdiff1d(np.arange(batch), which.cpu().numpy()),
+                                device=self.device)
+        cube = self._project({k: v[still] for k, v in params.items()}, kinematics) \
+            if len(still) else None
+        model, moments = self._project({k: v[which] for k, v in params.items()}, kinematics,
+                                       multipoles=True)
+        return cube, (which, still, dy, dx, model, moments)
 
     def _centred_on_pixels(self, params):
         """Compact galaxies moved onto their nearest pixel centre, and the moves back.
 
-        A pixel's integral keeps its light but not where in the pixel it lies, so the beam
-        would place a source much smaller than a pixel at the pixel's centre, up to half a
-        pixel off (10% L1 of a point source under a 6-pixel beam).  Rendered at a pixel
-        centre, light symmetric about the galaxy's centre has no such offset, and the
-        rendered model is translated back by the shift theorem (`F.translate`, which the
-        beam makes exact).  Only galaxies with `_CENTRE_LIGHT` of their light within one
-        rendered pixel of their centre, and thin disks near edge-on (`_THIN_HEIGHTS`), whose
-        light lies on a line through it, are moved; for the others the offsets of their
-        resolved light average out.  None is moved where the beam is narrower than
-        `MIN_BEAM_SIGMA` rendered pixels (``min_beam_sigma`` set below it), which a move
-        needs to be exact.  The readout takes a pixel's light as spread across it, but a
-        compact galaxy's central pixel holds light concentrated at its centre: the share
-        ``1 - 12 <x^2>`` of it (``<x^2>`` its mean squared offset along an axis, from the
-        Sérsic law within the pixel's area: 1 for a point source, 0 for light spread
-        evenly) is given the pixel's box (`F.point_share`), which removes the readout's
-        second-order error for a point source (4% of the peak under a 3-pixel beam).
-        Returns the
-        parameters and ``(which, dy, dx, point)``: the moved galaxies, their shifts (pixels,
-        differentiable in ``x0`` and ``y0``) and the central pixels, or None if none is
+        A pixel's integral keeps how much light it holds but not where in the pixel it
+        lies: the beam's readout takes it as spread across the pixel, which places a source
+        much smaller than a pixel up to half a pixel off (10% L1 of a point source under a
+        6-pixel beam), and in each channel of a compact rotating one, the light off its
+        centre by up to r_eff (1-3% L1).  Galaxies with `_CENTRE_LIGHT` of their light
+        within one rendered pixel of their centre, and thin disks near edge-on
+        (`_THIN_HEIGHTS`), whose light lies on a line through it, are rendered centred on
+        their nearest pixel, where each pixel's light is gathered with its `F.MULTIPOLES`
+        (`F.cell_multipoles`, `F.multipole_spectrum`: where in the pixel it lies, to second
+        order), and moved back by the shift theorem (`F.translate`, which the beam makes
+        exact).  None is moved where the beam is narrower than `MIN_BEAM_SIGMA` rendered
+        pixels (``min_beam_sigma`` set below it), which the moves and the series need.
+        Returns the parameters and ``(which, dy, dx)``: the moved galaxies and their
+        shifts (rendered pixels, differentiable in ``x0`` and ``y0``), or None if none is
         moved.
         """
         if self._beam[1] < MIN_BEAM_SIGMA * (1 - 1e-9):
@@ -910,14 +927,7 @@ class Projector:
         moved = sky - matrix @ shift
         params = {**params, "x0": params["x0"].index_copy(0, which, moved[0]),
                   "y0": params["y0"].index_copy(0, which, moved[1])}
-        # the mean squared offset along an axis of the light within the central pixel (its
-        # area as a disk), face-on
-        spread = F.sersic_central_spread(self.pixel / math.sqrt(math.pi), r_eff[compact],
-                                         n[compact]) / 2 / self.pixel**2
-        weight = torch.as_tensor(np.clip(1 - 12 * spread, 0, 1), device=self.device,
-                                 dtype=self.dtype)
-        index = (pixel + self.margin).long()
-        return params, (which, shift[1], shift[0], (index[1], index[0], weight))
+        return params, (which, shift[1], shift[0])
 
     def _relative_velocity(self, velocity):
         """A radio velocity (km/s) relative to the band's centre, subtracted in float64 before
@@ -930,7 +940,18 @@ class Projector:
         """`velocity_compression` of a velocity given relative to the band's centre."""
         return velocity_compression(relative + self._velocity_origin)
 
-    def _project(self, params, kinematics):
+    def _project(self, params, kinematics, multipoles=False):
+        """The padded model ``(batch, n_chan, ny, nx)`` of plain disks.
+
+        With ``multipoles``, a pair: the pixel integrals, which the beam's readout takes as
+        light spread over each pixel, and the light each pixel holds as its K
+        `F.MULTIPOLES` (``(batch, K, n_chan, ny, nx)``, or None where there is none): that
+        of the central bands (`galcubecraft.refine`: a cusp, or the whole of a compact
+        galaxy) and of the pixel cells of galaxies whose cells are finer than ``oversample``
+        (narrower than `_CELLS_PER_MINOR_AXIS` default cells: concentrated within a pixel).
+        The readout is exact for light smooth over a pixel, the multipoles for light
+        concentrated within one.
+        """
         plan = self.sampling(params, kinematics)
         outer = plan.outer()
         zoned = bool((outer.cells != plan.cells).any() or (outer.minor != plan.minor).any())
@@ -938,25 +959,61 @@ class Projector:
                                                    zone="inner" if zoned else None))
         if plan.bands is not None and plan.bands.any:
             plan = plan.with_entries(self.band_entries(params, plan))
+        concentrated = plan.cells > self.oversample if multipoles else None
         # the zones' pixels and the bands are grouped apart: a galaxy's bands do not pad the
         # pixels of the others, nor its pixels their bands
-        cube = self._by_groups(params, plan, kinematics, self._group_by_cost(
-            plan, self.group_ratio), self._project_group)
+        cube, moments = self._pixel_cells(params, plan, kinematics, concentrated)
         if zoned:
             outer = outer.with_footprint(*self.footprint(params, outer, zone="outer"))
             if bool(outer.pixel_used.any()):
-                cube = cube + self._by_groups(params, outer, kinematics, self._group_by_cost(
-                    outer, self.group_ratio), self._project_group)
+                more, more_moments = self._pixel_cells(params, outer, kinematics, concentrated)
+                cube = cube + more
+                moments = more_moments if moments is None else \
+                    moments if more_moments is None else moments + more_moments
         if plan.entries is not None:
             banded = torch.as_tensor(plan.bands.levels > 0).nonzero().reshape(-1)
             sub = plan.select(banded)
             bands = self._by_groups({k: v[banded.to(v.device)] for k, v in params.items()},
                                     sub, kinematics, self._group_by_cost(sub, self.group_ratio,
                                                                          bands=True),
-                                    self._band_group)
-            cube = cube.index_add(0, banded.to(cube.device), bands)
+                                    partial(self._band_group, multipoles=multipoles))
+            if multipoles:
+                if moments is None:
+                    moments = bands.new_zeros((cube.shape[0], *bands.shape[1:]))
+                moments = moments.index_add(0, banded.to(cube.device), bands)
+            else:
+                cube = cube.index_add(0, banded.to(cube.device), bands)
         ny_p, nx_p = self.padded_shape
-        return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
+
+        def unpadded(t):
+            return t[..., :-1].reshape(*t.shape[:-1], ny_p, nx_p) * self._inv_widths
+        if not multipoles:
+            return unpadded(cube)
+        return unpadded(cube), None if moments is None else unpadded(moments)
+
+    def _pixel_cells(self, params, plan, kinematics, concentrated=None):
+        """The pixel cells of ``plan``'s galaxies: the flat padded cube (batch, n_chan,
+        pixels + 1), and those of the galaxies ``concentrated`` (batch,) as multipoles
+        (batch, K, n_chan, pixels + 1; None if none is)."""
+        def render(idx, multipoles=False):
+            sub = plan if idx is None else plan.select(idx)
+            part = params if idx is None else {k: v[idx.to(v.device)] for k, v in params.items()}
+            return self._by_groups(part, sub, kinematics,
+                                   self._group_by_cost(sub, self.group_ratio),
+                                   partial(self._project_group, multipoles=multipoles))
+        if concentrated is None or not bool(concentrated.any()):
+            return render(None), None
+        if bool(concentrated.all()):
+            moments = render(None, multipoles=True)
+            return moments.new_zeros((moments.shape[0], *moments.shape[2:])), moments
+        inside = concentrated.nonzero().reshape(-1)
+        spread = (~concentrated).nonzero().reshape(-1)
+        moments, cube = render(inside, multipoles=True), render(spread)
+        batch = concentrated.numel()
+        return (cube.new_zeros((batch, *cube.shape[1:])).index_add(0, spread.to(cube.device),
+                                                                   cube),
+                moments.new_zeros((batch, *moments.shape[1:])).index_add(
+                    0, inside.to(moments.device), moments))
 
     def _by_groups(self, params, plan, kinematics, groups, render):
         """``render(params, plan, kinematics)`` for each group of galaxies, in batch order."""
@@ -1083,17 +1140,22 @@ class Projector:
             line_integration=self.line_integration)
         return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 
-    def _project_group(self, params, plan, kinematics):
-        """The pixel cells of a group: the flat padded cube (batch, n_chan, pixels + 1)."""
+    def _project_group(self, params, plan, kinematics, multipoles=False):
+        """The pixel cells of a group: the flat padded cube (batch, n_chan, pixels + 1).
+
+        With ``multipoles``, their light as its K `F.MULTIPOLES`: (batch, K, n_chan,
+        pixels + 1)."""
         batch = params["flux"].shape[0]
         n_cells = int(plan.cells.max())
         n_minor = int(plan.minor.max())
-        cell_east, cell_north, cell_used = self._cells(plan.cells, n_cells)
+        cell_east, cell_north, cell_used, offsets = self._cells(plan.cells, n_cells)
         shaped, sigma = self._shape(params, plan)
         shaped.update(n_minor=plan.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
                       cell=(self.pixel / plan.cells).to(self.device, self.dtype)
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
+        if multipoles:
+            shaped["offset_x"], shaped["offset_y"] = offsets
         if plan.bands is not None and plan.bands.any:
             # the pixel cells integrate the envelope, Sigma (1 - w(R; a_0))
             shaped["inv_outer"] = torch.zeros_like(shaped["cell"])
@@ -1107,24 +1169,27 @@ class Projector:
         shaped["pixel_used"] = plan.pixel_used[:, :, None, None].to(self.dtype)
         lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
         east, north = self._east[lookup], self._north[lookup]          # (B, P)
-        lines = self._line_nodes(shaped["edges"], sigma, n_cells**2 * (n_minor + 2))
+        lines = None if multipoles else \
+            self._line_nodes(shaped["edges"], sigma, n_cells**2 * (n_minor + 2))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
                                      n_minor, n_cells**2 * (n_minor + 2), lines)
         return self._deposit(spectra, pixels)
 
     def _deposit(self, spectra, pixels):
-        """Spectra (batch, P, n_chan) summed at their ``pixels`` (batch, P) into a flat padded
-        cube (batch, n_chan, pixels + 1; the last is the spare that padding writes to)."""
-        batch = spectra.shape[0]
-        n_chan = self._edges.numel() - 1
+        """Spectra (batch, P, n_chan), or (batch, P, K, n_chan) of multipoles, summed at their
+        ``pixels`` (batch, P) into a flat padded cube (batch, n_chan, pixels + 1; the last is
+        the spare that padding writes to), or (batch, K, n_chan, pixels + 1)."""
         ny_p, nx_p = self.padded_shape
-        cube = spectra.new_zeros((batch, n_chan, ny_p * nx_p + 1))
-        index = pixels.to(self.device)[:, None, :].expand(batch, n_chan, pixels.shape[1])
-        return cube.scatter_add(2, index, spectra.transpose(1, 2))
+        spectra = spectra.movedim(1, -1)                       # (batch, [K,] n_chan, P)
+        cube = spectra.new_zeros((*spectra.shape[:-1], ny_p * nx_p + 1))
+        lead = (pixels.shape[0],) + (1,) * (spectra.dim() - 2) + (pixels.shape[1],)
+        index = pixels.to(self.device).reshape(lead).expand_as(spectra)
+        return cube.scatter_add(-1, index, spectra)
 
-    def _band_group(self, params, plan, kinematics):
+    def _band_group(self, params, plan, kinematics, multipoles=False):
         """The central bands (`galcubecraft.refine`) of a group, each scaled to its exact flux:
-        the flat padded cube (batch, n_chan, pixels + 1)."""
+        the flat padded cube (batch, n_chan, pixels + 1), or with ``multipoles`` their light
+        as its K `F.MULTIPOLES` (batch, K, n_chan, pixels + 1)."""
         entries = plan.entries
         batch = params["flux"].shape[0]
         shaped, sigma = self._shape(params, plan)
@@ -1145,13 +1210,21 @@ class Projector:
                  pixel_used=per_entry(entries.used))
         east = entries.east.to(self.device, self.dtype)
         north = entries.north.to(self.device, self.dtype)
+        sliced = ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used")
+        if multipoles:
+            # each cell's offset from its pixel's centre, in rendered pixels
+            pixel = entries.pixel.clamp_max(self._east.numel() - 1).to(self.device)
+            sky = torch.stack([east - self._east[pixel], north - self._north[pixel]], dim=-1)
+            inverse = torch.linalg.inv(torch.as_tensor(self._sky_matrix, dtype=torch.float64))
+            offset = sky @ inverse.T.to(self.device, self.dtype)
+            p.update(offset_x=per_entry(offset[..., 0]), offset_y=per_entry(offset[..., 1]))
+            sliced = sliced + ("offset_x", "offset_y")
         # a pixel's cells of one band are summed into one row before the channels
         n_rows = entries.row_pixel.shape[1]
         per_row = (n_minor + 2) * max(1, entries.row.shape[1] // max(n_rows, 1))
-        lines = self._line_nodes(shaped["edges"], sigma, per_row)
+        lines = None if multipoles else self._line_nodes(shaped["edges"], sigma, per_row)
         spectra, weights = self._integrate(
-            east, north, p, ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used"),
-            kinematics, n_minor, n_minor + 2, lines, weights=True,
+            east, north, p, sliced, kinematics, n_minor, n_minor + 2, lines, weights=True,
             rows=entries.row.to(self.device), n_rows=n_rows)
         # each band's sampled flux scaled to its exact flux
         level = entries.level.to(self.device)
@@ -1166,7 +1239,8 @@ class Projector:
         safe = torch.where(sampled > 0, sampled, torch.ones_like(sampled))
         scale = torch.where(sampled > 0, exact / safe, torch.zeros_like(sampled))
         row_level = entries.row_level.to(self.device)
-        spectra = spectra * torch.gather(scale, 1, row_level)[..., None]
+        factor = torch.gather(scale, 1, row_level)
+        spectra = spectra * factor.reshape(*factor.shape, *(1,) * (spectra.dim() - 2))
         return self._deposit(spectra, entries.row_pixel)
 
     def _integrate(self, east, north, p, sliced, kinematics, n_minor, per_point, lines,
@@ -1191,11 +1265,11 @@ class Projector:
             spectra, wsum = out if weights else (out, None)
             pieces.append(spectra)
             sums.append(wsum)
-        n_chan = self._edges.numel() - 1
+        shape = ((len(F.MULTIPOLES),) if "offset_x" in p else ()) + (self._edges.numel() - 1,)
         if rows is not None:
-            spectra = sum(pieces) if pieces else east.new_zeros((batch, n_rows, n_chan))
+            spectra = sum(pieces) if pieces else east.new_zeros((batch, n_rows, *shape))
         else:
-            spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, n_chan))
+            spectra = torch.cat(pieces, dim=1) if pieces else east.new_zeros((batch, 0, *shape))
         wsum = (torch.cat(sums, dim=1) if pieces else east.new_zeros((batch, 0))) \
             if weights else None
         return spectra, wsum
@@ -1260,7 +1334,8 @@ class Projector:
             if plan.trapezoid is not None else None)
 
     def _cells(self, cells, n_cells):
-        """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use."""
+        """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use;
+        and the offsets in rendered pixels along the columns and the rows."""
         batch = cells.numel()
         k = torch.arange(n_cells, dtype=torch.float64)
         s = cells.to(torch.float64).reshape(batch, 1)
@@ -1275,10 +1350,14 @@ class Projector:
 
         def shaped(t):
             return t.reshape(batch, 1, -1, 1).to(self.device, self.dtype)
-        return shaped(east), shaped(north), shaped(mask)
+        return shaped(east), shaped(north), shaped(mask), (shaped(fx), shaped(fy))
 
     def _line_nodes(self, edges, sigma, samples_per_pixel):
-        """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``."""
+        """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``.
+
+        Multipoles (`_project`) are integrated with ``erf``: the K weights of a sample share
+        its differences of erf, where the nodes would cost K times (the one-galaxy cubes of
+        ``benchmarks.dataset``: 36 cubes/s with ``erf``, 32 with the nodes)."""
         if self.line_nodes_per_sigma is None or self.line_integration == "erf":
             return None
         origin, step, n_nodes = F.line_nodes(edges, sigma, self.line_nodes_per_sigma)
@@ -1364,7 +1443,12 @@ class Projector:
                                             width, q, dq, share, taper)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, 0.0, sin_i) + shift
         batch, n_pix = weight.shape[:2]
-        if lines is not None:
+        flux = weight.sum(dim=(-2, -1)) if weights else None
+        # with multipoles, each sample's light is also weighted by where in its pixel it lies:
+        # (batch, P, K, C, M), whose K spectra are summed like the light's
+        moments = F.cell_multipoles(weight, p["offset_x"], p["offset_y"], cell / self.pixel) \
+            if "offset_x" in p else None
+        if lines is not None:           # (never with moments: `_line_nodes`)
             # line_profile and integrate_los through the velocity nodes: deposit, then one
             # channel-integrated Gaussian per node
             origin, step, n_nodes, matrix = lines
@@ -1372,18 +1456,23 @@ class Projector:
                                     spread2.expand_as(weight), origin, step, n_nodes,
                                     rows=rows, n_rows=n_rows)
             spectra = torch.matmul(nodes, matrix)
-            return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
+            return (spectra, flux) if weights else spectra
         disp = torch.sqrt(p["sigma"] ** 2 + spread2)
         # line_profile: channel-integrated Gaussian; integrate_los: weighted sum over samples
         erf = F.erf_at_edges(p["edges"], v_los.reshape(batch, n_pix, -1),
                              disp.expand_as(v_los).reshape(batch, n_pix, -1),
                              out=self._erf_buffer(v_los.numel() * self._edges.numel()))
-        summed = torch.matmul(weight.reshape(batch, n_pix, 1, -1), erf).squeeze(-2)
+        light = weight.reshape(batch, n_pix, 1, -1) if moments is None else \
+            moments.reshape(batch, n_pix, moments.shape[2], -1)
+        summed = torch.matmul(light, erf)
         spectra = 0.5 * (summed[..., 1:] - summed[..., :-1])
+        if moments is None:
+            spectra = spectra.squeeze(-2)
         if rows is not None:
-            spectra = spectra.new_zeros((batch, n_rows, spectra.shape[-1])).scatter_add(
-                1, rows[..., None].expand_as(spectra), spectra)
-        return (spectra, weight.sum(dim=(-2, -1))) if weights else spectra
+            spectra = spectra.new_zeros((batch, n_rows, *spectra.shape[2:])).scatter_add(
+                1, rows.reshape(*rows.shape, *(1,) * (spectra.dim() - 2)).expand_as(spectra),
+                spectra)
+        return (spectra, flux) if weights else spectra
 
     @staticmethod
     def _footprint_window(p, y1, y2, ramp, start, width, lo, hi, lam):
@@ -1452,6 +1541,44 @@ class Projector:
         pixels hold, the moves (if any), the clouds' width, device and dtype."""
         return {"step": self.supersampling, "sampling": self.observed.sampling,
                 "shift": shift, "cloud": cloud, "device": self.device, "dtype": self.dtype}
+
+    def _observe_multipoles(self, model, moments, shift):
+        """`_observe` of `_model`'s moved galaxies, their pixel integrals ``model`` and their
+        ``moments`` (or None), moved by ``shift``: for a beam along the pixel axes, by
+        matrices (`F.beam_matrices`, one pair per multipole, on the pixels that hold
+        multipoles), else by the FFT (`F.multipole_spectrum`)."""
+        if moments is None:
+            return self._observe(model, shift=shift)
+        if self._beam_matrices is None:
+            spectrum = torch.fft.rfft2(model, s=self._translate_shape) + \
+                F.multipole_spectrum(moments, self._translate_shape)
+            transfer = F.beam_transfer_function(self._translate_shape, *self._beam,
+                                                **self._readout(shift))
+            out = F.read_pixels(F.from_spectrum(spectrum * transfer, self._translate_shape,
+                                                self.padded_shape),
+                                self.margin, self.supersampling, self.observed.shape[1:],
+                                self.observed.sampling)
+        else:
+            out = F.convolve_beam_separable(model, self._operators(shift, 0.0, separable=True))
+            with torch.no_grad():       # the rows and columns that hold multipoles (light)
+                held = moments[:, 0].detach().sum(dim=(0, 1)) > 0
+                rows = torch.nonzero(held.any(dim=1)).reshape(-1)
+                cols = torch.nonzero(held.any(dim=0)).reshape(-1)
+            if rows.numel():
+                rows = slice(int(rows[0]), int(rows[-1]) + 1)
+                cols = slice(int(cols[0]), int(cols[-1]) + 1)
+                patch = moments[..., rows, cols]
+                # the matrices of each order along y and along x
+                pairs = [F.beam_matrices(self._translate_shape, self.padded_shape,
+                                         self.margin, *self._beam, multipole=(j, j),
+                                         **self._readout(shift))
+                         for j in range(1 + max(max(order) for order in F.MULTIPOLES))]
+                for k, (a, b) in enumerate(F.MULTIPOLES):
+                    out = out + F.convolve_beam_separable(
+                        patch[:, k], (pairs[b][0][..., rows], pairs[a][1][..., cols]))
+        if self._kernel is not None:
+            out = F.convolve_spectral(out, self._kernel)
+        return out
 
     def _observe(self, model, shift=None, cloud=0.0):
         """`observe`; ``shift`` (``(dy, dx)``, ``(batch,)`` each, rendered pixels) also moves

@@ -28,6 +28,7 @@ import astropy.units as u
 import numpy as np
 import pytest
 import torch
+from radio_beam import Beam
 from scipy import integrate
 from scipy.special import (erf, expit, gammainccinv, gammaincinv, gammaln, log_expit, logit,
                            ndtr)
@@ -537,3 +538,62 @@ def test_internal_velocities_compose_relativistically_with_the_systemic(z):
     w2 = math.sin(math.radians(inc)) ** 2 * mean_vc2 / 2 + sigma**2
     expected = -w2 / (2 * 299792.458) / (1 + z)
     assert abs(mean - expected) < 0.03 * abs(expected), (mean, expected)
+
+
+def beam_cube(case, fwhm, fine=7, points=2**22):
+    """What a radio image holds for `render_case`'s galaxy under a circular Gaussian beam of
+    ``fwhm`` pixels: the sky convolved with the beam at the pixels' centres, in Jy/beam for a
+    flux of 1 Jy km/s.  The Monte Carlo cube (`monte_carlo_cube`) on pixels ``fine`` (odd)
+    times finer, convolved by FFT with the beam, whose peak is one, and sampled at the
+    centres (the fine pixels' own width adds (1/fine)^2/12 pixel^2 to the beam's variance)."""
+    lengths = ("r_eff", "scale_height", "x0", "y0", "r_turn")
+    scaled = {**case, **{k: case[k] * fine for k in lengths}, "npix": case["npix"] * fine}
+    cube = monte_carlo_cube(scaled, points=points) / case["width"]
+    sigma = fine * fwhm / math.sqrt(8 * math.log(2))
+    n = cube.shape[-1]
+    size = n + 2 * int(math.ceil(6 * sigma))
+    ky = np.fft.fftfreq(size)[:, None]
+    kx = np.fft.rfftfreq(size)[None, :]
+    transfer = 2 * math.pi * sigma**2 * np.exp(-2 * math.pi**2 * sigma**2 * (kx**2 + ky**2))
+    image = np.fft.irfft2(np.fft.rfft2(cube, s=(size, size)) * transfer, s=(size, size))
+    centre = (fine - 1) // 2
+    return image[:, centre:n:fine, centre:n:fine]
+
+
+def render_beam_case(case, fwhm, dtype=torch.float64):
+    """`render_case`'s galaxy under a circular beam of ``fwhm`` pixels, point-sampled."""
+    grid = gcc.CubeGrid(shape=(case["n_chan"], case["npix"], case["npix"]),
+                        pixel_scale=1 * u.arcsec, channel_width=case["width"] * KMS,
+                        beam=Beam(fwhm * u.arcsec), pixel_sampling="point")
+    params = {k: torch.tensor([case[k] if k not in ("inclination", "position_angle")
+                               else math.radians(case[k])], dtype=torch.float64)
+              for k in ("x0", "y0", "inclination", "position_angle", "dispersion", "r_eff", "n",
+                        "scale_height", "v_max", "r_turn")}
+    params.update(flux=torch.tensor([1.0]), v_sys=torch.tensor([0.0]))
+    with torch.no_grad():
+        return gcc.Projector(grid, dtype=dtype)(params, gcc.ArctanRotationCurve)[0].double()
+
+
+#: Galaxies whose light lies within a pixel or two, rotating, under a 4-pixel beam: in each
+#: channel their light sits off their centre, where a pixel's integral does not say.  Before
+#: the multipoles (`galcubecraft.functional.MULTIPOLES`) they were 6.7% and 3.6% L1 from the
+#: reference; measured 0.22% and 0.49% (the reference's own error ~0.02%: the same cube made
+#: on pixels 9x finer).
+COMPACT_ROTATING = {
+    "r_eff 0.3 px, 50 deg": (dict(
+        n=1.0, r_eff=0.3, inclination=50.0, scale_height=0.0, position_angle=30.0,
+        dispersion=10.0, width=40.0, npix=12, x0=0.23, y0=-0.31, v_max=150.0, r_turn=0.3,
+        n_chan=12), 4e-3),
+    "n = 4, r_eff 1 px, 60 deg": (dict(
+        n=4.0, r_eff=1.0, inclination=60.0, scale_height=0.1, position_angle=110.0,
+        dispersion=10.0, width=30.0, npix=16, x0=-0.4, y0=0.35, v_max=150.0, r_turn=0.5,
+        n_chan=14), 8e-3),
+}
+
+
+@pytest.mark.parametrize("name", COMPACT_ROTATING)
+def test_compact_rotating_sources_are_where_each_channel_holds_them(name):
+    """A compact rotating galaxy under a beam against the Monte Carlo sky convolved with the
+    beam at the pixels' centres (`beam_cube`), which shares no code with the projector."""
+    case, allowed = COMPACT_ROTATING[name]
+    assert l1_distance(render_beam_case(case, 4.0).numpy(), beam_cube(case, 4.0)) < allowed

@@ -84,8 +84,10 @@ def test_pixels_hold_what_the_instrument_measures(pixel, fwhm, h, n, sampling):
 def test_point_and_average_differ_by_the_pixels_smoothing():
     """The two samplings of one grid differ by the pixel's box, which lowers this disk's peak
     (h = 4", 3" pixels) by 3.6% under a 6" beam, 1.5% under 12" and 0.5% under 24": as the
-    exact Hankel transforms, sampled and averaged, say to 1e-3 of the drop; both keep the
-    flux."""
+    exact Hankel transforms, sampled and averaged, say to 3e-3 of the drop (measured 2e-3
+    under 12", where the disk is compact enough to be moved, 8e-4 before: its central bands'
+    light is placed by its multipoles and the rest read out as spread over the pixels, which
+    leaves the cube 4e-4 L1 from the exact one, 4e-5 before); both keep the flux."""
     for fwhm in (6, 12, 24):
         point = _moment0(41, 3, 4, fwhm, "point")
         average = _moment0(41, 3, 4, fwhm, "average")
@@ -93,7 +95,7 @@ def test_point_and_average_differ_by_the_pixels_smoothing():
         exact_point = _exact_moment0(41, 3, 4, fwhm, "point")[centre, centre]
         exact_average = _exact_moment0(41, 3, 4, fwhm, "average")[centre, centre]
         exact_drop = 1 - exact_average.max() / exact_point.max()
-        assert 1 - average.max() / point.max() == pytest.approx(exact_drop, rel=1e-3)
+        assert 1 - average.max() / point.max() == pytest.approx(exact_drop, rel=3e-3)
         assert exact_drop > 0.004
         grid = gcc.CubeGrid(shape=(8, 41, 41), pixel_scale=3 * u.arcsec,
                             channel_width=30 * KMS, beam=Beam(fwhm * u.arcsec))
@@ -254,17 +256,18 @@ def test_moves_in_the_readout_equal_moves_of_the_model(fwhm, ratio, pa, sampling
                                atol=1e-6 * float(model.abs().max()))
 
 
-def test_a_thin_edge_on_disk_along_a_pixel_axis_keeps_its_offset():
-    """A razor-thin disk seen edge-on along the columns, 0.3 pixel off a column's centre, under
-    a 3-pixel beam: all its light falls in one column of pixel integrals, which the beam used
-    to centre on the column (13% L1 from the render on 5x finer pixels, read out).  Thin disks
-    near edge-on are rendered on their nearest pixel centre and moved back like compact ones:
-    2.5% (measured; the remainder is the line's width across the column, which the readout
-    takes as spread over the pixel)."""
+@pytest.mark.parametrize("pa", [0, 30])
+def test_a_thin_edge_on_disk_keeps_its_offset(pa):
+    """A razor-thin disk seen edge-on, 0.3 pixel off a column's centre, under a 3-pixel beam:
+    its light falls in a line of pixel integrals, which the beam used to centre on the
+    pixels (13% L1 from the render on 5x finer pixels, read out).  Thin disks near edge-on
+    are rendered on their nearest pixel centre and moved back like compact ones, and where
+    in its pixels the line lies is kept by their multipoles (`F.MULTIPOLES`): 0.17% along a
+    column, 0.20% at PA 30 deg (2.5% and 1.4% with the pixel integrals alone)."""
     galaxy = gcc.Galaxy(surface=gcc.ExponentialDisk(scale_length=5 * u.arcsec),
                         vertical=gcc.ExponentialVertical(0.01 * u.arcsec),
                         kinematics=gcc.ArctanRotationCurve(v_max=200 * KMS, r_turn=2 * u.arcsec),
-                        dispersion=15 * KMS, inclination=90 * u.deg, position_angle=0 * u.deg,
+                        dispersion=15 * KMS, inclination=90 * u.deg, position_angle=pa * u.deg,
                         flux=1 * u.Jy * KMS, offset=[0.3, -0.2] * u.arcsec)
 
     def render(pixel, n):
@@ -273,4 +276,4 @@ def test_a_thin_edge_on_disk_along_a_pixel_axis_keeps_its_offset():
         with torch.no_grad():
             return gcc.render_tensor(galaxy, grid, dtype=D).numpy()
     fine = render(0.2, 240)[:, 2::5, 2::5]
-    assert _l1(render(1.0, 48), fine) < 0.04
+    assert _l1(render(1.0, 48), fine) < 4e-3
