@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 import torch
-from scipy.special import gammaincinv
+from scipy.special import gammainc, gammaincinv, gammaln
 
 __all__ = [
-    "sersic_bn", "sersic_enclosing_radius", "sersic_total_flux",
+    "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
     "sersic", "sersic_efold", "sersic_log_slope", "sersic_power",
     "midpoint_correction", "midpoint_corrections", "exponential_vertical",
     "window_integral", "window_tail", "sparse_product", "deposit_rows", "sky_to_disk",
@@ -31,8 +31,9 @@ __all__ = [
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "NODE_ACCUMULATOR", "node_accumulator", "node_weights",
     "beam_transfer_function", "convolve_beam", "beam_is_separable", "beam_matrices",
-    "convolve_beam_separable", "read_pixels", "translate", "shift_phase", "MULTIPOLES",
-    "cell_multipoles", "multipole_spectrum", "from_spectrum", "interpolate_linear",
+    "convolve_beam_separable", "read_pixels", "translate", "shift_phase", "point_share",
+    "MULTIPOLES", "cell_multipoles", "multipole_factor", "multipole_spectrum", "from_spectrum",
+    "interpolate_linear",
     "interpolate_pchip", "cloud_weights",
 ]
 
@@ -95,6 +96,20 @@ def sersic_enclosing_radius(fraction, r_eff, n):
     """
     n = np.asarray(n, dtype=float)
     return np.asarray(r_eff) * (gammaincinv(2 * n, fraction) / sersic_bn(n)) ** n
+
+
+def sersic_central_spread(radius, r_eff, n):
+    """Mean squared radius ``<r^2>`` of a Sérsic disk's light within ``radius`` (NumPy).
+
+    ``r_eff^2 b_n^(-2n) Gamma(4n) P(4n, x) / (Gamma(2n) P(2n, x))`` with
+    ``x = b_n (radius / r_eff)^(1/n)`` and ``P`` the regularised incomplete gamma function.
+    """
+    n = np.asarray(n, dtype=float)
+    r_eff = np.asarray(r_eff, dtype=float)
+    b_n = sersic_bn(n)
+    x = b_n * (np.asarray(radius) / r_eff) ** (1 / n)
+    ratio = gammainc(4 * n, x) / np.maximum(gammainc(2 * n, x), 1e-300)
+    return r_eff**2 * b_n ** (-2 * n) * np.exp(gammaln(4 * n) - gammaln(2 * n)) * ratio
 
 
 def sersic_total_flux(amplitude, r_eff, n, b_n=None):
@@ -751,6 +766,33 @@ def shift_phase(fft_shape, dy, dx, inner=0):
     lead = (-1,) + (1,) * inner
     return torch.exp(-2j * math.pi * (ky[:, None] * dy.reshape(*lead, 1, 1)
                                       + kx[None, :] * dx.reshape(*lead, 1, 1)))
+
+
+def point_share(images, row, column, weight, fft_shape):
+    """Give a share of one pixel's content the pixel's box, as light at its centre needs.
+
+    The readouts of :func:`beam_matrices` treat a pixel's integral as light spread smoothly
+    across the pixel.  ``weight`` (``(batch,)``) of what pixel ``(row, column)`` of image
+    ``b`` holds (all its channels, ``images`` ``(batch, ..., ny, nx)``) is instead light
+    much smaller than a pixel at the pixel's centre: that share is convolved with the
+    pixel's box (``sinc(ky) sinc(kx)``, periodic on ``fft_shape``), so that the readout
+    places it exactly.  Differentiable in the images.
+    """
+    ny, nx = images.shape[-2:]
+
+    def axis(n_fft, n, at):
+        kernel = torch.fft.ifft(torch.sinc(torch.fft.fftfreq(n_fft, dtype=torch.float64))).real
+        index = (torch.arange(n)[None, :] - at.cpu()[:, None]) % n_fft
+        box = kernel[index].to(images.device, images.dtype)                  # (batch, n)
+        return box, torch.nn.functional.one_hot(at.long(), n).to(images.dtype)
+    box_y, one_y = axis(fft_shape[0], ny, row)
+    box_x, one_x = axis(fft_shape[1], nx, column)
+    change = box_y[:, :, None] * box_x[:, None, :] - one_y[:, :, None] * one_x[:, None, :]
+    b = torch.arange(images.shape[0], device=images.device)
+    centre = images[b, ..., row, column] if images.dim() == 3 else images[b, :, row, column]
+    lead = (-1,) + (1,) * (images.dim() - 3)
+    return images + (weight.reshape(*lead) * centre)[..., None, None] * \
+        change.reshape(change.shape[0], *(1,) * (images.dim() - 3), ny, nx)
 
 
 #: The multipoles of a pixel's light that `cell_multipoles` gathers and `multipole_spectrum`

@@ -872,15 +872,18 @@ class Projector:
         params, moves = self._centred_on_pixels(params)
         if moves is None:
             return self._project(params, kinematics), None
-        which, dy, dx = moves
+        which, dy, dx, (row, column, share) = moves
         batch = int(params["flux"].shape[0])
         self.check_memory(batch, moved=len(which))
         still = torch.as_tensor(np.setdiff1d(np.arange(batch), which.cpu().numpy()),
                                 device=self.device)
         cube = self._project({k: v[still] for k, v in params.items()}, kinematics) \
             if len(still) else None
-        model, moments = self._project({k: v[which] for k, v in params.items()}, kinematics,
-                                       multipoles=True)
+        model, moments, placed = self._project({k: v[which] for k, v in params.items()},
+                                               kinematics, multipoles=True)
+        # the central pixel's light of the galaxies whose centre is not placed by multipoles
+        share = torch.where(placed.to(share.device), torch.zeros_like(share), share)
+        model = F.point_share(model, row, column, share, self.fft_shape)
         return cube, (which, still, dy, dx, model, moments)
 
     def _centred_on_pixels(self, params):
@@ -898,9 +901,13 @@ class Projector:
         order), and moved back by the shift theorem (`F.translate`, which the beam makes
         exact).  None is moved where the beam is narrower than `MIN_BEAM_SIGMA` rendered
         pixels (``min_beam_sigma`` set below it), which the moves and the series need.
-        Returns the parameters and ``(which, dy, dx)``: the moved galaxies and their
-        shifts (rendered pixels, differentiable in ``x0`` and ``y0``), or None if none is
-        moved.
+        The others (an exponential's centre, smooth within a pixel) keep their light as pixel
+        integrals, but their central pixel holds light concentrated at its centre: the share
+        ``1 - 12 <x^2>`` of it (``<x^2>`` its mean squared offset along an axis, from the
+        Sérsic law within the pixel's area) is given the pixel's box (`F.point_share`).
+        Returns the parameters and ``(which, dy, dx, point)``: the moved galaxies, their
+        shifts (rendered pixels, differentiable in ``x0`` and ``y0``) and central pixels
+        with those shares, or None if none is moved.
         """
         if self._beam[1] < MIN_BEAM_SIGMA * (1 - 1e-9):
             return params, None         # a move is exact only under a beam that band-limits
@@ -927,7 +934,14 @@ class Projector:
         moved = sky - matrix @ shift
         params = {**params, "x0": params["x0"].index_copy(0, which, moved[0]),
                   "y0": params["y0"].index_copy(0, which, moved[1])}
-        return params, (which, shift[1], shift[0])
+        # the mean squared offset along an axis of the light within the central pixel (its
+        # area as a disk), face-on
+        spread = F.sersic_central_spread(self.pixel / math.sqrt(math.pi), r_eff[compact],
+                                         n[compact]) / 2 / self.pixel**2
+        weight = torch.as_tensor(np.clip(1 - 12 * spread, 0, 1), device=self.device,
+                                 dtype=self.dtype)
+        index = (pixel + self.margin).long()
+        return params, (which, shift[1], shift[0], (index[1], index[0], weight))
 
     def _relative_velocity(self, velocity):
         """A radio velocity (km/s) relative to the band's centre, subtracted in float64 before
@@ -943,14 +957,15 @@ class Projector:
     def _project(self, params, kinematics, multipoles=False):
         """The padded model ``(batch, n_chan, ny, nx)`` of plain disks.
 
-        With ``multipoles``, a pair: the pixel integrals, which the beam's readout takes as
-        light spread over each pixel, and the light each pixel holds as its K
-        `F.MULTIPOLES` (``(batch, K, n_chan, ny, nx)``, or None where there is none): that
-        of the central bands (`galcubecraft.refine`: a cusp, or the whole of a compact
-        galaxy) and of the pixel cells of galaxies whose cells are finer than ``oversample``
-        (narrower than `_CELLS_PER_MINOR_AXIS` default cells: concentrated within a pixel).
-        The readout is exact for light smooth over a pixel, the multipoles for light
-        concentrated within one.
+        With ``multipoles``, a triple: the pixel integrals, which the beam's readout takes as
+        light spread over each pixel; the light each pixel holds as its K `F.MULTIPOLES`
+        (``(batch, K, n_chan, ny, nx)``, or None where there is none); and which galaxies'
+        centres are in the multipoles (``(batch,)``).  Those are the galaxies whose cells
+        are finer than ``oversample`` (narrower than `_CELLS_PER_MINOR_AXIS` default cells:
+        concentrated within a pixel), whose pixel cells and central bands
+        (`galcubecraft.refine`) go to the multipoles, and cusps (n > 1), whose central
+        bands do.  The readout is exact for light smooth over a pixel, the multipoles for
+        light concentrated within one.
         """
         plan = self.sampling(params, kinematics)
         outer = plan.outer()
@@ -960,6 +975,8 @@ class Projector:
         if plan.bands is not None and plan.bands.any:
             plan = plan.with_entries(self.band_entries(params, plan))
         concentrated = plan.cells > self.oversample if multipoles else None
+        placed = (concentrated.cpu() | (params["n"].detach().cpu() > 1.0)) if multipoles \
+            else None
         # the zones' pixels and the bands are grouped apart: a galaxy's bands do not pad the
         # pixels of the others, nor its pixels their bands
         cube, moments = self._pixel_cells(params, plan, kinematics, concentrated)
@@ -971,25 +988,33 @@ class Projector:
                 moments = more_moments if moments is None else \
                     moments if more_moments is None else moments + more_moments
         if plan.entries is not None:
-            banded = torch.as_tensor(plan.bands.levels > 0).nonzero().reshape(-1)
-            sub = plan.select(banded)
-            bands = self._by_groups({k: v[banded.to(v.device)] for k, v in params.items()},
-                                    sub, kinematics, self._group_by_cost(sub, self.group_ratio,
-                                                                         bands=True),
-                                    partial(self._band_group, multipoles=multipoles))
-            if multipoles:
-                if moments is None:
-                    moments = bands.new_zeros((cube.shape[0], *bands.shape[1:]))
-                moments = moments.index_add(0, banded.to(cube.device), bands)
-            else:
-                cube = cube.index_add(0, banded.to(cube.device), bands)
+            levels = torch.as_tensor(plan.bands.levels > 0)
+            # the bands' light as multipoles where it is concentrated within a pixel: the
+            # galaxies of concentrated cells, and cusps (n > 1), whose central pixel's light
+            # peaks at its centre; an exponential's bands are read out with its envelope
+            in_moments = placed if multipoles else torch.zeros_like(levels)
+            for as_moments in (False, True):
+                banded = (levels & (in_moments == as_moments)).nonzero().reshape(-1)
+                if not len(banded):
+                    continue
+                sub = plan.select(banded)
+                bands = self._by_groups(
+                    {k: v[banded.to(v.device)] for k, v in params.items()}, sub, kinematics,
+                    self._group_by_cost(sub, self.group_ratio, bands=True),
+                    partial(self._band_group, multipoles=as_moments))
+                if as_moments:
+                    if moments is None:
+                        moments = bands.new_zeros((cube.shape[0], *bands.shape[1:]))
+                    moments = moments.index_add(0, banded.to(cube.device), bands)
+                else:
+                    cube = cube.index_add(0, banded.to(cube.device), bands)
         ny_p, nx_p = self.padded_shape
 
         def unpadded(t):
             return t[..., :-1].reshape(*t.shape[:-1], ny_p, nx_p) * self._inv_widths
         if not multipoles:
             return unpadded(cube)
-        return unpadded(cube), None if moments is None else unpadded(moments)
+        return unpadded(cube), None if moments is None else unpadded(moments), placed
 
     def _pixel_cells(self, params, plan, kinematics, concentrated=None):
         """The pixel cells of ``plan``'s galaxies: the flat padded cube (batch, n_chan,

@@ -335,6 +335,21 @@ def test_sky_to_disk_receding_axis_is_east_of_north():
     assert xi.item() == pytest.approx(10.0) and abs(eta.item()) < 1e-6
 
 
+@pytest.mark.parametrize("n, r_eff, radius", [(1.0, 2.0, 0.5), (4.0, 3.0, 0.56), (0.5, 0.3, 1.0),
+                                              (8.0, 0.01, 0.56)])
+def test_sersic_central_spread_is_the_mean_squared_radius(n, r_eff, radius):
+    """<r^2> of the light within a radius, against SciPy quadrature of the Sérsic law."""
+    from scipy import integrate
+    b = float(F.sersic_bn(n))
+
+    def light(r, power):
+        return r**power * np.exp(-b * ((r / r_eff) ** (1 / n) - 1))
+    points = [min(r_eff, radius) * f for f in (1e-3, 1e-2, 0.1)]
+    inner = integrate.quad(light, 0, radius, args=(3,), points=points, limit=200)[0]
+    outer = integrate.quad(light, 0, radius, args=(1,), points=points, limit=200)[0]
+    assert F.sersic_central_spread(radius, r_eff, n) == pytest.approx(inner / outer, rel=1e-6)
+
+
 def test_midpoint_correction_is_confined_to_samples_clear_of_the_centre():
     """The series is applied in full a width or more from the centre, not at all within half
     a width (where a cusp's derivatives diverge), and zero-width samples (a batch's padding)
