@@ -50,6 +50,7 @@ import json
 import math
 import os
 import shutil
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -484,7 +485,14 @@ def lock_folder(out):
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+            # the holder writes its name just after it takes the lock: give it a second
+            holder = ""
+            for _ in range(50):
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.02)
+            holder = holder or "another run"
             raise DatasetInUse(errno.EBUSY, f"the dataset folder {out} is in use by {holder}; "
                                "wait for that run to finish, or use another folder") from None
         os.ftruncate(fd, 0)
