@@ -255,7 +255,8 @@ class SamplingPlan:
     zone : Tensor (batch,), optional
         The radius (arcsec) holding all but `_ZONE_LIGHT` of the light: pixels that can hold
         light from within it are the inner zone, sampled with ``cells`` and ``minor``; the
-        others (the outer zone) with ``outer_cells`` and ``outer_minor``.
+        others (the outer zone) with ``outer_cells`` and ``outer_minor``, per block of
+        `Projector.outer_block` rendered pixels a side (`Projector.footprint`).
     trapezoid : Tensor (batch,), bool, optional
         Whether a cell's footprint across the minor axis is integrated as the trapezoid it
         is (disks thin as seen), or as its wider box (`_TRAPEZOID_RATIO`).
@@ -366,11 +367,14 @@ class Projector:
         a grid whose beam is narrower is rendered on pixels the least integer factor
         finer that reaches it (`beam_supersampling`), so that what the grid's pixels hold
         (``CubeGrid(pixel_sampling=)``) is read exactly.  The cost grows as the square of
-        the factor.  Where light sits inside a rendered pixel is not kept (rotating
-        sources of a pixel or less are 1-3% L1 off under a 6-pixel beam): higher values
-        buy accuracy for such sources; 0 renders on the grid's own pixels (the fastest,
-        and wrong by several percent where the beam is under ~3 pixels FWHM).  Measured
-        in :ref:`pixel-sampling`.
+        the factor.  Where light sits inside a rendered pixel is kept only to second order
+        for compact galaxies (`_centred_on_pixels`): inclined disks whose channel maps are
+        narrower than a pixel under a beam of a few pixels are up to ~2.5% L1 off, and
+        ``min_beam_sigma=2.5, oversample=1`` (cells of the same size on pixels twice finer,
+        the outer zone on blocks: `outer_block_side`) brings them to ~0.3% at ~0.7 of the
+        rate; 0 renders on the grid's own pixels (the fastest, and wrong by several percent
+        where the beam is under ~3 pixels FWHM).  Measured in :ref:`pixel-sampling` and
+        docs/rendering.rst.
     max_chunk_elements : int, optional
         Largest intermediate tensor (elements); bounds the memory per chunk.
         Default 2**23 on a CPU (32 MB in float32, cache-friendly) and 2**28 on
@@ -390,6 +394,9 @@ class Projector:
     pixels : `~galcubecraft.pixelgrid.PixelGrid`
         The rendered pixels (``observed`` refined ``supersampling`` times), which `project`
         returns, padded by ``margin`` pixels for the beam.
+    outer_block : int
+        Rendered pixels a side of the blocks the outer zone is sampled on
+        (`outer_block_side`; 1 at the default ``min_beam_sigma``).
 
     Notes
     -----
@@ -461,7 +468,12 @@ class Projector:
         self._sky_matrix = pixels.sky_matrix
         self._rotation = pixels.rotation
         self._beam = pixels.beam
-        self.margin = self.beam_margin(pixels.beam)
+        # the outer zone is sampled on blocks of outer_block^2 rendered pixels (`footprint`);
+        # the margin is whole blocks
+        self.outer_block = self.outer_block_side(self.supersampling, pixels.beam,
+                                                 self.min_beam_sigma)
+        step = self.outer_block
+        self.margin = -(-self.beam_margin(pixels.beam) // step) * step
         self.brightness_scale = pixels.beam_pixels
         self.padded_shape = (ny + 2 * self.margin, nx + 2 * self.margin)
         # the spectral response reaches this many channels beyond the band: render them too
@@ -527,6 +539,27 @@ class Projector:
         return 0 if beam is None else int(math.ceil(BEAM_MARGIN_SIGMAS * beam[0]))
 
     @staticmethod
+    def outer_block_side(supersampling, beam, min_beam_sigma=MIN_BEAM_SIGMA):
+        """Rendered pixels a side of the blocks the outer zone is sampled on
+        (`SamplingPlan.zone`): the largest divisor of ``supersampling`` whose blocks see the
+        beam's minor axis at least ``max(MIN_BEAM_SIGMA, min_beam_sigma / 2)`` blocks wide.
+
+        The outer zone holds `_ZONE_LIGHT` of a galaxy's light, sampled as with
+        ``oversample=1`` on those blocks: it is read out at half the resolution asked of the
+        rest, at most the grid's own pixels.  Where ``min_beam_sigma`` renders finer only for
+        where the light lies in each pixel (2.5: `docs/rendering.rst`), this keeps the cost
+        of the finer pixels to the galaxy's centre: the one-galaxy cubes of
+        ``benchmarks.dataset`` render at 0.71 of the default's rate with ``oversample=1``,
+        instead of 0.38.  The
+        default (`MIN_BEAM_SIGMA`) never makes blocks (1).  ``beam`` as `PixelGrid.beam`
+        (sigmas in rendered pixels), or None."""
+        if beam is None or supersampling == 1:
+            return 1
+        floor = max(MIN_BEAM_SIGMA, 0.5 * min_beam_sigma) * (1 - 1e-9)
+        return max(b for b in range(1, supersampling + 1)
+                   if supersampling % b == 0 and (b == 1 or beam[1] / b >= floor))
+
+    @staticmethod
     def beam_supersampling(beam, min_beam_sigma=MIN_BEAM_SIGMA):
         """How many times finer than the grid's the pixels of the render are: the least
         integer that gives the beam's minor axis ``min_beam_sigma`` rendered pixels (1
@@ -543,6 +576,26 @@ class Projector:
         east, north = self.pixels.sky_offsets(margin=self.margin)
         self._east = torch.as_tensor(east.ravel(), device=dev, dtype=dt)
         self._north = torch.as_tensor(north.ravel(), device=dev, dtype=dt)
+        # the blocks of the outer zone (`outer_block_side`), margin included: their centres,
+        # their rendered pixels (a spare block, past the last, holds the spare pixel) and each
+        # pixel's block
+        self._block_east = self._block_north = self._block_pixels = self._pixel_block = None
+        step = self.outer_block
+        if step > 1:
+            ny_p, nx_p = self.padded_shape
+            by, bx = ny_p // step, nx_p // step
+
+            def blocks(t):
+                return torch.as_tensor(t.reshape(by, step, bx, step).mean(axis=(1, 3)).ravel(),
+                                       device=dev, dtype=dt)
+            self._block_east, self._block_north = blocks(east), blocks(north)
+            rows = torch.arange(ny_p).reshape(by, 1, step, 1)
+            cols = torch.arange(nx_p).reshape(1, bx, 1, step)
+            fine = (rows * nx_p + cols).reshape(by * bx, step * step)
+            self._block_pixels = torch.cat([fine, torch.full((1, step * step),
+                                                             ny_p * nx_p)]).to(dev)
+            self._pixel_block = ((torch.arange(ny_p)[:, None] // step) * bx
+                                 + torch.arange(nx_p)[None, :] // step).reshape(-1).to(dev)
         edges = self.pixels.channel_edges
         # velocities are computed relative to the band's centre, so that float32 keeps its
         # precision at any redshift (float32 resolves a radio velocity of 2.4e5 km/s, z = 4,
@@ -612,7 +665,8 @@ class Projector:
         ``max_minor_samples``); ``rmax`` is where the disk is cut (the radius
         enclosing all but 1e-6 of its light).  Pixels that see no light from within the
         radius holding all but `_ZONE_LIGHT` of it (the outer zone) get their own counts,
-        ``outer_cells`` and ``outer_minor``, as with ``oversample=1`` (`SamplingPlan.zone`).
+        ``outer_cells`` and ``outer_minor``, as with ``oversample=1`` on blocks of
+        ``outer_block`` rendered pixels a side (`SamplingPlan.zone`, `outer_block_side`).
         With the rotation law (``kinematics``), the
         centre of each galaxy the cells cannot resolve is planned into bands
         (`galcubecraft.refine.plan_bands`).  Counts are per galaxy (``cells``, ``minor``),
@@ -650,7 +704,8 @@ class Projector:
             zone = torch.as_tensor(F.sersic_enclosing_radius(1 - _ZONE_LIGHT, r_eff.numpy(),
                                                              n.numpy()))
             outer_cells, outer_minor, _ = counts(1, _OUTER_BIN_EFOLDS,
-                                                 _OUTER_CELLS_PER_MINOR_AXIS, trapezoid=trapezoid)
+                                                 _OUTER_CELLS_PER_MINOR_AXIS, trapezoid=trapezoid,
+                                                 pixel=self.pixel * self.outer_block)
             bands = None
             if kinematics is not None and self.refine:
                 solid = kinematics.solid_body_radius(params).detach().double().cpu()
@@ -688,10 +743,11 @@ class Projector:
         reach = torch.as_tensor(F.sersic_enclosing_radius(1 - 1e-4, r_eff.numpy(), n.numpy()))
 
         def counts(oversample, bin_efolds=_BIN_EFOLDS, per_minor_axis=_CELLS_PER_MINOR_AXIS,
-                   step=None, trapezoid=None):
-            cells = torch.ceil(per_minor_axis * self.pixel / projected - 1e-6)
+                   step=None, trapezoid=None, pixel=None):
+            pixel = self.pixel if pixel is None else pixel
+            cells = torch.ceil(per_minor_axis * pixel / projected - 1e-6)
             cells = cells.clamp(oversample, max(oversample, self.max_oversample))
-            cell = self.pixel / cells
+            cell = pixel / cells
             # disks thin as seen against a cell's footprint's ramps integrate the trapezoid,
             # in bins no wider than 1 / refine.FOOTPRINT_BINS of it: the midpoint rule takes
             # each bin's window for flat, which the ramps are not
@@ -969,7 +1025,9 @@ class Projector:
         """
         plan = self.sampling(params, kinematics)
         outer = plan.outer()
-        zoned = bool((outer.cells != plan.cells).any() or (outer.minor != plan.minor).any())
+        # the outer zone is always apart where it is sampled on blocks of pixels
+        zoned = self.outer_block > 1 or \
+            bool((outer.cells != plan.cells).any() or (outer.minor != plan.minor).any())
         plan = plan.with_footprint(*self.footprint(params, plan,
                                                    zone="inner" if zoned else None))
         if plan.bands is not None and plan.bands.any:
@@ -983,7 +1041,9 @@ class Projector:
         if zoned:
             outer = outer.with_footprint(*self.footprint(params, outer, zone="outer"))
             if bool(outer.pixel_used.any()):
-                more, more_moments = self._pixel_cells(params, outer, kinematics, concentrated)
+                blocks = self.outer_block > 1       # and read out as spread over them
+                more, more_moments = self._pixel_cells(
+                    params, outer, kinematics, None if blocks else concentrated, blocks=blocks)
                 cube = cube + more
                 moments = more_moments if moments is None else \
                     moments if more_moments is None else moments + more_moments
@@ -1016,16 +1076,18 @@ class Projector:
             return unpadded(cube)
         return unpadded(cube), None if moments is None else unpadded(moments), placed
 
-    def _pixel_cells(self, params, plan, kinematics, concentrated=None):
+    def _pixel_cells(self, params, plan, kinematics, concentrated=None, blocks=False):
         """The pixel cells of ``plan``'s galaxies: the flat padded cube (batch, n_chan,
         pixels + 1), and those of the galaxies ``concentrated`` (batch,) as multipoles
-        (batch, K, n_chan, pixels + 1; None if none is)."""
+        (batch, K, n_chan, pixels + 1; None if none is).  With ``blocks``, the plan's pixels
+        are blocks of rendered pixels (`footprint`'s outer zone on finer pixels)."""
         def render(idx, multipoles=False):
             sub = plan if idx is None else plan.select(idx)
             part = params if idx is None else {k: v[idx.to(v.device)] for k, v in params.items()}
             return self._by_groups(part, sub, kinematics,
                                    self._group_by_cost(sub, self.group_ratio),
-                                   partial(self._project_group, multipoles=multipoles))
+                                   partial(self._project_group, multipoles=multipoles,
+                                           blocks=blocks))
         if concentrated is None or not bool(concentrated.any()):
             return render(None), None
         if bool(concentrated.all()):
@@ -1165,18 +1227,20 @@ class Projector:
             line_integration=self.line_integration)
         return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 
-    def _project_group(self, params, plan, kinematics, multipoles=False):
+    def _project_group(self, params, plan, kinematics, multipoles=False, blocks=False):
         """The pixel cells of a group: the flat padded cube (batch, n_chan, pixels + 1).
 
         With ``multipoles``, their light as its K `F.MULTIPOLES`: (batch, K, n_chan,
-        pixels + 1)."""
+        pixels + 1).  With ``blocks``, ``plan``'s pixels are blocks of ``outer_block``^2
+        rendered pixels (`outer_block_side`), whose light is spread evenly over them."""
         batch = params["flux"].shape[0]
         n_cells = int(plan.cells.max())
         n_minor = int(plan.minor.max())
-        cell_east, cell_north, cell_used, offsets = self._cells(plan.cells, n_cells)
+        side = self.outer_block if blocks else 1            # a pixel's side, rendered pixels
+        cell_east, cell_north, cell_used, offsets = self._cells(plan.cells, n_cells, side)
         shaped, sigma = self._shape(params, plan)
         shaped.update(n_minor=plan.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
-                      cell=(self.pixel / plan.cells).to(self.device, self.dtype)
+                      cell=(side * self.pixel / plan.cells).to(self.device, self.dtype)
                       .reshape(batch, 1, 1, 1),
                       cell_east=cell_east, cell_north=cell_north, cell_used=cell_used)
         if multipoles:
@@ -1192,12 +1256,18 @@ class Projector:
         # padded to the group's longest with a spare pixel that is dropped)
         pixels = plan.pixels
         shaped["pixel_used"] = plan.pixel_used[:, :, None, None].to(self.dtype)
-        lookup = pixels.clamp_max(self._east.numel() - 1)      # the spare reads a real pixel
-        east, north = self._east[lookup], self._north[lookup]          # (B, P)
+        where = (self._block_east, self._block_north) if blocks else (self._east, self._north)
+        lookup = pixels.clamp_max(where[0].numel() - 1)        # the spare reads a real pixel
+        east, north = where[0][lookup], where[1][lookup]                 # (B, P)
         lines = None if multipoles else \
             self._line_nodes(shaped["edges"], sigma, n_cells**2 * (n_minor + 2))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
                                      n_minor, n_cells**2 * (n_minor + 2), lines)
+        if blocks:
+            # each block's light spread evenly over its rendered pixels
+            fine = self._block_pixels[pixels.to(self.device)]            # (B, P, side^2)
+            spectra = (spectra / side**2).unsqueeze(2).expand(-1, -1, side**2, -1)
+            return self._deposit(spectra.flatten(1, 2), fine.flatten(1, 2))
         return self._deposit(spectra, pixels)
 
     def _deposit(self, spectra, pixels):
@@ -1309,30 +1379,46 @@ class Projector:
         centre is further than that plus half a pixel diagonal are skipped (their
         flux is zero); with ``footprint=False`` none is.  ``zone`` 'inner' keeps the
         pixels within that box drawn for the plan's ``zone`` radius instead of ``rmax``,
-        'outer' the others (None: both).  Rows shorter than the group's longest are
-        padded with the index one past the grid (masked out, and dropped after the
-        scatter).  ``plan`` is `sampling`'s (computed when not given).
+        'outer' the others (None: both).  Where ``outer_block`` > 1 (`outer_block_side`)
+        the zones are drawn on blocks of that many rendered pixels a side, and the 'outer'
+        zone's indices are of those blocks, whose light is spread over them.
+        Rows shorter than the group's longest are padded with the index one past the grid
+        (masked out, and dropped after the scatter).  ``plan`` is `sampling`'s (computed
+        when not given).
         """
         with torch.no_grad():
             plan = self.sampling(params) if plan is None else plan
             inc = params["inclination"].detach()
             h = params["scale_height"].detach()
-            pad = 0.5 * math.sqrt(2) * self.pixel
-            xi, eta = F.sky_to_disk(self._east[None, :], self._north[None, :],
-                                    params["x0"].detach()[:, None],
-                                    params["y0"].detach()[:, None],
-                                    params["position_angle"].detach()[:, None])
 
-            def within(radius):
+            def within(radius, east, north, side=1):
+                xi, eta = F.sky_to_disk(east[None, :], north[None, :],
+                                        params["x0"].detach()[:, None],
+                                        params["y0"].detach()[:, None],
+                                        params["position_angle"].detach()[:, None])
+                if radius is None:
+                    return torch.ones_like(xi, dtype=bool)
+                pad = 0.5 * math.sqrt(2) * side * self.pixel
                 radius = radius.to(self.device, self.dtype)
                 along = (radius + pad)[:, None]
                 across = (radius * torch.cos(inc) + FOOTPRINT_HEIGHTS * h * torch.sin(inc)
                           + pad)[:, None]
                 return (xi.abs() <= along) & (eta.abs() <= across)
-            inside = within(plan.rmax) if self.use_footprint else torch.ones_like(xi, dtype=bool)
-            if zone is not None and plan.zone is not None:
-                core = within(plan.zone)
-                inside = inside & (core if zone == "inner" else ~core)
+            reach = plan.rmax if self.use_footprint else None
+            zoned = zone is not None and plan.zone is not None
+            blocks = zoned and self.outer_block > 1
+            if blocks:
+                where, side = (self._block_east, self._block_north), self.outer_block
+                core = within(plan.zone, *where, side)
+                if zone == "inner":
+                    inside = within(reach, self._east, self._north) & core[:, self._pixel_block]
+                else:
+                    inside = within(reach, *where, side) & ~core
+            else:
+                inside = within(reach, self._east, self._north)
+                if zoned:
+                    core = within(plan.zone, self._east, self._north)
+                    inside = inside & (core if zone == "inner" else ~core)
             if plan.bands is not None and self.use_footprint:
                 # a galaxy wholly in its bands has no envelope for the pixel cells
                 envelope = torch.as_tensor(plan.bands.envelope, device=inside.device)
@@ -1342,7 +1428,7 @@ class Projector:
             # a stable sort puts each row's pixels first, in grid order
             order = torch.sort((~inside).to(torch.uint8), dim=1, stable=True).indices[:, :n_pix]
             valid = torch.arange(n_pix, device=inside.device)[None, :] < counts[:, None]
-            spare = self._east.numel()
+            spare = inside.shape[1]
             return torch.where(valid, order, torch.full_like(order, spare)), valid
 
     def band_entries(self, params, plan):
@@ -1358,13 +1444,14 @@ class Projector:
                 params["position_angle"].detach().double().cpu())), 0.0)
             if plan.trapezoid is not None else None)
 
-    def _cells(self, cells, n_cells):
-        """Cell-centre offsets within a pixel, (B, 1, C, 1) each, and a mask of the cells in use;
-        and the offsets in rendered pixels along the columns and the rows."""
+    def _cells(self, cells, n_cells, side=1):
+        """Cell-centre offsets within a pixel of ``side`` rendered pixels, (B, 1, C, 1) each,
+        and a mask of the cells in use; and the offsets in rendered pixels along the columns
+        and the rows."""
         batch = cells.numel()
         k = torch.arange(n_cells, dtype=torch.float64)
         s = cells.to(torch.float64).reshape(batch, 1)
-        frac = (k + 0.5) / s - 0.5                                   # (B, n_cells), pixels
+        frac = side * ((k + 0.5) / s - 0.5)                          # (B, n_cells), pixels
         used = (k < s)
         fx = frac[:, None, :].expand(batch, n_cells, n_cells)        # along the columns
         fy = frac[:, :, None].expand(batch, n_cells, n_cells)        # along the rows
