@@ -223,10 +223,11 @@ def build_parser():
         "dataset", help="make (or finish) a training set of N cubes from a priors file",
         description=(
             "Render N cubes drawn from a TOML priors file ([dataset] seed/shard_size, [grid], "
-            "[noise], [scene], [galaxy]) into HDF5 shards (noisy, clean, mask, labels) with a "
-            "catalogue (cubes.ecsv, galaxies.ecsv) and a manifest. Cube i depends only on the "
-            "seed and i. Rerunning the same command finishes an interrupted dataset: only "
-            "missing, partial or corrupt shards are made. --workers N runs a local Dask "
+            "[noise], [scene], [galaxy], optionally [render] min_beam_sigma/oversample) into "
+            "HDF5 shards (noisy, clean, mask, labels) with a catalogue (cubes.ecsv, "
+            "galaxies.ecsv) and a manifest. Cube i depends only on the seed and i. Rerunning "
+            "the same command finishes an interrupted dataset: only missing, partial or "
+            "corrupt shards are made. --workers N runs a local Dask "
             "cluster of N processes; --scheduler ADDRESS an existing one."),
         formatter_class=_HelpFormatter)
     d.add_argument("priors", help="TOML priors file")

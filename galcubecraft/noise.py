@@ -356,7 +356,7 @@ class NoiseModel:
         for j, w in enumerate(kernel):
             mixed[..., j:j + n_chan, :, :] += float(w) * m
         spec = torch.fft.rfft2(mixed)                          # (..., n_mixed, ny, nx//2+1)
-        power2 = torch.view_as_real(spec).square().sum(dim=-1)
+        power2 = spec.real.square() + spec.imag.square()      # |spec|^2
         if filt is not None:
             power2 = power2 * filt.to(spec.device) ** 2
         # Parseval over each (spatial) plane, summed over the mixed channels

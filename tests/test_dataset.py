@@ -217,6 +217,9 @@ def test_export_to_fits(tmp_path):
     ({"galaxy": {"flux": "1 Jy"}}, u.UnitsError, "flux"),
     ({"dataset": {"shard_size": 0}}, ValueError, "shard_size"),
     ({"galaxy": {"v_max": "400 km/s"}}, ValueError, "too narrow"),
+    ({"render": {"supersample": 2}}, ValueError, r"unknown key.*\[render\]"),
+    ({"render": {"min_beam_sigma": -1}}, ValueError, r"\[render\].*min_beam_sigma"),
+    ({"render": {"oversample": 0}}, ValueError, r"\[render\].*oversample"),
 ])
 def test_bad_priors_fail_before_any_work(change, error, match, tmp_path):
     config = {**PRIORS, **change}
@@ -276,3 +279,24 @@ def test_the_catalogue_is_written_shard_by_shard_as_the_stacked_tables(tmp_path)
     for name in want.colnames:
         if name != "id":
             np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+
+
+def test_the_render_table_sets_the_projector_of_datasets_and_streams(tmp_path):
+    """``[render]`` (the projector's sampling) is part of the priors: the dataset, the stream
+    and `DatasetSpec.make` render with it, and it changes the cubes (pixels twice finer
+    under this 3-pixel beam: docs/rendering.rst)."""
+    config = {**PRIORS, "render": {"min_beam_sigma": 2.5, "oversample": 1}}
+    projector = DatasetSpec(config).projector()
+    assert (projector.supersampling, projector.outer_block, projector.oversample) == (2, 2, 1)
+    generate_dataset(config, 2, tmp_path / "d", progress=False)
+    generate_dataset(PRIORS, 2, tmp_path / "p", progress=False)
+    stored, plain = CubeDataset(tmp_path / "d"), CubeDataset(tmp_path / "p")
+    stream = list(StreamingCubes(config, stop=2, device="cpu"))
+    for i in range(2):
+        clean = stored[i]["clean"].numpy()
+        scale = float(np.abs(clean).max())
+        np.testing.assert_allclose(stream[i]["clean"].numpy(), clean, rtol=0, atol=1e-6 * scale)
+        one = DatasetSpec(config).make(i, 7).clean.unitless_filled_data[:]
+        np.testing.assert_allclose(one, clean, rtol=0, atol=1e-5 * scale)
+        change = np.abs(plain[i]["clean"].numpy() - clean).sum() / np.abs(clean).sum()
+        assert change > 1e-3
