@@ -13,6 +13,10 @@ With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCub
 device in batches of ``--gpu-batch`` (noise, masks, labels and parameters, no host round
 trip), the projector alone on batches of that size, and the reference 128x128x40 render.
 
+With ``--finer`` the rows are measured with the priors' ``[render]`` table set to
+``min_beam_sigma = 2.5, oversample = 1`` (pixels twice finer for where the light lies within a
+pixel: docs/rendering.rst) against this checkout's default, in the same way.
+
 With ``--baseline REF`` the same rows are measured for the code at git revision ``REF`` (in a
 temporary worktree), each code in its own process, alternating, so that a busy machine slows
 both alike.  Then the peak memory (RSS of the run and its workers, sampled every 0.2 s) of a
@@ -43,6 +47,8 @@ PRIORS = {
                "v_max": {"distribution": "uniform", "low": "80 km/s", "high": "250 km/s"}},
 }
 ONE = {**PRIORS, "scene": {"n_galaxies": 1}}
+#: ``--finer``'s ``[render]`` table.
+FINER = {"min_beam_sigma": 2.5, "oversample": 1}
 
 #: Run in a fresh process whose ``galcubecraft`` is the one at ``code``.
 _SCRIPT = r"""
@@ -85,7 +91,8 @@ if __name__ == "__main__":
             out["stream_loader"] = n / (time.perf_counter() - start)
         torch.set_num_threads(1)
         spec = DatasetSpec(priors)
-        projector = gcc.Projector(spec.grid)
+        # with the priors' [render] options (codes before them: the default)
+        projector = spec.projector() if hasattr(spec, "projector") else gcc.Projector(spec.grid)
         scenes = [spec.draw(i, 1)[0] for i in range(64)]
         with torch.no_grad():
             start = time.perf_counter()
@@ -178,6 +185,8 @@ def main(argv=None):
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="cubes per throughput run")
     parser.add_argument("--baseline", help="git revision to compare against")
+    parser.add_argument("--finer", action="store_true",
+                        help="[render] min_beam_sigma=2.5, oversample=1 against the default")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--memory-n", type=int, default=20000,
                         help="cubes of the memory run (16x32x32; 0 to skip)")
@@ -199,12 +208,20 @@ def main(argv=None):
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
                         commit], check=True)
         codes["baseline"] = tree
+    if args.finer:
+        if args.baseline:
+            parser.error("--finer compares this checkout with itself; drop --baseline")
+        codes["baseline"] = ROOT
     results = {who: {} for who in codes}
     try:
         for _ in range(args.rounds):
             for label, priors in (("1-3 galaxies", PRIORS), ("1 galaxy", ONE)):
                 for what in ("dataset", "stream"):
                     for who, code in codes.items():
+                        if args.finer and who == "ours":
+                            priors = {**priors, "render": FINER}
+                        elif args.finer:
+                            priors = {k: v for k, v in priors.items() if k != "render"}
                         got = _measure(code, priors, args.n, what)
                         for key, value in got.items():
                             best = results[who].get((label, key), 0)
@@ -219,9 +236,11 @@ def main(argv=None):
              "stream_batch": "StreamingCubes, batches of 16",
              "stream_loader": "StreamingCubes, batches of 16, DataLoader with 2 workers",
              "projector": "projector alone (1 thread), the bound"}
-    base = f"at {args.baseline}" if args.baseline else ""
-    print(f"| 64x64x32 cubes/s | this checkout | {'galcubecraft ' + base if base else ''} "
-          f"| ratio |")
+    base = f"galcubecraft at {args.baseline}" if args.baseline else \
+        "default render" if args.finer else ""
+    ours = "[render] " + ", ".join(f"{k}={v}" for k, v in FINER.items()) if args.finer \
+        else "this checkout"
+    print(f"| 64x64x32 cubes/s | {ours} | {base} | ratio |")
     print("|---|---|---|---|")
     for (label, key), value in results["ours"].items():
         other = results.get("baseline", {}).get((label, key))
