@@ -279,13 +279,13 @@ def test_a_thin_edge_on_disk_keeps_its_offset(pa):
 
 def test_the_outer_zone_is_sampled_on_blocks_where_finer_pixels_are_asked_for():
     """`Projector.outer_block_side`: the outer zone (3% of the light) is read out at half the
-    resolution asked of the rest, never coarser than the grid's pixels, and never in blocks
-    at the default."""
+    resolution asked of the rest, never coarser than the grid's pixels."""
     side = gcc.Projector.outer_block_side
     assert side(2, (2.55, 2.55), 2.5) == 2                  # 3-px beam, min_beam_sigma=2.5
     assert side(3, (3.6, 3.6), 2.5) == 1                    # 3 has no divisor that fits
     assert side(8, (10.2, 10.2), 9.6) == 2                  # a reference: blocks of 1/4 pixel
-    assert side(2, (1.7, 1.7)) == side(3, (2.3, 2.3)) == 1  # the default's finer pixels
+    assert side(2, (1.7, 1.7)) == side(4, (1.2, 1.2)) == 2  # the default's finer pixels
+    assert side(3, (1.5, 1.5)) == side(3, (1.2, 1.2)) == 1
     assert side(1, (2.0, 2.0), 4) == side(4, None, 2.5) == 1
 
 
