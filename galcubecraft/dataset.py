@@ -115,7 +115,7 @@ class DatasetSpec:
     ``[galaxy]`` (`~galcubecraft.priors.GalaxyPriors`), and optionally ``[render]``
     (the projector's ``min_beam_sigma`` and ``oversample``: ``min_beam_sigma = 2.5`` and
     ``oversample = 1`` render inclined disks under a beam of a few pixels to ~0.3% L1 instead
-    of up to ~2.5%, at ~0.7 of the rate; docs/rendering.rst).  Every key is checked
+    of up to ~2.5%, at ~0.9 of the rate; docs/rendering.rst).  Every key is checked
     before any work starts.  Galaxies are placed as by
     `galcubecraft.catalogue.random_galaxies`.
 

@@ -371,7 +371,7 @@ class Projector:
         for compact galaxies (`_centred_on_pixels`): inclined disks whose channel maps are
         narrower than a pixel under a beam of a few pixels are up to ~2.5% L1 off, and
         ``min_beam_sigma=2.5, oversample=1`` (cells of the same size on pixels twice finer,
-        the outer zone on blocks: `outer_block_side`) brings them to ~0.3% at ~0.7 of the
+        the outer zone on blocks: `outer_block_side`) brings them to ~0.3% at ~0.9 of the
         rate; 0 renders on the grid's own pixels (the fastest, and wrong by several percent
         where the beam is under ~3 pixels FWHM).  Measured in :ref:`pixel-sampling` and
         docs/rendering.rst.
@@ -548,7 +548,7 @@ class Projector:
         ``oversample=1`` on those blocks: it is read out at half the resolution asked of the
         rest, at most the grid's own pixels, and the finer pixels cost where the light is.
         Where ``min_beam_sigma=2.5`` renders finer for where the light lies in each pixel
-        (`docs/rendering.rst`), the one-galaxy cubes of ``benchmarks.dataset`` render at 0.83
+        (`docs/rendering.rst`), the one-galaxy cubes of ``benchmarks.dataset`` render at 0.90
         of the default's rate with ``oversample=1`` instead of 0.38; where the default renders
         finer for a beam under `MIN_BEAM_SIGMA` pixels, the batch of ``benchmarks.render``
         (a 2-pixel beam) renders 1.24x faster, 0.16% L1 at most from the render on 5x finer
