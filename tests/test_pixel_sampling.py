@@ -315,3 +315,41 @@ def test_narrow_channel_maps_need_finer_pixels_and_get_them_at_a_moderate_cost()
     assert l1(default) > 0.015                  # the limit the setting is for (measured 2.4%)
     assert l1(cube) < 5e-3                      # measured 0.38%
     assert cube.sum() == pytest.approx(ref.sum(), rel=1e-3)      # measured 2.7e-4
+
+
+def test_the_outer_zone_on_blocks_loses_no_light_in_a_seeded_sweep(monkeypatch):
+    """12 random galaxies (r_eff 0.3-6 pixels, n 0.5-4, 0-90 deg, thin to thick, any PA) under
+    a 2-pixel beam, rendered on pixels twice finer with the outer zone on blocks of the grid's
+    pixels (the default, `Projector.outer_block_side`) and with it on the finer pixels (the
+    code path without blocks): the same flux to 1e-4 (measured 4e-5) and each cube within
+    0.15% L1 of the other (measured 0.08% at most).  Against the render on pixels 4x finer
+    (measured once, too slow for the suite) the blocks moved each cube by at most 0.04
+    points of L1, all of them 0.04-0.16% from it.  Rendered in float32."""
+    grid = gcc.CubeGrid(shape=(12, 24, 24), pixel_scale=2 * u.arcsec, channel_width=30 * KMS,
+                        beam=Beam(4 * u.arcsec))
+    rng = np.random.default_rng(11)
+    galaxies = [gcc.Galaxy(
+        surface=gcc.SersicDisk(r_eff=float(np.exp(rng.uniform(np.log(0.6), np.log(12))))
+                               * u.arcsec, n=rng.uniform(0.5, 4)),
+        vertical=gcc.ExponentialVertical(rng.uniform(0, 2) * u.arcsec),
+        kinematics=gcc.ArctanRotationCurve(v_max=rng.uniform(50, 150) * KMS,
+                                           r_turn=rng.uniform(0.5, 4) * u.arcsec),
+        dispersion=rng.uniform(8, 30) * KMS, inclination=rng.choice([rng.uniform(0, 90), 90])
+        * u.deg, position_angle=rng.uniform(0, 360) * u.deg, flux=1 * u.Jy * KMS,
+        offset=rng.uniform(-5, 5, 2) * u.arcsec) for _ in range(12)]
+    (law, params), = gcc.stack_parameters(galaxies)
+    blocks = gcc.Projector(grid)
+    assert (blocks.supersampling, blocks.outer_block) == (2, 2)
+    with torch.no_grad():
+        with_blocks = blocks(params, law).numpy()
+        monkeypatch.setattr(gcc.Projector, "outer_block_side",
+                            staticmethod(lambda supersampling, beam, min_beam_sigma=1.2: 1))
+        plain = gcc.Projector(grid)
+        assert plain.outer_block == 1
+        without = plain(params, law).numpy()
+
+    def l1(a, b):
+        return np.abs(a - b).sum(axis=(1, 2, 3)) / np.abs(b).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(with_blocks.sum(axis=(1, 2, 3)), without.sum(axis=(1, 2, 3)),
+                               rtol=1e-4)
+    assert l1(with_blocks, without).max() < 1.5e-3
