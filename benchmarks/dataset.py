@@ -218,11 +218,9 @@ def main(argv=None):
             for label, priors in (("1-3 galaxies", PRIORS), ("1 galaxy", ONE)):
                 for what in ("dataset", "stream"):
                     for who, code in codes.items():
-                        if args.finer and who == "ours":
-                            priors = {**priors, "render": FINER}
-                        elif args.finer:
-                            priors = {k: v for k, v in priors.items() if k != "render"}
-                        got = _measure(code, priors, args.n, what)
+                        given = {**priors, "render": FINER} if args.finer and who == "ours" \
+                            else priors
+                        got = _measure(code, given, args.n, what)
                         for key, value in got.items():
                             best = results[who].get((label, key), 0)
                             results[who][(label, key)] = max(best, value)

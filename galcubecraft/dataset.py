@@ -172,6 +172,8 @@ class DatasetSpec:
         try:        # the projector checks its own keywords (and the memory the grid needs)
             self.projector()
         except (ValueError, TypeError) as exc:
+            if not self.render_options:
+                raise
             raise type(exc)(f"[render]: {exc}") from None
         # a first cube's galaxies, drawn (not rendered) now: a placement the grid cannot hold
         # fails here, before any file is written, rather than in the first shard

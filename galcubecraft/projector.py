@@ -1392,11 +1392,15 @@ class Projector:
             inc = params["inclination"].detach()
             h = params["scale_height"].detach()
 
-            def within(radius, east, north, side=1):
-                xi, eta = F.sky_to_disk(east[None, :], north[None, :],
-                                        params["x0"].detach()[:, None],
-                                        params["y0"].detach()[:, None],
-                                        params["position_angle"].detach()[:, None])
+            def disk(east, north):
+                """Each galaxy's disk-plane (xi, eta) of the points (east, north)."""
+                return F.sky_to_disk(east[None, :], north[None, :],
+                                     params["x0"].detach()[:, None],
+                                     params["y0"].detach()[:, None],
+                                     params["position_angle"].detach()[:, None])
+
+            def within(radius, xi, eta, side=1):
+                """The points within ``radius`` (None: all), for pixels of ``side``."""
                 if radius is None:
                     return torch.ones_like(xi, dtype=bool)
                 pad = 0.5 * math.sqrt(2) * side * self.pixel
@@ -1407,18 +1411,20 @@ class Projector:
                 return (xi.abs() <= along) & (eta.abs() <= across)
             reach = plan.rmax if self.use_footprint else None
             zoned = zone is not None and plan.zone is not None
-            blocks = zoned and self.outer_block > 1
-            if blocks:
-                where, side = (self._block_east, self._block_north), self.outer_block
-                core = within(plan.zone, *where, side)
+            if zoned and self.outer_block > 1:
+                side = self.outer_block
+                blocks = disk(self._block_east, self._block_north)
+                core = within(plan.zone, *blocks, side)
                 if zone == "inner":
-                    inside = within(reach, self._east, self._north) & core[:, self._pixel_block]
+                    inside = within(reach, *disk(self._east, self._north)) \
+                        & core[:, self._pixel_block]
                 else:
-                    inside = within(reach, *where, side) & ~core
+                    inside = within(reach, *blocks, side) & ~core
             else:
-                inside = within(reach, self._east, self._north)
+                pixels = disk(self._east, self._north)
+                inside = within(reach, *pixels)
                 if zoned:
-                    core = within(plan.zone, self._east, self._north)
+                    core = within(plan.zone, *pixels)
                     inside = inside & (core if zone == "inner" else ~core)
             if plan.bands is not None and self.use_footprint:
                 # a galaxy wholly in its bands has no envelope for the pixel cells
