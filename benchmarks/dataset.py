@@ -13,9 +13,10 @@ With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCub
 device in batches of ``--gpu-batch`` (noise, masks, labels and parameters, no host round
 trip), the projector alone on batches of that size, and the reference 128x128x40 render.
 
-With ``--finer`` the rows are measured with the priors' ``[render]`` table set to
-``min_beam_sigma = 2.5, oversample = 1`` (pixels twice finer for where the light lies within a
-pixel: docs/rendering.rst) against this checkout's default, in the same way.
+With ``--grid-pixels`` this checkout's default (small disks on pixels twice finer, for where
+the light lies within a pixel: docs/rendering.rst) is measured against the priors'
+``[render]`` table set to ``finer_radius = 0`` (every disk on the grid's pixels), in the same
+way.
 
 With ``--baseline REF`` the same rows are measured for the code at git revision ``REF`` (in a
 temporary worktree), each code in its own process, alternating, so that a busy machine slows
@@ -47,8 +48,8 @@ PRIORS = {
                "v_max": {"distribution": "uniform", "low": "80 km/s", "high": "250 km/s"}},
 }
 ONE = {**PRIORS, "scene": {"n_galaxies": 1}}
-#: ``--finer``'s ``[render]`` table.
-FINER = {"min_beam_sigma": 2.5, "oversample": 1}
+#: ``--grid-pixels``' ``[render]`` table, the other side of its comparison.
+GRID_PIXELS = {"finer_radius": 0}
 
 #: Run in a fresh process whose ``galcubecraft`` is the one at ``code``.
 _SCRIPT = r"""
@@ -185,8 +186,8 @@ def main(argv=None):
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="cubes per throughput run")
     parser.add_argument("--baseline", help="git revision to compare against")
-    parser.add_argument("--finer", action="store_true",
-                        help="[render] min_beam_sigma=2.5, oversample=1 against the default")
+    parser.add_argument("--grid-pixels", action="store_true",
+                        help="the default against [render] finer_radius=0")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--memory-n", type=int, default=20000,
                         help="cubes of the memory run (16x32x32; 0 to skip)")
@@ -208,9 +209,9 @@ def main(argv=None):
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
                         commit], check=True)
         codes["baseline"] = tree
-    if args.finer:
+    if args.grid_pixels:
         if args.baseline:
-            parser.error("--finer compares this checkout with itself; drop --baseline")
+            parser.error("--grid-pixels compares this checkout with itself; drop --baseline")
         codes["baseline"] = ROOT
     results = {who: {} for who in codes}
     try:
@@ -218,8 +219,8 @@ def main(argv=None):
             for label, priors in (("1-3 galaxies", PRIORS), ("1 galaxy", ONE)):
                 for what in ("dataset", "stream"):
                     for who, code in codes.items():
-                        given = {**priors, "render": FINER} if args.finer and who == "ours" \
-                            else priors
+                        given = {**priors, "render": GRID_PIXELS} \
+                            if args.grid_pixels and who == "baseline" else priors
                         got = _measure(code, given, args.n, what)
                         for key, value in got.items():
                             best = results[who].get((label, key), 0)
@@ -235,9 +236,9 @@ def main(argv=None):
              "stream_loader": "StreamingCubes, batches of 16, DataLoader with 2 workers",
              "projector": "projector alone (1 thread), the bound"}
     base = f"galcubecraft at {args.baseline}" if args.baseline else \
-        "default render" if args.finer else ""
-    ours = "[render] " + ", ".join(f"{k}={v}" for k, v in FINER.items()) if args.finer \
-        else "this checkout"
+        "[render] " + ", ".join(f"{k}={v}" for k, v in GRID_PIXELS.items()) \
+        if args.grid_pixels else ""
+    ours = "this checkout"
     print(f"| 64x64x32 cubes/s | {ours} | {base} | ratio |")
     print("|---|---|---|---|")
     for (label, key), value in results["ours"].items():

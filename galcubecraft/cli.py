@@ -23,7 +23,7 @@ from .inject import Injection, inject
 from .lines import LINES
 from .parameters import parse_quantity
 from .pixelgrid import PIXEL_SAMPLINGS
-from .projector import MIN_BEAM_SIGMA
+from .projector import FINER_RADIUS, MIN_BEAM_SIGMA
 from .priors import GalaxyPriors, read_priors_file
 from .render import render
 
@@ -136,9 +136,12 @@ def build_parser():
                    help="sub-pixel cells per pixel side (accuracy vs speed)")
     r.add_argument("--min-beam-sigma", type=float, default=MIN_BEAM_SIGMA,
                    help="least beam sigma in rendered pixels: a narrower beam is rendered on "
-                        "pixels an integer factor finer; 2.5 with --oversample 1 renders "
-                        "inclined disks under a beam of a few pixels to ~0.3%% L1 instead of "
-                        "up to ~2.5%% (docs/rendering.rst)")
+                        "pixels an integer factor finer (docs/rendering.rst)")
+    r.add_argument("--finer-radius", type=float, default=FINER_RADIUS,
+                   help="galaxies whose r_eff is under this many pixels are rendered on pixels "
+                        "twice finer, where their channel maps are narrower than a pixel "
+                        "(~0.3%% L1 from converged instead of up to ~2.5%% under a beam of a "
+                        "few pixels); 0: every galaxy on the grid's pixels (docs/rendering.rst)")
     g = r.add_argument_group("grid (observation)")
     g.add_argument("--shape", type=int, nargs=3, metavar=("NCHAN", "NY", "NX"),
                    help=f"cube shape (default {REFERENCE_GRID['shape']})")
@@ -229,7 +232,8 @@ def build_parser():
         "dataset", help="make (or finish) a training set of N cubes from a priors file",
         description=(
             "Render N cubes drawn from a TOML priors file ([dataset] seed/shard_size, [grid], "
-            "[noise], [scene], [galaxy], optionally [render] min_beam_sigma/oversample) into "
+            "[noise], [scene], [galaxy], optionally [render] min_beam_sigma/oversample/"
+            "finer_radius) into "
             "HDF5 shards (noisy, clean, mask, labels) with a catalogue (cubes.ecsv, "
             "galaxies.ecsv) and a manifest. Cube i depends only on the seed and i. Rerunning "
             "the same command finishes an interrupted dataset: only missing, partial or "
@@ -540,7 +544,7 @@ def render_command(args):
     galaxies = [Galaxy.from_dict(c, defaults=REFERENCE_GALAXY, where=f"galaxy {k + 1}")
                 for k, c in enumerate(galaxy_cfgs)]
     cube = render(galaxies, grid, device=args.device, oversample=args.oversample,
-                  min_beam_sigma=args.min_beam_sigma)
+                  min_beam_sigma=args.min_beam_sigma, finer_radius=args.finer_radius)
     cube.write(args.output, overwrite=args.overwrite)
     data = cube.unitless_filled_data[:]
     total = grid.integrated_flux(data)

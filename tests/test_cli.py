@@ -117,22 +117,26 @@ def test_render_pixel_sampling(tmp_path):
 
 
 def test_render_on_finer_pixels(tmp_path, capsys):
-    """--min-beam-sigma 2.5 --oversample 1 renders the default galaxy, inclined under a
-    3-pixel beam, on pixels twice finer: the same flux, a cube that differs by more than the
-    rounding; a bad value is refused by name, with no traceback."""
+    """--min-beam-sigma 2.5 --oversample 1 renders the default galaxy (r_eff 8.4 pixels),
+    inclined under a 3-pixel beam, on pixels twice finer: the same flux, a cube that differs
+    by more than the rounding; --finer-radius 10 renders it so as a small galaxy (the same
+    cube); bad values are refused by name, with no traceback."""
     cubes = []
-    for extra in ([], ["--min-beam-sigma", "2.5", "--oversample", "1"]):
+    for extra in ([], ["--min-beam-sigma", "2.5", "--oversample", "1"],
+                  ["--finer-radius", "10"]):
         out = tmp_path / f"c{len(cubes)}.fits"
         assert main(["render", "-o", str(out), "--shape", "20", "48", "48", "--beam",
                      "3 arcsec", "--inclination", "70 deg"] + extra) == 0
         cubes.append(SpectralCube.read(out).unitless_filled_data[:])
-    default, finer = cubes
+    default, finer, small = cubes
     assert finer.sum() == pytest.approx(default.sum(), rel=1e-3)
     assert np.abs(finer - default).sum() / np.abs(finer).sum() > 1e-3
-    capsys.readouterr()
-    assert main(["render", "-o", str(tmp_path / "bad.fits"), "--min-beam-sigma", "-1"]) != 0
-    err = capsys.readouterr().err
-    assert "min_beam_sigma" in err and "Traceback" not in err
+    np.testing.assert_allclose(small, finer, rtol=0, atol=1e-6 * np.abs(finer).max())
+    for flag, name in (("--min-beam-sigma", "min_beam_sigma"), ("--finer-radius", "finer_radius")):
+        capsys.readouterr()
+        assert main(["render", "-o", str(tmp_path / "bad.fits"), flag, "-1"]) != 0
+        err = capsys.readouterr().err
+        assert name in err and "Traceback" not in err
 
 
 def test_existing_output_needs_overwrite(tmp_path, capsys):

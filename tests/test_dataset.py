@@ -19,6 +19,7 @@ import galcubecraft as gcc
 from galcubecraft.dataset import (CubeDataset, DatasetSpec, StreamingCubes, export_fits,
                                   generate_dataset, read_catalogue)
 from galcubecraft.inject import galaxies_from_table
+from galcubecraft.projector import FINER_RADIUS
 from fits_rules import assert_valid_cube
 
 
@@ -220,6 +221,7 @@ def test_export_to_fits(tmp_path):
     ({"render": {"supersample": 2}}, ValueError, r"unknown key.*\[render\]"),
     ({"render": {"min_beam_sigma": -1}}, ValueError, r"\[render\].*min_beam_sigma"),
     ({"render": {"oversample": 0}}, ValueError, r"\[render\].*oversample"),
+    ({"render": {"finer_radius": -1}}, ValueError, r"\[render\].*finer_radius"),
 ])
 def test_bad_priors_fail_before_any_work(change, error, match, tmp_path):
     config = {**PRIORS, **change}
@@ -283,11 +285,13 @@ def test_the_catalogue_is_written_shard_by_shard_as_the_stacked_tables(tmp_path)
 
 def test_the_render_table_sets_the_projector_of_datasets_and_streams(tmp_path):
     """``[render]`` (the projector's sampling) is part of the priors: the dataset, the stream
-    and `DatasetSpec.make` render with it, and it changes the cubes (pixels twice finer
-    under this 3-pixel beam: docs/rendering.rst)."""
-    config = {**PRIORS, "render": {"min_beam_sigma": 2.5, "oversample": 1}}
+    and `DatasetSpec.make` render with it, and it changes the cubes (``finer_radius = 0``:
+    these small disks on the grid's pixels under a 3-pixel beam, not on pixels twice finer:
+    docs/rendering.rst)."""
+    config = {**PRIORS, "render": {"finer_radius": 0}}
     projector = DatasetSpec(config).projector()
-    assert (projector.supersampling, projector.outer_block, projector.oversample) == (2, 2, 1)
+    assert (projector.supersampling, projector.finer_radius) == (1, 0)
+    assert DatasetSpec(PRIORS).projector().finer_radius == FINER_RADIUS
     generate_dataset(config, 2, tmp_path / "d", progress=False)
     generate_dataset(PRIORS, 2, tmp_path / "p", progress=False)
     stored, plain = CubeDataset(tmp_path / "d"), CubeDataset(tmp_path / "p")

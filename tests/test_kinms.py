@@ -81,7 +81,10 @@ def l1(a, b):
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def case(request):
-    return request.param, ours(request.param, oversample=4, minor_density=2)
+    """Ours on the grid's pixels (``finer_radius=0``), where KinMS bins its clouds: on them the
+    thick disk at 85 deg (r_eff 5 pixels) is 0.26% L1 from our render on 6x finer pixels and
+    KinMS 0.40%; our default, which renders it on pixels twice finer, is 0.03% from it."""
+    return request.param, ours(request.param, oversample=4, minor_density=2, finer_radius=0)
 
 
 def test_agrees_with_kinms_within_its_sampling_noise(case):
@@ -99,7 +102,7 @@ def test_agrees_with_kinms_within_its_sampling_noise(case):
 
 def test_default_sampling_is_within_half_a_percent(case):
     model, reference = case
-    assert l1(ours(model), reference) < 0.005
+    assert l1(ours(model, finer_radius=0), reference) < 0.005
 
 
 # ----------------------------------------------------------------------------- real galaxies
