@@ -589,8 +589,9 @@ class Projector:
         ``oversample=1`` on those blocks: it is read out at half the resolution asked of the
         rest, at most the grid's own pixels, and the finer pixels cost where the light is.
         Where small disks are rendered on pixels twice finer for where the light lies in each
-        pixel (`finer_projector`, docs/rendering.rst), they render at 0.90 of the rate on the
-        grid's pixels instead of 0.38; where the default renders
+        pixel (`finer_projector`, docs/rendering.rst), the one-galaxy cubes of
+        ``benchmarks.dataset`` render at 0.85 of the rate on the grid's pixels instead of
+        0.38; where the default renders
         finer for a beam under `MIN_BEAM_SIGMA` pixels, the batch of ``benchmarks.render``
         (a 2-pixel beam) renders 1.24x faster, 0.16% L1 at most from the render on 5x finer
         pixels (0.13% with the outer zone on the finer pixels).  ``beam`` as
