@@ -101,8 +101,12 @@ def test_agrees_with_kinms_within_its_sampling_noise(case):
 
 
 def test_default_sampling_is_within_half_a_percent(case):
+    """The default cells against 2x the cells and 2x the minor-axis bins, on the same pixels:
+    the grid's (measured 0.02-0.08%), and pixels twice finer, where the default renders these
+    disks (measured 0.01-0.08%)."""
     model, reference = case
     assert l1(ours(model, finer_radius=0), reference) < 0.005
+    assert l1(ours(model), ours(model, oversample=4, minor_density=2)) < 0.005
 
 
 # ----------------------------------------------------------------------------- real galaxies
