@@ -539,10 +539,19 @@ def line_nodes(edges, dispersion, nodes_per_sigma):
     ``(origin, step, n_nodes)`` (*km/s*, tensors of shape ``(batch,)``, int).
     """
     step = dispersion / nodes_per_sigma
+    lo = edges.amin(dim=-1)
+    reach = _NODE_REACH * dispersion + 2 * step
+    n_real = line_node_counts(edges, dispersion, nodes_per_sigma).max()
+    return lo - reach - 2 * step, step, int(n_real)
+
+
+def line_node_counts(edges, dispersion, nodes_per_sigma):
+    """Each galaxy's own number of velocity nodes in :func:`line_nodes` (the batch's grid has
+    the most of them): a tensor of shape ``(batch,)``."""
+    step = dispersion / nodes_per_sigma
     lo, hi = edges.amin(dim=-1), edges.amax(dim=-1)
     reach = _NODE_REACH * dispersion + 2 * step
-    n_real = torch.ceil((hi - lo + 2 * reach) / step).max()
-    return lo - reach - 2 * step, step, int(n_real) + 5
+    return torch.ceil((hi - lo + 2 * reach) / step) + 5
 
 
 def _cubic_bspline(t):

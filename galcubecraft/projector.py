@@ -75,8 +75,9 @@ _COS_FLOOR = 1e-3
 #: on each side, with the midpoint rule's second-order correction for its variance lam^2.
 #: Between, a galaxy's reach is where that sample's error, the tail's mass e^-T times a third of
 #: the cubed ratio of the Laplace scale to the light's e-folding length (the tail's skewness
-#: term), falls below _TAIL_ERROR; the e-folding length is taken at r_eff or, where shorter (a
-#: cusp), at the radius enclosing _TAIL_LIGHT of the light.
+#: term), falls below _TAIL_ERROR; the e-folding length is taken at r_eff or, where shorter, at
+#: the radius enclosing _TAIL_LIGHT of the light (a cusp) or all but it (n < 1), or the scale of
+#: the envelope's step where the centre is refined (`Projector._window_tail`).
 _WINDOW_TAIL = 3.0
 _MAX_TAIL = 12.0
 _TAIL_ERROR = 1e-3
@@ -728,16 +729,15 @@ class Projector:
             lam = h * sin_i / cos_i
             n = params["n"].detach().double().cpu()
             b_n = torch.as_tensor(F.sersic_bn(n.numpy()))
-            # the light's e-folding length at r_eff, or nearer the centre where it is shorter
-            # (cusps: n > 1), at the radius enclosing _TAIL_LIGHT of the light
-            inner = torch.as_tensor(F.sersic_enclosing_radius(_TAIL_LIGHT, r_eff.numpy(),
-                                                              n.numpy()))
-            efold = torch.minimum(F.sersic_efold(r_eff, r_eff, n, b_n),
-                                  F.sersic_efold(inner, r_eff, n, b_n))
-            # whole scales: the reach is a step function of the parameters, so that renders
-            # stay differentiable (gradients do not see the sampling move)
-            tail = torch.ceil(torch.log(_TAIL_SKEW * (lam / efold) ** 3 / _TAIL_ERROR)).clamp(
-                _WINDOW_TAIL, _MAX_TAIL)
+            # the light's e-folding length at r_eff, or where it is shorter: nearer the centre
+            # for a cusp (n > 1), at the radius enclosing _TAIL_LIGHT of the light, further out
+            # for a flat-topped profile (n < 1), at the one enclosing all but _TAIL_LIGHT
+            inner, outer = (torch.as_tensor(F.sersic_enclosing_radius(
+                fraction, r_eff.numpy(), n.numpy())) for fraction in (_TAIL_LIGHT,
+                                                                      1 - _TAIL_LIGHT))
+            efold = torch.minimum(F.sersic_efold(r_eff, r_eff, n, b_n), torch.minimum(
+                F.sersic_efold(inner, r_eff, n, b_n), F.sersic_efold(outer, r_eff, n, b_n)))
+            tail = self._window_tail(lam, efold)
             rmax = self.truncation_radius(params)
             counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h,
                                   self._footprint_sides(pa))
@@ -757,7 +757,23 @@ class Projector:
                 bands = refine.plan_bands(
                     r_eff.numpy(), n.numpy(), b_n.numpy(), rmax.numpy(), cell.numpy(),
                     solid.expand_as(r_eff).numpy(), band_cells=refine.band_cells_for(
-                        self.band_cells, r_eff.numpy(), h.numpy(), sin_i.numpy()))
+                        self.band_cells, r_eff.numpy(), h.numpy(), sin_i.numpy()),
+                    velocity_cell=self._velocity_cell(params, kinematics, sin_i))
+                # the envelope's step (a_0 / 2 to a_0) shapes the light along a window as its
+                # e-folding length does: a tail reaching into it is no longer one sample's
+                # worth (a thick exponential disk at 66 deg, lam = 1.25 a_0 / 3, lost 6e-4
+                # of its flux and was 0.7% L1 off with the tails at 3 lam)
+                step = torch.as_tensor(np.where(bands.envelope & (bands.levels > 0),
+                                                bands.outer / 4, np.inf))
+                stepped = torch.maximum(tail, self._window_tail(lam, step))
+                if bool((stepped > tail).any()):
+                    tail = stepped
+                    counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h,
+                                          self._footprint_sides(pa))
+                    _, minor, _ = counts(self.oversample, trapezoid=trapezoid)
+                    outer_cells, outer_minor, _ = counts(
+                        1, _OUTER_BIN_EFOLDS, _OUTER_CELLS_PER_MINOR_AXIS, trapezoid=trapezoid,
+                        pixel=self.pixel * self.outer_block)
                 # windows long against the envelope's step (nearly edge-on disks) resolve it
                 step = torch.as_tensor(np.where(bands.envelope, bands.outer, np.inf))
                 minor = torch.maximum(minor, counts(self.oversample, step=step)[1])
@@ -765,6 +781,35 @@ class Projector:
                             tail=tail, bands=bands, zone=zone,
                             outer_cells=outer_cells.to(torch.int64),
                             outer_minor=outer_minor.to(torch.int64), trapezoid=trapezoid)
+
+    @staticmethod
+    def _window_tail(lam, length):
+        """The reach of a window, in Laplace scales ``lam``, beyond which its light is one
+        sample per side: where the sample's error (the tail's mass e^-T times a third of the
+        cubed ratio of ``lam`` to ``length``, the scale on which the light changes) falls below
+        _TAIL_ERROR, within _WINDOW_TAIL.._MAX_TAIL.  Whole scales: the reach is a step
+        function of the parameters, so that renders stay differentiable (gradients do not
+        see the sampling move)."""
+        return torch.ceil(torch.log(_TAIL_SKEW * (lam / length) ** 3 / _TAIL_ERROR)).clamp(
+            _WINDOW_TAIL, _MAX_TAIL)
+
+    @staticmethod
+    def _velocity_cell(params, kinematics, sin_i):
+        """``velocity_cell(radius)`` for `galcubecraft.refine.plan_bands`: the cell (arcsec)
+        across which each galaxy's line-of-sight velocity changes by
+        `~galcubecraft.refine.RESOLVE_VELOCITY` line dispersions at ``radius`` (arcsec, NumPy
+        (batch, m)).  Along the major axis ``v_los = v_c(R) sin i x / R`` changes at most at
+        ``sin i max(v_c / R, |dv_c / dR|)``; across it the minor-axis bins resolve it."""
+        law = {name: (v[:, None] if v.dim() == 1 else v)
+               for name, v in ((k, t.detach().double().cpu()) for k, t in params.items())}
+        dispersion = params["dispersion"].detach().double().cpu()[:, None].clamp_min(1e-6)
+
+        def velocity_cell(radius):
+            r = torch.as_tensor(radius, dtype=torch.float64)
+            v, slope = kinematics.circular_velocity_and_slope(r, law)
+            gradient = sin_i[:, None] * torch.maximum(v.abs() / r, slope.abs())
+            return (refine.RESOLVE_VELOCITY * dispersion / gradient).numpy()
+        return velocity_cell
 
     def _footprint_sides(self, position_angle):
         """The wide and narrow sides of a cell's footprint across the minor axis of galaxies at
@@ -1332,6 +1377,12 @@ class Projector:
         pixels + 1).  With ``blocks``, ``plan``'s pixels are blocks of ``outer_block``^2
         rendered pixels (`outer_block_side`), whose light is spread evenly over them."""
         batch = params["flux"].shape[0]
+        use = self._use_nodes(params, plan.cells.double()**2 * (plan.minor.double() + 2))
+        if not multipoles:
+            split = self._split_by_lines(params, plan, kinematics, use, partial(
+                self._project_group, blocks=blocks))
+            if split is not None:
+                return split
         n_cells = int(plan.cells.max())
         n_minor = int(plan.minor.max())
         side = self.outer_block if blocks else 1            # a pixel's side, rendered pixels
@@ -1357,8 +1408,7 @@ class Projector:
         where = (self._block_east, self._block_north) if blocks else (self._east, self._north)
         lookup = pixels.clamp_max(where[0].numel() - 1)        # the spare reads a real pixel
         east, north = where[0][lookup], where[1][lookup]                 # (B, P)
-        lines = None if multipoles else \
-            self._line_nodes(shaped["edges"], sigma, n_cells**2 * (n_minor + 2))
+        lines = None if multipoles else self._line_nodes(shaped["edges"], sigma, bool(use[0]))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
                                      n_minor, n_cells**2 * (n_minor + 2), lines)
         if blocks:
@@ -1385,6 +1435,14 @@ class Projector:
         as its K `F.MULTIPOLES` (batch, K, n_chan, pixels + 1)."""
         entries = plan.entries
         batch = params["flux"].shape[0]
+        # each galaxy's samples per row (a pixel's cells of one band share one)
+        rows = torch.where(entries.used, entries.row, -1).amax(dim=1).clamp_min(0) + 1
+        per_cell = torch.clamp(entries.used.sum(dim=1) // rows, min=1)
+        use = self._use_nodes(params, (entries.minor + 2) * per_cell)
+        if not multipoles:
+            split = self._split_by_lines(params, plan, kinematics, use, self._band_group)
+            if split is not None:
+                return split
         shaped, sigma = self._shape(params, plan)
 
         def per_entry(t):
@@ -1392,6 +1450,7 @@ class Projector:
         cell = per_entry(entries.cell)
         clip = per_entry(entries.clip)
         p = dict(shaped)
+        p["tail"] = per_entry(entries.tail)
         n_minor = int(entries.minor.max())
         p.update(cell=cell, rmax=torch.minimum(clip, shaped["rmax"]),
                  stretch=torch.maximum(4 * cell, clip),
@@ -1403,7 +1462,7 @@ class Projector:
                  pixel_used=per_entry(entries.used))
         east = entries.east.to(self.device, self.dtype)
         north = entries.north.to(self.device, self.dtype)
-        sliced = ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used")
+        sliced = ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used", "tail")
         if multipoles:
             # each cell's offset from its pixel's centre, in rendered pixels
             pixel = entries.pixel.clamp_max(self._east.numel() - 1).to(self.device)
@@ -1414,8 +1473,7 @@ class Projector:
             sliced = sliced + ("offset_x", "offset_y")
         # a pixel's cells of one band are summed into one row before the channels
         n_rows = entries.row_pixel.shape[1]
-        per_row = (n_minor + 2) * max(1, entries.row.shape[1] // max(n_rows, 1))
-        lines = None if multipoles else self._line_nodes(shaped["edges"], sigma, per_row)
+        lines = None if multipoles else self._line_nodes(shaped["edges"], sigma, bool(use[0]))
         spectra, weights = self._integrate(
             east, north, p, sliced, kinematics, n_minor, n_minor + 2, lines, weights=True,
             rows=entries.row.to(self.device), n_rows=n_rows)
@@ -1536,7 +1594,16 @@ class Projector:
             return torch.where(valid, order, torch.full_like(order, spare)), valid
 
     def band_entries(self, params, plan):
-        """The cells of each galaxy's central bands (`galcubecraft.refine.band_entries`)."""
+        """The cells of each galaxy's central bands (`galcubecraft.refine.band_entries`), whose
+        windows reach as far as the galaxy's own or as the steps of the band's partition
+        (``a_k / 8``, its inner step's scale) need, whichever is further (`_window_tail`)."""
+        with torch.no_grad():
+            inc = params["inclination"].detach().double().cpu()
+            lam = params["scale_height"].detach().double().cpu() * torch.sin(inc) / \
+                torch.cos(inc).clamp_min(_COS_FLOOR)
+            levels = max(int(plan.bands.levels.max()), 1)
+            radii = torch.as_tensor(plan.bands.outer)[:, None] / 2.0 ** torch.arange(levels)
+            tails = torch.maximum(plan.tail[:, None], self._window_tail(lam[:, None], radii / 8))
         return refine.band_entries(
             plan.bands, x0=params["x0"], y0=params["y0"],
             position_angle=params["position_angle"], inclination=params["inclination"],
@@ -1546,7 +1613,7 @@ class Projector:
             max_minor_samples=self.max_minor_samples,
             footprint=torch.where(plan.trapezoid, sum(self._footprint_sides(
                 params["position_angle"].detach().double().cpu())), 0.0)
-            if plan.trapezoid is not None else None)
+            if plan.trapezoid is not None else None, tails=tails)
 
     def _cells(self, cells, n_cells, side=1):
         """Cell-centre offsets within a pixel of ``side`` rendered pixels, (B, 1, C, 1) each,
@@ -1568,20 +1635,41 @@ class Projector:
             return t.reshape(batch, 1, -1, 1).to(self.device, self.dtype)
         return shaped(east), shaped(north), shaped(mask), (shaped(fx), shaped(fy))
 
-    def _line_nodes(self, edges, sigma, samples_per_pixel):
-        """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``.
+    def _use_nodes(self, params, samples_per_pixel):
+        """Per galaxy (a CPU bool tensor): whether its lines go through the velocity nodes
+        (`_line_nodes`) rather than ``erf``, decided on its own node count and samples per
+        pixel (``(batch,)``) so that it renders the same in any batch or group.  Nodes pay
+        off when their grid is small against the samples x edges of a pixel."""
+        batch = params["flux"].shape[0]
+        if self.line_nodes_per_sigma is None or self.line_integration == "erf":
+            return torch.zeros(batch, dtype=torch.bool)
+        if self.line_integration == "nodes":
+            return torch.ones(batch, dtype=torch.bool)
+        counts = F.line_node_counts(self._rest_frame_edges(params),
+                                    params["dispersion"].clamp_min(1e-6),
+                                    self.line_nodes_per_sigma).detach().cpu()
+        pay_off = _NODES_PAY_OFF if self.device.type == "cpu" else _NODES_PAY_OFF_GPU
+        return counts <= pay_off * samples_per_pixel.detach().cpu().double() * \
+            self._edges.numel()
+
+    def _split_by_lines(self, params, plan, kinematics, use, render):
+        """``render`` on the galaxies whose lines take the nodes and on the others apart
+        (`_use_nodes`), in batch order; None where they all agree."""
+        if bool(use.all()) or not bool(use.any()):
+            return None
+        groups = [torch.nonzero(use).flatten(), torch.nonzero(~use).flatten()]
+        return self._by_groups(params, plan, kinematics, groups, render)
+
+    def _line_nodes(self, edges, sigma, nodes):
+        """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``
+        (``nodes``: whether its galaxies take them, `_use_nodes`).
 
         Multipoles (`_project`) are integrated with ``erf``: the K weights of a sample share
         its differences of erf, where the nodes would cost K times (the one-galaxy cubes of
         ``benchmarks.dataset``: 36 cubes/s with ``erf``, 32 with the nodes)."""
-        if self.line_nodes_per_sigma is None or self.line_integration == "erf":
+        if not nodes:
             return None
         origin, step, n_nodes = F.line_nodes(edges, sigma, self.line_nodes_per_sigma)
-        # nodes pay off when the node grid is small against samples x edges per pixel
-        pay_off = _NODES_PAY_OFF if self.device.type == "cpu" else _NODES_PAY_OFF_GPU
-        if self.line_integration == "auto" and \
-                n_nodes > pay_off * samples_per_pixel * self._edges.numel():
-            return None
         matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes, sigma)
         shape = (-1, 1, 1, 1)
         return origin.reshape(shape), step.reshape(shape), n_nodes, matrix

@@ -41,7 +41,7 @@ __all__ = ["BandPlan", "BandEntries", "plan_bands", "envelope_inverse_radius", "
            "band_fluxes", "radial_window", "radial_window_derivatives", "RESOLVE_CELLS",
            "band_cell", "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "BAND_HEIGHTS",
            "MAX_BAND_ENTRIES", "THICK_BANDS", "band_cells_for", "BAND_WINDOW_BINS",
-           "FOOTPRINT_BINS", "footprint_bin"]
+           "FOOTPRINT_BINS", "footprint_bin", "RESOLVE_VELOCITY", "VELOCITY_REFINEMENT"]
 
 #: The pixel cells resolve the velocity field where the rotation curve is linear over this many
 #: cells.
@@ -56,6 +56,15 @@ CORE_LIGHT = 1e-4
 #: A band of outer radius a is integrated on cells of at most a / BAND_CELLS (finer where its
 #: light or its velocity field needs them: `band_cell`).
 BAND_CELLS = 4
+#: A band's cells resolve its line-of-sight velocity field: across a cell the velocity changes
+#: by at most this many line dispersions (each sample's line is broadened by the spread of the
+#: velocities over its area, `galcubecraft.functional.velocity_moments`: exact in the variance,
+#: and for a uniform gradient within 4e-4 of the line's L1 at 1.5 dispersions a cell, 3e-3 at
+#: 2, 2e-2 at 3).  Steep rotation curves under narrow lines need it at the centre.
+RESOLVE_VELOCITY = 1.5
+#: ... but no finer than this many times `band_cell`'s other limits (the cost of a band grows
+#: as the square): narrower lines are left at that (docs/rendering.rst, *Where it stops*).
+VELOCITY_REFINEMENT = 4.0
 #: Disks whose projected thickness ``h sin i`` exceeds this fraction of r_eff have band cells
 #: twice finer (`band_cells_for`): their bands' light spreads along the minor axis, and on
 #: coarser cells thick cusps were 0.3-1% L1 from the Monte Carlo cube (0.06-0.2% finer).
@@ -75,8 +84,10 @@ BAND_WINDOW_BINS = 2.0
 #: 30%, a third nothing).
 FOOTPRINT_BINS = 3.0
 #: Most cells of one band (more are needed only by bands much thinner than the disk is
-#: thick, seen edge-on; their cells are then coarsened, the band's flux staying exact).
-MAX_BAND_ENTRIES = 4096
+#: thick, seen inclined; their cells are then coarsened by powers of two, the band's flux
+#: staying exact).  At 4096, thick cusps larger than the field (h ~ 0.7-0.9 r_eff, 56-90 deg)
+#: were 0.25-1.0% L1 from the 4x finer render; 0.09-0.21% at 8192 (twice the time for them).
+MAX_BAND_ENTRIES = 8192
 #: Bands beyond the radius holding all but this fraction of the light are not refined for it.
 DIM_LIGHT = 1e-4
 #: Light beyond the resolved radius below which the envelope is left out.
@@ -140,17 +151,20 @@ class BandPlan:
                         envelope=self.envelope[idx], cell=self.cell[idx])
 
 
-def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS):
+def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS,
+              velocity=np.inf):
     """The largest cell side (arcsec) that resolves a band of outer radius ``outer``.
 
     The smallest of ``outer / band_cells`` (the band's step), the light's shortest e-folding
     length within the band (at its inner edge for a cusp, ``n > 1``, at its outer edge for
     ``n < 1``; none if the band lies beyond ``bright``,
-    the radius holding all but `DIM_LIGHT` of the light) over `RESOLVE_LIGHT_CELLS`, and the
+    the radius holding all but `DIM_LIGHT` of the light) over `RESOLVE_LIGHT_CELLS`, the
     scale on which the rotation curve bends over `RESOLVE_CELLS`: ``outer / 4`` beyond the
-    solid-body radius, the solid-body radius within it.  The last two shrink with
-    ``band_cells`` in proportion, so a finer ``band_cells`` refines everything.  NumPy
-    arrays or floats.
+    solid-body radius, the solid-body radius within it, and ``velocity``, the cell across
+    which the line-of-sight velocity changes by `RESOLVE_VELOCITY` line dispersions at the
+    band's inner edge (`plan_bands`; at most `VELOCITY_REFINEMENT` times finer than the
+    others).  All but the first shrink with ``band_cells`` in proportion, so a finer
+    ``band_cells`` refines everything.  NumPy arrays or floats.
     """
     scale = BAND_CELLS / band_cells
     # the e-folding length is a power of the radius: shortest at the band's inner edge for a
@@ -159,7 +173,8 @@ def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS):
                        F.sersic_efold(np.minimum(outer, bright), r_eff, n, b_n))
     light = np.where(outer / 4 < bright, efold / RESOLVE_LIGHT_CELLS, np.inf)
     bend = np.maximum(solid_body, outer / 4) / RESOLVE_CELLS
-    return np.minimum(outer / band_cells, scale * np.minimum(light, bend))
+    side = np.minimum(outer / band_cells, scale * np.minimum(light, bend))
+    return np.minimum(side, np.maximum(scale * velocity, side / VELOCITY_REFINEMENT))
 
 
 def band_cells_for(band_cells, r_eff, scale_height, sin_i):
@@ -169,7 +184,8 @@ def band_cells_for(band_cells, r_eff, scale_height, sin_i):
     return np.where(thick, 2 * band_cells, band_cells)
 
 
-def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS):
+def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS,
+               velocity_cell=None):
     """Plan each galaxy's bands (NumPy arrays of shape (batch,), arcsec).
 
     The pixel cells (``cell`` wide) resolve the light where its e-folding length
@@ -182,7 +198,12 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS):
     a quarter of its radius down to where `CORE_LIGHT` of the light is enclosed).  Each
     band's cell is `band_cell`'s (`band_entries` coarsens a band whose box would need more
     than `MAX_BAND_ENTRIES` of them: a band much thinner than the disk is thick, seen
-    inclined; its flux stays exact).
+    inclined; its flux stays exact).  ``velocity_cell``: a function of the radius (arcsec,
+    (batch, m)) giving each galaxy's cell across which the line-of-sight velocity changes by
+    `RESOLVE_VELOCITY` line dispersions there (`band_cell`; none: the bands' velocities are
+    not refined for).  It refines the bands, not where they start: bands out to where the
+    pixel cells resolve the velocities made the reference render (10 km/s lines) 3.2 times
+    slower.
     """
     r_eff, n, b_n, rmax, cell, solid_body = (
         np.asarray(v, dtype=float) for v in (r_eff, n, b_n, rmax, cell, solid_body))
@@ -204,12 +225,20 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS):
     floor = F.sersic_enclosing_radius(CORE_LIGHT, r_eff, n)
     levels = np.zeros(len(r_eff), dtype=np.int64)
     sides = np.full((len(r_eff), _MAX_LEVELS), np.nan)
+    # the velocity-resolving cell on a log grid reaching every band's inner edge
+    if velocity_cell is not None and needed.any():
+        grid = np.logspace(-14, 0, 300)[None, :] * np.where(needed, outer, rmax)[:, None]
+        log_velocity = np.log(np.asarray(velocity_cell(grid), dtype=float).clip(1e-300, 1e300))
     for row in np.flatnonzero(needed):
         a, k = outer[row], 1
 
         def side(radius):
-            return band_cell(radius, r_eff[row], n[row], b_n[row], solid_body[row],
-                             bright[row], band_cells[row])
+            velocity = np.inf if velocity_cell is None else float(np.exp(np.interp(
+                np.log(radius / 2), np.log(grid[row]), log_velocity[row])))
+            # never coarser than the pixel cells the band stands in for
+            return min(cell[row], band_cell(radius, r_eff[row], n[row], b_n[row],
+                                            solid_body[row], bright[row], band_cells[row],
+                                            velocity))
         sides[row, 0] = side(a)
         while k < _MAX_LEVELS and _enclosed(a, r_eff[row], n[row], b_n[row]) > CORE_LIGHT:
             inner = a / 2
@@ -251,7 +280,8 @@ class BandEntries:
 
     Every field is ``(batch, E)``: ``east``, ``north`` (cell centre, arcsec), ``cell`` (its
     side, arcsec), ``inv_outer``, ``inv_inner`` (the band's ``1/a_k`` and ``1/a_{k+1}``,
-    `_NONE` for the core), ``clip`` (the band's reach ``a_k``), ``level`` (band index),
+    `_NONE` for the core), ``clip`` (the band's reach ``a_k``), ``tail`` (its windows' reach
+    in Laplace scales, ``tails``), ``level`` (band index),
     ``pixel`` (index into the padded grid; one past it for cells outside, which count
     towards the band's flux but are not deposited), ``used`` (mask) and ``row`` (the cell's
     (pixel, band) pair: its spectrum is summed into that row's before the channels are
@@ -265,6 +295,7 @@ class BandEntries:
     inv_outer: torch.Tensor
     inv_inner: torch.Tensor
     clip: torch.Tensor
+    tail: torch.Tensor
     level: torch.Tensor
     pixel: torch.Tensor
     used: torch.Tensor
@@ -274,8 +305,8 @@ class BandEntries:
     minor: torch.Tensor
     n_levels: int
 
-    _PER_CELL = ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "level", "pixel",
-                 "used", "row")
+    _PER_CELL = ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail", "level",
+                 "pixel", "used", "row")
 
     def select(self, idx):
         rows = {name: getattr(self, name)[idx] for name in
@@ -298,7 +329,8 @@ def footprint_bin(footprint, side, cos_i):
 
 def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pixel,
                  sky_matrix, shape, margin, cos_floor, minor_density, max_minor_samples,
-                 band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES, footprint=None):
+                 band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES, footprint=None,
+                 tails=None):
     """The cells of every galaxy's bands (`BandEntries`), built on the CPU in float64.
 
     Band ``k`` of outer radius ``a`` holds light within ``a`` of the centre in the disk
@@ -308,7 +340,9 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     the band's ``bands.cell``, nested in the pixels; the cells whose centres lie within that box
     (widened by half a cell diagonal) are kept.  ``footprint`` (batch,): the width of a
     cell's footprint across the minor axis per unit of its side where it is a trapezoid (0
-    where it is a box), which gets bins of at most 1 / `FOOTPRINT_BINS` of it.
+    where it is a box), which gets bins of at most 1 / `FOOTPRINT_BINS` of it.  ``tails``
+    (batch, levels): how many Laplace scales each band's windows reach before their tails
+    are one sample (default 3), which their bins cover.
     """
     x0, y0, pa, inc, h = (torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
                           for v in (x0, y0, position_angle, inclination, scale_height))
@@ -320,7 +354,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     spare = ny_p * nx_p
     sin_i, cos_i = torch.sin(inc), torch.cos(inc).clamp_min(cos_floor)
     sin_pa, cos_pa = torch.sin(pa), torch.cos(pa)
-    parts = {k: [] for k in ("east", "north", "cell", "inv_outer", "inv_inner", "clip",
+    parts = {k: [] for k in ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail",
                              "level", "pixel", "used")}
     minor = torch.ones(batch, dtype=torch.int64)
     n_levels = int(bands.levels.max()) if batch else 0
@@ -329,6 +363,8 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         a = torch.as_tensor(bands.outer[rows] / 2.0**k)
         last = torch.as_tensor(bands.levels[rows] == k + 1)
         r = torch.as_tensor(rows)
+        tail = torch.full_like(a, 3.0) if tails is None else \
+            torch.as_tensor(tails, dtype=torch.float64)[r, k]
         along = a
         across = a * cos_i[r] + band_heights * h[r] * sin_i[r]
         # cells: the largest power-of-two fraction of a pixel within the band's cell, coarsened
@@ -379,7 +415,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
                        for name, v in full.items()}
         per_row = {"cell": side, "inv_outer": 1.0 / a,
                    "inv_inner": torch.where(last, torch.full_like(a, _NONE), 2.0 / a),
-                   "clip": a, "level": torch.full_like(a, float(k))}
+                   "clip": a, "tail": tail, "level": torch.full_like(a, float(k))}
         # scatter this level's rows into the batch, padded
         for name in parts:
             if name in level_parts:
@@ -399,7 +435,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         # band's width, in bins of a cell where they are finest (asinh stretch as the disk's),
         # of 1 / BAND_WINDOW_BINS cell where the window is longer than the band's inner step
         # (a / 4: thick or inclined disks, whose windows cross the band's edges, not its cells)
-        window = 1.5 * side / cos_i[r] + 6 * h[r] * sin_i[r] / cos_i[r]
+        window = 1.5 * side / cos_i[r] + 2 * tail * h[r] * sin_i[r] / cos_i[r]
         span = torch.minimum(window, 2 * a)
         stretch = torch.maximum(4 * side, a)
         finest = torch.where(window > a / 4, side / BAND_WINDOW_BINS, side)
@@ -414,7 +450,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         empty = torch.zeros(batch, 0, dtype=torch.float64)
         none = torch.zeros(batch, 0, dtype=torch.int64)
         return BandEntries(east=empty, north=empty, cell=empty, inv_outer=empty,
-                           inv_inner=empty, clip=empty, level=none, pixel=none,
+                           inv_inner=empty, clip=empty, tail=empty, level=none, pixel=none,
                            used=empty.bool(), row=none, row_pixel=none, row_level=none,
                            minor=minor, n_levels=0)
     cat = {name: torch.cat(v, dim=1) for name, v in parts.items()}
