@@ -538,20 +538,22 @@ def line_nodes(edges, dispersion, nodes_per_sigma):
     whatever falls outside (they are left out of the kernel).  Returns
     ``(origin, step, n_nodes)`` (*km/s*, tensors of shape ``(batch,)``, int).
     """
-    step = dispersion / nodes_per_sigma
-    lo = edges.amin(dim=-1)
-    reach = _NODE_REACH * dispersion + 2 * step
-    n_real = line_node_counts(edges, dispersion, nodes_per_sigma).max()
-    return lo - reach - 2 * step, step, int(n_real)
+    lo, step, reach, counts = _node_grid(edges, dispersion, nodes_per_sigma)
+    return lo - reach - 2 * step, step, int(counts.max())
 
 
 def line_node_counts(edges, dispersion, nodes_per_sigma):
     """Each galaxy's own number of velocity nodes in :func:`line_nodes` (the batch's grid has
     the most of them): a tensor of shape ``(batch,)``."""
+    return _node_grid(edges, dispersion, nodes_per_sigma)[3]
+
+
+def _node_grid(edges, dispersion, nodes_per_sigma):
+    """The lowest edge, node step, reach beyond the edges and node count of each galaxy."""
     step = dispersion / nodes_per_sigma
     lo, hi = edges.amin(dim=-1), edges.amax(dim=-1)
     reach = _NODE_REACH * dispersion + 2 * step
-    return torch.ceil((hi - lo + 2 * reach) / step) + 5
+    return lo, step, reach, torch.ceil((hi - lo + 2 * reach) / step) + 5
 
 
 def _cubic_bspline(t):
