@@ -3,9 +3,10 @@
     python -m benchmarks.baseline REF [--rounds 3]
 
 ``REF`` (any git revision: a commit, a tag, ``HEAD~3``) is checked out into a temporary git
-worktree; the reference render (128 x 128 x 40, default settings) and the batch of 64 random
+worktree; the reference render (128 x 128 x 40, default settings), the batch of 64 random
 galaxies on 64 x 64 x 32 (``benchmarks.render.batch_time``; also with ``min_beam_sigma=0``
-where the code has it) are then timed for each code in its
+where the code has it) and unresolved rotators one by one (``benchmarks.render.compact_time``)
+are then timed for each code in its
 own process, the two alternating ``rounds`` times so that a busy machine slows both alike; the
 best time of each is kept.  ``python -m benchmarks --baseline REF`` adds these rows to the
 table.
@@ -19,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Unresolved rotators rendered one by one (`benchmarks.render.compact_galaxies`).
+COMPACT = 8
 
 #: Timed in a fresh process whose ``galcubecraft`` is the one first on ``sys.path``; the
 #: measuring code is this checkout's (``benchmarks.render``), so both codes run the same
@@ -29,18 +32,21 @@ sys.path.insert(0, {code!r})
 sys.path.insert(1, {bench!r})
 import torch
 import galcubecraft as gcc
-from benchmarks.render import batch_time, reference_galaxy, reference_grid, timeit
+from benchmarks.render import (batch_time, compact_time, reference_galaxy, reference_grid,
+                               timeit)
 grid, galaxy = reference_grid(), reference_galaxy()
 with torch.no_grad():
     reference = timeit(lambda: gcc.render_tensor(galaxy, grid), {repeats})
     batch = batch_time(64, "cpu", {repeats})
+    compact = compact_time(COMPACT, 1) / COMPACT
     try:                # the batch on the grid's own pixels (codes that can render finer)
         coarse = 64 / batch_time(64, "cpu", {repeats}, min_beam_sigma=0)
     except TypeError:
         coarse = None
 print(json.dumps({{"reference_s": reference, "batch_cubes_per_s": 64 / batch,
-                   "coarse_cubes_per_s": coarse, "version": gcc.__version__}}))
-"""
+                   "coarse_cubes_per_s": coarse, "compact_s": compact,
+                   "version": gcc.__version__}}))
+""".replace("COMPACT", str(COMPACT))
 
 
 def _time(code, repeats):
@@ -69,7 +75,8 @@ def measure(ref, rounds=3, repeats=3):
                             str(tree)], check=False)
     best = {who: {"reference_s": min(r["reference_s"] for r in rs),
                   "batch_cubes_per_s": max(r["batch_cubes_per_s"] for r in rs),
-                  "coarse_cubes_per_s": max((r["coarse_cubes_per_s"] or 0) for r in rs)}
+                  "coarse_cubes_per_s": max((r["coarse_cubes_per_s"] or 0) for r in rs),
+                  "compact_s": min(r["compact_s"] for r in rs)}
             for who, rs in runs.items()}
     return {"ref": ref, "commit": commit, "rounds": rounds, **best}
 
@@ -83,7 +90,10 @@ def rows(res):
             f"{base['reference_s'] / ours['reference_s']:.2f}x"),
            (f"Batch of 64 random galaxies 64x64x32, cubes/s, vs galcubecraft at {name}",
             f"{ours['batch_cubes_per_s']:.1f}", f"{base['batch_cubes_per_s']:.1f}",
-            f"{ours['batch_cubes_per_s'] / base['batch_cubes_per_s']:.2f}x")]
+            f"{ours['batch_cubes_per_s'] / base['batch_cubes_per_s']:.2f}x"),
+           (f"An unresolved rotator (r_eff 0.001-0.1\", n 1-8) 32x32x24, s each, vs "
+            f"galcubecraft at {name}", f"{ours['compact_s']:.3f}", f"{base['compact_s']:.3f}",
+            f"{base['compact_s'] / ours['compact_s']:.2f}x")]
     if ours.get("coarse_cubes_per_s") and not base.get("coarse_cubes_per_s"):
         out.append((f"The same batch on the grid's own pixels (min_beam_sigma=0), cubes/s, vs "
                     f"galcubecraft at {name}", f"{ours['coarse_cubes_per_s']:.1f}",

@@ -1410,7 +1410,7 @@ class Projector:
         east, north = where[0][lookup], where[1][lookup]                 # (B, P)
         lines = None if multipoles else self._line_nodes(shaped["edges"], sigma, bool(use[0]))
         spectra, _ = self._integrate(east, north, shaped, ("pixel_used",), kinematics,
-                                     n_minor, n_cells**2 * (n_minor + 2), lines)
+                                     n_minor, n_cells**2, lines)
         if blocks:
             # each block's light spread evenly over its rendered pixels
             fine = self._block_pixels[pixels.to(self.device)]            # (B, P, side^2)
@@ -1451,18 +1451,18 @@ class Projector:
         clip = per_entry(entries.clip)
         p = dict(shaped)
         p["tail"] = per_entry(entries.tail)
-        n_minor = int(entries.minor.max())
         p.update(cell=cell, rmax=torch.minimum(clip, shaped["rmax"]),
                  stretch=torch.maximum(4 * cell, clip),
                  inv_outer=per_entry(entries.inv_outer), inv_inner=per_entry(entries.inv_inner),
-                 n_minor=entries.minor.to(self.device, self.dtype).reshape(batch, 1, 1, 1),
+                 n_minor=per_entry(entries.bins),
                  cell_east=torch.zeros_like(shaped["sigma"]),
                  cell_north=torch.zeros_like(shaped["sigma"]),
                  cell_used=torch.ones_like(shaped["sigma"]),
                  pixel_used=per_entry(entries.used))
         east = entries.east.to(self.device, self.dtype)
         north = entries.north.to(self.device, self.dtype)
-        sliced = ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used", "tail")
+        sliced = ("cell", "rmax", "stretch", "inv_outer", "inv_inner", "pixel_used", "tail",
+                  "n_minor")
         if multipoles:
             # each cell's offset from its pixel's centre, in rendered pixels
             pixel = entries.pixel.clamp_max(self._east.numel() - 1).to(self.device)
@@ -1474,8 +1474,10 @@ class Projector:
         # a pixel's cells of one band are summed into one row before the channels
         n_rows = entries.row_pixel.shape[1]
         lines = None if multipoles else self._line_nodes(shaped["edges"], sigma, bool(use[0]))
+        # each band its own bins: the cells come in order of decreasing counts, and each chunk
+        # of them is padded to its first's
         spectra, weights = self._integrate(
-            east, north, p, sliced, kinematics, n_minor, n_minor + 2, lines, weights=True,
+            east, north, p, sliced, kinematics, entries.bins, 1, lines, weights=True,
             rows=entries.row.to(self.device), n_rows=n_rows)
         # each band's sampled flux scaled to its exact flux
         level = entries.level.to(self.device)
@@ -1500,16 +1502,23 @@ class Projector:
         in chunks of at most ``max_chunk_elements`` (checkpointed under autograd); with
         ``weights``, also each point's sampled flux (batch, P).  ``sliced`` names the entries
         of ``p`` that have one row per point.  With ``rows`` (batch, P), the points' spectra
-        are summed into ``n_rows`` rows: (batch, n_rows, n_chan)."""
+        are summed into ``n_rows`` rows: (batch, n_rows, n_chan).  ``n_minor``: the bins
+        along each point's window, the most of the batch (an int), or each point's (a CPU
+        tensor (batch, P), in decreasing order along P; each chunk is padded to the most of
+        its first points); a point costs ``per_point`` times its bins and tails."""
         batch, n_pts = east.shape
-        chunk = max(1, self.max_chunk_elements // (batch * per_point * (self._edges.numel())))
         need_grad = torch.is_grad_enabled() and any(
             isinstance(v, torch.Tensor) and v.requires_grad for v in p.values())
         pieces, sums = [], []
-        for start in range(0, n_pts, chunk):
+        start = 0
+        while start < n_pts:
+            bins = n_minor if isinstance(n_minor, int) else int(n_minor[:, start].max())
+            chunk = max(1, self.max_chunk_elements
+                        // (batch * per_point * (bins + 2) * self._edges.numel()))
             part = slice(start, start + chunk)
+            start += chunk
             q = {**p, **{name: p[name][:, part] for name in sliced}}
-            args = (east[:, part], north[:, part], q, kinematics, n_minor, lines, weights,
+            args = (east[:, part], north[:, part], q, kinematics, bins, lines, weights,
                     None if rows is None else rows[:, part], n_rows)
             out = (checkpoint(self._integrate_chunk, *args, use_reentrant=False) if need_grad
                    else self._integrate_chunk(*args))

@@ -41,7 +41,8 @@ __all__ = ["BandPlan", "BandEntries", "plan_bands", "envelope_inverse_radius", "
            "band_fluxes", "radial_window", "radial_window_derivatives", "RESOLVE_CELLS",
            "band_cell", "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "BAND_HEIGHTS",
            "MAX_BAND_ENTRIES", "THICK_BANDS", "band_cells_for", "BAND_WINDOW_BINS",
-           "FOOTPRINT_BINS", "footprint_bin", "RESOLVE_VELOCITY", "VELOCITY_REFINEMENT"]
+           "BAND_STEP_BINS", "FOOTPRINT_BINS", "footprint_bin", "RESOLVE_VELOCITY",
+           "VELOCITY_REFINEMENT"]
 
 #: The pixel cells resolve the velocity field where the rotation curve is linear over this many
 #: cells.
@@ -76,6 +77,12 @@ BAND_HEIGHTS = 8.0
 #: disks): with one, the pixels near a thick disk's projected axis were 4% off (0.1% of the
 #: flux moved out of the field; tests/test_accuracy.py's sweep, case 41).
 BAND_WINDOW_BINS = 2.0
+#: ... and at most a / BAND_STEP_BINS (a band of outer radius a; its steps are a / 4 wide),
+#: whatever its cells: the inner bands of thick disks have cells coarsened to a / 2
+#: (`MAX_BAND_ENTRIES`), and with bins of half a cell an n = 7.4 disk (h = 0.44 r_eff, 89 deg)
+#: was 0.40% L1 from the 4x finer render, 0.25% at a / 16 (as when every band had its
+#: galaxy's most bins).
+BAND_STEP_BINS = 16.0
 #: Least bins across a cell's footprint where it is a trapezoid (a disk thin as seen at a
 #: position angle between the pixel axes): the midpoint rule takes each bin's window for flat,
 #: which its ramps are not.  With bins of a cell (1.5 across a face-on cell's window), a
@@ -285,8 +292,11 @@ class BandEntries:
     ``pixel`` (index into the padded grid; one past it for cells outside, which count
     towards the band's flux but are not deposited), ``used`` (mask) and ``row`` (the cell's
     (pixel, band) pair: its spectrum is summed into that row's before the channels are
-    integrated).  ``row_pixel`` and ``row_level`` (batch, R) are each row's pixel and band.
-    ``minor`` (batch,) is the minor-axis bins per cell.
+    integrated), ``bins`` (the minor-axis bins of the cell's band: each band gets what its
+    windows need, not the galaxy's most).  A galaxy's cells come in order of decreasing
+    ``bins``, so that chunks of them are padded to similar counts.  ``row_pixel`` and
+    ``row_level`` (batch, R) are each row's pixel and band.  ``minor`` (batch,) is the most
+    bins of any of a galaxy's bands.
     """
 
     east: torch.Tensor
@@ -300,13 +310,14 @@ class BandEntries:
     pixel: torch.Tensor
     used: torch.Tensor
     row: torch.Tensor
+    bins: torch.Tensor
     row_pixel: torch.Tensor
     row_level: torch.Tensor
     minor: torch.Tensor
     n_levels: int
 
     _PER_CELL = ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail", "level",
-                 "pixel", "used", "row")
+                 "pixel", "used", "row", "bins")
 
     def select(self, idx):
         rows = {name: getattr(self, name)[idx] for name in
@@ -355,7 +366,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     sin_i, cos_i = torch.sin(inc), torch.cos(inc).clamp_min(cos_floor)
     sin_pa, cos_pa = torch.sin(pa), torch.cos(pa)
     parts = {k: [] for k in ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail",
-                             "level", "pixel", "used")}
+                             "level", "pixel", "used", "bins")}
     minor = torch.ones(batch, dtype=torch.int64)
     n_levels = int(bands.levels.max()) if batch else 0
     for k in range(n_levels):
@@ -413,9 +424,26 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         used = torch.gather(keep, 1, order)
         level_parts = {name: torch.gather(v.reshape(len(rows), -1), 1, order)
                        for name, v in full.items()}
+        # minor-axis bins: the window (1.5 cells / cos i + its Laplace tails), at most the
+        # band's width, in bins of a cell where they are finest (asinh stretch as the disk's),
+        # of 1 / BAND_WINDOW_BINS cell and at most a / BAND_STEP_BINS where the window is
+        # longer than the band's inner step (a / 4: thick or inclined disks, whose windows
+        # cross the band's edges, not its cells); each band has its own count
+        window = 1.5 * side / cos_i[r] + 2 * tail * h[r] * sin_i[r] / cos_i[r]
+        span = torch.minimum(window, 2 * a)
+        stretch = torch.maximum(4 * side, a)
+        finest = torch.where(window > a / 4, torch.minimum(side / BAND_WINDOW_BINS,
+                                                           a / BAND_STEP_BINS), side)
+        if footprint is not None:
+            width = torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
+            finest = torch.where(width > 0, torch.minimum(
+                finest, footprint_bin(width, side, cos_i[r])), finest)
+        bins = torch.ceil(2 * torch.asinh(span / (2 * stretch)) * stretch * minor_density
+                          / finest - 1e-3).clamp(1, max_minor_samples).to(torch.int64)
+        minor[r] = torch.maximum(minor[r], bins)
         per_row = {"cell": side, "inv_outer": 1.0 / a,
                    "inv_inner": torch.where(last, torch.full_like(a, _NONE), 2.0 / a),
-                   "clip": a, "tail": tail, "level": torch.full_like(a, float(k))}
+                   "clip": a, "tail": tail, "level": torch.full_like(a, float(k)), "bins": bins}
         # scatter this level's rows into the batch, padded
         for name in parts:
             if name in level_parts:
@@ -425,37 +453,25 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
             else:
                 v = per_row[name][:, None].expand(len(rows), longest)
             dtype = torch.bool if name == "used" else (
-                torch.int64 if name == "pixel" else torch.float64)
+                torch.int64 if name in ("pixel", "bins") else torch.float64)
             # padding: a harmless cell (no zero sizes: its weight is masked, not NaN)
-            fill = {"pixel": spare, "cell": pixel, "clip": pixel, "inv_inner": _NONE}.get(name, 0)
+            fill = {"pixel": spare, "cell": pixel, "clip": pixel, "inv_inner": _NONE,
+                    "bins": 1}.get(name, 0)
             full_v = torch.full((batch, longest), fill, dtype=dtype)
             full_v[r] = v.to(dtype)
             parts[name].append(full_v)
-        # minor-axis bins: the window (1.5 cells / cos i + its Laplace tails), at most the
-        # band's width, in bins of a cell where they are finest (asinh stretch as the disk's),
-        # of 1 / BAND_WINDOW_BINS cell where the window is longer than the band's inner step
-        # (a / 4: thick or inclined disks, whose windows cross the band's edges, not its cells)
-        window = 1.5 * side / cos_i[r] + 2 * tail * h[r] * sin_i[r] / cos_i[r]
-        span = torch.minimum(window, 2 * a)
-        stretch = torch.maximum(4 * side, a)
-        finest = torch.where(window > a / 4, side / BAND_WINDOW_BINS, side)
-        if footprint is not None:
-            width = torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
-            finest = torch.where(width > 0, torch.minimum(
-                finest, footprint_bin(width, side, cos_i[r])), finest)
-        bins = torch.ceil(2 * torch.asinh(span / (2 * stretch)) * stretch * minor_density
-                          / finest - 1e-3).clamp(1, max_minor_samples).to(torch.int64)
-        minor[r] = torch.maximum(minor[r], bins)
     if not n_levels:
         empty = torch.zeros(batch, 0, dtype=torch.float64)
         none = torch.zeros(batch, 0, dtype=torch.int64)
         return BandEntries(east=empty, north=empty, cell=empty, inv_outer=empty,
                            inv_inner=empty, clip=empty, tail=empty, level=none, pixel=none,
-                           used=empty.bool(), row=none, row_pixel=none, row_level=none,
+                           used=empty.bool(), row=none, bins=none, row_pixel=none,
+                           row_level=none,
                            minor=minor, n_levels=0)
     cat = {name: torch.cat(v, dim=1) for name, v in parts.items()}
-    # each row's cells first (all levels), so that rows can be trimmed
-    order = torch.sort((~cat["used"]).to(torch.uint8), dim=1, stable=True).indices
+    # each row's cells first (all levels), so that rows can be trimmed, those of the most
+    # bins first, so that chunks of cells are padded to similar counts
+    order = torch.sort(torch.where(cat["used"], -cat["bins"], 1), dim=1, stable=True).indices
     longest = max(int(cat["used"].sum(dim=1).max()), 1)
     order = order[:, :longest]
     out = {name: torch.gather(v, 1, order) for name, v in cat.items()}
