@@ -1,4 +1,6 @@
 """Shared fixtures: small grids, beams, galaxies, device."""
+import os
+
 import astropy.units as u
 import pytest
 import torch
@@ -9,6 +11,12 @@ import galcubecraft as gcc
 
 KMS = u.km / u.s
 JYKMS = u.Jy * u.km / u.s
+
+# under pytest-xdist (pyproject's ``-n``) each worker gets its share of the cores: torch's
+# default of one thread per core in every worker would oversubscribe them
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)
+                              // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture
