@@ -29,9 +29,10 @@ COMPACT = 8
 _SCRIPT = r"""
 import json, sys
 sys.path.insert(0, {code!r})
-sys.path.insert(1, {bench!r})
 import torch
 import galcubecraft as gcc
+# then this checkout's benchmarks (the code's own checkout has a `benchmarks` too)
+sys.path.insert(0, {bench!r})
 from benchmarks.render import (batch_time, compact_time, reference_galaxy, reference_grid,
                                timeit)
 grid, galaxy = reference_grid(), reference_galaxy()
