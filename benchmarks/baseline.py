@@ -39,7 +39,7 @@ grid, galaxy = reference_grid(), reference_galaxy()
 with torch.no_grad():
     reference = timeit(lambda: gcc.render_tensor(galaxy, grid), {repeats})
     batch = batch_time(64, "cpu", {repeats})
-    compact = compact_time(COMPACT, 1) / COMPACT
+    compact = compact_time({compact}, 1) / {compact}
     try:                # the batch on the grid's own pixels (codes that can render finer)
         coarse = 64 / batch_time(64, "cpu", {repeats}, min_beam_sigma=0)
     except TypeError:
@@ -47,11 +47,11 @@ with torch.no_grad():
 print(json.dumps({{"reference_s": reference, "batch_cubes_per_s": 64 / batch,
                    "coarse_cubes_per_s": coarse, "compact_s": compact,
                    "version": gcc.__version__}}))
-""".replace("COMPACT", str(COMPACT))
+"""
 
 
 def _time(code, repeats):
-    script = _SCRIPT.format(code=str(code), bench=str(ROOT), repeats=repeats)
+    script = _SCRIPT.format(code=str(code), bench=str(ROOT), repeats=repeats, compact=COMPACT)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, check=True)

@@ -1435,10 +1435,11 @@ class Projector:
         as its K `F.MULTIPOLES` (batch, K, n_chan, pixels + 1)."""
         entries = plan.entries
         batch = params["flux"].shape[0]
-        # each galaxy's samples per row (a pixel's cells of one band share one)
+        # each galaxy's samples (each cell its band's bins and two tails) per row (a pixel's
+        # cells of one band share one)
         rows = torch.where(entries.used, entries.row, -1).amax(dim=1).clamp_min(0) + 1
-        per_cell = torch.clamp(entries.used.sum(dim=1) // rows, min=1)
-        use = self._use_nodes(params, (entries.minor + 2) * per_cell)
+        samples = torch.where(entries.used, entries.bins + 2, 0).sum(dim=1)
+        use = self._use_nodes(params, samples.double() / rows)
         if not multipoles:
             split = self._split_by_lines(params, plan, kinematics, use, self._band_group)
             if split is not None:

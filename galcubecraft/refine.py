@@ -295,8 +295,7 @@ class BandEntries:
     integrated), ``bins`` (the minor-axis bins of the cell's band: each band gets what its
     windows need, not the galaxy's most).  A galaxy's cells come in order of decreasing
     ``bins``, so that chunks of them are padded to similar counts.  ``row_pixel`` and
-    ``row_level`` (batch, R) are each row's pixel and band.  ``minor`` (batch,) is the most
-    bins of any of a galaxy's bands.
+    ``row_level`` (batch, R) are each row's pixel and band.
     """
 
     east: torch.Tensor
@@ -313,15 +312,21 @@ class BandEntries:
     bins: torch.Tensor
     row_pixel: torch.Tensor
     row_level: torch.Tensor
-    minor: torch.Tensor
     n_levels: int
 
     _PER_CELL = ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail", "level",
                  "pixel", "used", "row", "bins")
 
+    @property
+    def minor(self):
+        """The most minor-axis bins of any of each galaxy's cells, (batch,) (one where it has
+        none)."""
+        return torch.where(self.used, self.bins, 1).amax(dim=1) if self.bins.shape[1] else \
+            torch.ones(self.bins.shape[0], dtype=torch.int64)
+
     def select(self, idx):
         rows = {name: getattr(self, name)[idx] for name in
-                self._PER_CELL + ("row_pixel", "row_level", "minor")}
+                self._PER_CELL + ("row_pixel", "row_level")}
         longest = max(int(rows["used"].sum(dim=1).max()), 1) if len(idx) else 1
         for name in self._PER_CELL:
             rows[name] = rows[name][:, :longest]
@@ -367,7 +372,6 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     sin_pa, cos_pa = torch.sin(pa), torch.cos(pa)
     parts = {k: [] for k in ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail",
                              "level", "pixel", "used", "bins")}
-    minor = torch.ones(batch, dtype=torch.int64)
     n_levels = int(bands.levels.max()) if batch else 0
     for k in range(n_levels):
         rows = np.flatnonzero(bands.levels > k)
@@ -440,7 +444,6 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
                 finest, footprint_bin(width, side, cos_i[r])), finest)
         bins = torch.ceil(2 * torch.asinh(span / (2 * stretch)) * stretch * minor_density
                           / finest - 1e-3).clamp(1, max_minor_samples).to(torch.int64)
-        minor[r] = torch.maximum(minor[r], bins)
         per_row = {"cell": side, "inv_outer": 1.0 / a,
                    "inv_inner": torch.where(last, torch.full_like(a, _NONE), 2.0 / a),
                    "clip": a, "tail": tail, "level": torch.full_like(a, float(k)), "bins": bins}
@@ -466,8 +469,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         return BandEntries(east=empty, north=empty, cell=empty, inv_outer=empty,
                            inv_inner=empty, clip=empty, tail=empty, level=none, pixel=none,
                            used=empty.bool(), row=none, bins=none, row_pixel=none,
-                           row_level=none,
-                           minor=minor, n_levels=0)
+                           row_level=none, n_levels=0)
     cat = {name: torch.cat(v, dim=1) for name, v in parts.items()}
     # each row's cells first (all levels), so that rows can be trimmed, those of the most
     # bins first, so that chunks of cells are padded to similar counts
@@ -477,7 +479,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     out = {name: torch.gather(v, 1, order) for name, v in cat.items()}
     out["level"] = out["level"].to(torch.int64)
     out.update(_pixel_rows(out["pixel"], out["level"], out["used"], n_levels, spare))
-    return BandEntries(**out, minor=minor, n_levels=n_levels)
+    return BandEntries(**out, n_levels=n_levels)
 
 
 def _pixel_rows(pixel, level, used, n_levels, spare):
