@@ -795,11 +795,13 @@ class Projector:
 
     @staticmethod
     def _velocity_cell(params, kinematics, sin_i):
-        """``velocity_cell(radius)`` for `galcubecraft.refine.plan_bands`: the cell (arcsec)
+        """``velocity_cell(radius)`` for `galcubecraft.refine.plan_bands`: the cells (arcsec)
         across which each galaxy's line-of-sight velocity changes by
         `~galcubecraft.refine.RESOLVE_VELOCITY` line dispersions at ``radius`` (arcsec, NumPy
-        (batch, m)).  Along the major axis ``v_los = v_c(R) sin i x / R`` changes at most at
-        ``sin i max(v_c / R, |dv_c / dR|)``; across it the minor-axis bins resolve it."""
+        (batch, m)), a pair: along the sky, and along the sight line (the minor-axis bins, in
+        the disk plane's y).  ``v_los = v_c(R) sin i x / R`` changes along x at most at
+        ``sin i max(v_c / R, |dv_c / dR|)`` and along y at ``sin i (x y / R^2) (dv_c / dR -
+        v_c / R)``, at most half the shear: none within the solid-body radius."""
         law = {name: (v[:, None] if v.dim() == 1 else v)
                for name, v in ((k, t.detach().double().cpu()) for k, t in params.items())}
         dispersion = params["dispersion"].detach().double().cpu()[:, None].clamp_min(1e-6)
@@ -807,8 +809,10 @@ class Projector:
         def velocity_cell(radius):
             r = torch.as_tensor(radius, dtype=torch.float64)
             v, slope = kinematics.circular_velocity_and_slope(r, law)
-            gradient = sin_i[:, None] * torch.maximum(v.abs() / r, slope.abs())
-            return (refine.RESOLVE_VELOCITY * dispersion / gradient).numpy()
+            along = sin_i[:, None] * torch.maximum(v.abs() / r, slope.abs())
+            across = 0.5 * sin_i[:, None] * (slope - v / r).abs()
+            resolved = refine.RESOLVE_VELOCITY * dispersion
+            return (resolved / along).numpy(), (resolved / across).numpy()
         return velocity_cell
 
     def _footprint_sides(self, position_angle):

@@ -140,12 +140,21 @@ class BandPlan:
         Whether the envelope holds light (False: the whole galaxy is in its bands).
     cell : ndarray (batch, max(levels))
         Each band's largest cell side (arcsec, `band_cell`; NaN past a galaxy's bands).
+    light : ndarray (batch, max(levels))
+        ... and that side were its velocities not refined for (`band_cell` of an infinite
+        ``velocity``): the scale of its light, which its minor-axis bins resolve.
+    across : ndarray (batch, max(levels))
+        Each band's largest minor-axis bin (arcsec) for its velocities: across which the
+        line-of-sight velocity changes by `RESOLVE_VELOCITY` line dispersions along the sight
+        line, within the band (inf where not refined for; `band_entries`).
     """
 
     outer: np.ndarray
     levels: np.ndarray
     envelope: np.ndarray
     cell: np.ndarray
+    light: np.ndarray
+    across: np.ndarray
 
     @property
     def any(self):
@@ -155,7 +164,8 @@ class BandPlan:
         """The plan of the galaxies ``idx`` (an integer array)."""
         idx = np.asarray(idx)
         return BandPlan(outer=self.outer[idx], levels=self.levels[idx],
-                        envelope=self.envelope[idx], cell=self.cell[idx])
+                        envelope=self.envelope[idx], cell=self.cell[idx],
+                        light=self.light[idx], across=self.across[idx])
 
 
 def band_cell(outer, r_eff, n, b_n, solid_body, bright, band_cells=BAND_CELLS,
@@ -206,11 +216,12 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS,
     band's cell is `band_cell`'s (`band_entries` coarsens a band whose box would need more
     than `MAX_BAND_ENTRIES` of them: a band much thinner than the disk is thick, seen
     inclined; its flux stays exact).  ``velocity_cell``: a function of the radius (arcsec,
-    (batch, m)) giving each galaxy's cell across which the line-of-sight velocity changes by
-    `RESOLVE_VELOCITY` line dispersions there (`band_cell`; none: the bands' velocities are
-    not refined for).  It refines the bands, not where they start: bands out to where the
-    pixel cells resolve the velocities made the reference render (10 km/s lines) 3.2 times
-    slower.
+    (batch, m)) giving each galaxy's cells across which the line-of-sight velocity changes by
+    `RESOLVE_VELOCITY` line dispersions there, a pair: along the major axis (`band_cell`) and
+    across it in the disk plane, which the minor-axis bins resolve (`BandPlan.across`, the
+    least within each band); none: the bands' velocities are not refined for.  It refines the
+    bands, not where they start: bands out to where the pixel cells resolve the velocities
+    made the reference render (10 km/s lines) 3.2 times slower.
     """
     r_eff, n, b_n, rmax, cell, solid_body = (
         np.asarray(v, dtype=float) for v in (r_eff, n, b_n, rmax, cell, solid_body))
@@ -231,22 +242,37 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS,
     # within this radius the light's shape no longer matters (the bands' own floor)
     floor = F.sersic_enclosing_radius(CORE_LIGHT, r_eff, n)
     levels = np.zeros(len(r_eff), dtype=np.int64)
-    sides = np.full((len(r_eff), _MAX_LEVELS), np.nan)
-    # the velocity-resolving cell on a log grid reaching every band's inner edge
+    # each band's cell, its light's cell and its largest bin across for its velocities
+    sides, light, across = (np.full((len(r_eff), _MAX_LEVELS), fill)
+                            for fill in (np.nan, np.nan, np.inf))
+    # the velocity-resolving cells on a log grid reaching every band's inner edge
     if velocity_cell is not None and needed.any():
         grid = np.logspace(-14, 0, 300)[None, :] * np.where(needed, outer, rmax)[:, None]
-        log_velocity = np.log(np.asarray(velocity_cell(grid), dtype=float).clip(1e-300, 1e300))
+        log_velocity, log_across = (np.log(np.asarray(v, dtype=float).clip(1e-300, 1e300))
+                                    for v in velocity_cell(grid))
     for row in np.flatnonzero(needed):
         a, k = outer[row], 1
+        scale = BAND_CELLS / band_cells[row]
 
-        def side(radius):
-            velocity = np.inf if velocity_cell is None else float(np.exp(np.interp(
-                np.log(radius / 2), np.log(grid[row]), log_velocity[row])))
+        def side(k, radius):
             # never coarser than the pixel cells the band stands in for
-            return min(cell[row], band_cell(radius, r_eff[row], n[row], b_n[row],
-                                            solid_body[row], bright[row], band_cells[row],
-                                            velocity))
-        sides[row, 0] = side(a)
+            def limit(velocity):
+                return min(cell[row], band_cell(radius, r_eff[row], n[row], b_n[row],
+                                                solid_body[row], bright[row], band_cells[row],
+                                                velocity))
+            light[row, k] = limit(np.inf)
+            if velocity_cell is None:
+                sides[row, k] = light[row, k]
+                return
+            sides[row, k] = limit(float(np.exp(np.interp(np.log(radius / 2), np.log(grid[row]),
+                                                         log_velocity[row]))))
+            # the band's light lies within radius / 4 .. radius of the centre
+            ends = np.log([radius / 4, radius])
+            inside = (np.log(grid[row]) > ends[0]) & (np.log(grid[row]) < ends[1])
+            least = min(np.interp(ends, np.log(grid[row]), log_across[row]).min(),
+                        log_across[row][inside].min(initial=np.inf))
+            across[row, k] = scale * float(np.exp(least))
+        side(0, a)
         while k < _MAX_LEVELS and _enclosed(a, r_eff[row], n[row], b_n[row]) > CORE_LIGHT:
             inner = a / 2
             if a <= solid_body[row] and _resolves_core(a, floor[row], sides[row, k - 1],
@@ -254,11 +280,12 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS,
                 # within the solid-body radius, with the light resolved by the band's cells:
                 # the core (this band and all within) is integrated as well as further bands
                 break
-            sides[row, k] = side(inner)
+            side(k, inner)
             a, k = inner, k + 1
         levels[row] = k
-    return BandPlan(outer=outer, levels=levels, envelope=envelope,
-                    cell=sides[:, :max(int(levels.max()) if len(levels) else 0, 1)])
+    width = max(int(levels.max()) if len(levels) else 0, 1)
+    return BandPlan(outer=outer, levels=levels, envelope=envelope, cell=sides[:, :width],
+                    light=light[:, :width], across=across[:, :width])
 
 
 def _resolves_core(outer, floor, cell, r_eff, n, b_n):
@@ -386,6 +413,10 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         # (by powers of two) while the band's box would need more than max_entries of them
         limit = torch.as_tensor(bands.cell[rows, k])
         split = torch.clamp(torch.ceil(torch.log2(pixel / limit) - 1e-9), min=0)
+        # the cells were their velocities not refined for (the bins need that only where the
+        # velocities change along the sight line: `BandPlan.across`)
+        lit = pixel / 2.0**torch.clamp(torch.ceil(torch.log2(
+            pixel / torch.as_tensor(bands.light[rows, k])) - 1e-9), min=0)
         fine = pixel / 2.0**split
         cells = 4 * (along + fine) * (across + fine) / fine**2      # the box's area in cells
         coarse = torch.ceil(0.5 * torch.log2(cells / max_entries))
@@ -429,15 +460,21 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         level_parts = {name: torch.gather(v.reshape(len(rows), -1), 1, order)
                        for name, v in full.items()}
         # minor-axis bins: the window (1.5 cells / cos i + its Laplace tails), at most the
-        # band's width, in bins of a cell where they are finest (asinh stretch as the disk's),
-        # of 1 / BAND_WINDOW_BINS cell and at most a / BAND_STEP_BINS where the window is
-        # longer than the band's inner step (a / 4: thick or inclined disks, whose windows
-        # cross the band's edges, not its cells); each band has its own count
+        # band's width, in bins where they are finest (asinh stretch as the disk's) of a cell
+        # of its light (the cells without their halvings for the velocities, which change
+        # along the major axis), of 1 / BAND_WINDOW_BINS of it and at most a / BAND_STEP_BINS
+        # where the window is longer than the band's inner step (a / 4: thick or inclined
+        # disks, whose windows cross the band's edges, not its cells), and at most the band's
+        # bin for the velocities along the sight line (no finer than VELOCITY_REFINEMENT
+        # times the others, as the cells); each band has its own count
         window = 1.5 * side / cos_i[r] + 2 * tail * h[r] * sin_i[r] / cos_i[r]
         span = torch.minimum(window, 2 * a)
         stretch = torch.maximum(4 * side, a)
-        finest = torch.where(window > a / 4, torch.minimum(side / BAND_WINDOW_BINS,
-                                                           a / BAND_STEP_BINS), side)
+        lit = torch.maximum(side, lit)
+        finest = torch.where(window > a / 4, torch.minimum(lit / BAND_WINDOW_BINS,
+                                                           a / BAND_STEP_BINS), lit)
+        finest = torch.minimum(finest, torch.maximum(
+            torch.as_tensor(bands.across[rows, k]), finest / VELOCITY_REFINEMENT))
         if footprint is not None:
             width = torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
             finest = torch.where(width > 0, torch.minimum(
