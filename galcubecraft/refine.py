@@ -411,12 +411,14 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         across = a * cos_i[r] + band_heights * h[r] * sin_i[r]
         # cells: the largest power-of-two fraction of a pixel within the band's cell, coarsened
         # (by powers of two) while the band's box would need more than max_entries of them
-        limit = torch.as_tensor(bands.cell[rows, k])
-        split = torch.clamp(torch.ceil(torch.log2(pixel / limit) - 1e-9), min=0)
+
+        def halvings(limit):
+            return torch.clamp(torch.ceil(torch.log2(pixel / torch.as_tensor(limit)) - 1e-9),
+                               min=0)
+        split = halvings(bands.cell[rows, k])
         # the cells were their velocities not refined for (the bins need that only where the
         # velocities change along the sight line: `BandPlan.across`)
-        lit = pixel / 2.0**torch.clamp(torch.ceil(torch.log2(
-            pixel / torch.as_tensor(bands.light[rows, k])) - 1e-9), min=0)
+        lit = pixel / 2.0**halvings(bands.light[rows, k])
         fine = pixel / 2.0**split
         cells = 4 * (along + fine) * (across + fine) / fine**2      # the box's area in cells
         coarse = torch.ceil(0.5 * torch.log2(cells / max_entries))
