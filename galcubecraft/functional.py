@@ -26,7 +26,8 @@ __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
     "sersic", "sersic_efold", "sersic_log_slope", "sersic_power",
     "midpoint_correction", "midpoint_corrections", "exponential_vertical",
-    "window_integral", "window_tail", "sparse_product", "deposit_rows", "sky_to_disk",
+    "window_integral", "bin_window_integrals", "window_tail", "sparse_product", "deposit_rows",
+    "sky_to_disk",
     "line_of_sight_velocity", "velocity_moments",
     "channel_cdf", "erf_at_edges", "line_nodes", "deposit_lines", "node_to_channel_matrix",
     "NODE_ACCUMULATOR", "node_accumulator", "node_weights",
@@ -225,81 +226,132 @@ def exponential_vertical(z, scale_height):
     return torch.exp(-torch.abs(z) / scale_height) / (2 * scale_height)
 
 
-def _delta_laplace_antiderivative(a, w, lam, inv, scaled_em):
-    """``Lambda(a + w) - Lambda(a)`` for ``Lambda(x) = int_{-inf}^x L(t) dt``, L the Laplace CDF.
+def _laplace_points(x, inv):
+    """What the Laplace law's antiderivatives need at points ``x`` measured from its edge
+    (``inv = 1 / lam``): ``x``, ``expm1(-|x| / lam)`` (in [-1, 0] however far ``x`` lies:
+    ``e^{-x/lam}`` beyond the edge and ``e^{x/lam}`` before it are one plus it, and it is
+    their ``expm1`` near it), whether ``x >= 0`` and ``max(x, 0)``."""
+    return x, torch.expm1(-x.abs() * inv), x >= 0, x.clamp_min(0)
+
+
+def _bin_terms(w, lam, second):
+    """What the antiderivatives' differences over bins of width ``w`` share: ``w``, the
+    constant of the branch beyond the edge, ``scaled_em`` (``lam/2 expm1(-w / lam)``, times
+    ``lam`` for the ``second`` antiderivative) and its negative."""
+    if second:
+        scaled_em = (0.5 * lam * lam) * torch.expm1(-w / lam)
+        return w, w * (0.5 * w) - scaled_em, scaled_em, -scaled_em
+    scaled_em = (0.5 * lam) * torch.expm1(-w / lam)
+    return w, w + scaled_em, scaled_em, -scaled_em
+
+
+def _delta_laplace_antiderivative(start, end, terms, lam):
+    """``Lambda(b) - Lambda(a)`` over a bin (``start``, ``end``: `_laplace_points` at ``a``
+    and ``b = a + w``; ``terms``: `_bin_terms`) for ``Lambda(x) = int_{-inf}^x L(t) dt``, L
+    the Laplace CDF.
 
     ``Lambda(x) = lam/2 e^{x/lam}`` for x < 0 and ``x + lam/2 e^{-x/lam}`` for x >= 0.
-    Written so that no branch overflows or cancels catastrophically, whatever
-    the ratio of ``w`` (>= 0) to ``lam`` (> 0).  ``inv = 1 / lam`` and
-    ``scaled_em = lam/2 expm1(-w / lam)``, which the bins' windows share (`window_integral`).
+    Written so that no branch overflows or cancels catastrophically, whatever the ratio of
+    ``w`` (>= 0) to ``lam`` (> 0).
     """
-    b = a + w
-    right = w + torch.exp(a.clamp_min(0) * -inv) * scaled_em
-    left = -torch.exp(b.clamp_max(0) * inv) * scaled_em
-    cross = b.clamp_min(0) + 0.5 * lam * (torch.expm1(b.clamp_min(0) * -inv)
-                                          - torch.expm1(a.clamp_max(0) * inv))
-    return torch.where(a >= 0, right, torch.where(b < 0, left, cross))
+    _, ea, a_beyond, _ = start
+    _, eb, b_beyond, bp = end
+    _, base, scaled_em, negative = terms
+    beyond = torch.addcmul(base, ea, scaled_em)                       # w + (1 + ea) em
+    before = torch.addcmul(negative, eb, scaled_em, value=-1)         # -(1 + eb) em
+    across = torch.addcmul(bp, eb - ea, 0.5 * lam)
+    return torch.where(a_beyond, beyond, torch.where(b_beyond, across, before))
 
 
-def _delta_laplace_second_antiderivative(a, w, lam, inv, scaled_em, half_w):
-    """``Lambda2(a + w) - Lambda2(a)`` for ``Lambda2(x) = int_{-inf}^x Lambda(t) dt``
-    (`_delta_laplace_antiderivative`'s ``Lambda``): the integral over a bin of a unit ramp
+def _delta_laplace_second_antiderivative(start, end, terms, lam):
+    """``Lambda2(b) - Lambda2(a)`` over a bin (arguments as for
+    `_delta_laplace_antiderivative`, ``terms`` those of the second antiderivative) for
+    ``Lambda2(x) = int_{-inf}^x Lambda(t) dt``: the integral over the bin of a unit ramp
     ``max(x, 0)`` smoothed by the Laplace law.
 
     ``Lambda2(x) = lam^2/2 e^{x/lam}`` for x < 0 and ``x^2/2 + lam^2 - lam^2/2 e^{-x/lam}``
-    for x >= 0; each branch written without overflow or cancellation within it.  ``inv =
-    1 / lam``, ``scaled_em = lam^2/2 expm1(-w / lam)`` and ``half_w = w / 2``, which the
-    four corners of a trapezoid's window share (`window_integral`).
+    for x >= 0; each branch written without overflow or cancellation within it.
     """
-    b = a + w
-    right = w * (a + half_w) - torch.exp(a.clamp_min(0) * -inv) * scaled_em
-    left = -torch.exp(b.clamp_max(0) * inv) * scaled_em
-    bp = b.clamp_min(0)
-    cross = 0.5 * bp * bp - (0.5 * lam * lam) * (torch.expm1(bp * -inv)
-                                                 + torch.expm1(a.clamp_max(0) * inv))
-    return torch.where(a >= 0, right, torch.where(b < 0, left, cross))
+    a, ea, a_beyond, _ = start
+    _, eb, b_beyond, bp = end
+    w, base, scaled_em, negative = terms
+    # w (a + w/2) - (1 + ea) em
+    beyond = torch.addcmul(torch.addcmul(base, ea, scaled_em, value=-1), w, a)
+    before = torch.addcmul(negative, eb, scaled_em, value=-1)         # -(1 + eb) em
+    across = torch.addcmul((ea + eb) * (-0.5 * lam * lam), bp, bp, value=0.5)
+    return torch.where(a_beyond, beyond, torch.where(b_beyond, across, before))
 
 
-def _ramp_integral(a, w, lam, ramp, shared):
-    """The bin integral (bin start ``a`` from the edge, width ``w``) of a Laplace-smoothed unit
-    step that rises linearly over ``ramp`` centred on the edge: a second difference of
-    `_delta_laplace_second_antiderivative` (``shared``: its ``inv, scaled_em, half_w``) over
-    ``ramp``."""
-    half_ramp = 0.5 * ramp
-    return (_delta_laplace_second_antiderivative(a + half_ramp, w, lam, *shared)
-            - _delta_laplace_second_antiderivative(a - half_ramp, w, lam, *shared)) / ramp
+def _window_corners(y1, y2, ramp):
+    """The points at which a window's antiderivatives are differenced, with their signs: the
+    box's edges ``y1`` (+) and ``y2`` (-), or, with ``ramp``, the trapezoid's four corners
+    (a second difference over the ramp, divided by it)."""
+    if ramp is None:
+        return ((y1, 1.0), (y2, -1.0))
+    half = 0.5 * ramp
+    return ((y1 - half, 1.0), (y1 + half, -1.0), (y2 - half, -1.0), (y2 + half, 1.0))
 
 
-def window_integral(a1, a2, w, lam, em=None, ramp=None):
+def window_integral(a1, a2, w, lam, ramp=None):
     """Integral over a bin of width ``w`` of the vertical window ``L(Y - y1) - L(Y - y2)``.
 
     ``a1 = start - y1`` and ``a2 = start - y2`` are the bin start relative to
     the window's box edges; ``lam`` is the Laplace scale ``h tan i`` (all in
     *arcsec* along the disk's minor axis).  For ``lam -> 0`` this is the
-    overlap of the bin with the box ``[y1, y2]``.  ``em``, ``expm1(-w / lam)``,
-    may be passed when several windows share bins.
+    overlap of the bin with the box ``[y1, y2]``.
 
     With ``ramp``, the box is convolved with a narrower box of that width (normalised: a
     trapezoid whose edges rise linearly over ``ramp``, the footprint of a square cell seen
     at an angle), exactly.  Its rounding error grows as ``(|a| + lam) / ramp``: keep ``ramp``
     above ~1e-3 of the bins' span (a trapezoid's change of width by that much changes the
-    window by ~1e-6).
+    window by ~1e-6).  `bin_window_integrals` gives those of many contiguous bins at once.
     """
-    if em is None:
-        em = torch.expm1(-w / lam)
     inv = 1.0 / lam
-    if ramp is not None:
-        shared = (inv, (0.5 * lam * lam) * em, 0.5 * w)
-        return (_ramp_integral(a1, w, lam, ramp, shared)
-                - _ramp_integral(a2, w, lam, ramp, shared))
-    scaled_em = (0.5 * lam) * em
-    return (_delta_laplace_antiderivative(a1, w, lam, inv, scaled_em)
-            - _delta_laplace_antiderivative(a2, w, lam, inv, scaled_em))
+    second = ramp is not None
+    delta = _delta_laplace_second_antiderivative if second else _delta_laplace_antiderivative
+    terms = _bin_terms(w, lam, second)
+    total = None
+    # the corners measured from the bin's start (y1 - start = -a1); the first's sign is +
+    for corner, sign in _window_corners(-a1, -a2, ramp):
+        part = delta(_laplace_points(-corner, inv), _laplace_points(w - corner, inv), terms,
+                     lam)
+        total = part if total is None else torch.add(total, part, alpha=sign)
+    return total / ramp if second else total
+
+
+def bin_window_integrals(edges, y1, y2, lam, ramp=None):
+    """`window_integral` over each of the contiguous bins between ``edges`` (last dimension
+    M + 1, non-decreasing) and over each bin's first half: a pair of tensors (..., M).
+
+    The antiderivatives' differences need the Laplace law at the bins' ends
+    (`_laplace_points`), which neighbouring bins share, and at their middles: two
+    exponentials per bin and corner of the window, against eight for the two calls of
+    `window_integral` (the same terms, so the same rounding).  ``y1``, ``y2``, ``lam`` and
+    ``ramp`` broadcast against ``edges`` without its last dimension.
+    """
+    start, end = edges[..., :-1], edges[..., 1:]
+    width = end - start
+    middle = start + 0.5 * width
+    inv = 1.0 / lam
+    second = ramp is not None
+    delta = _delta_laplace_second_antiderivative if second else _delta_laplace_antiderivative
+    full_terms = _bin_terms(width, lam, second)
+    half_terms = _bin_terms(0.5 * width, lam, second)
+    full = first = None
+    for corner, sign in _window_corners(y1, y2, ramp):          # the first's sign is +
+        points = _laplace_points(edges - corner, inv)
+        starts = tuple(t[..., :-1] for t in points)
+        ends = tuple(t[..., 1:] for t in points)
+        whole = delta(starts, ends, full_terms, lam)
+        half = delta(starts, _laplace_points(middle - corner, inv), half_terms, lam)
+        full = whole if full is None else torch.add(full, whole, alpha=sign)
+        first = half if first is None else torch.add(first, half, alpha=sign)
+    return (full / ramp, first / ramp) if second else (full, first)
 
 
 def _lower_ramp_tail(a, lam, ramp):
     """The integral below a point ``a`` before a ramped edge (``a <= -ramp / 2``) of the
-    smoothed step of `_ramp_integral` (``ramp`` None: a sharp step)."""
+    smoothed step of `window_integral`'s trapezoid (``ramp`` None: a sharp step)."""
     if ramp is None:
         return 0.5 * lam * torch.exp(a.clamp_max(0) / lam)
     return (0.5 * lam * lam / ramp * torch.exp((a + 0.5 * ramp).clamp_max(0) / lam)

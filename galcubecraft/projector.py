@@ -25,13 +25,13 @@ line of sight) to disk-frame (``Y``, ``Z``) has unit Jacobian
 where ``P`` is the (exponential) vertical distribution.  ``g`` is a box of
 width ``d / cos i`` smoothed by a Laplace kernel of scale ``h tan i`` (for a
 position angle between the pixel axes, a trapezoid: the box convolved with a
-narrower one, integrated as such for disks thin as seen, `_TRAPEZOID_RATIO`);
+narrower one, integrated as such, `_BOX_SIDE`);
 its integral over each ``Y`` bin is analytic
 (:func:`~galcubecraft.functional.window_integral`), so the vertical structure
 is integrated exactly and the ``Y`` bins only need to resolve the surface
 brightness and velocity field of the disk.  The bins are as wide as a cell
-(``minor_density`` per cell; across a trapezoid at most a third of it,
-`galcubecraft.refine.FOOTPRINT_BINS`: a bin's midpoint does not see the ramps)
+(``minor_density`` per cell; across a trapezoid at most half of it,
+`galcubecraft.refine.FOOTPRINT_BINS`: a bin's window is not flat across the ramps)
 and span the window (``3 h tan i`` beyond the
 box, the tails folded into the end bins), clipped to the disk's extent, so
 an edge-on disk stays finite and every cell's weights add up to its exact
@@ -106,18 +106,17 @@ _PEAK_STRETCHES = 16.0
 #: A cell's footprint across the minor axis is a trapezoid whose ramps are at least this
 #: fraction of its window's span (a wider ramp by that much changes the window by ~1e-6).
 _MIN_RAMP = 1e-3
-#: The trapezoid is integrated for galaxies thin as seen against its ramps (``h sin i`` below
-#: this many times the cell's narrower side across the minor axis, ``d min(|cos PA|, |sin
-#: PA|)``); thicker disks keep the box, which costs half (the trapezoid for all cost the
-#: reference render 15%).  The Laplace window blurs the ramps but does not remove them: the box
-#: is then of the order of the cells' other errors, not below them (an exponential disk of
-#: r_eff = 3 pixels, h = 0.5 pixel, PA 141 deg: 0.54% L1 from the Monte Carlo cube with the
-#: box, 0.13% with the trapezoid at 90 deg; 0.35% and 0.64% at 60 deg).  With the bins across
-#: a trapezoid (`refine.FOOTPRINT_BINS`), the trapezoid was nearer the Monte Carlo cube for 7 of
-#: 8 thick disks of r_eff 3-5 pixels at 30-90 deg (0.12-0.42% L1 against 0.32-0.90%; the
-#: eighth, rotating steeply at 60 deg, 0.64% against 0.40%), and for all it cost the batch of
-#: 64 random galaxies 12-18% (`python -m benchmarks.baseline`, two runs).
-_TRAPEZOID_RATIO = 2.0
+#: A cell's footprint is integrated as the trapezoid it is wherever its narrower side across
+#: the minor axis (``d min(|cos PA|, |sin PA|)``) is more than this fraction of the cell, that
+#: is wherever the position angle is more than ~0.06 deg off the pixel axes (on them it is a
+#: box, exactly, at half the cost; within them the box moves ~1e-7 of a cell's light).  Thick
+#: disks once kept the box (the trapezoid cost the batch of 64 random galaxies 12-18% then):
+#: the Laplace window blurs the ramps but does not remove them, and ten thick exponential disks
+#: (r_eff 3-5 pixels, h 0.4-1.3 pixels, 30-90 deg) were 0.15-0.55% L1 from the Monte Carlo
+#: cube with the box, 0.11-0.21% with the trapezoid (the worst, at 90 deg, is
+#: tests/test_accuracy.py's THICK_OBLIQUE); with the trapezoid's
+#: bins at `refine.FOOTPRINT_BINS` = 2 and `F.bin_window_integrals`, the batches cost no more.
+_BOX_SIDE = 1e-3
 #: A bin whose window holds less than this fraction of its width keeps its sample at its
 #: midpoint (its light is negligible; the centroid's ratio would be rounding).
 _HELD_WINDOW = 1e-6
@@ -277,8 +276,8 @@ class SamplingPlan:
         others (the outer zone) with ``outer_cells`` and ``outer_minor``, per block of
         `Projector.outer_block` rendered pixels a side (`Projector.footprint`).
     trapezoid : Tensor (batch,), bool, optional
-        Whether a cell's footprint across the minor axis is integrated as the trapezoid it
-        is (disks thin as seen), or as its wider box (`_TRAPEZOID_RATIO`).
+        Whether a cell's footprint across the minor axis is a trapezoid (the position angle
+        between the pixel axes, `_BOX_SIDE`), integrated as such, or a box.
     """
 
     cells: torch.Tensor
@@ -744,7 +743,7 @@ class Projector:
                 F.sersic_efold(inner, r_eff, n, b_n), F.sersic_efold(outer, r_eff, n, b_n)))
             tail = self._window_tail(lam, efold)
             rmax = self.truncation_radius(params)
-            counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h,
+            counts = self._counts(r_eff, n, b_n, rmax, cos_i, lam, tail,
                                   self._footprint_sides(pa))
             cells, minor, trapezoid = counts(self.oversample)
             cell = self.pixel / cells
@@ -773,7 +772,7 @@ class Projector:
                 stepped = torch.maximum(tail, self._window_tail(lam, step))
                 if bool((stepped > tail).any()):
                     tail = stepped
-                    counts = self._counts(r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h,
+                    counts = self._counts(r_eff, n, b_n, rmax, cos_i, lam, tail,
                                           self._footprint_sides(pa))
                     _, minor, _ = counts(self.oversample, trapezoid=trapezoid)
                     outer_cells, outer_minor, _ = counts(
@@ -829,7 +828,7 @@ class Projector:
         cs, sn = torch.cos(pa_pixels).abs(), torch.sin(pa_pixels).abs()
         return torch.maximum(cs, sn), torch.minimum(cs, sn)
 
-    def _counts(self, r_eff, n, b_n, rmax, sin_i, cos_i, lam, tail, h, sides):
+    def _counts(self, r_eff, n, b_n, rmax, cos_i, lam, tail, sides):
         """``counts(oversample)``: cells per pixel side, minor-axis bins per cell and whether
         the cells' footprints are integrated as trapezoids, for each galaxy sampled with at
         least ``oversample`` cells per pixel side.  ``sides``: the wide and narrow sides of
@@ -847,11 +846,10 @@ class Projector:
             cells = torch.ceil(per_minor_axis * pixel / projected - 1e-6)
             cells = cells.clamp(oversample, max(oversample, self.max_oversample))
             cell = pixel / cells
-            # disks thin as seen against a cell's footprint's ramps integrate the trapezoid,
-            # in bins no wider than 1 / refine.FOOTPRINT_BINS of it: the midpoint rule takes
-            # each bin's window for flat, which the ramps are not
+            # a trapezoid footprint is integrated in bins no wider than
+            # 1 / refine.FOOTPRINT_BINS of it: a bin's window is not flat across its ramps
             if trapezoid is None:
-                trapezoid = h * sin_i < _TRAPEZOID_RATIO * cell * sides[1]
+                trapezoid = sides[1] > _BOX_SIDE
             finest = torch.where(trapezoid, torch.minimum(
                 cell, refine.footprint_bin(sides[0] + sides[1], cell, cos_i)), cell)
             window = 1.5 * cell / cos_i + 2 * tail * lam
@@ -1704,7 +1702,7 @@ class Projector:
         lam = (p["scale_height"] * sin_i / cos_i).clamp_min(1e-6 * cell)
         # the cell is a sky-aligned square: across the minor axis its footprint is a box of
         # width a = d max(|cos PA|, |sin PA|) convolved with one of width b = d min(...), a
-        # trapezoid, integrated with the Laplace window analytically (`window_integral`)
+        # trapezoid, integrated with the Laplace window analytically (`bin_window_integrals`)
         wide, narrow = self._footprint_sides(p["position_angle"])
         a, b = cell * wide, cell * narrow
         y1, y2 = (eta - 0.5 * a) / cos_i, (eta + 0.5 * a) / cos_i
@@ -1728,8 +1726,8 @@ class Projector:
         frac = torch.clamp(j / p["n_minor"], max=1.0)
         edges = peak + stretch * torch.sinh(u_lo + u_span * frac)     # (B, P, C, M + 1)
         start, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]
-        g, first, tail_lo, tail_hi = self._footprint_window(p, y1, y2, b / cos_i, start, width,
-                                                            lo, hi, lam)
+        g, first, tail_lo, tail_hi = self._footprint_window(p, y1, y2, b / cos_i, edges, lo, hi,
+                                                            lam)
         tail_lo = torch.where(lo_free >= -p["rmax"], tail_lo, torch.zeros_like(lo))
         tail_hi = torch.where(hi_free <= p["rmax"], tail_hi, torch.zeros_like(hi))
         # beyond the bins the window is exactly exponential (scale lam): each tail becomes one
@@ -1741,7 +1739,8 @@ class Projector:
         # box's smoothed edges) does not meet the light's as the midpoint rule's first-order
         # error (a thin n = 1 disk of r_eff = 2.3 pixels at 68 deg and PA 45 deg was 0.43% L1
         # from the converged render; 0.06% now)
-        held = g > _HELD_WINDOW * width
+        # (|width|: float32 rounding can leave consecutive edges a hair out of order)
+        held = g > _HELD_WINDOW * width.abs()
         shift = (width / 3) * (g - 2 * first) / torch.where(held, g, torch.ones_like(g))
         shift = torch.where(held, torch.maximum(torch.minimum(shift, 0.5 * width), -0.5 * width),
                             torch.zeros_like(shift))
@@ -1807,21 +1806,18 @@ class Projector:
         return (spectra, flux) if weights else spectra
 
     @staticmethod
-    def _footprint_window(p, y1, y2, ramp, start, width, lo, hi, lam):
+    def _footprint_window(p, y1, y2, ramp, edges, lo, hi, lam):
         """The window of each cell's footprint across the minor axis ([y1, y2] in the disk
-        plane, ramps of ``ramp``) over its bins (``start``, ``width``) and over their first
+        plane, ramps of ``ramp``) over its bins (between ``edges``) and over their first
         halves, and its tails below ``lo`` and above ``hi``: the trapezoid for the galaxies of
         ``p["trapezoid"]``, the box for the others (only what the group needs is computed)."""
-        em, em_half = torch.expm1(-width / lam), torch.expm1(-0.5 * width / lam)
         parts = []
         for kind in ("box", "trapezoid"):
             if kind not in p["footprints"]:
                 continue
             # ramps at least _MIN_RAMP of the bins' span (rounding: see window_integral)
             r = torch.maximum(ramp, _MIN_RAMP * (hi - lo)) if kind == "trapezoid" else None
-            parts.append((F.window_integral(start - y1, start - y2, width, lam, em, ramp=r),
-                          F.window_integral(start - y1, start - y2, 0.5 * width, lam, em_half,
-                                            ramp=r),
+            parts.append((*F.bin_window_integrals(edges, y1, y2, lam, ramp=r),
                           F.window_tail(lo - y1, lo - y2, lam, "lower", ramp=r),
                           F.window_tail(hi - y1, hi - y2, lam, "upper", ramp=r)))
         if len(parts) == 1:
