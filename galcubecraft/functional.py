@@ -325,8 +325,8 @@ def bin_window_integrals(edges, y1, y2, lam, ramp=None):
 
     The antiderivatives' differences need the Laplace law at the bins' ends
     (`_laplace_points`), which neighbouring bins share, and at their middles: two
-    exponentials per bin and corner of the window, against eight for the two calls of
-    `window_integral` (the same terms, so the same rounding).  ``y1``, ``y2``, ``lam`` and
+    exponentials per bin and corner of the window, against four for `window_integral` over
+    each bin and each first half (whose terms it shares).  ``y1``, ``y2``, ``lam`` and
     ``ramp`` broadcast against ``edges`` without its last dimension.
     """
     start, end = edges[..., :-1], edges[..., 1:]
