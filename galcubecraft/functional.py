@@ -321,32 +321,34 @@ def window_integral(a1, a2, w, lam, ramp=None):
 
 def bin_window_integrals(edges, y1, y2, lam, ramp=None):
     """`window_integral` over each of the contiguous bins between ``edges`` (last dimension
-    M + 1, non-decreasing) and over each bin's first half: a pair of tensors (..., M).
+    M + 1, non-decreasing), and the window itself at each edge: a pair of tensors (..., M)
+    and (..., M + 1).
 
-    The antiderivatives' differences need the Laplace law at the bins' ends
-    (`_laplace_points`), which neighbouring bins share, and at their middles: two
-    exponentials per bin and corner of the window, against four for `window_integral` over
-    each bin and each first half (whose terms it shares).  ``y1``, ``y2``, ``lam`` and
+    The antiderivatives' differences need the Laplace law only at the bins' edges
+    (`_laplace_points`), which neighbouring bins share: one exponential per edge and corner of
+    the window, against two per bin for `window_integral` (whose terms it shares).  The window
+    at a point is the first antiderivative's difference over the corners (the Laplace CDF's
+    for the box, less its constant half; ``max(x, 0) + lam/2 expm1(-|x| / lam)`` for the
+    trapezoid, divided by the ramp), from the same exponentials.  ``y1``, ``y2``, ``lam`` and
     ``ramp`` broadcast against ``edges`` without its last dimension.
     """
-    start, end = edges[..., :-1], edges[..., 1:]
-    width = end - start
-    middle = start + 0.5 * width
+    width = edges[..., 1:] - edges[..., :-1]
     inv = 1.0 / lam
     second = ramp is not None
     delta = _delta_laplace_second_antiderivative if second else _delta_laplace_antiderivative
-    full_terms = _bin_terms(width, lam, second)
-    half_terms = _bin_terms(0.5 * width, lam, second)
-    full = first = None
+    terms = _bin_terms(width, lam, second)
+    full = value = None
     for corner, sign in _window_corners(y1, y2, ramp):          # the first's sign is +
         points = _laplace_points(edges - corner, inv)
-        starts = tuple(t[..., :-1] for t in points)
-        ends = tuple(t[..., 1:] for t in points)
-        whole = delta(starts, ends, full_terms, lam)
-        half = delta(starts, _laplace_points(middle - corner, inv), half_terms, lam)
+        whole = delta(tuple(t[..., :-1] for t in points), tuple(t[..., 1:] for t in points),
+                      terms, lam)
+        _, folded, beyond, positive = points
+        # the constants (1/2, lam/2) cancel over the corners, whose signs sum to zero
+        here = (torch.addcmul(positive, folded, 0.5 * lam) if second else
+                torch.where(beyond, -0.5 * folded, 0.5 * folded))
         full = whole if full is None else torch.add(full, whole, alpha=sign)
-        first = half if first is None else torch.add(first, half, alpha=sign)
-    return (full / ramp, first / ramp) if second else (full, first)
+        value = here if value is None else torch.add(value, here, alpha=sign)
+    return (full / ramp, value / ramp) if second else (full, value)
 
 
 def _lower_ramp_tail(a, lam, ramp):
