@@ -114,7 +114,7 @@ _MIN_RAMP = 1e-3
 #: the Laplace window blurs the ramps but does not remove them, and ten thick exponential disks
 #: (r_eff 3-5 pixels, h 0.4-1.3 pixels, 30-90 deg) were 0.15-0.55% L1 from the Monte Carlo
 #: cube with the box, 0.11-0.21% with the trapezoid (the worst, at 90 deg, is
-#: tests/test_accuracy.py's THICK_OBLIQUE); with the trapezoid's
+#: tests/test_accuracy.py's OBLIQUE_DISKS); with the trapezoid's
 #: bins at `refine.FOOTPRINT_BINS` = 2 and `F.bin_window_integrals`, the batches cost no more.
 _BOX_SIDE = 1e-3
 #: A bin whose window holds less than this fraction of its width keeps its sample at its
@@ -1738,7 +1738,7 @@ class Projector:
         # the window is linear across the bin), so that the window's slope within a bin (a
         # trapezoid's ramps, a box's smoothed edges) does not meet the light's as the midpoint
         # rule's first-order error (a thin n = 1 disk of r_eff = 2.3 pixels at 68 deg and PA 45
-        # deg was 0.43% L1 from the converged render; 0.06% now)
+        # deg was 0.43% L1 from the converged render; 0.05% now)
         # (|width|: float32 rounding can leave consecutive edges a hair out of order)
         held = g > _HELD_WINDOW * width.abs()
         change = at_edges[..., 1:] - at_edges[..., :-1]

@@ -90,7 +90,7 @@ BAND_STEP_BINS = 16.0
 #: with a third of the footprint.  Since each sample sits at its window's centroid
 #: (`galcubecraft.projector`), half of it does as well (0.19% of the peak, 0.045% L1; a third
 #: 0.19% and 0.060%; tests/test_accuracy.py's thin disks at oblique position angles all within
-#: 0.062% L1 and 0.21% of their peaks at a half, 0.085% and 0.45% with one bin), and renders
+#: 0.062% L1 and 0.21% of their peaks at a half, up to 0.097% and 0.50% with one), and renders
 #: the dataset's cubes 4-7% faster than a third.
 FOOTPRINT_BINS = 2.0
 #: Most cells of one band (more are needed only by bands much thinner than the disk is
