@@ -1487,9 +1487,14 @@ class Projector:
             east, north, p, sliced, kinematics, entries.bins, 1, lines, weights=True,
             rows=entries.row.to(self.device), n_rows=n_rows)
         # each band's sampled flux scaled to its exact flux
-        level = entries.level.to(self.device)
+        # (a band of two resolutions measures its flux on its coarse cells, and deposits its
+        # fine ones, their light near the grid scaled to what the coarse cells hold there)
         n_levels = entries.n_levels
-        sampled = weights.new_zeros((batch, n_levels)).scatter_add(1, level, weights)
+        where = 3 * entries.level.to(self.device) + entries.part.to(self.device)
+        sums = weights.new_zeros((batch, 3 * n_levels)).scatter_add(1, where, weights) \
+            .reshape(batch, n_levels, 3)
+        fine, near = sums[..., refine.NEAR_FINE], sums[..., refine.NEAR_COARSE]
+        sampled = sums[..., 0] + near
         bands, cores = refine.band_fluxes(shaped["amplitude"].reshape(-1),
                                           shaped["r_eff"].reshape(-1), shaped["n"].reshape(-1),
                                           shaped["b_n"].reshape(-1), plan.bands.outer, n_levels)
@@ -1498,6 +1503,8 @@ class Projector:
         exact = torch.where(k == last, cores, bands)
         safe = torch.where(sampled > 0, sampled, torch.ones_like(sampled))
         scale = torch.where(sampled > 0, exact / safe, torch.zeros_like(sampled))
+        scale = torch.where(fine > 0, scale * near / torch.where(fine > 0, fine,
+                                                                 torch.ones_like(fine)), scale)
         row_level = entries.row_level.to(self.device)
         factor = torch.gather(scale, 1, row_level)
         spectra = spectra * factor.reshape(*factor.shape, *(1,) * (spectra.dim() - 2))

@@ -93,11 +93,17 @@ BAND_STEP_BINS = 16.0
 #: 0.062% L1 and 0.21% of their peaks at a half, up to 0.097% and 0.50% with one), and renders
 #: the dataset's cubes 4-7% faster than a third.
 FOOTPRINT_BINS = 2.0
-#: Most cells of one band (more are needed only by bands much thinner than the disk is
-#: thick, seen inclined; their cells are then coarsened by powers of two, the band's flux
-#: staying exact).  At 4096, thick cusps larger than the field (h ~ 0.7-0.9 r_eff, 56-90 deg)
-#: were 0.25-1.0% L1 from the 4x finer render; 0.09-0.21% at 8192 (twice the time for them).
+#: Most cells of one band over its box, and most more near the grid (more are needed only by
+#: bands much thinner than the disk is thick, seen inclined; their cells are then coarsened by
+#: powers of two, the band's flux staying exact, and finer near the grid: `band_entries`).
+#: At 4096, thick cusps larger than the field (h ~ 0.7-0.9 r_eff, 56-90 deg) were 0.25-1.0% L1
+#: from the 4x finer render; 0.09-0.21% at 8192 (twice the time for them), and one with a
+#: band's box 140 times wider than the field 0.49%: 0.011% with the finer cells near the grid.
 MAX_BAND_ENTRIES = 8192
+#: `BandEntries.part` of a band's cells where it has two resolutions (`band_entries`): its
+#: fine cells near the grid, whose light there is scaled to what its coarse cells measure
+#: there, those coarse cells (counted, not deposited), and (0) every other cell.
+NEAR_FINE, NEAR_COARSE = 1, 2
 #: Bands beyond the radius holding all but this fraction of the light are not refined for it.
 DIM_LIGHT = 1e-4
 #: Light beyond the resolved radius below which the envelope is left out.
@@ -217,8 +223,8 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS,
     the core lies within the solid-body radius with its light resolved by its cells (from
     a quarter of its radius down to where `CORE_LIGHT` of the light is enclosed).  Each
     band's cell is `band_cell`'s (`band_entries` coarsens a band whose box would need more
-    than `MAX_BAND_ENTRIES` of them: a band much thinner than the disk is thick, seen
-    inclined; its flux stays exact).  ``velocity_cell``: a function of the radius (arcsec,
+    than `MAX_BAND_ENTRIES` of them, except near the grid: a band much thinner than the disk
+    is thick, seen inclined; its flux stays exact).  ``velocity_cell``: a function of the radius (arcsec,
     (batch, m)) giving each galaxy's cells across which the line-of-sight velocity changes by
     `RESOLVE_VELOCITY` line dispersions there, a pair: along the major axis (`band_cell`) and
     across it in the disk plane, which the minor-axis bins resolve (`BandPlan.across`, the
@@ -322,8 +328,9 @@ class BandEntries:
     ``pixel`` (index into the padded grid; one past it for cells outside, which count
     towards the band's flux but are not deposited), ``used`` (mask) and ``row`` (the cell's
     (pixel, band) pair: its spectrum is summed into that row's before the channels are
-    integrated), ``bins`` (the minor-axis bins of the cell's band: each band gets what its
-    windows need, not the galaxy's most).  A galaxy's cells come in order of decreasing
+    integrated), ``bins`` (the minor-axis bins of the cell: each band's cells get what their
+    windows need, not the galaxy's most), ``part`` (0, or `NEAR_FINE` / `NEAR_COARSE` where the
+    band has two resolutions: `band_entries`).  A galaxy's cells come in order of decreasing
     ``bins``, so that chunks of them are padded to similar counts.  ``row_pixel`` and
     ``row_level`` (batch, R) are each row's pixel and band.
     """
@@ -340,12 +347,13 @@ class BandEntries:
     used: torch.Tensor
     row: torch.Tensor
     bins: torch.Tensor
+    part: torch.Tensor
     row_pixel: torch.Tensor
     row_level: torch.Tensor
     n_levels: int
 
     _PER_CELL = ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail", "level",
-                 "pixel", "used", "row", "bins")
+                 "pixel", "used", "row", "bins", "part")
 
     @property
     def minor(self):
@@ -373,9 +381,36 @@ def footprint_bin(footprint, side, cos_i):
     return footprint * side / (cos_i * FOOTPRINT_BINS)
 
 
+def _band_bins(side, lit, a, tail, h, sin_i, cos_i, across, footprint, minor_density,
+               max_minor_samples):
+    """The minor-axis bins of a band's cells of ``side`` (each row a galaxy; all arcsec).
+
+    The window (1.5 cells / cos i + its Laplace tails, ``tail`` scales of ``h sin i / cos
+    i``), at most the band's width ``2 a``, in bins where they are finest (asinh stretch as the
+    disk's) of a cell of its light (``lit``: the cells without their halvings for the
+    velocities, which change along the major axis), of 1 / `BAND_WINDOW_BINS` of it and at
+    most a / `BAND_STEP_BINS` where the window is longer than the band's inner step (a / 4:
+    thick or inclined disks, whose windows cross the band's edges, not its cells), at most
+    the band's bin for the velocities along the sight line (``across``; no finer than
+    `VELOCITY_REFINEMENT` times the others, as the cells), and at most `footprint_bin` where
+    the cell's ``footprint`` is a trapezoid (> 0)."""
+    window = 1.5 * side / cos_i + 2 * tail * h * sin_i / cos_i
+    span = torch.minimum(window, 2 * a)
+    stretch = torch.maximum(4 * side, a)
+    lit = torch.maximum(side, lit)
+    finest = torch.where(window > a / 4, torch.minimum(lit / BAND_WINDOW_BINS,
+                                                       a / BAND_STEP_BINS), lit)
+    finest = torch.minimum(finest, torch.maximum(across, finest / VELOCITY_REFINEMENT))
+    if footprint is not None:
+        finest = torch.where(footprint > 0, torch.minimum(
+            finest, footprint_bin(footprint, side, cos_i)), finest)
+    return torch.ceil(2 * torch.asinh(span / (2 * stretch)) * stretch * minor_density
+                      / finest - 1e-3).clamp(1, max_minor_samples).to(torch.int64)
+
+
 def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pixel,
                  sky_matrix, shape, margin, cos_floor, minor_density, max_minor_samples,
-                 band_heights=BAND_HEIGHTS, max_entries=MAX_BAND_ENTRIES, footprint=None,
+                 band_heights=BAND_HEIGHTS, max_entries=None, footprint=None,
                  tails=None):
     """The cells of every galaxy's bands (`BandEntries`), built on the CPU in float64.
 
@@ -384,7 +419,18 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     along the major axis and ``a cos i + band_heights h sin i`` along the minor
     axis.  Its cells are squares of ``pixel / 2^j``, the largest power of two at most
     the band's ``bands.cell``, nested in the pixels; the cells whose centres lie within that box
-    (widened by half a cell diagonal) are kept.  ``footprint`` (batch,): the width of a
+    (widened by half a cell diagonal) are kept.
+
+    A band whose box would need more than ``max_entries`` (default `MAX_BAND_ENTRIES`) such
+    cells (a thick disk's, seen inclined: its box reaches ``band_heights`` scale heights along
+    the minor axis, mostly beyond the field) has two resolutions.  Its box is covered by cells
+    coarsened by powers of two to fit ``max_entries`` (at most a pixel), which measure its
+    light; the blocks of those coarse cells that meet the padded grid are split into cells as
+    fine as up to ``max_entries`` more of them allow, which place it (`NEAR_FINE`; the coarse
+    cells there, `NEAR_COARSE`, are counted, not deposited): the projector scales the fine
+    cells' light to what the coarse ones measure there, and the band's to its exact flux.
+
+    ``footprint`` (batch,): the width of a
     cell's footprint across the minor axis per unit of its side where it is a trapezoid (0
     where it is a box), which gets bins of at most 1 / `FOOTPRINT_BINS` of it.  ``tails``
     (batch, levels): how many Laplace scales each band's windows reach before their tails
@@ -392,6 +438,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     """
     x0, y0, pa, inc, h = (torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1)
                           for v in (x0, y0, position_angle, inclination, scale_height))
+    max_entries = MAX_BAND_ENTRIES if max_entries is None else max_entries
     batch = x0.numel()
     m = torch.as_tensor(np.asarray(sky_matrix, dtype=float))
     m_inv = torch.linalg.inv(m)
@@ -401,7 +448,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
     sin_i, cos_i = torch.sin(inc), torch.cos(inc).clamp_min(cos_floor)
     sin_pa, cos_pa = torch.sin(pa), torch.cos(pa)
     parts = {k: [] for k in ("east", "north", "cell", "inv_outer", "inv_inner", "clip", "tail",
-                             "level", "pixel", "used", "bins")}
+                             "level", "pixel", "used", "bins", "part")}
     n_levels = int(bands.levels.max()) if batch else 0
     for k in range(n_levels):
         rows = np.flatnonzero(bands.levels > k)
@@ -412,83 +459,116 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
             torch.as_tensor(tails, dtype=torch.float64)[r, k]
         along = a
         across = a * cos_i[r] + band_heights * h[r] * sin_i[r]
-        # cells: the largest power-of-two fraction of a pixel within the band's cell, coarsened
-        # (by powers of two) while the band's box would need more than max_entries of them
+        # cells: the largest power-of-two fraction of a pixel within the band's cell; where the
+        # band's box would need more than max_entries of them, coarsened by powers of two (at
+        # most to a pixel) over the box, and over the blocks of those coarse cells that meet
+        # the padded grid as fine as max_entries more of them allow: a thick disk's band
+        # reaches far beyond the field along the minor axis, and its cells there only count
+        # towards the band's flux
 
         def halvings(limit):
             return torch.clamp(torch.ceil(torch.log2(pixel / torch.as_tensor(limit)) - 1e-9),
                                min=0)
-        split = halvings(bands.cell[rows, k])
+
+        def fitted(split, area):
+            """``split`` less the halvings that fit ``area`` (pixels^2) in max_entries."""
+            cells = area * 4.0**split
+            return (split - torch.ceil(0.5 * torch.log2(cells / max_entries)).clamp_min(0)
+                    ).clamp_min(0)
+        wanted = halvings(bands.cell[rows, k])
         # the cells were their velocities not refined for (the bins need that only where the
         # velocities change along the sight line: `BandPlan.across`)
         lit = pixel / 2.0**halvings(bands.light[rows, k])
-        fine = pixel / 2.0**split
-        cells = 4 * (along + fine) * (across + fine) / fine**2      # the box's area in cells
-        coarse = torch.ceil(0.5 * torch.log2(cells / max_entries))
-        split = (split - coarse.clamp_min(0)).clamp_min(0)
-        side = pixel / 2.0**split                                     # arcsec
-        half = 0.5 * math.sqrt(2) * side
-        box_xi, box_eta = along + half, across + half
-        lo, hi = _pixel_box(x0[r], y0[r], sin_pa[r], cos_pa[r], m_inv, box_xi, box_eta)
-        step = side / pixel                                           # cell side in pixels
-        # in pixel indices (pixel j spans j - 1/2 .. j + 1/2), so that cells nest in pixels
+        fine = pixel / 2.0**wanted
+        coarse = fitted(wanted, 4 * (along + fine) * (across + fine) / pixel**2)
+        half = 0.5 * math.sqrt(2) * pixel / 2.0**coarse            # a coarse cell's
+        lo, hi = _pixel_box(x0[r], y0[r], sin_pa[r], cos_pa[r], m_inv, along + half,
+                            across + half)
+        # in pixel indices (pixel j spans j - 1/2 .. j + 1/2), shifted by a half, so that
+        # cells of side 2^-s pixels start at multiples of it and nest in the pixels
         centre = torch.tensor([(nx - 1) / 2, (ny - 1) / 2], dtype=torch.float64)[:, None]
-        lo, hi = lo + centre, hi + centre
-        start = torch.floor((lo + 0.5) / step)
-        count = (torch.ceil((hi + 0.5) / step) - start).clamp_min(1).to(torch.int64)
-        ncx, ncy = int(count[0].max()), int(count[1].max())
-        ix = torch.arange(ncx, dtype=torch.float64)
-        iy = torch.arange(ncy, dtype=torch.float64)
-        # cell centres in pixel indices, (rows, ncy, ncx), and their pixels
-        jx = (start[0][:, None, None] + ix[None, None, :] + 0.5) * step[:, None, None] - 0.5
-        jy = (start[1][:, None, None] + iy[None, :, None] + 0.5) * step[:, None, None] - 0.5
-        jx, jy = torch.broadcast_tensors(jx, jy)
-        col = torch.round(jx).to(torch.int64) + margin
-        row = torch.round(jy).to(torch.int64) + margin
-        cx, cy = jx - (nx - 1) / 2, jy - (ny - 1) / 2               # offsets from the centre
-        inside_grid = (ix[None, None, :] < count[0][:, None, None]) & \
-            (iy[None, :, None] < count[1][:, None, None])
-        east = m[0, 0] * cx + m[0, 1] * cy
-        north = m[1, 0] * cx + m[1, 1] * cy
-        xi, eta = F.sky_to_disk(east, north, x0[r][:, None, None], y0[r][:, None, None],
-                                pa[r][:, None, None])
-        keep = inside_grid & (xi.abs() <= box_xi[:, None, None]) & \
-            (eta.abs() <= box_eta[:, None, None])
-        on_grid = (col >= 0) & (col < nx_p) & (row >= 0) & (row < ny_p)
-        index = torch.where(on_grid, row * nx_p + col, torch.full_like(col, spare))
-        full = {"east": east, "north": north, "pixel": index}
-        keep = keep.reshape(len(rows), -1)
+        lo, hi = lo + centre + 0.5, hi + centre + 0.5
+        step_c = 2.0**-coarse                                         # pixels
+        grid_lo = torch.tensor([-margin, -margin], dtype=torch.float64)[:, None]
+        grid_hi = torch.tensor([nx + margin, ny + margin], dtype=torch.float64)[:, None]
+        # the coarse cells' blocks that meet the padded grid, within the box
+        near_lo = torch.maximum(torch.floor(grid_lo / step_c) * step_c,
+                                torch.floor(lo / step_c) * step_c)
+        near_hi = torch.minimum(torch.ceil(grid_hi / step_c) * step_c,
+                                torch.ceil(hi / step_c) * step_c)
+        across_bin = torch.as_tensor(bands.across[rows, k])
+        width = None if footprint is None else \
+            torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
+
+        def cells(split, sx, sy, valid):
+            """The cells of side ``2^-split`` pixels (rows,) centred at ``sx - 1/2``, ``sy -
+            1/2`` (rows, N; pixel indices) where ``valid``: a dict of (rows, N) tensors,
+            ``keep`` those in the box."""
+            side = pixel / 2.0**split                                 # arcsec
+            col = torch.round(sx - 0.5).to(torch.int64) + margin
+            row = torch.round(sy - 0.5).to(torch.int64) + margin
+            cx, cy = sx - 0.5 - (nx - 1) / 2, sy - 0.5 - (ny - 1) / 2   # from the centre
+            east = m[0, 0] * cx + m[0, 1] * cy
+            north = m[1, 0] * cx + m[1, 1] * cy
+            xi, eta = F.sky_to_disk(east, north, x0[r][:, None], y0[r][:, None], pa[r][:, None])
+            half = 0.5 * math.sqrt(2) * side
+            keep = valid & (xi.abs() <= (along + half)[:, None]) & \
+                (eta.abs() <= (across + half)[:, None])
+            on_grid = (col >= 0) & (col < nx_p) & (row >= 0) & (row < ny_p)
+            bins = _band_bins(side, lit, a, tail, h[r], sin_i[r], cos_i[r], across_bin, width,
+                              minor_density, max_minor_samples)
+            return {"east": east, "north": north, "keep": keep,
+                    "pixel": torch.where(on_grid, row * nx_p + col, torch.full_like(col, spare)),
+                    "cell": side[:, None].expand_as(east),
+                    "bins": bins[:, None].expand_as(east)}
+        # the coarse cells over the box's bounding rectangle (in cells of step_c from start)
+        start = torch.floor(lo / step_c)
+        count = (torch.ceil(hi / step_c) - start).clamp_min(1).to(torch.int64)
+        ix = torch.arange(int(count[0].max()), dtype=torch.float64)
+        iy = torch.arange(int(count[1].max()), dtype=torch.float64)
+        sx = ((start[0][:, None, None] + ix[None, None, :] + 0.5) * step_c[:, None, None])
+        sy = ((start[1][:, None, None] + iy[None, :, None] + 0.5) * step_c[:, None, None])
+        sx, sy = (t.reshape(len(rows), -1) for t in torch.broadcast_tensors(sx, sy))
+        valid = ((ix[None, None, :] < count[0][:, None, None])
+                 & (iy[None, :, None] < count[1][:, None, None])).reshape(len(rows), -1)
+        outer = cells(coarse, sx, sy, valid)
+        # those near the grid, and the area they cover in the box
+        near = outer["keep"] & (sx > near_lo[0][:, None]) & (sx < near_hi[0][:, None]) & \
+            (sy > near_lo[1][:, None]) & (sy < near_hi[1][:, None])
+        area = near.sum(dim=1) * step_c**2
+        split_f = torch.maximum(fitted(wanted, area), coarse)
+        two = (split_f > coarse) & (area > 0)
+        # there, where the band has two resolutions, the coarse cells only measure the light
+        # that their fine cells place
+        near = near & two[:, None]
+        outer["part"] = torch.where(near, NEAR_COARSE, 0)
+        outer["pixel"] = torch.where(near, spare, outer["pixel"])
+        # the fine cells: each of those coarse cells split into d^2
+        order = torch.sort((~near).to(torch.uint8), dim=1, stable=True).indices
+        order = order[:, :int(near.sum(dim=1).max())]
+        d = torch.where(two, 2.0**(split_f - coarse), 1.0)
+        j = torch.arange(int(d.max()), dtype=torch.float64)
+        offset = ((j[None, :] + 0.5) / d[:, None] - 0.5) * step_c[:, None]  # (rows, d)
+        inside = j[None, :] < d[:, None]
+        fx = torch.gather(sx, 1, order)[:, :, None, None] + offset[:, None, None, :]
+        fy = torch.gather(sy, 1, order)[:, :, None, None] + offset[:, None, :, None]
+        fine_valid = torch.gather(near, 1, order)[:, :, None, None] & \
+            inside[:, None, None, :] & inside[:, None, :, None]
+        fx, fy, fine_valid = (t.reshape(len(rows), -1) for t in
+                              torch.broadcast_tensors(fx, fy, fine_valid))
+        inner = cells(split_f, fx, fy, fine_valid)
+        inner["part"] = torch.full_like(inner["pixel"], NEAR_FINE)
+        full = {name: [outer[name], inner[name]] for name in outer}
+        full = {name: torch.cat(v, dim=1) for name, v in full.items()}
+        keep = full.pop("keep")
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
         longest = int(keep.sum(dim=1).max())
         order = order[:, :longest]
         used = torch.gather(keep, 1, order)
-        level_parts = {name: torch.gather(v.reshape(len(rows), -1), 1, order)
-                       for name, v in full.items()}
-        # minor-axis bins: the window (1.5 cells / cos i + its Laplace tails), at most the
-        # band's width, in bins where they are finest (asinh stretch as the disk's) of a cell
-        # of its light (the cells without their halvings for the velocities, which change
-        # along the major axis), of 1 / BAND_WINDOW_BINS of it and at most a / BAND_STEP_BINS
-        # where the window is longer than the band's inner step (a / 4: thick or inclined
-        # disks, whose windows cross the band's edges, not its cells), and at most the band's
-        # bin for the velocities along the sight line (no finer than VELOCITY_REFINEMENT
-        # times the others, as the cells); each band has its own count
-        window = 1.5 * side / cos_i[r] + 2 * tail * h[r] * sin_i[r] / cos_i[r]
-        span = torch.minimum(window, 2 * a)
-        stretch = torch.maximum(4 * side, a)
-        lit = torch.maximum(side, lit)
-        finest = torch.where(window > a / 4, torch.minimum(lit / BAND_WINDOW_BINS,
-                                                           a / BAND_STEP_BINS), lit)
-        finest = torch.minimum(finest, torch.maximum(
-            torch.as_tensor(bands.across[rows, k]), finest / VELOCITY_REFINEMENT))
-        if footprint is not None:
-            width = torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
-            finest = torch.where(width > 0, torch.minimum(
-                finest, footprint_bin(width, side, cos_i[r])), finest)
-        bins = torch.ceil(2 * torch.asinh(span / (2 * stretch)) * stretch * minor_density
-                          / finest - 1e-3).clamp(1, max_minor_samples).to(torch.int64)
-        per_row = {"cell": side, "inv_outer": 1.0 / a,
+        level_parts = {name: torch.gather(v, 1, order) for name, v in full.items()}
+        per_row = {"inv_outer": 1.0 / a,
                    "inv_inner": torch.where(last, torch.full_like(a, _NONE), 2.0 / a),
-                   "clip": a, "tail": tail, "level": torch.full_like(a, float(k)), "bins": bins}
+                   "clip": a, "tail": tail, "level": torch.full_like(a, float(k))}
         # scatter this level's rows into the batch, padded
         for name in parts:
             if name in level_parts:
@@ -498,7 +578,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
             else:
                 v = per_row[name][:, None].expand(len(rows), longest)
             dtype = torch.bool if name == "used" else (
-                torch.int64 if name in ("pixel", "bins") else torch.float64)
+                torch.int64 if name in ("pixel", "bins", "part") else torch.float64)
             # padding: a harmless cell (no zero sizes: its weight is masked, not NaN)
             fill = {"pixel": spare, "cell": pixel, "clip": pixel, "inv_inner": _NONE,
                     "bins": 1}.get(name, 0)
@@ -510,7 +590,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         none = torch.zeros(batch, 0, dtype=torch.int64)
         return BandEntries(east=empty, north=empty, cell=empty, inv_outer=empty,
                            inv_inner=empty, clip=empty, tail=empty, level=none, pixel=none,
-                           used=empty.bool(), row=none, bins=none, row_pixel=none,
+                           used=empty.bool(), row=none, bins=none, part=none, row_pixel=none,
                            row_level=none, n_levels=0)
     cat = {name: torch.cat(v, dim=1) for name, v in parts.items()}
     # each row's cells first (all levels), so that rows can be trimmed, those of the most
