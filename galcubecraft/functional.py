@@ -35,10 +35,27 @@ __all__ = [
     "convolve_beam_separable", "read_pixels", "translate", "shift_phase", "point_share",
     "MULTIPOLES", "cell_multipoles", "multipole_factor", "multipole_spectrum", "from_spectrum",
     "interpolate_linear",
-    "interpolate_pchip", "cloud_weights",
+    "interpolate_pchip", "cloud_weights", "positive_mask", "pick",
 ]
 
 _SQRT2 = math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------- branches
+def positive_mask(x):
+    """Where ``x > 0``, as `pick` takes it: a pair of float tensors, 1.0 there and 0.0
+    elsewhere, and its complement (no gradient)."""
+    positive = x.detach().sign().clamp_(min=0.0)
+    return positive, 1.0 - positive
+
+
+def pick(mask, yes, no):
+    """``torch.where(mask, yes, no)`` for branches that are finite by construction (their
+    gradients too), with ``mask`` a pair as `positive_mask` gives it: ``yes * mask + no * (1 -
+    mask)``, the same values (a zero may change its sign), and a zero gradient to the branch
+    not taken.  On the CPU `torch.where` is slow (torch 2.13, one thread, 96,000 float32
+    elements: 0.31 ms, against 0.035 ms for this and as much for `positive_mask`)."""
+    return torch.addcmul(no * mask[1], yes, mask[0])
 
 
 # --------------------------------------------------------------------------- Sérsic
@@ -215,9 +232,9 @@ def midpoint_corrections(x, y, radius, dx, dy, q, dq, taper=None):
         # of the centre (none within half of one); a negative one (a cone's apex, n = 1) is
         # kept.  Zero-width samples, the padding of a batch, divide by one instead.
         width = torch.as_tensor(width, dtype=radius.dtype, device=radius.device)
-        safe = torch.where(width > 0, width, torch.ones_like(width))
+        safe = pick(positive_mask(width), width, 1.0)
         gate = torch.clamp(2.0 * radius / safe - 1.0, 0.0, 1.0)
-        out.append(torch.where(correction > 0, gate * correction, correction))
+        out.append(pick(positive_mask(correction), gate * correction, correction))
     return tuple(out)
 
 
@@ -230,8 +247,16 @@ def _laplace_points(x, inv):
     """What the Laplace law's antiderivatives need at points ``x`` measured from its edge
     (``inv = 1 / lam``): ``x``, ``expm1(-|x| / lam)`` (in [-1, 0] however far ``x`` lies:
     ``e^{-x/lam}`` beyond the edge and ``e^{x/lam}`` before it are one plus it, and it is
-    their ``expm1`` near it), whether ``x >= 0`` and ``max(x, 0)``."""
-    return x, torch.expm1(-x.abs() * inv), x >= 0, x.clamp_min(0)
+    their ``expm1`` near it), whether ``x >= 0`` (1.0 or 0.0, and its complement: branches
+    are picked with `pick`), and ``max(x, 0)``."""
+    beyond = x.detach().sign().add_(1.0).clamp_(max=1.0)
+    return x, torch.expm1(-x.abs() * inv), (beyond, 1.0 - beyond), x.clamp_min(0)
+
+
+def _cut(points, part):
+    """`_laplace_points` at the points ``part`` (a slice) of the last dimension."""
+    return tuple(tuple(u[..., part] for u in t) if isinstance(t, tuple) else t[..., part]
+                 for t in points)
 
 
 def _bin_terms(w, lam, second):
@@ -260,7 +285,7 @@ def _delta_laplace_antiderivative(start, end, terms, lam):
     beyond = torch.addcmul(base, ea, scaled_em)                       # w + (1 + ea) em
     before = torch.addcmul(negative, eb, scaled_em, value=-1)         # -(1 + eb) em
     across = torch.addcmul(bp, eb - ea, 0.5 * lam)
-    return torch.where(a_beyond, beyond, torch.where(b_beyond, across, before))
+    return pick(a_beyond, beyond, pick(b_beyond, across, before))
 
 
 def _delta_laplace_second_antiderivative(start, end, terms, lam):
@@ -279,7 +304,7 @@ def _delta_laplace_second_antiderivative(start, end, terms, lam):
     beyond = torch.addcmul(torch.addcmul(base, ea, scaled_em, value=-1), w, a)
     before = torch.addcmul(negative, eb, scaled_em, value=-1)         # -(1 + eb) em
     across = torch.addcmul((ea + eb) * (-0.5 * lam * lam), bp, bp, value=0.5)
-    return torch.where(a_beyond, beyond, torch.where(b_beyond, across, before))
+    return pick(a_beyond, beyond, pick(b_beyond, across, before))
 
 
 def _window_corners(y1, y2, ramp):
@@ -340,12 +365,11 @@ def bin_window_integrals(edges, y1, y2, lam, ramp=None):
     full = value = None
     for corner, sign in _window_corners(y1, y2, ramp):          # the first's sign is +
         points = _laplace_points(edges - corner, inv)
-        whole = delta(tuple(t[..., :-1] for t in points), tuple(t[..., 1:] for t in points),
-                      terms, lam)
+        whole = delta(_cut(points, slice(None, -1)), _cut(points, slice(1, None)), terms, lam)
         _, folded, beyond, positive = points
         # the constants (1/2, lam/2) cancel over the corners, whose signs sum to zero
         here = (torch.addcmul(positive, folded, 0.5 * lam) if second else
-                torch.where(beyond, -0.5 * folded, 0.5 * folded))
+                folded * (0.5 - beyond[0]))
         full = whole if full is None else torch.add(full, whole, alpha=sign)
         value = here if value is None else torch.add(value, here, alpha=sign)
     return (full / ramp, value / ramp) if second else (full, value)
@@ -528,9 +552,8 @@ def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, 
         v_xx, v_yy = t * v_xx, t * v_yy
     dx2, dy2 = dx * dx, dy * dy
     num = (sin_i / 24.0) * (dx2 * (v_xx + g * c * v_x) + dy2 * (v_yy + g * s * v_y))
-    positive = share > 1e-6
-    shift = torch.where(positive, num / torch.where(positive, share, torch.ones_like(share)),
-                        torch.zeros_like(num))
+    positive = positive_mask(share - 1e-6)
+    shift = num / pick(positive, share, 1.0) * positive[0]
     variance = (sin_i * sin_i / 12.0) * (v_x * v_x * dx2 + v_y * v_y * dy2)
     # (held off zero: the square root's slope there is infinite, and a Hessian would carry
     # it as 0 x inf)

@@ -991,18 +991,35 @@ class Projector:
         if missing:
             raise ValueError(f"the parameter tensors lack {missing}; make them with "
                              "Galaxy.tensors() and stack_parameters")
+
+        def outside(value, low, high, closed):
+            """Where ``value`` is not finite or is outside ``(low, high]`` (``[low, high]``
+            if ``closed``: a bool, or a bool tensor that broadcasts against ``value``)."""
+            below = (value < low) if closed is True else (value <= low) if closed is False \
+                else torch.where(closed, value < low, value <= low)
+            return ~torch.isfinite(value) | (value > high) | below
+
         with torch.no_grad():
-            bad = {}
-            for name, value in params.items():
-                flags = ~torch.isfinite(value)
-                domain = _domain(name)
-                if domain is not None:
-                    low, high, closed = domain
-                    flags = flags | (value > high) | ((value < low) if closed else (value <= low))
-                bad[name] = flags
-            # one device synchronisation per batch; the culprit is looked for only on failure
-            if not bool(torch.stack([flags.any() for flags in bad.values()]).any()):
+            # the batch's per-galaxy values stacked into one tensor, checked at once (a few
+            # operations, not a few per parameter), with one device synchronisation; the
+            # culprit is looked for only on failure
+            domains = {name: _domain(name) or (-math.inf, math.inf, True) for name in params}
+            rows = {name: v for name, v in params.items()
+                    if v.dim() == 1 and v.shape == params["flux"].shape
+                    and v.dtype == params["flux"].dtype and v.device == params["flux"].device}
+            checks = []
+            if rows:
+                low, high, closed = (torch.tensor([domains[name][j] for name in rows],
+                                                  device=params["flux"].device,
+                                                  dtype=params["flux"].dtype if j < 2 else
+                                                  torch.bool)[:, None] for j in range(3))
+                checks.append(outside(torch.stack(list(rows.values())), low, high,
+                                      closed).any())
+            checks += [outside(value, *domains[name]).any()
+                       for name, value in params.items() if name not in rows]
+            if not bool(torch.stack(checks).any()):
                 return
+            bad = {name: outside(value, *domains[name]) for name, value in params.items()}
             name, flags = next((n, f) for n, f in bad.items() if bool(f.any()))
             value = params[name]
             where = torch.nonzero(flags.reshape(flags.shape[0], -1).any(dim=1))[0].item() \
@@ -1193,9 +1210,9 @@ class Projector:
                 blocks = self.outer_block > 1       # and read out as spread over them
                 more, more_moments = self._pixel_cells(
                     params, outer, kinematics, None if blocks else concentrated, blocks=blocks)
-                cube = cube + more
+                cube = cube.add_(more)
                 moments = more_moments if moments is None else \
-                    moments if more_moments is None else moments + more_moments
+                    moments if more_moments is None else moments.add_(more_moments)
         if plan.entries is not None:
             levels = torch.as_tensor(plan.bands.levels > 0)
             # the bands' light as multipoles where it is concentrated within a pixel: the
@@ -1214,9 +1231,9 @@ class Projector:
                 if as_moments:
                     if moments is None:
                         moments = bands.new_zeros((cube.shape[0], *bands.shape[1:]))
-                    moments = moments.index_add(0, banded.to(cube.device), bands)
+                    moments = moments.index_add_(0, banded.to(cube.device), bands)
                 else:
-                    cube = cube.index_add(0, banded.to(cube.device), bands)
+                    cube = cube.index_add_(0, banded.to(cube.device), bands)
         ny_p, nx_p = self.padded_shape
 
         def unpadded(t):
@@ -1246,9 +1263,9 @@ class Projector:
         spread = (~concentrated).nonzero().reshape(-1)
         moments, cube = render(inside, multipoles=True), render(spread)
         batch = concentrated.numel()
-        return (cube.new_zeros((batch, *cube.shape[1:])).index_add(0, spread.to(cube.device),
-                                                                   cube),
-                moments.new_zeros((batch, *moments.shape[1:])).index_add(
+        return (cube.new_zeros((batch, *cube.shape[1:])).index_add_(
+                    0, spread.to(cube.device), cube),
+                moments.new_zeros((batch, *moments.shape[1:])).index_add_(
                     0, inside.to(moments.device), moments))
 
     def _by_groups(self, params, plan, kinematics, groups, render):
@@ -1433,7 +1450,7 @@ class Projector:
         cube = spectra.new_zeros((*spectra.shape[:-1], ny_p * nx_p + 1))
         lead = (pixels.shape[0],) + (1,) * (spectra.dim() - 2) + (pixels.shape[1],)
         index = pixels.to(self.device).reshape(lead).expand_as(spectra)
-        return cube.scatter_add(-1, index, spectra)
+        return cube.scatter_add_(-1, index, spectra)
 
     def _band_group(self, params, plan, kinematics, multipoles=False):
         """The central bands (`galcubecraft.refine`) of a group, each scaled to its exact flux:
@@ -1747,11 +1764,10 @@ class Projector:
         # rule's first-order error (a thin n = 1 disk of r_eff = 2.3 pixels at 68 deg and PA 45
         # deg was 0.43% L1 from the converged render; 0.05% now)
         # (|width|: float32 rounding can leave consecutive edges a hair out of order)
-        held = g > _HELD_WINDOW * width.abs()
+        held = F.positive_mask(g - _HELD_WINDOW * width.abs())
         change = at_edges[..., 1:] - at_edges[..., :-1]
-        shift = (width * width / 12) * change / torch.where(held, g, torch.ones_like(g))
-        shift = torch.where(held, torch.maximum(torch.minimum(shift, 0.5 * width), -0.5 * width),
-                            torch.zeros_like(shift))
+        shift = (width * width / 12) * change / F.pick(held, g, 1.0)
+        shift = torch.maximum(torch.minimum(shift, 0.5 * width), -0.5 * width) * held[0]
         g = torch.cat([g, tail_lo, tail_hi], dim=-1)
         y = torch.cat([start + 0.5 * width + shift, lo - lam_b, hi + lam_b], dim=-1)
         width = torch.cat([width, _SQRT12 * lam_b, _SQRT12 * lam_b], dim=-1)
@@ -1808,7 +1824,7 @@ class Projector:
         if moments is None:
             spectra = spectra.squeeze(-2)
         if rows is not None:
-            spectra = spectra.new_zeros((batch, n_rows, *spectra.shape[2:])).scatter_add(
+            spectra = spectra.new_zeros((batch, n_rows, *spectra.shape[2:])).scatter_add_(
                 1, rows.reshape(*rows.shape, *(1,) * (spectra.dim() - 2)).expand_as(spectra),
                 spectra)
         return (spectra, flux) if weights else spectra

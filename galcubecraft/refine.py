@@ -224,13 +224,13 @@ def plan_bands(r_eff, n, b_n, rmax, cell, solid_body, band_cells=BAND_CELLS,
     a quarter of its radius down to where `CORE_LIGHT` of the light is enclosed).  Each
     band's cell is `band_cell`'s (`band_entries` coarsens a band whose box would need more
     than `MAX_BAND_ENTRIES` of them, except near the grid: a band much thinner than the disk
-    is thick, seen inclined; its flux stays exact).  ``velocity_cell``: a function of the radius (arcsec,
-    (batch, m)) giving each galaxy's cells across which the line-of-sight velocity changes by
-    `RESOLVE_VELOCITY` line dispersions there, a pair: along the major axis (`band_cell`) and
-    across it in the disk plane, which the minor-axis bins resolve (`BandPlan.across`, the
-    least within each band); none: the bands' velocities are not refined for.  It refines the
-    bands, not where they start: bands out to where the pixel cells resolve the velocities
-    made the reference render (10 km/s lines) 3.2 times slower.
+    is thick, seen inclined; its flux stays exact).  ``velocity_cell``: a function of the
+    radius (arcsec, (batch, m)) giving each galaxy's cells across which the line-of-sight
+    velocity changes by `RESOLVE_VELOCITY` line dispersions there, a pair: along the major
+    axis (`band_cell`) and across it in the disk plane, which the minor-axis bins resolve
+    (`BandPlan.across`, the least within each band); none: the bands' velocities are not
+    refined for.  It refines the bands, not where they start: bands out to where the pixel
+    cells resolve the velocities made the reference render (10 km/s lines) 3.2 times slower.
     """
     r_eff, n, b_n, rmax, cell, solid_body = (
         np.asarray(v, dtype=float) for v in (r_eff, n, b_n, rmax, cell, solid_body))
