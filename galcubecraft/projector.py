@@ -1272,13 +1272,14 @@ class Projector:
         """``render(params, plan, kinematics)`` for each group of galaxies, in batch order."""
         if len(groups) == 1:
             return render(params, plan, kinematics)
-        parts, order = [], []
+        out = None
         for idx in groups:
             sub = {k: v[idx.to(v.device)] for k, v in params.items()}
-            parts.append(render(sub, plan.select(idx), kinematics))
-            order.append(idx)
-        inverse = torch.argsort(torch.cat(order)).to(self.device)
-        return torch.cat(parts)[inverse]
+            part = render(sub, plan.select(idx), kinematics)
+            if out is None:         # each group's rows copied once into the batch's
+                out = part.new_empty((sum(len(g) for g in groups), *part.shape[1:]))
+            out.index_copy_(0, idx.to(self.device), part)
+        return out
 
     @staticmethod
     def _group_by_cost(plan, ratio=1.5, bands=False):
