@@ -1,6 +1,6 @@
 """This checkout against an earlier commit of galcubecraft, in one run, as ratios.
 
-    python -m benchmarks.baseline REF [--rounds 3]
+    python -m benchmarks.baseline REF [--rounds 3] [--threads N]
 
 ``REF`` (any git revision: a commit, a tag, ``HEAD~3``) is checked out into a temporary git
 worktree; the reference render (128 x 128 x 40, default settings), the batch of 64 random
@@ -8,7 +8,9 @@ galaxies on 64 x 64 x 32 (``benchmarks.render.batch_time``; also with ``min_beam
 where the code has it) and unresolved rotators one by one (``benchmarks.render.compact_time``)
 are then timed for each code in its
 own process, the two alternating ``rounds`` times so that a busy machine slows both alike; the
-best time of each is kept.  ``python -m benchmarks --baseline REF`` adds these rows to the
+best time of each is kept.  ``--threads N`` sets torch's threads in both (default: torch's
+own, two on a 2-core machine); with one, a machine shared with others (or a hypervisor's)
+disturbs each measure less.  ``python -m benchmarks --baseline REF`` adds these rows to the
 table.
 """
 import argparse
@@ -31,6 +33,8 @@ import json, sys
 sys.path.insert(0, {code!r})
 import torch
 import galcubecraft as gcc
+if {threads}:
+    torch.set_num_threads({threads})
 # then this checkout's benchmarks (the code's own checkout has a `benchmarks` too)
 sys.path.insert(0, {bench!r})
 from benchmarks.render import (batch_time, compact_time, reference_galaxy, reference_grid,
@@ -50,15 +54,16 @@ print(json.dumps({{"reference_s": reference, "batch_cubes_per_s": 64 / batch,
 """
 
 
-def _time(code, repeats):
-    script = _SCRIPT.format(code=str(code), bench=str(ROOT), repeats=repeats, compact=COMPACT)
+def _time(code, repeats, threads=None):
+    script = _SCRIPT.format(code=str(code), bench=str(ROOT), repeats=repeats, compact=COMPACT,
+                            threads=int(threads or 0))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(ref, rounds=3, repeats=3):
+def measure(ref, rounds=3, repeats=3, threads=None):
     """Best reference-render time and batch throughput of this checkout and of ``ref``."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
                             capture_output=True, text=True, check=True).stdout.strip()
@@ -69,8 +74,8 @@ def measure(ref, rounds=3, repeats=3):
         try:
             runs = {"ours": [], "baseline": []}
             for _ in range(rounds):
-                runs["ours"].append(_time(ROOT, repeats))
-                runs["baseline"].append(_time(tree, repeats))
+                runs["ours"].append(_time(ROOT, repeats, threads))
+                runs["baseline"].append(_time(tree, repeats, threads))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(tree)], check=False)
@@ -108,8 +113,10 @@ def main(argv=None):
                                      description=__doc__.splitlines()[0])
     parser.add_argument("ref", help="git revision to compare against (e.g. a commit)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in both codes (default: torch's own)")
     args = parser.parse_args(argv)
-    res = measure(args.ref, args.rounds)
+    res = measure(args.ref, args.rounds, threads=args.threads)
     print("| measure | this checkout | baseline | ratio (>1: this checkout faster) |")
     print("|---|---|---|---|")
     for row in rows(res):
