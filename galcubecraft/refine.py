@@ -543,22 +543,24 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         near = near & two[:, None]
         outer["part"] = torch.where(near, NEAR_COARSE, 0)
         outer["pixel"] = torch.where(near, spare, outer["pixel"])
-        # the fine cells: each of those coarse cells split into d^2
-        order = torch.sort((~near).to(torch.uint8), dim=1, stable=True).indices
-        order = order[:, :int(near.sum(dim=1).max())]
-        d = torch.where(two, 2.0**(split_f - coarse), 1.0)
-        j = torch.arange(int(d.max()), dtype=torch.float64)
-        offset = ((j[None, :] + 0.5) / d[:, None] - 0.5) * step_c[:, None]  # (rows, d)
-        inside = j[None, :] < d[:, None]
-        fx = torch.gather(sx, 1, order)[:, :, None, None] + offset[:, None, None, :]
-        fy = torch.gather(sy, 1, order)[:, :, None, None] + offset[:, None, :, None]
-        fine_valid = torch.gather(near, 1, order)[:, :, None, None] & \
-            inside[:, None, None, :] & inside[:, None, :, None]
-        fx, fy, fine_valid = (t.reshape(len(rows), -1) for t in
-                              torch.broadcast_tensors(fx, fy, fine_valid))
-        inner = cells(split_f, fx, fy, fine_valid)
-        inner["part"] = torch.full_like(inner["pixel"], NEAR_FINE)
-        full = {name: [outer[name], inner[name]] for name in outer}
+        full = {name: [v] for name, v in outer.items()}
+        if bool(two.any()):     # the fine cells: each of those coarse cells split into d^2
+            order = torch.sort((~near).to(torch.uint8), dim=1, stable=True).indices
+            order = order[:, :int(near.sum(dim=1).max())]
+            d = torch.where(two, 2.0**(split_f - coarse), 1.0)
+            j = torch.arange(int(d.max()), dtype=torch.float64)
+            offset = ((j[None, :] + 0.5) / d[:, None] - 0.5) * step_c[:, None]  # (rows, d)
+            inside = j[None, :] < d[:, None]
+            fx = torch.gather(sx, 1, order)[:, :, None, None] + offset[:, None, None, :]
+            fy = torch.gather(sy, 1, order)[:, :, None, None] + offset[:, None, :, None]
+            fine_valid = torch.gather(near, 1, order)[:, :, None, None] & \
+                inside[:, None, None, :] & inside[:, None, :, None]
+            fx, fy, fine_valid = (t.reshape(len(rows), -1) for t in
+                                  torch.broadcast_tensors(fx, fy, fine_valid))
+            inner = cells(split_f, fx, fy, fine_valid)
+            inner["part"] = torch.full_like(inner["pixel"], NEAR_FINE)
+            for name in full:
+                full[name].append(inner[name])
         full = {name: torch.cat(v, dim=1) for name, v in full.items()}
         keep = full.pop("keep")
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
