@@ -97,19 +97,33 @@ def main(argv=None):
              f"cube less twice its noise: {np.mean(col['fine_mc'] - 2 * col['noise'] <= 3e-3):.0%};"
              f" the default within 0.3% of it: {np.mean(col['fine'] <= 3e-3):.0%}",
              f"- median default render time {np.median([r['seconds'] for r in rows]):.3f} s", "",
-             "| flux error | L1 to MC | its noise | L1 to 4x finer | 4x finer to MC | n | "
-             "r_eff (px) | i (deg) | h / r_eff | r_turn / r_eff | PA (deg) |",
+             f"| flux error | L1 to MC | its noise | L1 to 4x finer | 4x finer to MC | "
+             f"{_CASE_HEADER} |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = np.argsort(-np.maximum(col["flux"] / 1e-3, resolved / 3e-3))
     for k in order[:15]:
         r, c = rows[k], rows[k]["case"]
         lines.append(f"| {r['flux']:.1e} | {r['mc']:.1e} | {r['noise']:.1e} | {r['fine']:.1e} | "
-                     f"{r['fine_mc']:.1e} | {c['n']:.2f} | {c['r_eff']:.3g} | "
-                     f"{c['inclination']:.0f} | {c['scale_height'] / c['r_eff']:.2f} | "
-                     f"{c['r_turn'] / c['r_eff']:.2f} | {c['position_angle']:.0f} |")
+                     f"{r['fine_mc']:.1e} | {_case_columns(c)} |")
+    return _report(lines, "accuracy.md")
+
+
+#: The columns that describe a case in the results' tables (`_case_columns`).
+_CASE_HEADER = "n | r_eff (px) | i (deg) | h / r_eff | r_turn / r_eff | PA (deg)"
+
+
+def _case_columns(case):
+    """A case's `_CASE_HEADER` columns."""
+    return (f"{case['n']:.2f} | {case['r_eff']:.3g} | {case['inclination']:.0f} | "
+            f"{case['scale_height'] / case['r_eff']:.2f} | "
+            f"{case['r_turn'] / case['r_eff']:.2f} | {case['position_angle']:.0f}")
+
+
+def _report(lines, name):
+    """Print ``lines`` and write them to benchmarks/results/``name``."""
     text = "\n".join(lines) + "\n"
     print(text)
-    (ROOT / "results" / "accuracy.md").write_text(text)
+    (ROOT / "results" / name).write_text(text)
     return 0
 
 
@@ -140,19 +154,14 @@ def finer_only(count, seed, jobs):
              f"{np.median(l1):.3%}, worst {l1.max():.3%} (case {int(l1.argmax())}); "
              f"{int((l1 > 3e-3).sum())} of {count} above 0.3%, {int((l1 > 2e-3).sum())} above "
              f"0.2%", "",
-             "| case | L1 to 4x finer | n | r_eff (px) | i (deg) | h / r_eff | "
-             "r_turn / r_eff | PA (deg) | sigma (km/s) | channel (km/s) | field (px) |",
+             f"| case | L1 to 4x finer | {_CASE_HEADER} | sigma (km/s) | channel (km/s) | "
+             "field (px) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in np.argsort(-l1)[:15]:
         c = cases[k]
-        lines.append(f"| {k} | {l1[k]:.3%} | {c['n']:.2f} | {c['r_eff']:.3g} | "
-                     f"{c['inclination']:.0f} | {c['scale_height'] / c['r_eff']:.2f} | "
-                     f"{c['r_turn'] / c['r_eff']:.2f} | {c['position_angle']:.0f} | "
-                     f"{c['dispersion']:.1f} | {c['width']:.1f} | {c['npix']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "results" / "accuracy_finer.md").write_text(text)
-    return 0
+        lines.append(f"| {k} | {l1[k]:.3%} | {_case_columns(c)} | {c['dispersion']:.1f} | "
+                     f"{c['width']:.1f} | {c['npix']} |")
+    return _report(lines, "accuracy_finer.md")
 
 
 def catalogue(count):

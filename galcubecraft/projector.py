@@ -1508,8 +1508,8 @@ class Projector:
         # (a band of two resolutions measures its flux on its coarse cells, and deposits its
         # fine ones, their light near the grid scaled to what the coarse cells hold there)
         n_levels = entries.n_levels
-        where = 3 * entries.level.to(self.device) + entries.part.to(self.device)
-        sums = weights.new_zeros((batch, 3 * n_levels)).scatter_add(1, where, weights) \
+        slot = 3 * entries.level.to(self.device) + entries.part.to(self.device)
+        sums = weights.new_zeros((batch, 3 * n_levels)).scatter_add(1, slot, weights) \
             .reshape(batch, n_levels, 3)
         fine, near = sums[..., refine.NEAR_FINE], sums[..., refine.NEAR_COARSE]
         sampled = sums[..., 0] + near

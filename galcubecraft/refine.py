@@ -491,11 +491,11 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
         step_c = 2.0**-coarse                                         # pixels
         grid_lo = torch.tensor([-margin, -margin], dtype=torch.float64)[:, None]
         grid_hi = torch.tensor([nx + margin, ny + margin], dtype=torch.float64)[:, None]
-        # the coarse cells' blocks that meet the padded grid, within the box
-        near_lo = torch.maximum(torch.floor(grid_lo / step_c) * step_c,
-                                torch.floor(lo / step_c) * step_c)
-        near_hi = torch.minimum(torch.ceil(grid_hi / step_c) * step_c,
-                                torch.ceil(hi / step_c) * step_c)
+        # the coarse cells over the box's bounding rectangle, from cell ``start`` to ``end``,
+        # and the blocks of them that meet the padded grid
+        start, end = torch.floor(lo / step_c), torch.ceil(hi / step_c)
+        near_lo = torch.maximum(torch.floor(grid_lo / step_c), start) * step_c
+        near_hi = torch.minimum(torch.ceil(grid_hi / step_c), end) * step_c
         across_bin = torch.as_tensor(bands.across[rows, k])
         width = None if footprint is None else \
             torch.as_tensor(footprint, dtype=torch.float64).reshape(-1)[r]
@@ -521,9 +521,7 @@ def band_entries(bands, *, x0, y0, position_angle, inclination, scale_height, pi
                     "pixel": torch.where(on_grid, row * nx_p + col, torch.full_like(col, spare)),
                     "cell": side[:, None].expand_as(east),
                     "bins": bins[:, None].expand_as(east)}
-        # the coarse cells over the box's bounding rectangle (in cells of step_c from start)
-        start = torch.floor(lo / step_c)
-        count = (torch.ceil(hi / step_c) - start).clamp_min(1).to(torch.int64)
+        count = (end - start).clamp_min(1).to(torch.int64)
         ix = torch.arange(int(count[0].max()), dtype=torch.float64)
         iy = torch.arange(int(count[1].max()), dtype=torch.float64)
         sx = ((start[0][:, None, None] + ix[None, None, :] + 0.5) * step_c[:, None, None])
