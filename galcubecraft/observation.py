@@ -174,11 +174,12 @@ class ObservedBatch:
 def _labels(parts, owner, n_cubes):
     """1 + the slot (within its cube) of the part that is largest at each voxel, ties to the
     first (as ``argmax``): an int16 tensor ``(n_cubes, ...)``."""
-    slot = torch.zeros(len(owner), dtype=torch.int64)
-    counts = {}
-    for i, k in enumerate(owner.tolist()):
-        slot[i] = counts.get(k, 0)
-        counts[k] = slot[i] + 1
+    # each part's slot: how many parts of its cube come before it
+    cube = owner.numpy()
+    order = np.argsort(cube, kind="stable")
+    slot = np.empty(len(cube), dtype=np.int64)
+    slot[order] = np.arange(len(cube)) - np.searchsorted(cube[order], cube[order])
+    slot = torch.from_numpy(slot)
     labels = torch.zeros((n_cubes,) + parts.shape[1:], dtype=torch.int16, device=parts.device)
     first = (slot == 0).nonzero().reshape(-1)
     labels[owner[first].to(parts.device)] = 1

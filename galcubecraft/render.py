@@ -51,13 +51,15 @@ def stack_parameters(galaxies, device=None, dtype=torch.float32, merge=False, in
     """
     groups, rows = defaultdict(list), defaultdict(list)
     for i, g in enumerate(galaxies):
-        tensors = g.tensors(device=device, dtype=dtype)
+        # on the host, each stacked tensor then sent at once: not a copy per scalar
+        tensors = g.tensors(dtype=dtype)
         model = g.model
         model = model.kinematics if model.plain else model
         key = (model, tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())))
         groups[key].append(tensors)
         rows[key].append(i)
-    out = [(key[0], {k: torch.stack([t[k] for t in members]) for k in members[0]})
+    out = [(key[0], {k: torch.stack([t[k] for t in members]).to(device)
+                     for k in members[0]})
            for key, members in groups.items()]
     order = [torch.tensor(rows[key], dtype=torch.int64) for key in groups]
     if merge == "auto":

@@ -239,6 +239,40 @@ def test_batch_equals_individual_renders(small_grid):
             torch.testing.assert_close(batched[k], single[0], rtol=1e-5, atol=1e-7)
 
 
+def test_groups_cover_the_batch_and_do_not_change_its_cubes(small_grid, monkeypatch):
+    """However a batch is grouped (``group_ratio`` 1: each galaxy with those of its own shape;
+    one group for all), each galaxy is rendered once and its cube is the same to float32
+    rounding; looser ratios make fewer groups."""
+    rng = np.random.default_rng(3)
+    galaxies = [make_galaxy(
+        surface=gcc.SersicDisk(r_eff=rng.uniform(0.3, 6) * u.arcsec, n=rng.uniform(0.5, 4)),
+        vertical=gcc.ExponentialVertical(scale_height=rng.uniform(0.05, 2) * u.arcsec),
+        inclination=rng.uniform(10, 90) * u.deg, position_angle=rng.uniform(0, 360) * u.deg,
+        offset=rng.uniform(-6, 6, 2) * u.arcsec) for _ in range(10)]
+    (law, params), = gcc.stack_parameters(galaxies)
+    seen = []
+    group = gcc.Projector._group_by_cost
+
+    def spy(plan, ratio, bands=False):
+        groups = group(plan, ratio, bands)
+        seen.append((len(plan.cells), groups))
+        return groups
+    monkeypatch.setattr(gcc.Projector, "_group_by_cost", staticmethod(spy))
+    cubes, counts = {}, {}
+    with torch.no_grad():
+        for ratio in (1.0, 1.35, 4.0, 1e9):
+            seen.clear()
+            cubes[ratio] = gcc.Projector(small_grid, group_ratio=ratio)(params, law)
+            for n, groups in seen:
+                assert sorted(torch.cat(groups).tolist()) == list(range(n))
+            counts[ratio] = sum(len(groups) for _, groups in seen)
+    assert counts[1.0] >= counts[1.35] >= counts[4.0] >= counts[1e9] == len(seen)
+    assert counts[1.0] > counts[1e9], counts
+    for ratio, cube in cubes.items():
+        torch.testing.assert_close(cube, cubes[1e9], rtol=0,
+                                   atol=1e-5 * float(cubes[1e9].abs().max()))
+
+
 def test_several_galaxies_and_laws_sum_into_one_cube():
     small_grid = grid_for()   # +-360 km/s: both lines inside the band
     a = make_galaxy(offset=(-8, 5) * u.arcsec, flux=10 * JYKMS)
