@@ -11,7 +11,9 @@ peak S/N of 3-30, masks, labels and the truth table):
 
 With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCubes` on the
 device in batches of ``--gpu-batch`` (noise, masks, labels and parameters, no host round
-trip), the projector alone on batches of that size, and the reference 128x128x40 render.
+trip; ``--gpu-batches`` of them timed), ``galcubecraft dataset --device cuda`` writing that
+many cubes, the projector alone on batches of that size, and the reference 128x128x40
+render; with ``--profile`` how busy the GPU is in each (`occupancy`).
 
 With ``--grid-pixels`` this checkout's default (small disks on pixels twice finer, for where
 the light lies within a pixel: docs/rendering.rst) is measured against the priors'
@@ -105,8 +107,22 @@ if __name__ == "__main__":
 """
 
 
-def _measure(code, priors, n, what):
-    script = _SCRIPT.format(code=str(code), priors=json.dumps(priors), n=n, what=what)
+#: The GPU rows (`gpu_rows`, this checkout's) on the ``galcubecraft`` at ``code``.
+_GPU_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {code!r})
+import torch
+import galcubecraft         # this code's, imported before the benchmarks (which use it)
+sys.path.insert(0, {root!r})
+from benchmarks.dataset import gpu_rows
+rows = gpu_rows({device!r}, {batch}, {n_batches}, profile={profile})
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else {device!r}
+print(json.dumps({{"device": name, "rows": rows}}))
+"""
+
+
+def _run(script):
+    """Run ``script`` in a fresh Python; the JSON its last line of output holds."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(script)       # a file: Dask's spawned workers re-import the main module
@@ -116,6 +132,38 @@ def _measure(code, priors, n, what):
     finally:
         os.unlink(fh.name)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure(code, priors, n, what):
+    return _run(_SCRIPT.format(code=str(code), priors=json.dumps(priors), n=n, what=what))
+
+
+def _gpu_table(codes, args):
+    """The GPU rows of each code, alternating, as a table with ratios (rates: this checkout
+    over the baseline; times: the baseline over this checkout)."""
+    results, device = {who: {} for who in codes}, None
+    for _ in range(args.rounds):
+        for who, code in codes.items():
+            got = _run(_GPU_SCRIPT.format(code=str(code), root=str(ROOT), device=args.device,
+                                          batch=args.gpu_batch, n_batches=args.gpu_batches,
+                                          profile=args.profile))
+            device = got["device"]
+            for name, value in got["rows"]:
+                best = results[who].get(name)
+                better = best is None or (
+                    float(value) > float(best) if name.endswith("cubes/s") else
+                    float(value) < float(best) if name.endswith(", ms") else False)
+                results[who][name] = value if better else best
+    base = f"galcubecraft at {args.baseline}" if args.baseline else ""
+    print(f"| {device} | this checkout | {base} | ratio |\n|---|---|---|---|")
+    for name, value in results["ours"].items():
+        other = results.get("baseline", {}).get(name)
+        ratio = ""
+        if other is not None and name.endswith("cubes/s"):
+            ratio = f"{float(value) / float(other):.2f}x"
+        elif other is not None and name.endswith(", ms"):
+            ratio = f"{float(other) / float(value):.2f}x"
+        print(f"| {name} | {value} | {'' if other is None else other} | {ratio} |")
 
 
 def rss_tree():
@@ -150,17 +198,65 @@ def memory_run(n, folder):
     return elapsed, peaks
 
 
-def gpu_rows(device, batch, n_batches=5):
-    """The GPU rows: (measure, value) pairs."""
+def occupancy(fn):
+    """How busy the GPU is while ``fn`` runs (after a warm-up call): (share of the wall time
+    some kernel runs, kernels launched, host waits, the five kernels taking most time).
+
+    The wall time is measured without the profiler; the kernels' time with it
+    (`torch.profiler`), overlapping kernels counted once.  Host waits are the device-to-host
+    copies and synchronisations the host makes (each one drains the queue of launches)."""
     import torch
-    from benchmarks.render import batch_time, reference_galaxy, reference_grid, timeit
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    spans, launches, waits, per_kernel = [], 0, 0, {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            spans.append((event.time_range.start, event.time_range.end))
+            per_kernel[event.name] = per_kernel.get(event.name, 0) + event.time_range.elapsed_us()
+        elif event.name.startswith("cudaLaunchKernel"):
+            launches += 1
+        elif event.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                            "cudaMemcpyAsync", "cudaMemcpy"):
+            waits += 1
+    busy, end = 0.0, -float("inf")
+    for lo, hi in sorted(spans):            # the union of the kernels' intervals, in us
+        if hi > end:
+            busy += hi - max(lo, end)
+            end = hi
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:5]
+    return busy * 1e-6 / wall, launches, waits, top
+
+
+def gpu_rows(device, batch, n_batches=5, profile=False):
+    """The GPU rows: (measure, value) pairs (``profile``: and how busy the GPU is in each)."""
+    import torch
+    import astropy.units as u
+    from benchmarks.render import (batch_time, random_galaxies, reference_galaxy,
+                                   reference_grid, timeit)
     import galcubecraft as gcc
-    from galcubecraft.dataset import StreamingCubes
+    from galcubecraft.dataset import StreamingCubes, generate_dataset
     out = []
 
     def _sync():
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
+
+    def busy(label, fn):
+        if profile:
+            share, launches, waits, top = occupancy(fn)
+            out.append((f"{label}: GPU busy, kernels launched, host waits",
+                        f"{100 * share:.0f}%, {launches}, {waits}"))
+            out.append((f"{label}: kernels taking most time (ms)",
+                        "; ".join(f"{name[:60]} {us / 1e3:.1f}" for name, us in top)))
+
     for label, priors in (("1-3 galaxies", PRIORS), ("1 galaxy", ONE)):
         stream = iter(StreamingCubes(priors, batch_size=batch, device=device))
         next(stream)
@@ -171,13 +267,27 @@ def gpu_rows(device, batch, n_batches=5):
         _sync()
         out.append((f"StreamingCubes on {device}, batches of {batch}, {label}, cubes/s",
                     f"{n_batches * len(got['index']) / (time.perf_counter() - start):.0f}"))
+        busy(f"StreamingCubes, {label}", lambda: next(stream))
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        generate_dataset(PRIORS, batch, Path(folder) / "d", device=device, progress=False)
+        out.append((f"galcubecraft dataset --device {device} (1 process, HDF5 shards of 64), "
+                    f"{batch} cubes of 1-3 galaxies, cubes/s",
+                    f"{batch / (time.perf_counter() - start):.0f}"))
     with torch.no_grad():
         out.append((f"projector alone, batch of {batch} random galaxies 64x64x32, cubes/s",
                     f"{batch / batch_time(batch, device, 3):.0f}"))
+        if profile:             # batch_time's batch, made once
+            grid = gcc.CubeGrid(shape=(32, 64, 64), pixel_scale=2 * u.arcsec,
+                                channel_width=25 * u.km / u.s, beam=4 * u.arcsec)
+            projector = gcc.Projector(grid, device=device)
+            (law, params), = gcc.stack_parameters(random_galaxies(batch), device=device)
+            busy("projector alone", lambda: projector(params, law))
         grid, galaxy = reference_grid(), reference_galaxy()
         projector = gcc.Projector(grid, device=device)
         seconds = timeit(lambda: gcc.render_tensor(galaxy, grid, projector=projector), 5)
         out.append(("reference render 128x128x40, ms", f"{1e3 * seconds:.1f}"))
+        busy("reference render", lambda: gcc.render_tensor(galaxy, grid, projector=projector))
     return out
 
 
@@ -193,13 +303,14 @@ def main(argv=None):
                         help="cubes of the memory run (16x32x32; 0 to skip)")
     parser.add_argument("--device", default="cpu", help="cuda: the GPU rows instead")
     parser.add_argument("--gpu-batch", type=int, default=1024)
+    parser.add_argument("--gpu-batches", type=int, default=5,
+                        help="timed StreamingCubes batches per GPU row")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --device cuda: how busy the GPU is in each row")
     args = parser.parse_args(argv)
-    if args.device != "cpu":
-        import torch
-        print(f"| measure ({torch.cuda.get_device_name()}) | value |\n|---|---|")
-        for name, value in gpu_rows(args.device, args.gpu_batch):
-            print(f"| {name} | {value} |")
-        return 0
+    if args.grid_pixels and (args.baseline or args.device != "cpu"):
+        parser.error("--grid-pixels compares this checkout with itself on the CPU; drop "
+                     "--baseline and --device")
     codes = {"ours": ROOT}
     tmp = tempfile.TemporaryDirectory(prefix="galcubecraft-baseline-")
     if args.baseline:
@@ -210,9 +321,16 @@ def main(argv=None):
                         commit], check=True)
         codes["baseline"] = tree
     if args.grid_pixels:
-        if args.baseline:
-            parser.error("--grid-pixels compares this checkout with itself; drop --baseline")
         codes["baseline"] = ROOT
+    if args.device != "cpu":
+        try:
+            _gpu_table(codes, args)
+        finally:
+            if args.baseline:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                str(tree)], check=False)
+            tmp.cleanup()
+        return 0
     results = {who: {} for who in codes}
     try:
         for _ in range(args.rounds):
