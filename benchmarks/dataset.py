@@ -3,8 +3,9 @@
 Rows (cubes/s; 64x64x32, 1" pixels, 3" beam, 20 km/s channels, beam-correlated noise at a
 peak S/N of 3-30, masks, labels and the truth table):
 
-* ``galcubecraft dataset`` (`generate_dataset`, HDF5 shards of 64, start-up included) with one
-  process and with two Dask workers, for scenes of 1-3 galaxies (2.1 on average) and of one;
+* ``galcubecraft dataset`` (`generate_dataset`, HDF5 shards of 64, start-up included, in a
+  process that keeps the memory it frees as the command does) with one process and with two
+  Dask workers, for scenes of 1-3 galaxies (2.1 on average) and of one;
 * `StreamingCubes` on the CPU, one cube per item and (where the code has it) in batches, in
   this process and from a ``DataLoader`` with two workers (start-up included);
 * the projector alone on the same galaxies, one torch thread: the rate the rest is bound by.
@@ -64,6 +65,12 @@ priors, n, what = json.loads({priors!r}), {n}, {what!r}
 out = {{}}
 if __name__ == "__main__":
     if what == "dataset":
+        try:        # as the galcubecraft command does (codes that have it)
+            from galcubecraft.resources import keep_freed_memory
+        except ImportError:
+            pass
+        else:
+            keep_freed_memory()
         for workers in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()

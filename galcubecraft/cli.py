@@ -26,8 +26,9 @@ from .pixelgrid import PIXEL_SAMPLINGS
 from .projector import FINER_RADIUS, MIN_BEAM_SIGMA
 from .priors import GalaxyPriors, read_priors_file
 from .render import render
+from .resources import keep_freed_memory
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run"]
 
 #: The reference cube's grid (128 x 128 x 40, 1" pixels, 20 km/s channels, 4" beam), as text.
 REFERENCE_GRID = {
@@ -589,5 +590,13 @@ def main(argv=None):
             return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
+def run():
+    """The ``galcubecraft`` command: `main`, in a process that keeps the memory of the large
+    arrays it frees (`~galcubecraft.resources.keep_freed_memory`: large renders on the CPU
+    ~1.16x faster)."""
+    keep_freed_memory()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

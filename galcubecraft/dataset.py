@@ -75,7 +75,7 @@ from .parameters import parse_quantity
 from .population import SeedPopulation
 from .priors import GalaxyPriors, distribution_from_spec
 from .projector import Projector, check_device
-from .resources import format_bytes
+from .resources import format_bytes, freed_memory_environ
 from .response import SampledGaussian
 
 
@@ -674,9 +674,10 @@ def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar, dev
     else:
         # distributed sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's
         # dynamic mmap threshold: every large torch allocation then page-faults afresh and
-        # rendering runs about 3x slower.  Our workers keep glibc's defaults.
-        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        # rendering runs about 3x slower.  Our workers keep the memory they free
+        # (`keep_freed_memory`), from their start.
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"),
+                   **freed_memory_environ()}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                    dashboard_address=None)

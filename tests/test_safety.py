@@ -354,6 +354,44 @@ def test_the_memory_limit_is_the_users_to_set(monkeypatch):
         projector(params, law)                           # a batch is checked too
 
 
+FREED = r"""
+import resource, sys
+import torch
+if sys.argv[1] == "keep":
+    from galcubecraft.resources import keep_freed_memory
+    assert keep_freed_memory()
+elif sys.argv[1] == "environ":
+    import os
+    from galcubecraft.resources import freed_memory_environ
+    assert all(os.environ[k] == v for k, v in freed_memory_environ().items())
+for _ in range(2):                          # 128 MB, made and freed
+    torch.ones(2**25)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.ones(2**25)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_memory_is_kept_where_asked_and_only_there():
+    """After keep_freed_memory (or with its environment from the start), a 128 MB array made
+    again reuses the freed pages: a few page faults, not the 4 x 32,768 of fresh pages."""
+    from galcubecraft.resources import freed_memory_environ, keep_freed_memory
+
+    def faults(mode, env=None):
+        run = subprocess.run([sys.executable, "-c", FREED, mode], capture_output=True,
+                             text=True, env={**os.environ, **(env or {})}, check=True)
+        return int(run.stdout.split()[-1])
+    fresh = faults("none")
+    assert fresh > 4 * 2**15 * 0.9
+    assert faults("keep") < fresh / 20
+    assert faults("environ", freed_memory_environ()) < fresh / 20
+    for bad in (0, 2**31):
+        with pytest.raises(ValueError, match="largest"):
+            keep_freed_memory(bad)
+
+
 def test_a_dataset_larger_than_the_disk_is_refused_before_any_work(tmp_path, capsys):
     priors = Path_to_priors(tmp_path)
     status = main(["dataset", str(priors), "--n", str(10**10), "--out", str(tmp_path / "d"),
