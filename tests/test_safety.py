@@ -364,10 +364,10 @@ elif sys.argv[1] == "environ":
     import os
     from galcubecraft.resources import freed_memory_environ
     assert all(os.environ[k] == v for k, v in freed_memory_environ().items())
-for _ in range(2):                          # 128 MB, made and freed
+for _ in range(3):                          # 128 MB, made and freed
     torch.ones(2**25)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(8):
     torch.ones(2**25)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -375,8 +375,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_freed_memory_is_kept_where_asked_and_only_there():
-    """After keep_freed_memory (or with its environment from the start), a 128 MB array made
-    again reuses the freed pages: a few page faults, not the 4 x 32,768 of fresh pages."""
+    """After keep_freed_memory (or with its environment from the start), 128 MB arrays made
+    again reuse the freed pages: at most one array's 32,768 page faults (where the heap's
+    layout takes one more), not the 8 x 32,768 of fresh pages."""
     from galcubecraft.resources import freed_memory_environ, keep_freed_memory
 
     def faults(mode, env=None):
@@ -384,9 +385,9 @@ def test_freed_memory_is_kept_where_asked_and_only_there():
                              text=True, env={**os.environ, **(env or {})}, check=True)
         return int(run.stdout.split()[-1])
     fresh = faults("none")
-    assert fresh > 4 * 2**15 * 0.9
-    assert faults("keep") < fresh / 20
-    assert faults("environ", freed_memory_environ()) < fresh / 20
+    assert fresh > 8 * 2**15 * 0.9
+    assert faults("keep") <= 2**15 + 1000
+    assert faults("environ", freed_memory_environ()) <= 2**15 + 1000
     for bad in (0, 2**31):
         with pytest.raises(ValueError, match="largest"):
             keep_freed_memory(bad)
