@@ -380,9 +380,12 @@ def test_freed_memory_is_kept_where_asked_and_only_there():
     layout takes one more), not the 8 x 32,768 of fresh pages."""
     from galcubecraft.resources import freed_memory_environ, keep_freed_memory
 
+    # glibc's defaults, whatever this process's environment sets
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
     def faults(mode, env=None):
         run = subprocess.run([sys.executable, "-c", FREED, mode], capture_output=True,
-                             text=True, env={**os.environ, **(env or {})}, check=True)
+                             text=True, env={**plain, **(env or {})}, check=True)
         return int(run.stdout.split()[-1])
     fresh = faults("none")
     assert fresh > 8 * 2**15 * 0.9
