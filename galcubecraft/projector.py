@@ -654,6 +654,7 @@ class Projector:
         # signed: on a descending axis the erf differences are negative too)
         self._inv_widths = torch.as_tensor(self.brightness_scale / np.diff(edges),
                                            device=dev, dtype=dt).reshape(-1, 1, 1)
+        self._half_inv_widths = 0.5 * self._inv_widths.reshape(-1)
         self._kernel = (None if self._response is None
                         else torch.as_tensor(self._response, device=dev, dtype=dt))
         if self._beam is not None:
@@ -1201,18 +1202,20 @@ class Projector:
         concentrated = plan.cells > self.oversample if multipoles else None
         placed = (concentrated.cpu() | (params["n"].detach().cpu() > 1.0)) if multipoles \
             else None
-        # the zones' pixels and the bands are grouped apart: a galaxy's bands do not pad the
+        # every pass deposits its light into the batch's one cube (and multipoles); the
+        # zones' pixels and the bands are grouped apart: a galaxy's bands do not pad the
         # pixels of the others, nor its pixels their bands
-        cube, moments = self._pixel_cells(params, plan, kinematics, concentrated)
+        batch = int(params["flux"].shape[0])
+        cube, moments = self._new_cube(batch), None
+        cube, moments = self._pixel_cells(params, plan, kinematics, concentrated, cube=cube,
+                                          moments=moments)
         if zoned:
             outer = outer.with_footprint(*self.footprint(params, outer, zone="outer"))
             if bool(outer.pixel_used.any()):
                 blocks = self.outer_block > 1       # and read out as spread over them
-                more, more_moments = self._pixel_cells(
-                    params, outer, kinematics, None if blocks else concentrated, blocks=blocks)
-                cube = cube.add_(more)
-                moments = more_moments if moments is None else \
-                    moments if more_moments is None else moments.add_(more_moments)
+                cube, moments = self._pixel_cells(
+                    params, outer, kinematics, None if blocks else concentrated, blocks=blocks,
+                    cube=cube, moments=moments)
         if plan.entries is not None:
             levels = torch.as_tensor(plan.bands.levels > 0)
             # the bands' light as multipoles where it is concentrated within a pixel: the
@@ -1224,61 +1227,68 @@ class Projector:
                 if not len(banded):
                     continue
                 sub = plan.select(banded)
-                bands = self._by_groups(
+                if as_moments and moments is None:
+                    moments = self._new_cube(batch, multipoles=True)
+                out = self._by_groups(
                     {k: v[banded.to(v.device)] for k, v in params.items()}, sub, kinematics,
                     self._group_by_cost(sub, self.group_ratio, bands=True),
-                    partial(self._band_group, multipoles=as_moments))
+                    partial(self._band_group, multipoles=as_moments),
+                    moments if as_moments else cube, banded)
                 if as_moments:
-                    if moments is None:
-                        moments = bands.new_zeros((cube.shape[0], *bands.shape[1:]))
-                    moments = moments.index_add_(0, banded.to(cube.device), bands)
+                    moments = out
                 else:
-                    cube = cube.index_add_(0, banded.to(cube.device), bands)
+                    cube = out
         ny_p, nx_p = self.padded_shape
 
-        def unpadded(t):
-            return t[..., :-1].reshape(*t.shape[:-1], ny_p, nx_p) * self._inv_widths
+        def unpadded(t):            # (a view: the spectra are brightness already)
+            return t[..., :-1].reshape(*t.shape[:-1], ny_p, nx_p)
         if not multipoles:
             return unpadded(cube)
         return unpadded(cube), None if moments is None else unpadded(moments), placed
 
-    def _pixel_cells(self, params, plan, kinematics, concentrated=None, blocks=False):
-        """The pixel cells of ``plan``'s galaxies: the flat padded cube (batch, n_chan,
-        pixels + 1), and those of the galaxies ``concentrated`` (batch,) as multipoles
-        (batch, K, n_chan, pixels + 1; None if none is).  With ``blocks``, the plan's pixels
-        are blocks of rendered pixels (`footprint`'s outer zone on finer pixels)."""
-        def render(idx, multipoles=False):
+    def _new_cube(self, batch, multipoles=False):
+        """A flat padded cube of zeros, (batch, n_chan, pixels + 1), the last pixel the spare
+        that padding writes to; with ``multipoles``, (batch, K, n_chan, pixels + 1)."""
+        ny_p, nx_p = self.padded_shape
+        lead = (batch, len(F.MULTIPOLES)) if multipoles else (batch,)
+        return torch.zeros((*lead, self._edges.numel() - 1, ny_p * nx_p + 1),
+                           device=self.device, dtype=self.dtype)
+
+    def _pixel_cells(self, params, plan, kinematics, concentrated=None, blocks=False, *,
+                     cube, moments=None):
+        """The pixel cells of ``plan``'s galaxies added to ``cube`` (`_new_cube`), and those
+        of the galaxies ``concentrated`` (batch,) to ``moments`` as multipoles (made if None
+        and needed); returns the pair.  With ``blocks``, the plan's pixels are blocks of
+        rendered pixels (`footprint`'s outer zone on finer pixels)."""
+        batch = int(params["flux"].shape[0])
+
+        def render(idx, out, multipoles=False):
             sub = plan if idx is None else plan.select(idx)
             part = params if idx is None else {k: v[idx.to(v.device)] for k, v in params.items()}
             return self._by_groups(part, sub, kinematics,
                                    self._group_by_cost(sub, self.group_ratio),
                                    partial(self._project_group, multipoles=multipoles,
-                                           blocks=blocks))
+                                           blocks=blocks),
+                                   out, torch.arange(batch) if idx is None else idx)
         if concentrated is None or not bool(concentrated.any()):
-            return render(None), None
+            return render(None, cube), moments
+        if moments is None:
+            moments = self._new_cube(batch, multipoles=True)
         if bool(concentrated.all()):
-            moments = render(None, multipoles=True)
-            return moments.new_zeros((moments.shape[0], *moments.shape[2:])), moments
+            return cube, render(None, moments, multipoles=True)
         inside = concentrated.nonzero().reshape(-1)
         spread = (~concentrated).nonzero().reshape(-1)
-        moments, cube = render(inside, multipoles=True), render(spread)
-        batch = concentrated.numel()
-        return (cube.new_zeros((batch, *cube.shape[1:])).index_add_(
-                    0, spread.to(cube.device), cube),
-                moments.new_zeros((batch, *moments.shape[1:])).index_add_(
-                    0, inside.to(moments.device), moments))
+        return render(spread, cube), render(inside, moments, multipoles=True)
 
-    def _by_groups(self, params, plan, kinematics, groups, render):
-        """``render(params, plan, kinematics)`` for each group of galaxies, in batch order."""
+    def _by_groups(self, params, plan, kinematics, groups, render, out, rows):
+        """``render(params, plan, kinematics, out, rows)`` for each group of galaxies: each
+        adds its light to its ``rows`` (a CPU tensor, one per galaxy of ``params``) of
+        ``out``, a batch's flat cube (`_new_cube`).  Returns ``out``."""
         if len(groups) == 1:
-            return render(params, plan, kinematics)
-        out = None
+            return render(params, plan, kinematics, out, rows)
         for idx in groups:
             sub = {k: v[idx.to(v.device)] for k, v in params.items()}
-            part = render(sub, plan.select(idx), kinematics)
-            if out is None:         # each group's rows copied once into the batch's
-                out = part.new_empty((sum(len(g) for g in groups), *part.shape[1:]))
-            out.index_copy_(0, idx.to(self.device), part)
+            out = render(sub, plan.select(idx), kinematics, out, rows[idx])
         return out
 
     @staticmethod
@@ -1405,17 +1415,20 @@ class Projector:
             line_integration=self.line_integration)
         return cube[..., :-1].reshape(*cube.shape[:2], ny_p, nx_p) * self._inv_widths
 
-    def _project_group(self, params, plan, kinematics, multipoles=False, blocks=False):
-        """The pixel cells of a group: the flat padded cube (batch, n_chan, pixels + 1).
+    def _project_group(self, params, plan, kinematics, out, rows, multipoles=False,
+                       blocks=False):
+        """The pixel cells of a group added to its ``rows`` of ``out``, a batch's flat padded
+        cube (`_new_cube`: (batch, n_chan, pixels + 1)); returns ``out``.
 
-        With ``multipoles``, their light as its K `F.MULTIPOLES`: (batch, K, n_chan,
-        pixels + 1).  With ``blocks``, ``plan``'s pixels are blocks of ``outer_block``^2
-        rendered pixels (`outer_block_side`), whose light is spread evenly over them."""
+        With ``multipoles``, their light as its K `F.MULTIPOLES`, into ``out`` of (batch, K,
+        n_chan, pixels + 1).  With ``blocks``, ``plan``'s pixels are blocks of
+        ``outer_block``^2 rendered pixels (`outer_block_side`), whose light is spread evenly
+        over them."""
         batch = params["flux"].shape[0]
         use = self._use_nodes(params, plan.cells.double()**2 * (plan.minor.double() + 2))
         if not multipoles:
             split = self._split_by_lines(params, plan, kinematics, use, partial(
-                self._project_group, blocks=blocks))
+                self._project_group, blocks=blocks), out, rows)
             if split is not None:
                 return split
         n_cells = int(plan.cells.max())
@@ -1450,33 +1463,42 @@ class Projector:
             # each block's light spread evenly over its rendered pixels
             fine = self._block_pixels[pixels.to(self.device)]            # (B, P, side^2)
             spectra = (spectra / side**2).unsqueeze(2).expand(-1, -1, side**2, -1)
-            return self._deposit(spectra.flatten(1, 2), fine.flatten(1, 2))
-        return self._deposit(spectra, pixels)
+            return self._deposit(spectra.flatten(1, 2), fine.flatten(1, 2), out, rows)
+        return self._deposit(spectra, pixels, out, rows)
 
-    def _deposit(self, spectra, pixels):
-        """Spectra (batch, P, n_chan), or (batch, P, K, n_chan) of multipoles, summed at their
-        ``pixels`` (batch, P) into a flat padded cube (batch, n_chan, pixels + 1; the last is
-        the spare that padding writes to), or (batch, K, n_chan, pixels + 1)."""
-        ny_p, nx_p = self.padded_shape
+    def _deposit(self, spectra, pixels, out, rows):
+        """Spectra (batch, P, n_chan), or (batch, P, K, n_chan) of multipoles, added at their
+        ``pixels`` (batch, P) to the ``rows`` (batch,) of ``out``, a flat padded cube
+        (`_new_cube`: its last pixel is the spare that padding writes to); returns ``out``.
+
+        On the CPU without autograd each galaxy's spectra go straight into its row; else
+        the group's are summed into a cube of its own, then added to ``out`` (one kernel on
+        a GPU; under autograd, no in-place change of a view of ``out``)."""
         spectra = spectra.movedim(1, -1)                       # (batch, [K,] n_chan, P)
-        cube = spectra.new_zeros((*spectra.shape[:-1], ny_p * nx_p + 1))
         lead = (pixels.shape[0],) + (1,) * (spectra.dim() - 2) + (pixels.shape[1],)
         index = pixels.to(self.device).reshape(lead).expand_as(spectra)
-        return cube.scatter_add_(-1, index, spectra)
+        if self.device.type == "cpu" and not (torch.is_grad_enabled() and
+                                              (spectra.requires_grad or out.requires_grad)):
+            for i, row in enumerate(rows.tolist()):
+                out[row].scatter_add_(-1, index[i], spectra[i])
+            return out
+        cube = spectra.new_zeros((*spectra.shape[:-1], out.shape[-1]))
+        return out.index_add_(0, rows.to(out.device), cube.scatter_add_(-1, index, spectra))
 
-    def _band_group(self, params, plan, kinematics, multipoles=False):
-        """The central bands (`galcubecraft.refine`) of a group, each scaled to its exact flux:
-        the flat padded cube (batch, n_chan, pixels + 1), or with ``multipoles`` their light
-        as its K `F.MULTIPOLES` (batch, K, n_chan, pixels + 1)."""
+    def _band_group(self, params, plan, kinematics, out, rows, multipoles=False):
+        """The central bands (`galcubecraft.refine`) of a group, each scaled to its exact flux,
+        added to its ``rows`` of ``out`` (as `_project_group`'s light), or with ``multipoles``
+        their light as its K `F.MULTIPOLES`; returns ``out``."""
         entries = plan.entries
         batch = params["flux"].shape[0]
         # each galaxy's samples (each cell its band's bins and two tails) per row (a pixel's
         # cells of one band share one)
-        rows = torch.where(entries.used, entries.row, -1).amax(dim=1).clamp_min(0) + 1
+        n_used = torch.where(entries.used, entries.row, -1).amax(dim=1).clamp_min(0) + 1
         samples = torch.where(entries.used, entries.bins + 2, 0).sum(dim=1)
-        use = self._use_nodes(params, samples.double() / rows)
+        use = self._use_nodes(params, samples.double() / n_used)
         if not multipoles:
-            split = self._split_by_lines(params, plan, kinematics, use, self._band_group)
+            split = self._split_by_lines(params, plan, kinematics, use, self._band_group,
+                                         out, rows)
             if split is not None:
                 return split
         shaped, sigma = self._shape(params, plan)
@@ -1537,7 +1559,7 @@ class Projector:
         row_level = entries.row_level.to(self.device)
         factor = torch.gather(scale, 1, row_level)
         spectra = spectra * factor.reshape(*factor.shape, *(1,) * (spectra.dim() - 2))
-        return self._deposit(spectra, entries.row_pixel)
+        return self._deposit(spectra, entries.row_pixel, out, rows)
 
     def _integrate(self, east, north, p, sliced, kinematics, n_minor, per_point, lines,
                    weights=False, rows=None, n_rows=None):
@@ -1704,13 +1726,14 @@ class Projector:
         return counts <= pay_off * samples_per_pixel.detach().cpu().double() * \
             self._edges.numel()
 
-    def _split_by_lines(self, params, plan, kinematics, use, render):
+    def _split_by_lines(self, params, plan, kinematics, use, render, out, rows):
         """``render`` on the galaxies whose lines take the nodes and on the others apart
-        (`_use_nodes`), in batch order; None where they all agree."""
+        (`_use_nodes`), into their ``rows`` of ``out`` (`_by_groups`); None where they all
+        agree."""
         if bool(use.all()) or not bool(use.any()):
             return None
         groups = [torch.nonzero(use).flatten(), torch.nonzero(~use).flatten()]
-        return self._by_groups(params, plan, kinematics, groups, render)
+        return self._by_groups(params, plan, kinematics, groups, render, out, rows)
 
     def _line_nodes(self, edges, sigma, nodes):
         """The velocity nodes and node-to-channel matrix of a group, or None for ``erf``
@@ -1722,7 +1745,9 @@ class Projector:
         if not nodes:
             return None
         origin, step, n_nodes = F.line_nodes(edges, sigma, self.line_nodes_per_sigma)
-        matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes, sigma)
+        # each channel's brightness per unit flux (`_inv_widths`) folded into the matrix
+        matrix = F.node_to_channel_matrix(edges, origin, step, n_nodes, sigma) * \
+            self._inv_widths.reshape(-1)
         shape = (-1, 1, 1, 1)
         return origin.reshape(shape), step.reshape(shape), n_nodes, matrix
 
@@ -1832,7 +1857,8 @@ class Projector:
         light = weight.reshape(batch, n_pix, 1, -1) if moments is None else \
             moments.reshape(batch, n_pix, moments.shape[2], -1)
         summed = torch.matmul(light, erf)
-        spectra = 0.5 * (summed[..., 1:] - summed[..., :-1])
+        # half the differences of erf: each channel's flux; times `_inv_widths`: its brightness
+        spectra = (summed[..., 1:] - summed[..., :-1]) * self._half_inv_widths
         if moments is None:
             spectra = spectra.squeeze(-2)
         if rows is not None:
