@@ -245,9 +245,8 @@ def occupancy(fn):
 def gpu_rows(device, batch, n_batches=5, profile=False):
     """The GPU rows: (measure, value) pairs (``profile``: and how busy the GPU is in each)."""
     import torch
-    import astropy.units as u
-    from benchmarks.render import (batch_time, random_galaxies, reference_galaxy,
-                                   reference_grid, timeit)
+    from benchmarks.render import (batch_render, batch_time, reference_galaxy, reference_grid,
+                                   timeit)
     import galcubecraft as gcc
     from galcubecraft.dataset import StreamingCubes, generate_dataset
     out = []
@@ -285,11 +284,7 @@ def gpu_rows(device, batch, n_batches=5, profile=False):
         out.append((f"projector alone, batch of {batch} random galaxies 64x64x32, cubes/s",
                     f"{batch / batch_time(batch, device, 3):.0f}"))
         if profile:             # batch_time's batch, made once
-            grid = gcc.CubeGrid(shape=(32, 64, 64), pixel_scale=2 * u.arcsec,
-                                channel_width=25 * u.km / u.s, beam=4 * u.arcsec)
-            projector = gcc.Projector(grid, device=device)
-            (law, params), = gcc.stack_parameters(random_galaxies(batch), device=device)
-            busy("projector alone", lambda: projector(params, law))
+            busy("projector alone", batch_render(batch, device))
         grid, galaxy = reference_grid(), reference_galaxy()
         projector = gcc.Projector(grid, device=device)
         seconds = timeit(lambda: gcc.render_tensor(galaxy, grid, projector=projector), 5)

@@ -1206,9 +1206,8 @@ class Projector:
         # zones' pixels and the bands are grouped apart: a galaxy's bands do not pad the
         # pixels of the others, nor its pixels their bands
         batch = int(params["flux"].shape[0])
-        cube, moments = self._new_cube(batch), None
-        cube, moments = self._pixel_cells(params, plan, kinematics, concentrated, cube=cube,
-                                          moments=moments)
+        cube, moments = self._pixel_cells(params, plan, kinematics, concentrated,
+                                          cube=self._new_cube(batch))
         if zoned:
             outer = outer.with_footprint(*self.footprint(params, outer, zone="outer"))
             if bool(outer.pixel_used.any()):

@@ -112,8 +112,9 @@ def keep_freed_memory(largest=2**30):
     `~galcubecraft.dataset.generate_dataset` starts do this for themselves; a program that
     imports the package decides for its own process.
 
-    Returns True where it was applied, False where the C library has no ``mallopt`` (not
-    glibc: macOS, Windows, musl), and then changes nothing.
+    Returns True where it was applied; False where the C library has no ``mallopt`` (not
+    glibc: macOS, Windows, musl), or where glibc refuses so high a threshold (older releases
+    cap it at 32 MiB on 64-bit), and then the process keeps glibc's defaults.
     """
     mmap, trim = _freed_memory_settings(largest)
     if not sys.platform.startswith("linux"):

@@ -387,6 +387,12 @@ def test_freed_memory_is_kept_where_asked_and_only_there():
         run = subprocess.run([sys.executable, "-c", FREED, mode], capture_output=True,
                              text=True, env={**plain, **(env or {})}, check=True)
         return int(run.stdout.split()[-1])
+    applies = subprocess.run(
+        [sys.executable, "-c", "from galcubecraft.resources import keep_freed_memory as k; "
+                               "print(k())"], capture_output=True, text=True, env=plain,
+        check=True).stdout.split()[-1]
+    if applies != "True":
+        pytest.skip("this C library refuses the threshold (keep_freed_memory returns False)")
     fresh = faults("none")
     assert fresh > 8 * 2**15 * 0.9
     assert faults("keep") <= 2**15 + 1000
