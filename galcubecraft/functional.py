@@ -25,7 +25,7 @@ from scipy.special import gammainc, gammaincinv, gammaln
 __all__ = [
     "sersic_bn", "sersic_enclosing_radius", "sersic_central_spread", "sersic_total_flux",
     "sersic", "sersic_efold", "sersic_log_slope", "sersic_power",
-    "midpoint_correction", "midpoint_corrections", "exponential_vertical",
+    "midpoint_correction", "midpoint_corrections", "radial_directions", "exponential_vertical",
     "window_integral", "bin_window_integrals", "window_tail", "sparse_product", "deposit_rows",
     "sky_to_disk",
     "line_of_sight_velocity", "velocity_moments",
@@ -204,28 +204,37 @@ def midpoint_correction(along, across, radius, width, q, dq, taper=None):
     return midpoint_corrections(along, across, radius, width, None, q, dq, taper)[0]
 
 
-def midpoint_corrections(x, y, radius, dx, dy, q, dq, taper=None):
+def radial_directions(x, y, radius):
+    """``(1 / R, x / R, y / R, (x / R)^2, (y / R)^2)`` at disk-plane points ``(x, y)`` of
+    ``radius``: what `midpoint_corrections` and `velocity_moments` both need (pass it to
+    both as ``directions``: one set for a sample, not two)."""
+    inv_r = 1.0 / radius
+    c, s = x * inv_r, y * inv_r
+    return inv_r, c, s, c * c, s * s
+
+
+def midpoint_corrections(x, y, radius, dx, dy, q, dq, taper=None, directions=None):
     """`midpoint_correction` along both disk-plane directions of a sample ``dx`` by ``dy``
     (``dy`` None: along ``x`` only), sharing their terms: a tuple, along ``x`` then ``y``.
+    ``directions``: `radial_directions` of the sample, where the caller has it.
 
     With ``c`` the direction's cosine to the radius and ``s`` the other's, the second
     derivative of ``Sigma T`` along it over ``Sigma`` is
     ``c^2 ((q^2 + dq) T + 2 q T_R + T_RR) + s^2 (q T + T_R) / R``.
     """
-    inv_r = 1.0 / radius
-    cx, cy = x * inv_r, y * inv_r
-    cx2, cy2 = cx * cx, cy * cy
+    inv_r, _, _, cx2, cy2 = radial_directions(x, y, radius) if directions is None \
+        else directions
     if taper is None:
-        radial, tangential = q * q + dq, q * inv_r
+        radial, tangential = torch.addcmul(dq, q, q), q * inv_r
     else:
         t, t_r, t_rr = taper
-        radial = (q * q + dq) * t + 2 * q * t_r + t_rr
-        tangential = (q * t + t_r) * inv_r
+        radial = torch.addcmul(torch.addcmul(dq, q, q) * t, q, t_r, value=2.0) + t_rr
+        tangential = torch.addcmul(t_r, q, t) * inv_r
     out = []
     for width, c2, s2 in ((dx, cx2, cy2), (dy, cy2, cx2)):
         if width is None:
             continue
-        correction = width * width / 24.0 * (c2 * radial + s2 * tangential)
+        correction = torch.addcmul(c2 * radial, s2, tangential) * (width * width / 24.0)
         # the series holds where the sample keeps away from the centre.  On a sample that
         # holds the centre, the light peaks within it, so the midpoint can only overestimate
         # it: a positive term there (a cusp's, which diverges) is phased out within one width
@@ -234,7 +243,8 @@ def midpoint_corrections(x, y, radius, dx, dy, q, dq, taper=None):
         width = torch.as_tensor(width, dtype=radius.dtype, device=radius.device)
         safe = pick(positive_mask(width), width, 1.0)
         gate = torch.clamp(2.0 * radius / safe - 1.0, 0.0, 1.0)
-        out.append(pick(positive_mask(correction), gate * correction, correction))
+        # (gate <= 1: the gated term where it is positive, the term itself where negative)
+        out.append(torch.minimum(correction, gate * correction))
     return tuple(out)
 
 
@@ -515,7 +525,7 @@ def cloud_weights(position, width):
 
 
 def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, dy, q, dq,
-                     share, taper=None):
+                     share, taper=None, directions=None):
     """Mean and variance of the line-of-sight velocity over a ``dx`` by ``dy`` disk-plane
     cell, weighted by the light ``Sigma T``: ``(shift, variance)`` (*km/s*, *(km/s)^2*).
 
@@ -529,36 +539,38 @@ def velocity_moments(x_disk, y_disk, radius, v_circ, dv_dr, d2v_dr2, sin_i, dx, 
     direction: added to the dispersion it makes each sample's line stand for its whole
     cell, which removes the leading error of point sampling where the velocity field is
     steep.  ``q``, ``dq`` as `sersic_log_slope`; ``taper = (T, T_R, T_RR)`` as
-    `midpoint_correction` (None: ``T = 1``).
+    `midpoint_correction` (None: ``T = 1``); ``directions``: `radial_directions` of the
+    sample, where the caller has it.
     """
     # the field's derivatives over sin i (which scales the shift and, squared, the variance)
-    inv_r = 1.0 / radius
-    c, s = x_disk * inv_r, y_disk * inv_r
-    c2, s2 = c * c, s * s
+    inv_r, c, s, c2, s2 = radial_directions(x_disk, y_disk, radius) if directions is None \
+        else directions
     cs2 = c * s2
     c3 = c2 * c
     v_r = v_circ * inv_r
     shear = dv_dr - v_r
     omega_r = shear * inv_r                          # d(v_c / R)/dR
-    v_x = dv_dr * c2 + v_r * s2
+    v_x = torch.addcmul(dv_dr * c2, v_r, s2)
     v_y = c * s * shear
-    v_xx = 3 * omega_r * cs2 + d2v_dr2 * c3
-    v_yy = d2v_dr2 * cs2 + omega_r * (c3 - 2 * cs2)
+    v_xx = torch.addcmul(d2v_dr2 * c3, omega_r, cs2, value=3.0)
+    v_yy = torch.addcmul(d2v_dr2 * cs2, omega_r, torch.add(c3, cs2, alpha=-2.0))
     if taper is None:
         g = 2 * q
     else:
         t, t_r, _ = taper
-        g = 2 * (q * t + t_r)
+        g = 2 * torch.addcmul(t_r, q, t)
         v_xx, v_yy = t * v_xx, t * v_yy
-    dx2, dy2 = dx * dx, dy * dy
-    num = (sin_i / 24.0) * (dx2 * (v_xx + g * c * v_x) + dy2 * (v_yy + g * s * v_y))
+    dx2 = dx * dx
+    dy2 = torch.as_tensor(dy * dy, dtype=radius.dtype, device=radius.device)
+    along = torch.addcmul(v_xx, g * c, v_x) * dx2
+    num = torch.addcmul(along, torch.addcmul(v_yy, g * s, v_y), dy2) * (sin_i / 24.0)
     positive = positive_mask(share - 1e-6)
     shift = num / pick(positive, share, 1.0) * positive[0]
-    variance = (sin_i * sin_i / 12.0) * (v_x * v_x * dx2 + v_y * v_y * dy2)
+    variance = torch.addcmul(v_x * v_x * dx2, v_y * v_y, dy2) * (sin_i * sin_i / 12.0)
     # (held off zero: the square root's slope there is infinite, and a Hessian would carry
     # it as 0 x inf)
     bound = torch.sqrt((3.0 * variance).clamp_min(1e-30))
-    return torch.maximum(torch.minimum(shift, bound), -bound), variance
+    return torch.clamp(shift, -bound, bound), variance
 
 
 # --------------------------------------------------------------------------- spectral
@@ -677,25 +689,31 @@ def deposit_lines(weight, velocity, variance, origin, step, n_nodes, rows=None, 
     c = (w / (2 * half)).reshape(-1)
     if rows is None:
         rows, n_rows = torch.arange(n_pix, device=w.device).expand(batch, n_pix), n_pix
-    diff = node_accumulator(batch * n_rows * n_nodes, w) if out is None else out
-    target = torch.arange(batch, device=w.device)[:, None] * n_rows + rows
-    base = (target * n_nodes).reshape(batch, n_pix, 1)
+    flat = node_accumulator(batch * n_rows * n_nodes, w) if out is None else out
+    # one row of differences per galaxy: the scatters run in parallel over the batch
+    diff = flat.view(batch, n_rows * n_nodes)
+    base = (rows * n_nodes).reshape(batch, n_pix, 1)
     grad = torch.is_grad_enabled()
+    # without autograd each term is written, in the accumulator's dtype, into one buffer
+    term = None if grad else torch.empty(c.shape, dtype=NODE_ACCUMULATOR, device=c.device)
     for end, height in ((centre - half, c), (centre + half, -c)):
         shifted = end.clamp(1.5, n_nodes - 3.5) - 0.5
         with torch.no_grad():
             first = torch.floor(shifted)                 # the first of the four nodes
-            index = (base + first.long()).reshape(-1)
+            index = (base + first.long()).reshape(batch, -1)
         for j, b in enumerate(_cubic_bspline(shifted - first)):
-            term = (height * b.reshape(-1)).to(NODE_ACCUMULATOR)
             if not grad:
-                diff[j:].scatter_add_(0, index, term)    # node j of four: the view from j
-            elif out is not None:
-                diff = diff.scatter_add(0, index + j, term)
+                torch.mul(height, b.reshape(-1), out=term)
+                # node j of four: the view from j
+                diff[:, j:].scatter_add_(1, index, term.view(batch, -1))
+                continue
+            term = (height * b.reshape(-1)).to(NODE_ACCUMULATOR).view(batch, -1)
+            if out is not None:
+                diff = diff.scatter_add(1, index + j, term)
             else:
-                diff.scatter_add_(0, index + j, term)
+                diff.scatter_add_(1, index + j, term)
     if out is not None:
-        return diff
+        return diff.reshape(-1)
     return node_weights(diff, batch, n_rows, n_nodes, w.dtype)
 
 

@@ -1443,7 +1443,7 @@ class Projector:
             shaped["offset_x"], shaped["offset_y"] = offsets
         if plan.bands is not None and plan.bands.any:
             # the pixel cells integrate the envelope, Sigma (1 - w(R; a_0))
-            shaped["inv_outer"] = torch.zeros_like(shaped["cell"])
+            shaped["inv_outer"] = None                  # (no outer edge: `refine.band_taper`)
             shaped["inv_inner"] = torch.as_tensor(
                 refine.envelope_inverse_radius(plan.bands), device=self.device,
                 dtype=self.dtype).reshape(batch, 1, 1, 1)
@@ -1814,12 +1814,12 @@ class Projector:
         # (the cell) and the bins (the tails too: their variance is lam^2)
         taper = None
         if "inv_inner" in p:
-            outer = refine.radial_window_derivatives(radius, p["inv_outer"])
-            inner = refine.radial_window_derivatives(radius, p["inv_inner"])
-            taper = tuple(o - i for o, i in zip(outer, inner))
+            taper = refine.band_taper(radius, p["inv_outer"], p["inv_inner"])
         power = F.sersic_power(radius, p["r_eff"], p["n"])
         q, dq = F.sersic_log_slope(radius, p["r_eff"], p["n"], p["b_n"], power=power)
-        along, across = F.midpoint_corrections(xi, y, radius, cell, width, q, dq, taper)
+        directions = F.radial_directions(xi, y, radius)
+        along, across = F.midpoint_corrections(xi, y, radius, cell, width, q, dq, taper,
+                                               directions)
         # a tail's correction holds where its Laplace scale is within the light's e-folding
         # length (where it is not, the tail's light is below _TAIL_ERROR by the choice of T)
         across = torch.cat([across[..., :-2], across[..., -2:].clamp(max=_TAIL_CORRECTION)], -1)
@@ -1831,7 +1831,7 @@ class Projector:
         # spread there, in the galaxy's rest frame (the channel edges p["edges"] are too)
         v_circ, dv_dr, d2v = kinematics.circular_velocity_derivatives(radius, p)
         shift, spread2 = F.velocity_moments(xi, y, radius, v_circ, dv_dr, d2v, sin_i, cell,
-                                            width, q, dq, share, taper)
+                                            width, q, dq, share, taper, directions)
         v_los = F.line_of_sight_velocity(xi, radius, v_circ, 0.0, sin_i) + shift
         batch, n_pix = weight.shape[:2]
         flux = weight.sum(dim=(-2, -1)) if weights else None

@@ -38,11 +38,11 @@ from scipy.special import gammainc
 from . import functional as F
 
 __all__ = ["BandPlan", "BandEntries", "plan_bands", "envelope_inverse_radius", "band_entries",
-           "band_fluxes", "radial_window", "radial_window_derivatives", "RESOLVE_CELLS",
-           "band_cell", "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS", "BAND_HEIGHTS",
-           "MAX_BAND_ENTRIES", "THICK_BANDS", "band_cells_for", "BAND_WINDOW_BINS",
-           "BAND_STEP_BINS", "FOOTPRINT_BINS", "footprint_bin", "RESOLVE_VELOCITY",
-           "VELOCITY_REFINEMENT"]
+           "band_fluxes", "radial_window", "radial_window_derivatives", "band_taper",
+           "RESOLVE_CELLS", "band_cell", "RESOLVE_LIGHT_CELLS", "CORE_LIGHT", "BAND_CELLS",
+           "BAND_HEIGHTS", "MAX_BAND_ENTRIES", "THICK_BANDS", "band_cells_for",
+           "BAND_WINDOW_BINS", "BAND_STEP_BINS", "FOOTPRINT_BINS", "footprint_bin",
+           "RESOLVE_VELOCITY", "VELOCITY_REFINEMENT"]
 
 #: The pixel cells resolve the velocity field where the rotation curve is linear over this many
 #: cells.
@@ -133,6 +133,18 @@ def radial_window_derivatives(radius, inv_a):
     dw = -60.0 * scaled * t * one * one
     ddw = 240.0 * scaled * (inv_a * one) * (1.0 - 2.0 * t)
     return w, dw, ddw
+
+
+def band_taper(radius, inv_outer, inv_inner):
+    """A pass's share of the light, ``T = w(R; a_k) - w(R; a_{k+1})`` (`radial_window`), and
+    its first and second derivatives in R: a tuple.  ``inv_outer`` None is the envelope's
+    (``w = 1`` without an outer edge: ``1 - w(R; a_0)``), which then costs one window, not
+    two."""
+    inner = radial_window_derivatives(radius, inv_inner)
+    if inv_outer is None:
+        return 1.0 - inner[0], -inner[1], -inner[2]
+    outer = radial_window_derivatives(radius, inv_outer)
+    return tuple(o - i for o, i in zip(outer, inner))
 
 
 @dataclass(frozen=True)
