@@ -1,6 +1,6 @@
 """This checkout against an earlier commit of galcubecraft, in one run, as ratios.
 
-    python -m benchmarks.baseline REF [--rounds 3] [--threads N]
+    python -m benchmarks.baseline REF [--rounds 3] [--threads N] [--busy]
 
 ``REF`` (any git revision: a commit, a tag, ``HEAD~3``) is checked out into a temporary git
 worktree; the reference render (128 x 128 x 40, default settings), the batch of 64 random
@@ -10,8 +10,9 @@ are then timed for each code in its
 own process, the two alternating ``rounds`` times so that a busy machine slows both alike; the
 best time of each is kept.  ``--threads N`` sets torch's threads in both (default: torch's
 own, two on a 2-core machine); with one, a machine shared with others (or a hypervisor's)
-disturbs each measure less.  ``python -m benchmarks --baseline REF`` adds these rows to the
-table.
+disturbs each measure less.  ``--busy`` times both beside a busy loop on every core (a shared
+machine: `benchmarks.contention`).  ``python -m benchmarks --baseline REF`` adds these rows to
+the table.
 """
 import argparse
 import json
@@ -19,7 +20,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
+
+from .contention import beside
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Unresolved rotators rendered one by one (`benchmarks.render.compact_galaxies`).
@@ -63,8 +67,9 @@ def _time(code, repeats, threads=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(ref, rounds=3, repeats=3, threads=None):
-    """Best reference-render time and batch throughput of this checkout and of ``ref``."""
+def measure(ref, rounds=3, repeats=3, threads=None, busy=False):
+    """Best reference-render time and batch throughput of this checkout and of ``ref``; with
+    ``busy``, both beside a busy loop on every core (`benchmarks.contention.beside`)."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
                             capture_output=True, text=True, check=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="galcubecraft-baseline-") as tmp:
@@ -73,9 +78,10 @@ def measure(ref, rounds=3, repeats=3, threads=None):
                         str(tree), commit], check=True)
         try:
             runs = {"ours": [], "baseline": []}
-            for _ in range(rounds):
-                runs["ours"].append(_time(ROOT, repeats, threads))
-                runs["baseline"].append(_time(tree, repeats, threads))
+            with beside("busy loops") if busy else nullcontext():
+                for _ in range(rounds):
+                    runs["ours"].append(_time(ROOT, repeats, threads))
+                    runs["baseline"].append(_time(tree, repeats, threads))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(tree)], check=False)
@@ -84,13 +90,15 @@ def measure(ref, rounds=3, repeats=3, threads=None):
                   "coarse_cubes_per_s": max((r["coarse_cubes_per_s"] or 0) for r in rs),
                   "compact_s": min(r["compact_s"] for r in rs)}
             for who, rs in runs.items()}
-    return {"ref": ref, "commit": commit, "rounds": rounds, **best}
+    return {"ref": ref, "commit": commit, "rounds": rounds, "busy": busy, **best}
 
 
 def rows(res):
     """Table rows (measure, galcubecraft, other code, ratio) of `measure`'s result."""
     ours, base = res["ours"], res["baseline"]
     name = f"{res['ref']} ({res['commit']})" if res["ref"] != res["commit"] else res["commit"]
+    if res.get("busy"):
+        name += ", both beside a busy loop on every core"
     out = [(f"Reference render 128x128x40, s, vs galcubecraft at {name}",
             f"{ours['reference_s']:.3f}", f"{base['reference_s']:.3f}",
             f"{base['reference_s'] / ours['reference_s']:.2f}x"),
@@ -115,8 +123,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in both codes (default: torch's own)")
+    parser.add_argument("--busy", action="store_true",
+                        help="time both beside a busy loop on every core, as a shared machine")
     args = parser.parse_args(argv)
-    res = measure(args.ref, args.rounds, threads=args.threads)
+    res = measure(args.ref, args.rounds, threads=args.threads, busy=args.busy)
     print("| measure | this checkout | baseline | ratio (>1: this checkout faster) |")
     print("|---|---|---|---|")
     for row in rows(res):

@@ -8,6 +8,8 @@ baseline), then while every core runs another process (a Python busy loop; or a 
 using every core, like a training run or a parallel test suite beside it), at the default
 settings and with torch's own thread count for every render (the default before renders
 chose their threads).  Times are medians; ratios are to the quiet single-thread time.
+``python -m benchmarks.baseline REF --busy`` times this checkout against an earlier commit beside
+the busy loops (`beside`).
 """
 import argparse
 import json
@@ -16,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,6 +46,22 @@ def median_render(projector, galaxy, repeats):
     return statistics.median(times)
 
 
+@contextmanager
+def beside(name, cores=None):
+    """Run the block while the machine's ``cores`` (default: all) are busy with ``LOADS[name]``:
+    one busy loop per core, or one torch job on every core."""
+    cores = cores or os.cpu_count()
+    procs = [subprocess.Popen([sys.executable, "-c", LOADS[name].format(cores=cores)])
+             for _ in range(cores if name == "busy loops" else 1)]
+    try:
+        time.sleep(1.0)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def measure(repeats=7):
     grid, galaxy = reference_grid(), reference_galaxy()
     cores = os.cpu_count()
@@ -52,18 +71,11 @@ def measure(repeats=7):
     quiet = median_render(one, galaxy, repeats)
     out = {"cores": cores, "torch_threads": torch.get_num_threads(), "quiet_one_thread": quiet,
            "quiet_default": median_render(default, galaxy, repeats), "loads": {}}
-    for name, code in LOADS.items():
-        procs = [subprocess.Popen([sys.executable, "-c", code.format(cores=cores)])
-                 for _ in range(cores if name == "busy loops" else 1)]
-        try:
-            time.sleep(1.0)
+    for name in LOADS:
+        with beside(name, cores):
             out["loads"][name] = {
                 "default": median_render(default, galaxy, repeats),
                 "all_threads": median_render(everyone, galaxy, repeats)}
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
     return out
 
 

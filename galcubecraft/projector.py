@@ -46,6 +46,8 @@ saves time) or directly, with differences of erf per sample and channel edge.
 """
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -191,6 +193,21 @@ def _domain(name):
     if name in DOMAIN:
         return DOMAIN[name]
     return next((d for suffix, d in DOMAIN_BY_SUFFIX.items() if name.endswith(suffix)), None)
+
+
+class _GroupWorker(threading.local):
+    """Whether this thread renders a group of a batch (`Projector._by_groups`): its own groups
+    are then rendered in turn."""
+    worker = False
+
+    def mark(self):
+        self.worker = True
+
+    def active(self):
+        return self.worker
+
+
+_GROUP_WORKER = _GroupWorker()
 
 
 @contextmanager
@@ -1285,10 +1302,39 @@ class Projector:
         ``out``, a batch's flat cube (`_new_cube`).  Returns ``out``."""
         if len(groups) == 1:
             return render(params, plan, kinematics, out, rows)
-        for idx in groups:
+
+        def one(idx):
             sub = {k: v[idx.to(v.device)] for k, v in params.items()}
-            out = render(sub, plan.select(idx), kinematics, out, rows[idx])
+            return render(sub, plan.select(idx), kinematics, out, rows[idx])
+        workers = self._group_workers(len(groups))
+        if workers == 1:
+            for idx in groups:
+                out = one(idx)
+            return out
+        # over one thread each (`_group_workers`), the costliest first (`_group_by_cost`
+        # lists them from the cheapest), each in this thread's inference mode (autograd's
+        # modes are per thread)
+        inference = torch.is_inference_mode_enabled()
+
+        def in_mode(idx):
+            # (inference_mode(False) turns autograd on: no_grad after it)
+            with torch.inference_mode(inference), torch.no_grad():
+                return one(idx)
+        with _torch_threads(1), ThreadPoolExecutor(workers, initializer=_GROUP_WORKER.mark) \
+                as pool:
+            for done in [pool.submit(in_mode, idx) for idx in reversed(groups)]:
+                if done.result() is not out:    # (each adds to ``out`` in place: `_deposit`)
+                    raise RuntimeError("a group's light was not added to the batch's cube")
         return out
+
+    def _group_workers(self, n_groups):
+        """How many groups of a batch render at once: each on one thread of the CPU threads
+        of the render, where no autograd records it, it is not itself a group's, and the
+        groups deposit into rows of their own (`_deposit`).  Each thread then works apart,
+        without the barrier that every kernel split over threads waits at."""
+        if self.device.type != "cpu" or _GROUP_WORKER.active() or torch.is_grad_enabled():
+            return 1
+        return max(1, min(torch.get_num_threads(), n_groups))
 
     @staticmethod
     def _group_by_cost(plan, ratio, bands=False):
@@ -1901,7 +1947,7 @@ class Projector:
 
     def _erf_buffer(self, n):
         """A reused scratch tensor of at least ``n`` elements for `erf_at_edges` (no autograd)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or _GROUP_WORKER.active():     # (one buffer, one thread)
             return None
         buf = self._erf_work
         if buf is None or buf.numel() < n or buf.device != self.device or buf.dtype != self.dtype:

@@ -1,5 +1,6 @@
 """Physics of the rendered cubes: flux, kinematics, convergence, gradients, batching."""
 import math
+import time
 
 import astropy.units as u
 import numpy as np
@@ -10,6 +11,7 @@ from astropy.coordinates import SkyCoord
 from radio_beam import Beam
 
 import galcubecraft as gcc
+import galcubecraft.projector as projector_module
 from conftest import JYKMS, KMS, make_galaxy
 from galcubecraft.conventions import C_KMS, observed_velocity
 
@@ -299,6 +301,42 @@ def test_the_batch_cube_is_the_same_under_autograd(small_grid):
             alone = projector({k: v[i:i + 1] for k, v in params.items()}, law)
         torch.testing.assert_close(plain[i:i + 1], alone, rtol=0,
                                    atol=1e-5 * float(alone.abs().max()))
+
+
+@pytest.mark.parametrize("lines", ["erf", "nodes"])
+def test_groups_rendered_at_once_are_the_cubes_rendered_in_turn(small_grid, monkeypatch, lines):
+    """On several CPU threads a batch's groups render at once, one thread each
+    (`Projector._by_groups`): the cube is the same, byte for byte, as the one of one thread
+    that renders them in turn, through either line integration (the ``erf`` one's reused
+    scratch buffer is not shared by threads)."""
+    rng = np.random.default_rng(11)
+    galaxies = [make_galaxy(
+        surface=gcc.SersicDisk(r_eff=rng.uniform(0.5, 4) * u.arcsec, n=rng.uniform(0.6, 4)),
+        vertical=gcc.ExponentialVertical(scale_height=rng.uniform(0.05, 0.5) * u.arcsec),
+        inclination=rng.uniform(0, 88) * u.deg, position_angle=rng.uniform(0, 360) * u.deg,
+        offset=rng.uniform(-6, 6, 2) * u.arcsec) for _ in range(12)]
+    (law, params), = gcc.stack_parameters(galaxies)
+    pools = []
+
+    class Counted(projector_module.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self._max_workers)
+    monkeypatch.setattr(projector_module, "ThreadPoolExecutor", Counted)
+    erf_at_edges = projector_module.F.erf_at_edges
+
+    def slow(*args, **kwargs):          # each thread's erf held long enough for another's
+        out = erf_at_edges(*args, **kwargs)
+        time.sleep(0.01)
+        return out
+    monkeypatch.setattr(projector_module.F, "erf_at_edges", slow)
+    cubes = []
+    for threads, mode in ((1, torch.no_grad), (3, torch.no_grad), (3, torch.inference_mode)):
+        with mode():
+            cubes.append(gcc.Projector(small_grid, threads=threads, line_integration=lines)(
+                params, law))
+    assert pools and max(pools) == 3          # the groups did render at once
+    assert torch.equal(cubes[0], cubes[1]) and torch.equal(cubes[0], cubes[2])
 
 
 def test_several_galaxies_and_laws_sum_into_one_cube():
