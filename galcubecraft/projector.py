@@ -394,9 +394,12 @@ class Projector:
         takes 0.12-0.14 s on one thread and 0.09-0.10 s on two when the machine is quiet,
         but 0.17-0.26 s on one and 0.5-0.7 s on two beside two CPU-bound processes.  On a
         dedicated machine ``threads=2`` (or ``GALCUBECRAFT_THREADS=2``) takes the quiet
-        speed-up back; on a shared one ``threads=1`` keeps large batches from collapsing
-        too (64 cubes of 64^2 x 32: 1.9 s on one thread, 4.6 s on two, beside two busy
-        processes; 1.3 s and 0.9 s on a quiet machine).
+        speed-up back.  A batch whose galaxies fall into several groups (of similar sampling
+        cost) renders its groups at once, one thread each, so that it waits at no barrier
+        either: 64 cubes of 64^2 x 32 on two threads beside a busy loop on each of 2 cores
+        render at 24 cubes/s, against 7.5 with each kernel split over the threads (48-50
+        cubes/s on the quiet machine either way; ``python -m benchmarks.baseline 6163d20
+        --busy``).
     min_beam_sigma : float
         Least beam sigma (minor axis) in rendered pixels (default `MIN_BEAM_SIGMA`, 1.2):
         a grid whose beam is narrower is rendered on pixels the least integer factor
