@@ -195,19 +195,18 @@ def _domain(name):
     return next((d for suffix, d in DOMAIN_BY_SUFFIX.items() if name.endswith(suffix)), None)
 
 
-class _GroupWorker(threading.local):
-    """Whether this thread renders a group of a batch (`Projector._by_groups`): its own groups
-    are then rendered in turn."""
-    worker = False
+class _RenderThreads(threading.local):
+    """Per thread: whether it renders a group of a batch (`Projector._by_groups`: its own
+    groups then render in turn), and how many CPU threads the render it is in may use at once
+    (`Projector._render_threads`; None outside a render)."""
+    group = False
+    budget = None
 
     def mark(self):
-        self.worker = True
-
-    def active(self):
-        return self.worker
+        self.group = True
 
 
-_GROUP_WORKER = _GroupWorker()
+_RENDER = _RenderThreads()
 
 
 @contextmanager
@@ -395,7 +394,8 @@ class Projector:
         but 0.17-0.26 s on one and 0.5-0.7 s on two beside two CPU-bound processes.  On a
         dedicated machine ``threads=2`` (or ``GALCUBECRAFT_THREADS=2``) takes the quiet
         speed-up back.  A batch whose galaxies fall into several groups (of similar sampling
-        cost) renders its groups at once, one thread each, so that it waits at no barrier
+        cost) renders its groups at once, one thread each, on as many threads as
+        ``threads`` (default: torch's, small renders too), so that it waits at no barrier
         either: 64 cubes of 64^2 x 32 on two threads beside a busy loop on each of 2 cores
         render at 24 cubes/s, against 7.5 with each kernel split over the threads (48-50
         cubes/s on the quiet machine either way; ``python -m benchmarks.baseline 6163d20
@@ -924,7 +924,7 @@ class Projector:
         model, kinematics = self._model_of(kinematics)
         if model is not None:
             params, batch = self._prepared(params, model)
-            with _torch_threads(self.threads_for(batch)):
+            with self._render_threads(batch):
                 return self._observe(self._project_rings(params, model), cloud=self._cloud)
         if self._beam is None:
             return self.observe(self.project(params, kinematics))
@@ -936,7 +936,7 @@ class Projector:
     def _render_plain(self, params, kinematics):
         """`__call__` of plain disks under a beam, all on this projector's pixels."""
         params, batch = self._prepared(params)
-        with _torch_threads(self.threads_for(batch)):
+        with self._render_threads(batch):
             cube, moves = self._model(params, kinematics)
             if moves is None:
                 return self._observe(cube)
@@ -1062,6 +1062,22 @@ class Projector:
         size = batch * n_chan * self.padded_shape[0] * self.padded_shape[1]
         return 1 if size < SMALL_RENDER else None
 
+    @contextmanager
+    def _render_threads(self, batch):
+        """Run a render of ``batch`` cubes with `threads_for` intra-op threads; its groups of
+        galaxies may render at once on as many threads as ``threads``, or torch's own count
+        (`_group_workers`): a small render splits no kernel over threads, but its groups
+        still share the cores."""
+        outer = _RENDER.budget
+        if outer is None:                          # (the outermost render of this thread)
+            _RENDER.budget = int(self.threads) if self.threads is not None and \
+                self.device.type == "cpu" else torch.get_num_threads()
+        try:
+            with _torch_threads(self.threads_for(batch)):
+                yield
+        finally:
+            _RENDER.budget = outer
+
     def project(self, params, kinematics):
         """The model before the beam, on the grid padded by the beam margin.
 
@@ -1074,7 +1090,7 @@ class Projector:
         """
         model, kinematics = self._model_of(kinematics)
         params, batch = self._prepared(params, model)
-        with _torch_threads(self.threads_for(batch)):
+        with self._render_threads(batch):
             if model is not None:
                 return self._project_rings(params, model)
             if self._beam is None:
@@ -1323,7 +1339,7 @@ class Projector:
             # (inference_mode(False) turns autograd on: no_grad after it)
             with torch.inference_mode(inference), torch.no_grad():
                 return one(idx)
-        with _torch_threads(1), ThreadPoolExecutor(workers, initializer=_GROUP_WORKER.mark) \
+        with _torch_threads(1), ThreadPoolExecutor(workers, initializer=_RENDER.mark) \
                 as pool:
             for done in [pool.submit(in_mode, idx) for idx in reversed(groups)]:
                 if done.result() is not out:    # (each adds to ``out`` in place: `_deposit`)
@@ -1335,9 +1351,9 @@ class Projector:
         of the render, where no autograd records it, it is not itself a group's, and the
         groups deposit into rows of their own (`_deposit`).  Each thread then works apart,
         without the barrier that every kernel split over threads waits at."""
-        if self.device.type != "cpu" or _GROUP_WORKER.active() or torch.is_grad_enabled():
+        if self.device.type != "cpu" or _RENDER.group or torch.is_grad_enabled():
             return 1
-        return max(1, min(torch.get_num_threads(), n_groups))
+        return max(1, min(_RENDER.budget or torch.get_num_threads(), n_groups))
 
     @staticmethod
     def _group_by_cost(plan, ratio, bands=False):
@@ -1950,7 +1966,7 @@ class Projector:
 
     def _erf_buffer(self, n):
         """A reused scratch tensor of at least ``n`` elements for `erf_at_edges` (no autograd)."""
-        if torch.is_grad_enabled() or _GROUP_WORKER.active():     # (one buffer, one thread)
+        if torch.is_grad_enabled() or _RENDER.group:     # (one buffer, one thread)
             return None
         buf = self._erf_work
         if buf is None or buf.numel() < n or buf.device != self.device or buf.dtype != self.dtype:
@@ -1967,7 +1983,7 @@ class Projector:
         deposited in, which the readout takes back out: 0 for `project`'s models of plain
         disks, and, for the others (`galcubecraft.rings`), the projector's own.
         """
-        with _torch_threads(self.threads_for(model.shape[0] if model.dim() == 4 else 1)):
+        with self._render_threads(model.shape[0] if model.dim() == 4 else 1):
             return self._observe(model, cloud=cloud)
 
     def cloud_for(self, kinematics):

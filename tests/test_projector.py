@@ -308,7 +308,8 @@ def test_groups_rendered_at_once_are_the_cubes_rendered_in_turn(small_grid, monk
     """On several CPU threads a batch's groups render at once, one thread each
     (`Projector._by_groups`): the cube is the same, byte for byte, as the one of one thread
     that renders them in turn, through either line integration (the ``erf`` one's reused
-    scratch buffer is not shared by threads)."""
+    scratch buffer is not shared by threads), with ``threads`` given and by default (a render
+    this small splits no kernel over threads, but its groups take torch's threads)."""
     rng = np.random.default_rng(11)
     galaxies = [make_galaxy(
         surface=gcc.SersicDisk(r_eff=rng.uniform(0.5, 4) * u.arcsec, n=rng.uniform(0.6, 4)),
@@ -330,13 +331,26 @@ def test_groups_rendered_at_once_are_the_cubes_rendered_in_turn(small_grid, monk
         time.sleep(0.01)
         return out
     monkeypatch.setattr(projector_module.F, "erf_at_edges", slow)
+    monkeypatch.delenv("GALCUBECRAFT_THREADS", raising=False)
     cubes = []
     for threads, mode in ((1, torch.no_grad), (3, torch.no_grad), (3, torch.inference_mode)):
         with mode():
             cubes.append(gcc.Projector(small_grid, threads=threads, line_integration=lines)(
                 params, law))
     assert pools and max(pools) == 3          # the groups did render at once
-    assert torch.equal(cubes[0], cubes[1]) and torch.equal(cubes[0], cubes[2])
+    # by default a render this small splits no kernel over threads, but its groups take
+    # torch's threads
+    assert gcc.Projector(small_grid).threads_for(len(galaxies)) == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        pools.clear()
+        with torch.no_grad():
+            cubes.append(gcc.Projector(small_grid, line_integration=lines)(params, law))
+    finally:
+        torch.set_num_threads(before)
+    assert pools and max(pools) == 3
+    assert all(torch.equal(cubes[0], cube) for cube in cubes[1:])
 
 
 def test_several_galaxies_and_laws_sum_into_one_cube():
