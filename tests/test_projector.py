@@ -241,16 +241,25 @@ def test_batch_equals_individual_renders(small_grid):
             torch.testing.assert_close(batched[k], single[0], rtol=1e-5, atol=1e-7)
 
 
+def random_disks(seed, count, *, r_eff, n, height, inclination):
+    """``count`` seeded disks (`make_galaxy`) within 6" of the centre, at any position angle,
+    their r_eff and scale height (arcsec), Sérsic n and inclination (deg) drawn uniformly from
+    the ranges given."""
+    rng = np.random.default_rng(seed)
+    return [make_galaxy(
+        surface=gcc.SersicDisk(r_eff=rng.uniform(*r_eff) * u.arcsec, n=rng.uniform(*n)),
+        vertical=gcc.ExponentialVertical(scale_height=rng.uniform(*height) * u.arcsec),
+        inclination=rng.uniform(*inclination) * u.deg,
+        position_angle=rng.uniform(0, 360) * u.deg,
+        offset=rng.uniform(-6, 6, 2) * u.arcsec) for _ in range(count)]
+
+
 def test_groups_cover_the_batch_and_do_not_change_its_cubes(small_grid, monkeypatch):
     """However a batch is grouped (``group_ratio`` 1: each galaxy with those of its own shape;
     one group for all), each galaxy is rendered once and its cube is the same to float32
     rounding; looser ratios make fewer groups."""
-    rng = np.random.default_rng(3)
-    galaxies = [make_galaxy(
-        surface=gcc.SersicDisk(r_eff=rng.uniform(0.3, 6) * u.arcsec, n=rng.uniform(0.5, 4)),
-        vertical=gcc.ExponentialVertical(scale_height=rng.uniform(0.05, 2) * u.arcsec),
-        inclination=rng.uniform(10, 90) * u.deg, position_angle=rng.uniform(0, 360) * u.deg,
-        offset=rng.uniform(-6, 6, 2) * u.arcsec) for _ in range(10)]
+    galaxies = random_disks(3, 10, r_eff=(0.3, 6), n=(0.5, 4), height=(0.05, 2),
+                            inclination=(10, 90))
     (law, params), = gcc.stack_parameters(galaxies)
     seen = []
     group = gcc.Projector._group_by_cost
@@ -310,12 +319,8 @@ def test_groups_rendered_at_once_are_the_cubes_rendered_in_turn(small_grid, monk
     that renders them in turn, through either line integration (the ``erf`` one's reused
     scratch buffer is not shared by threads), with ``threads`` given and by default (a render
     this small splits no kernel over threads, but its groups take torch's threads)."""
-    rng = np.random.default_rng(11)
-    galaxies = [make_galaxy(
-        surface=gcc.SersicDisk(r_eff=rng.uniform(0.5, 4) * u.arcsec, n=rng.uniform(0.6, 4)),
-        vertical=gcc.ExponentialVertical(scale_height=rng.uniform(0.05, 0.5) * u.arcsec),
-        inclination=rng.uniform(0, 88) * u.deg, position_angle=rng.uniform(0, 360) * u.deg,
-        offset=rng.uniform(-6, 6, 2) * u.arcsec) for _ in range(12)]
+    galaxies = random_disks(11, 12, r_eff=(0.5, 4), n=(0.6, 4), height=(0.05, 0.5),
+                            inclination=(0, 88))
     (law, params), = gcc.stack_parameters(galaxies)
     pools = []
 
