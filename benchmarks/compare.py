@@ -15,7 +15,9 @@
 6. Real galaxies: a warped disk with a radial inflow against the plain reference galaxy, and
    a batch of 64 random "realistic disks" against the plain batch (``benchmarks/real.py``).
 7. With ``--baseline REF``: the reference render and the batch against galcubecraft at an
-   earlier commit, alternating (``benchmarks/baseline.py``).
+   earlier commit, alternating (``benchmarks/baseline.py``); without ``--quick``, also each
+   code's batch L1 to the instrument's measurement and the batch at equal output
+   (``--accuracy``).
 
 The codes we compare against are installed on first use into their own folders under
 ``.bench/`` (see ``benchmarks/external.py``); the table (Markdown and reStructuredText, for the
@@ -338,7 +340,8 @@ def main(argv=None):
              ("real_galaxies", lambda a: real.measure(a.device, 3 if a.quick else 7,
                                                       16 if a.quick else 64))]
     if args.baseline:
-        steps.append(("baseline", lambda a: baseline.measure(a.baseline, 2 if a.quick else 3)))
+        steps.append(("baseline", lambda a: baseline.measure(a.baseline, 2 if a.quick else 3,
+                                                             accuracy=not a.quick)))
     for name, step in steps:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", file=sys.stderr, flush=True)
         res[name] = step(args)
