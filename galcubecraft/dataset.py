@@ -4,16 +4,18 @@ A dataset is described once, by a priors file (`DatasetSpec`), and made by
 `generate_dataset` (or ``galcubecraft dataset PRIORS --n N --out DIR``):
 
 * **Seeds.** Cube ``i`` is drawn from its own stream,
-  ``numpy.random.SeedSequence(seed, spawn_key=(i,))``, and rendered alone (its
-  galaxies in one projector batch, one torch thread), so it is the same bytes
-  whatever the shard size, the number of workers or the order they run in.  On a GPU
-  (``device``) the galaxies of a batch of cubes are rendered together in float32, with
-  atomic sums: a cube is the same to float32 rounding, not to the byte.
+  ``numpy.random.SeedSequence(seed, spawn_key=(i,))``, and rendered with the other cubes
+  of its render block (`render_blocks`: the `RENDER_BATCH` cubes from a multiple of it,
+  their galaxies in one projector batch, whole whatever part of it is wanted), so it is
+  the same bytes whatever the shard size, the number of cubes, workers or threads, or the
+  order they run in.  On a GPU (``device``) the galaxies of a batch of cubes are rendered
+  together in float32, with atomic sums: a cube is the same to float32 rounding, not to
+  the byte.
 * **Shards.** Cubes ``[j K, (j + 1) K)`` go to ``shard_<j>.h5``: HDF5, one chunk per
   cube and array, holding ``noisy``, ``clean``, ``mask`` and ``labels`` (all but the
   incompressible ``noisy`` compressed, gzip + shuffle) and the shard's rows of the
-  catalogue.  A shard's cubes are observed `RENDER_BATCH` at a time (`GPU_RENDER_BATCH` on
-  a GPU) on tensors
+  catalogue.  A shard's cubes are observed by render blocks (`GPU_RENDER_BATCH` at a time
+  on a GPU) on tensors
   (`~galcubecraft.observe_batch`) while a thread writes the previous batch.  HDF5 rather than
   Zarr because a shard has one writer and must appear all at once: it is one
   file, written under a temporary name and renamed when complete, its SHA-256
@@ -80,12 +82,15 @@ from .response import SampledGaussian
 
 
 __all__ = ["DatasetSpec", "generate_dataset", "CubeDataset", "StreamingCubes", "export_fits",
-           "read_catalogue", "lock_folder", "shard_problem", "priors_digest", "DatasetError",
-           "DatasetInUse", "CorruptShard"]
+           "read_catalogue", "lock_folder", "shard_problem", "priors_digest", "render_blocks",
+           "observe_blocks", "DatasetError", "DatasetInUse", "CorruptShard"]
 
 _KMS = u.km / u.s
 FORMAT = "galcubecraft-dataset"
-FORMAT_VERSION = 1
+#: The layout of shards and manifest and the rule by which cubes are rendered together
+#: (`render_blocks`): 2 since the blocks of `RENDER_BATCH` (1: each cube alone).  A dataset
+#: is finished only by code of its own format version.
+FORMAT_VERSION = 2
 ARRAYS = ("noisy", "clean", "mask", "labels")
 #: How each array is stored and served.
 STORED = {"noisy": torch.float32, "clean": torch.float32, "mask": torch.uint8,
@@ -327,11 +332,46 @@ def _table_from_h5(ds):
 
 
 def _batch_options(device):
-    """How a batch is observed on ``device``: on the CPU each cube alone and in float64 after
-    the projector (a cube is then the same bytes in any batch); on a GPU the batch's galaxies
-    together, in float32 (fewer, larger launches)."""
+    """How a batch is observed on ``device``: its galaxies rendered together in one projector
+    batch (fewer, larger calls; on a CPU, groups of galaxies at once on the threads), then,
+    on a CPU, the sums, masks and noise in float64, on a GPU in float32."""
     on_cpu = torch.device(device).type == "cpu"
-    return dict(together=not on_cpu, dtype=torch.float64 if on_cpu else torch.float32)
+    return dict(together=True, dtype=torch.float64 if on_cpu else torch.float32)
+
+
+def render_blocks(start, stop, size=None):
+    """The render blocks that cover cubes ``[start, stop)``: ranges of ``size`` (default
+    `RENDER_BATCH`) cubes from a multiple of ``size``.
+
+    On a CPU each block is observed whole, whatever part of it is wanted (`observe_blocks`):
+    the sums of a block's galaxies rendered together depend on which galaxies they are, so
+    cube ``i`` is the same bytes in every dataset and stream of the same priors and seed (any
+    shard size, number of cubes, start, batch size or worker count) only if its block is."""
+    size = RENDER_BATCH if size is None else int(size)
+    first = (int(start) // size) * size
+    while first < stop:
+        yield range(first, first + size)
+        first += size
+
+
+def observe_blocks(spec, cubes, seed, projector, kept=None):
+    """The `~galcubecraft.ObservedBatch` of cubes ``cubes`` (a range), on the projector's
+    device: on a GPU observed at once (`GPU_RENDER_BATCH`: see there), on a CPU cut from the
+    whole `render_blocks` that cover them.  ``kept``: a dict in which the last block observed
+    is kept for the next call (consecutive ranges that share a block observe it once)."""
+    make = _batch_options(projector.device)
+    if projector.device.type != "cpu":
+        return spec.make_batch(cubes, seed, projector, **make)
+    kept = {} if kept is None else kept
+    parts = []
+    for block in render_blocks(cubes.start, cubes.stop):
+        if kept.get("block") != block:
+            kept["block"], kept["batch"] = None, None           # one block in memory
+            kept["batch"] = spec.make_batch(block, seed, projector, **make)
+            kept["block"] = block
+        lo, hi = max(cubes.start, block.start), min(cubes.stop, block.stop)
+        parts.append(kept["batch"][lo - block.start:hi - block.start])
+    return parts[0] if len(parts) == 1 else ObservedBatch.concatenate(parts)
 
 
 def _stored(batch, key):
@@ -354,8 +394,11 @@ def _cube_table(first, batch):
     return table
 
 
-#: Cubes observed together in a shard on a CPU: the memory of a shard's work is this many
-#: cubes' (float64 sums and noise), whatever its size.
+#: Cubes observed together on a CPU (`render_blocks`): the blocks of this many cubes from
+#: multiples of it, whose galaxies are rendered in one projector batch.  The cubes depend on
+#: it (the sums of a block's galaxies), so it is part of the format; the memory of a
+#: shard's work is this many cubes' (float64 sums and noise), whatever its size.  Shards of
+#: a multiple of it observe no cube twice (others observe their boundary blocks in both).
 RENDER_BATCH = 16
 
 #: Cubes observed together in a shard on a GPU, where a batch's galaxies are rendered together
@@ -370,17 +413,19 @@ GPU_RENDER_BATCH = 256
 INCOMPRESSIBLE = ("noisy",)
 
 
-def _make_shard(config, seed, shard, first, count, out_dir, compression, device="cpu"):
+def _make_shard(config, seed, shard, first, count, out_dir, compression, device="cpu",
+                threads=1):
     """Task: render cubes [first, first + count) into shard file ``shard``; returns its checksum.
 
-    The cubes are observed `RENDER_BATCH` at a time; a thread writes (and compresses) each
-    batch while the next is rendered.  On a GPU (``device``) `GPU_RENDER_BATCH` at a time, a
-    batch's galaxies rendered together and its noise drawn there (`StreamingCubes`'s way)."""
+    The cubes are observed by `render_blocks` (`observe_blocks`); a thread writes (and
+    compresses) each batch while the next is rendered.  On a GPU (``device``)
+    `GPU_RENDER_BATCH` at a time from ``first``, its noise drawn there (`StreamingCubes`'s
+    way).  ``threads``: torch's CPU threads (one on a Dask worker, whose cores are its
+    siblings'; the cubes are the same bytes on any number)."""
     import h5py
-    torch.set_num_threads(1)        # the same arithmetic on every worker
+    torch.set_num_threads(int(threads))
     spec = DatasetSpec(config)
     projector = spec.projector(device)
-    make = _batch_options(projector.device)
     out_dir = Path(out_dir)
     path = out_dir / f"shard_{shard:06d}.h5"
     shape = spec.grid.shape
@@ -405,11 +450,16 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression, device=
                 for key, block in blocks.items():
                     arrays[key][start:stop] = block
             pending = None
-            size = RENDER_BATCH if projector.device.type == "cpu" else GPU_RENDER_BATCH
-            for start in range(0, count, size):
-                stop = min(count, start + size)
-                batch = spec.make_batch(range(first + start, first + stop), seed, projector,
-                                        **make)
+            last = first + count
+            if projector.device.type == "cpu":      # the shard's part of each render block
+                pieces = [range(max(b.start, first), min(b.stop, last))
+                          for b in render_blocks(first, last)]
+            else:
+                pieces = [range(start, min(last, start + GPU_RENDER_BATCH))
+                          for start in range(first, last, GPU_RENDER_BATCH)]
+            for cubes in pieces:
+                batch = observe_blocks(spec, cubes, seed, projector)
+                start, stop = cubes.start - first, cubes.stop - first
                 blocks = {key: _stored(batch, key).cpu().numpy() for key in arrays}
                 cube_tables.append(_cube_table(first + start, batch))
                 galaxy_tables.append(batch.truth(first + start))
@@ -435,13 +485,16 @@ def priors_digest(config):
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def shard_problem(path, shard, first, count, seed, config, expected_sha256=None):
+def shard_problem(path, shard, first, count, seed, config, expected_sha256=None,
+                  format_version=FORMAT_VERSION):
     """Why the file at ``path`` is not shard ``shard`` of this dataset, or None if it is.
 
     A shard is valid when its checksum matches (its ``.sha256`` file, and ``expected_sha256``
     when given: the manifest's) and its own attributes say it holds cubes
-    ``[first, first + count)`` of this seed and priors, completely: a shard swapped with
-    another, or copied from another dataset, is not accepted on its checksum alone.
+    ``[first, first + count)`` of this seed and priors, completely, in ``format_version``
+    (the dataset's: a dataset is made in this code's, and read in its manifest's): a shard
+    swapped with another, or copied from another dataset, is not accepted on its checksum
+    alone.
     """
     import h5py
     path = Path(path)
@@ -460,8 +513,9 @@ def shard_problem(path, shard, first, count, seed, config, expected_sha256=None)
             attrs = dict(f.attrs)
     except OSError as exc:
         return f"unreadable ({exc})"
-    want = {"format": FORMAT, "shard": shard, "first": first, "n_cubes": count,
-            "seed": str(seed), "priors_sha256": priors_digest(config), "complete": True}
+    want = {"format": FORMAT, "format_version": int(format_version), "shard": shard,
+            "first": first, "n_cubes": count, "seed": str(seed),
+            "priors_sha256": priors_digest(config), "complete": True}
     wrong = [k for k, v in want.items()
              if k not in attrs or (attrs[k].decode() if isinstance(attrs[k], bytes)
                                    else attrs[k]) != v]
@@ -630,7 +684,8 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             old = None          # damaged: the shards' own records decide what is kept
-    keys = ("format", "n_cubes", "seed", "shard_size", "priors", "galcubecraft", "device")
+    keys = ("format", "format_version", "n_cubes", "seed", "shard_size", "priors",
+            "galcubecraft", "device")
     if old is not None and any(old.get(k) != manifest.get(k) for k in keys):
         diff = [k for k in keys if old.get(k) != manifest.get(k)]
         kept = [p.name for p in sorted(out.glob("shard_*.h5"))]
@@ -655,7 +710,7 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
             try:
                 for j, first, count in todo:
                     _make_shard(config, seed, j, first, count, str(out), compression,
-                                str(device))
+                                str(device), threads)
                     bar.update(count)
             finally:
                 torch.set_num_threads(threads)
@@ -826,7 +881,8 @@ class CubeDataset(torch.utils.data.Dataset):
                 count = min(self.shard_size, self.n - first)
                 recorded = (m.get("shards") or [{}] * m["n_shards"])[shard].get("sha256")
                 problem = shard_problem(path, shard, first, count, m["seed"], m["priors"],
-                                        expected_sha256=recorded)
+                                        expected_sha256=recorded,
+                                        format_version=m.get("format_version", 1))
                 if problem is not None:
                     raise CorruptShard(errno.EIO, f"{path.name}: {problem}; rerun galcubecraft "
                                        "dataset with the same priors, seed and size to remake "
@@ -857,9 +913,10 @@ class StreamingCubes(torch.utils.data.IterableDataset):
     """Cubes rendered on the fly from a `DatasetSpec`: endless fresh training data, no disk.
 
     Cube ``i`` is cube ``i`` of a dataset written with the same priors and seed on the same
-    kind of device: on the CPU the same bytes (each cube rendered alone, float64 after the
-    projector, the noise from its own generator); on a GPU the same cube to float32 rounding
-    (a batch's galaxies are rendered together, so the sums' order depends on the batch),
+    kind of device: on the CPU the same bytes (each cube rendered with its render block,
+    `render_blocks`, float64 after the projector, the noise from its own generator); on a
+    GPU the same cube to float32 rounding (a batch's galaxies are rendered together, so the
+    sums' order depends on the batch),
     with noise drawn there from the cube's own seed (`~galcubecraft.noise.white_normals`:
     the same on every run, not the CPU's draw).  A GPU's clean cubes are the CPU's to the
     accuracy of the lines' integral, not to rounding: a GPU takes ``erf`` where a CPU takes
@@ -879,11 +936,13 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         main process; else the CPU).
     batch_size : int, optional
         None (default): one cube per item, a dict of CPU tensors (``params`` a dict of floats,
-        ``index`` an int), for ``DataLoader(num_workers=W)``: worker ``w`` renders the blocks
-        of `RENDER_BATCH` cubes ``w, w + W, ...``, so no cube is repeated.  A number: batches
+        ``index`` an int), for ``DataLoader(num_workers=W)``: worker ``w`` renders the render
+        blocks ``w, w + W, ...`` from ``start``'s, so no cube is repeated.  A number: batches
         of that many cubes as tensors on ``device`` with no host round trip (use
-        ``num_workers=0`` with a GPU): each array ``(batch, n_chan, ny, nx)``; ``params``
-        ``(batch, 5)`` with its column names in ``param_names``
+        ``num_workers=0`` with a GPU; on the CPU cut from the render blocks that cover them,
+        which one worker renders once even where two batches share one): each array
+        ``(batch, n_chan, ny, nx)``; ``params`` ``(batch, 5)`` with its column names in
+        ``param_names``
         (`~galcubecraft.ObservedBatch.CUBE_COLUMNS`); ``galaxies`` ``(batch, most galaxies,
         n)`` of each galaxy's parameters in internal units, NaN-padded, named by
         ``galaxy_names``; ``index`` ``(batch,)``.
@@ -912,13 +971,15 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         self.keys, self.transform, self.device = tuple(keys), transform, device
         self.batch_size = None if batch_size is None else int(batch_size)
 
-    def _blocks(self, size, worker, n_workers):
-        """The index ranges this worker renders: blocks of ``size`` from ``start``, every
+    def _blocks(self, size, worker, n_workers, aligned=False):
+        """The index ranges this worker yields: blocks of ``size`` from ``start`` (``aligned``:
+        from the multiple of ``size`` at or before it, cut to ``start``), every
         ``n_workers``-th."""
-        first = self.start + worker * size
+        first = (self.start // size) * size if aligned else self.start
+        first += worker * size
         while self.stop is None or first < self.stop:
             last = first + size if self.stop is None else min(first + size, self.stop)
-            yield range(first, last)
+            yield range(max(first, self.start), last)
             first += n_workers * size
 
     def __iter__(self):
@@ -927,10 +988,13 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         device = torch.device(self.device if self.device is not None else
                               "cuda" if torch.cuda.is_available() and info is None else "cpu")
         projector = self.spec.projector(device)
-        make = dict(projector=projector, **_batch_options(device))
+        kept = {}
+
+        def observed(cubes):
+            return observe_blocks(self.spec, cubes, self.seed, projector, kept)
         if self.batch_size is None:
-            for block in self._blocks(RENDER_BATCH, worker, n_workers):
-                batch = self.spec.make_batch(block, self.seed, **make)
+            for block in self._blocks(RENDER_BATCH, worker, n_workers, aligned=True):
+                batch = observed(block)
                 params = batch.cube_params.cpu().tolist()
                 for k, index in enumerate(block):
                     sample = {key: _stored(batch, key)[k].cpu() for key in self.keys}
@@ -939,7 +1003,7 @@ class StreamingCubes(torch.utils.data.IterableDataset):
                     yield self.transform(sample) if self.transform is not None else sample
             return
         for block in self._blocks(self.batch_size, worker, n_workers):
-            batch = self.spec.make_batch(block, self.seed, **make)
+            batch = observed(block)
             sample = {key: _stored(batch, key) for key in self.keys}
             sample["params"] = batch.cube_params.to(torch.float32)
             sample["param_names"] = ObservedBatch.CUBE_COLUMNS

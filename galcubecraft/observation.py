@@ -139,6 +139,32 @@ class ObservedBatch:
     def __len__(self):
         return self.clean.shape[0]
 
+    def __getitem__(self, rows):
+        """The cubes ``rows`` (a slice) of the batch, an `ObservedBatch` (views, no copies)."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"an ObservedBatch is sliced by a slice, got {rows!r}")
+        return ObservedBatch(self.grid, self.noisy[rows], self.clean[rows], self.mask[rows],
+                             self.labels[rows], self.cube_params[rows], self.scenes[rows],
+                             self.seeds[rows], self.noises[rows])
+
+    @classmethod
+    def concatenate(cls, batches):
+        """One `ObservedBatch` of the cubes of ``batches`` (of one grid and device), in order."""
+        batches = list(batches)
+        if not batches:
+            raise ValueError("concatenate needs at least one ObservedBatch")
+        grid = batches[0].grid
+        if any(b.grid is not grid for b in batches):
+            raise ValueError("the batches were observed on different grids")
+
+        def cat(name):
+            return torch.cat([getattr(b, name) for b in batches])
+
+        def join(name):
+            return [item for b in batches for item in getattr(b, name)]
+        return cls(grid, cat("noisy"), cat("clean"), cat("mask"), cat("labels"),
+                   cat("cube_params"), join("scenes"), join("seeds"), join("noises"))
+
     def galaxies(self, k):
         """The galaxies of cube ``k``."""
         return [g for g in self.scenes[k] if isinstance(g, Galaxy)]

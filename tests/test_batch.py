@@ -113,6 +113,27 @@ def test_bad_batches_are_refused():
         StreamingCubes(PRIORS, device="gpu0")
 
 
+def test_a_batch_cut_and_joined_again_is_the_batch():
+    batch = gcc.observe_batch(scenes(), GRID, [NoiseModel(peak_snr=8)] * 3, [1, 2, 3])
+    parts = [batch[0:1], batch[1:3]]
+    assert [len(p) for p in parts] == [1, 2]
+    assert parts[1].galaxies(1) == batch.galaxies(2) and parts[1].seeds == [2, 3]
+    joined = gcc.ObservedBatch.concatenate(parts)
+    for name in ("noisy", "clean", "mask", "labels", "cube_params"):
+        assert torch.equal(getattr(joined, name), getattr(batch, name)), name
+    assert list(joined.truth()["index"]) == list(batch.truth()["index"]) == [0, 1, 1, 1, 2, 2]
+    torch.testing.assert_close(joined.galaxy_tensor()[0], batch.galaxy_tensor()[0],
+                               equal_nan=True)
+    with pytest.raises(TypeError, match="slice"):
+        batch[0]
+    with pytest.raises(ValueError, match="at least one"):
+        gcc.ObservedBatch.concatenate([])
+    other = gcc.observe_batch(scenes()[:1], gcc.CubeGrid(
+        shape=(10, 24, 24), pixel_scale=1 * u.arcsec, channel_width=30 * KMS, beam=GRID.beam))
+    with pytest.raises(ValueError, match="different grids"):
+        gcc.ObservedBatch.concatenate([batch, other])
+
+
 def test_white_normals_are_each_seeds_own_draws():
     draws = white_normals((3, 4), [7, np.random.SeedSequence(9)])
     np.testing.assert_array_equal(draws[0].numpy(),
@@ -148,15 +169,52 @@ def test_streamed_batches_are_the_datasets_cubes(tmp_path):
     assert seen == list(range(10))
 
 
-def test_a_shard_is_made_in_bounded_batches(tmp_path, monkeypatch):
-    """Shards bigger than a render batch are made batch by batch, the same cubes."""
+def test_cubes_are_rendered_in_whole_render_blocks_whatever_the_shards(tmp_path, monkeypatch):
+    """On a CPU the cubes are observed by render blocks (`render_blocks`), whole, whatever
+    part of one a shard or a stream wants: at most RENDER_BATCH cubes at a time, and each cube
+    the same bytes for any shard size, start or batch size; other blocks, other bytes."""
     import galcubecraft.dataset as ds
-    generate_dataset(PRIORS, 6, tmp_path / "a", shard_size=6, progress=False)
+    generate_dataset(PRIORS, 6, tmp_path / "sixteen", shard_size=6, progress=False)
     monkeypatch.setattr(ds, "RENDER_BATCH", 4)
-    generate_dataset(PRIORS, 6, tmp_path / "b", shard_size=6, progress=False)
-    a, b = CubeDataset(tmp_path / "a"), CubeDataset(tmp_path / "b")
+    observed = []
+    make_batch = DatasetSpec.make_batch
+
+    def spy(self, indices, *args, **kwargs):
+        observed.append(indices)
+        return make_batch(self, indices, *args, **kwargs)
+    monkeypatch.setattr(DatasetSpec, "make_batch", spy)
+    for size in (6, 4, 3):
+        generate_dataset(PRIORS, 6, tmp_path / f"shards_of_{size}", shard_size=size,
+                         progress=False)
+    assert observed and all(len(r) == 4 and r.start % 4 == 0 for r in observed)
+    # the shards of 3 cut the block [0, 4): both observe it whole, as do the others once
+    assert observed.count(range(0, 4)) == 4
+    keys = ("noisy", "clean", "mask", "labels")
+    datasets = {name: CubeDataset(tmp_path / name, keys=keys)
+                for name in ("sixteen", "shards_of_6", "shards_of_4", "shards_of_3")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)        # a stream renders on torch's threads, the same bytes
+    try:
+        stream = list(StreamingCubes(PRIORS, start=1, stop=6, batch_size=3, device="cpu",
+                                     keys=keys))
+    finally:
+        torch.set_num_threads(threads)
     for i in range(6):
-        assert torch.equal(a[i]["noisy"], b[i]["noisy"])
+        cube = datasets["shards_of_4"][i]
+        for name in ("shards_of_6", "shards_of_3"):
+            for key in keys:
+                assert torch.equal(datasets[name][i][key], cube[key]), (name, i, key)
+        if i >= 1:
+            batch = stream[(i - 1) // 3]
+            for key in keys:
+                assert torch.equal(batch[key][(i - 1) % 3], cube[key]), ("stream", i, key)
+    # the blocks of 16 are other galaxy batches: the same cubes to float32 rounding only
+    other = [datasets["sixteen"][i]["clean"] for i in range(6)]
+    assert any(not torch.equal(o, datasets["shards_of_4"][i]["clean"])
+               for i, o in enumerate(other))
+    for i, o in enumerate(other):
+        ref = datasets["shards_of_4"][i]["clean"]
+        torch.testing.assert_close(o, ref, rtol=0, atol=1e-5 * float(ref.max()))
     spec = DatasetSpec(PRIORS)
     assert spec.make_batch(range(2), 5).clean.shape == (2, 14, 20, 20)
 

@@ -55,7 +55,12 @@ def same_catalogues(a, b):
 
 
 def test_two_dask_workers_and_one_process_give_the_same_bytes(tmp_path):
-    generate_dataset(PRIORS, 8, tmp_path / "one", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)        # one process renders on torch's threads, a worker on one
+    try:
+        generate_dataset(PRIORS, 8, tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     generate_dataset(PRIORS, 8, tmp_path / "two", workers=2, progress=False)
     a, b = arrays(tmp_path / "one"), arrays(tmp_path / "two")
     for key in a:
@@ -304,3 +309,30 @@ def test_the_render_table_sets_the_projector_of_datasets_and_streams(tmp_path):
         np.testing.assert_allclose(one, clean, rtol=0, atol=1e-5 * scale)
         change = np.abs(plain[i]["clean"].numpy() - clean).sum() / np.abs(clean).sum()
         assert change > 1e-3
+
+
+def test_a_dataset_of_the_former_format_is_read_but_not_finished(tmp_path):
+    """Format 1 rendered each cube alone: its shards stay readable (their own format
+    checked), and this code, whose cubes are rendered by blocks, refuses to finish it."""
+    import hashlib
+    import galcubecraft.dataset as ds
+    generate_dataset(PRIORS, 4, tmp_path / "d", progress=False)
+    manifest_path = tmp_path / "d" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for j, entry in enumerate(manifest["shards"]):
+        path = tmp_path / "d" / entry["file"]
+        with h5py.File(path, "r+") as f:
+            f.attrs["format_version"] = 1
+        entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        path.with_suffix(".sha256").write_text(f"{entry['sha256']}  {path.name}\n")
+    manifest["format_version"] = 1
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    data = CubeDataset(tmp_path / "d")
+    assert len(data) == 4 and data[3]["clean"].shape == (12, 24, 24)
+    with pytest.raises(ValueError, match="format_version"):
+        generate_dataset(PRIORS, 4, tmp_path / "d", progress=False)
+    # a shard whose own format is not its dataset's is not read
+    manifest["format_version"] = ds.FORMAT_VERSION
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(ds.CorruptShard, match="format_version"):
+        CubeDataset(tmp_path / "d")[0]
