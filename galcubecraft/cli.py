@@ -248,7 +248,8 @@ def build_parser():
     d.add_argument("--shard-size", type=int, help="cubes per shard (default: the priors', "
                                                   "or 64)")
     d.add_argument("--workers", type=int, default=1,
-                   help="local Dask worker processes (1: in this process)")
+                   help="local Dask worker processes of one thread each (1: in this "
+                        "process, on torch's threads)")
     d.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     d.add_argument("--device", default="cpu",
                    help="where to render: 'cpu' or 'cuda' (a GPU dataset draws its noise "

@@ -621,8 +621,8 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
         Overrides the priors' ``[dataset] seed``; one is required from either
         (a dataset must be re-makeable).
     workers : int
-        1 (default): in this process.  More: a local Dask cluster of that many
-        single-threaded processes.
+        1 (default): in this process, on torch's threads.  More: a local Dask cluster of
+        that many single-threaded processes (the same cubes, byte for byte).
     scheduler : str, optional
         Address of a running dask.distributed scheduler; overrides ``workers``.
     shard_size : int, optional
