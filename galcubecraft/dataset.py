@@ -966,6 +966,9 @@ class StreamingCubes(torch.utils.data.IterableDataset):
             raise ValueError(f"batch_size must be a positive integer or None, got "
                              f"{batch_size!r}")
         self.start, self.stop = int(start), None if stop is None else int(stop)
+        if self.start < 0 or (self.stop is not None and self.stop < self.start):
+            raise ValueError(f"start and stop must satisfy 0 <= start <= stop, got start="
+                             f"{start!r}, stop={stop!r}")
         if device is not None:
             device = check_device(device)
         self.keys, self.transform, self.device = tuple(keys), transform, device

@@ -109,6 +109,9 @@ def test_bad_batches_are_refused():
         StreamingCubes(PRIORS, batch_size=0)
     with pytest.raises(ValueError, match="keys"):
         StreamingCubes(PRIORS, keys=("noisy", "truth"))
+    for start, stop in ((-1, None), (5, 4)):
+        with pytest.raises(ValueError, match="0 <= start <= stop"):
+            StreamingCubes(PRIORS, start=start, stop=stop)
     with pytest.raises(ValueError, match="device"):
         StreamingCubes(PRIORS, device="gpu0")
 
