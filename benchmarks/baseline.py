@@ -124,7 +124,8 @@ def batch_l1(saves):
     """Median and worst L1 distance of each code's batch (``saves``: its folder) to the
     instrument's measurement: this checkout's float64 render with `benchmarks.accuracy.FINE`
     sampling (4x finer), which matches the beam-convolved sky at the pixel centres rendered on
-    pixels three times finer to 2e-4 of its light (median; 1.5e-3 worst)."""
+    pixels three times finer to 2e-4 of its light (median; 1.5e-3 worst: measured once on
+    2026-11-29, in float64 with ``oversample=4``, ``minor_density=2`` and ``erf`` lines)."""
     import numpy as np
     import torch
 

@@ -83,7 +83,7 @@ from .response import SampledGaussian
 
 __all__ = ["DatasetSpec", "generate_dataset", "CubeDataset", "StreamingCubes", "export_fits",
            "read_catalogue", "lock_folder", "shard_problem", "priors_digest", "render_blocks",
-           "observe_blocks", "DatasetError", "DatasetInUse", "CorruptShard"]
+           "DatasetError", "DatasetInUse", "CorruptShard"]
 
 _KMS = u.km / u.s
 FORMAT = "galcubecraft-dataset"
@@ -343,18 +343,23 @@ def render_blocks(start, stop, size=None):
     """The render blocks that cover cubes ``[start, stop)``: ranges of ``size`` (default
     `RENDER_BATCH`) cubes from a multiple of ``size``.
 
-    On a CPU each block is observed whole, whatever part of it is wanted (`observe_blocks`):
+    On a CPU each block is observed whole, whatever part of it is wanted:
     the sums of a block's galaxies rendered together depend on which galaxies they are, so
     cube ``i`` is the same bytes in every dataset and stream of the same priors and seed (any
     shard size, number of cubes, start, batch size or worker count) only if its block is."""
-    size = RENDER_BATCH if size is None else int(size)
+    size = RENDER_BATCH if size is None else size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if start < 0 or stop < start:
+        raise ValueError(f"render_blocks needs 0 <= start <= stop, got {start!r}, {stop!r}")
+    size = int(size)
     first = (int(start) // size) * size
     while first < stop:
         yield range(first, first + size)
         first += size
 
 
-def observe_blocks(spec, cubes, seed, projector, kept=None):
+def _observe_blocks(spec, cubes, seed, projector, kept=None):
     """The `~galcubecraft.ObservedBatch` of cubes ``cubes`` (a range), on the projector's
     device: on a GPU observed at once (`GPU_RENDER_BATCH`: see there), on a CPU cut from the
     whole `render_blocks` that cover them.  ``kept``: a dict in which the last block observed
@@ -417,7 +422,7 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression, device=
                 threads=1):
     """Task: render cubes [first, first + count) into shard file ``shard``; returns its checksum.
 
-    The cubes are observed by `render_blocks` (`observe_blocks`); a thread writes (and
+    The cubes are observed by `render_blocks` (``_observe_blocks``); a thread writes (and
     compresses) each batch while the next is rendered.  On a GPU (``device``)
     `GPU_RENDER_BATCH` at a time from ``first``, its noise drawn there (`StreamingCubes`'s
     way).  ``threads``: torch's CPU threads (one on a Dask worker, whose cores are its
@@ -458,7 +463,7 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression, device=
                 pieces = [range(start, min(last, start + GPU_RENDER_BATCH))
                           for start in range(first, last, GPU_RENDER_BATCH)]
             for cubes in pieces:
-                batch = observe_blocks(spec, cubes, seed, projector)
+                batch = _observe_blocks(spec, cubes, seed, projector)
                 start, stop = cubes.start - first, cubes.stop - first
                 blocks = {key: _stored(batch, key).cpu().numpy() for key in arrays}
                 cube_tables.append(_cube_table(first + start, batch))
@@ -994,7 +999,7 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         kept = {}
 
         def observed(cubes):
-            return observe_blocks(self.spec, cubes, self.seed, projector, kept)
+            return _observe_blocks(self.spec, cubes, self.seed, projector, kept)
         if self.batch_size is None:
             for block in self._blocks(RENDER_BATCH, worker, n_workers, aligned=True):
                 batch = observed(block)

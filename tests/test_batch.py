@@ -220,6 +220,11 @@ def test_cubes_are_rendered_in_whole_render_blocks_whatever_the_shards(tmp_path,
         torch.testing.assert_close(o, ref, rtol=0, atol=1e-5 * float(ref.max()))
     spec = DatasetSpec(PRIORS)
     assert spec.make_batch(range(2), 5).clean.shape == (2, 14, 20, 20)
+    assert list(ds.render_blocks(5, 21, 8)) == [range(0, 8), range(8, 16), range(16, 24)]
+    assert list(ds.render_blocks(16, 16)) == []
+    for args in ((0, 4, 0), (0, 4, 2.5), (-1, 4), (5, 4)):
+        with pytest.raises(ValueError):
+            list(ds.render_blocks(*args))
 
 
 def test_the_denoiser_example_trains_on_streamed_batches():
