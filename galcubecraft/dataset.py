@@ -76,7 +76,7 @@ from .observation import ObservedBatch, observe, observe_batch
 from .parameters import parse_quantity
 from .population import SeedPopulation
 from .priors import GalaxyPriors, distribution_from_spec
-from .projector import Projector, check_device
+from .projector import Projector, check_device, single_threaded_renders
 from .resources import format_bytes, freed_memory_environ
 from .response import SampledGaussian
 
@@ -359,24 +359,77 @@ def render_blocks(start, stop, size=None):
         first += size
 
 
-def _observe_blocks(spec, cubes, seed, projector, kept=None):
-    """The `~galcubecraft.ObservedBatch` of cubes ``cubes`` (a range), on the projector's
-    device: on a GPU observed at once (`GPU_RENDER_BATCH`: see there), on a CPU cut from the
-    whole `render_blocks` that cover them.  ``kept``: a dict in which the last block observed
-    is kept for the next call (consecutive ranges that share a block observe it once)."""
+def _observe_ranges(spec, ranges, seed, projector):
+    """``(cubes, batch)`` for each range ``cubes`` of ``ranges`` (an iterable of non-empty,
+    increasing ranges; it may be endless), in order: its `~galcubecraft.ObservedBatch` on the
+    projector's device.
+
+    On a GPU each range is observed at once (`GPU_RENDER_BATCH`: see there).  On a CPU each
+    is cut from the whole `render_blocks` that cover it, each block observed once (ranges
+    that share one share it) on one thread (`~galcubecraft.projector.single_threaded_renders`),
+    as many blocks at once as torch has threads, ahead of the range that needs them: the
+    threads share the cores without a barrier at every kernel, and a block is the same bytes
+    on any number of them (torch's FFTs, for one, round differently on two threads than on
+    one).  Memory: that many blocks in flight, and those of the range being yielded."""
+    ranges = iter(ranges)
     make = _batch_options(projector.device)
     if projector.device.type != "cpu":
-        return spec.make_batch(cubes, seed, projector, **make)
-    kept = {} if kept is None else kept
-    parts = []
-    for block in render_blocks(cubes.start, cubes.stop):
-        if kept.get("block") != block:
-            kept["block"], kept["batch"] = None, None           # one block in memory
-            kept["batch"] = spec.make_batch(block, seed, projector, **make)
-            kept["block"] = block
-        lo, hi = max(cubes.start, block.start), min(cubes.stop, block.stop)
-        parts.append(kept["batch"][lo - block.start:hi - block.start])
-    return parts[0] if len(parts) == 1 else ObservedBatch.concatenate(parts)
+        for cubes in ranges:
+            yield cubes, spec.make_batch(cubes, seed, projector, **make)
+        return
+
+    def observe(block):
+        return spec.make_batch(block, seed, projector, **make)
+    at_once = torch.get_num_threads()
+    pool = None if at_once == 1 else ThreadPoolExecutor(
+        at_once, thread_name_prefix="render-block", initializer=single_threaded_renders)
+    queue = []          # ranges read, not yet yielded, with their blocks
+    observed = {}       # block -> its Future (on a pool) or batch, in order of need
+    done = False
+
+    def read():
+        """Read the next range and start its blocks; False at the end of ``ranges``."""
+        cubes = next(ranges, None)
+        if cubes is None:
+            return False
+        if len(cubes) == 0 or (queue and cubes.start < queue[-1][0].stop):
+            raise ValueError(f"ranges must be non-empty and increasing, got {cubes!r}")
+        blocks = list(render_blocks(cubes.start, cubes.stop))
+        for block in blocks:
+            if block not in observed:
+                observed[block] = pool.submit(observe, block) if pool is not None else None
+        queue.append((cubes, blocks))
+        return True
+    try:
+        while True:
+            while not done and not queue:
+                done = not read()
+            if not queue:
+                return
+            # the blocks before the next range are not needed again (the ranges increase)
+            for block in [b for b in observed if b.stop <= queue[0][0].start]:
+                del observed[block]
+            # on a pool, as many blocks beyond the next range's as it has threads, less one
+            while pool is not None and not done and \
+                    sum(b not in queue[0][1] for b in observed) < at_once - 1:
+                done = not read()
+            cubes, blocks = queue.pop(0)
+            parts = []
+            for block in blocks:
+                if pool is not None:
+                    batch = observed[block].result()
+                else:
+                    if observed[block] is None:
+                        observed[block] = observe(block)
+                    batch = observed[block]
+                lo, hi = max(cubes.start, block.start), min(cubes.stop, block.stop)
+                parts.append(batch[lo - block.start:hi - block.start])
+            for block in blocks[:-1]:           # (only the last can be the next range's)
+                del observed[block]
+            yield cubes, parts[0] if len(parts) == 1 else ObservedBatch.concatenate(parts)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stored(batch, key):
@@ -422,11 +475,12 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression, device=
                 threads=1):
     """Task: render cubes [first, first + count) into shard file ``shard``; returns its checksum.
 
-    The cubes are observed by `render_blocks` (``_observe_blocks``); a thread writes (and
-    compresses) each batch while the next is rendered.  On a GPU (``device``)
+    The cubes are observed by `render_blocks` (``_observe_ranges``), as many blocks at once
+    as ``threads`` (torch's CPU threads: one on a Dask worker, whose cores are its
+    siblings'), each on one thread, so the cubes are the same bytes on any number; a thread
+    writes (and compresses) each batch while the next is rendered.  On a GPU (``device``)
     `GPU_RENDER_BATCH` at a time from ``first``, its noise drawn there (`StreamingCubes`'s
-    way).  ``threads``: torch's CPU threads (one on a Dask worker, whose cores are its
-    siblings'; the cubes are the same bytes on any number)."""
+    way)."""
     import h5py
     torch.set_num_threads(int(threads))
     spec = DatasetSpec(config)
@@ -462,8 +516,7 @@ def _make_shard(config, seed, shard, first, count, out_dir, compression, device=
             else:
                 pieces = [range(start, min(last, start + GPU_RENDER_BATCH))
                           for start in range(first, last, GPU_RENDER_BATCH)]
-            for cubes in pieces:
-                batch = _observe_blocks(spec, cubes, seed, projector)
+            for cubes, batch in _observe_ranges(spec, pieces, seed, projector):
                 start, stop = cubes.start - first, cubes.stop - first
                 blocks = {key: _stored(batch, key).cpu().numpy() for key in arrays}
                 cube_tables.append(_cube_table(first + start, batch))
@@ -996,22 +1049,23 @@ class StreamingCubes(torch.utils.data.IterableDataset):
         device = torch.device(self.device if self.device is not None else
                               "cuda" if torch.cuda.is_available() and info is None else "cpu")
         projector = self.spec.projector(device)
-        kept = {}
 
-        def observed(cubes):
-            return _observe_blocks(self.spec, cubes, self.seed, projector, kept)
+        def observed(ranges):
+            return _observe_ranges(self.spec, ranges, self.seed, projector)
         if self.batch_size is None:
-            for block in self._blocks(RENDER_BATCH, worker, n_workers, aligned=True):
-                batch = observed(block)
+            blocks = self._blocks(RENDER_BATCH, worker, n_workers, aligned=True)
+            for block, batch in observed(blocks):
                 params = batch.cube_params.cpu().tolist()
+                arrays = {key: _stored(batch, key).cpu() for key in self.keys}
+                del batch
                 for k, index in enumerate(block):
-                    sample = {key: _stored(batch, key)[k].cpu() for key in self.keys}
+                    # (each its own storage: a view would carry the block's to a loader)
+                    sample = {key: array[k].clone() for key, array in arrays.items()}
                     sample["params"] = dict(zip(ObservedBatch.CUBE_COLUMNS, params[k]))
                     sample["index"] = index
                     yield self.transform(sample) if self.transform is not None else sample
             return
-        for block in self._blocks(self.batch_size, worker, n_workers):
-            batch = observed(block)
+        for block, batch in observed(self._blocks(self.batch_size, worker, n_workers)):
             sample = {key: _stored(batch, key) for key in self.keys}
             sample["params"] = batch.cube_params.to(torch.float32)
             sample["param_names"] = ObservedBatch.CUBE_COLUMNS

@@ -65,7 +65,8 @@ from .resources import check_memory
 from .conventions import C_KMS, internal_velocity, velocity_compression
 
 __all__ = ["Projector", "SamplingPlan", "FOOTPRINT_HEIGHTS", "BEAM_MARGIN_SIGMAS",
-           "TRUNCATION_FRACTION", "SMALL_RENDER", "DOMAIN", "FINER_RADIUS", "check_device"]
+           "TRUNCATION_FRACTION", "SMALL_RENDER", "DOMAIN", "FINER_RADIUS", "check_device",
+           "single_threaded_renders"]
 
 #: Fraction of a Sérsic profile's light beyond the radius where the disk is cut.
 TRUNCATION_FRACTION = 1e-6
@@ -207,6 +208,18 @@ class _RenderThreads(threading.local):
 
 
 _RENDER = _RenderThreads()
+
+
+def single_threaded_renders():
+    """Make this thread's renders run on it alone: torch's intra-op threads set to one for it
+    (a setting of the calling thread; the others keep theirs), a batch's groups rendered in
+    turn rather than on threads of their own, and no scratch shared with another thread.
+
+    The initializer of threads that render at once (`Projector`'s groups of a batch,
+    `galcubecraft.dataset`'s render blocks): each works apart, with no barrier to wait at,
+    and what it renders does not depend on how many threads the process has."""
+    torch.set_num_threads(1)
+    _RENDER.mark()
 
 
 @contextmanager
@@ -1339,7 +1352,7 @@ class Projector:
             # (inference_mode(False) turns autograd on: no_grad after it)
             with torch.inference_mode(inference), torch.no_grad():
                 return one(idx)
-        with _torch_threads(1), ThreadPoolExecutor(workers, initializer=_RENDER.mark) \
+        with _torch_threads(1), ThreadPoolExecutor(workers, initializer=single_threaded_renders) \
                 as pool:
             for done in [pool.submit(in_mode, idx) for idx in reversed(groups)]:
                 if done.result() is not out:    # (each adds to ``out`` in place: `_deposit`)
