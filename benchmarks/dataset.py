@@ -8,9 +8,11 @@ peak S/N of 3-30, masks, labels and the truth table):
   Dask workers, for scenes of 1-3 galaxies (2.1 on average) and of one;
 * `StreamingCubes` on the CPU, one cube per item and (where the code has it) in batches, in
   this process and from a ``DataLoader`` with two workers (start-up included);
-* the projector alone on the same galaxies: the galaxies of 16 cubes in one batch on torch's
-  threads (render blocks: what one process renders), and cube by cube on one thread (what
-  each cube cost alone): the rates the rest is bound by.
+* the projector alone on the same galaxies: the galaxies of 16 cubes in one batch (render
+  blocks) as one process renders them (as many blocks at once as torch has threads, one
+  thread each; codes before `~galcubecraft.projector.single_threaded_renders`: a block at a
+  time, its groups on the threads), and cube by cube on one thread (what each cube cost
+  alone): the rates the rest is bound by.
 
 With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCubes` on the
 device in batches of ``--gpu-batch`` (noise, masks, labels and parameters, no host round
@@ -105,15 +107,32 @@ if __name__ == "__main__":
         # with the priors' [render] options (codes before them: the default)
         projector = spec.projector() if hasattr(spec, "projector") else gcc.Projector(spec.grid)
         scenes = [spec.draw(i, 1)[0] for i in range(64)]
-        with torch.no_grad():
-            # the galaxies of 16 cubes in one projector batch, on torch's threads (render
-            # blocks), then each cube's galaxies alone on one thread
-            start = time.perf_counter()
-            for k in range(0, 64, 16):
+
+        def block(k):
+            with torch.no_grad():
                 for law, params in gcc.stack_parameters(
                         [g for scene in scenes[k:k + 16] for g in scene]):
                     projector(params, law)
-            out["projector_blocks"] = 64 / (time.perf_counter() - start)
+        # the galaxies of 16 cubes in one projector batch (render blocks) as a process of
+        # this code renders them: as many blocks at once as torch has threads, one thread
+        # each (codes before single_threaded_renders: one block at a time, its groups on the
+        # threads)
+        try:
+            from galcubecraft.projector import single_threaded_renders
+        except ImportError:
+            single_threaded_renders = None
+        start = time.perf_counter()
+        if single_threaded_renders is None:
+            for k in range(0, 64, 16):
+                block(k)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(torch.get_num_threads(),
+                                    initializer=single_threaded_renders) as pool:
+                list(pool.map(block, range(0, 64, 16)))
+        out["projector_blocks"] = 64 / (time.perf_counter() - start)
+        with torch.no_grad():
+            # each cube's galaxies alone on one thread
             torch.set_num_threads(1)
             start = time.perf_counter()
             for scene in scenes:
@@ -365,7 +384,7 @@ def main(argv=None):
              "stream_batch": "StreamingCubes, batches of 16",
              "stream_loader": "StreamingCubes, batches of 16, DataLoader with 2 workers",
              "projector": "projector alone, cube by cube, 1 thread",
-             "projector_blocks": "projector alone, blocks of 16 cubes, torch's threads"}
+             "projector_blocks": "projector alone, blocks of 16 cubes as one process renders them"}
     base = f"galcubecraft at {args.baseline}" if args.baseline else \
         "[render] " + ", ".join(f"{k}={v}" for k, v in GRID_PIXELS.items()) \
         if args.grid_pixels else ""

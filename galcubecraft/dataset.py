@@ -385,15 +385,18 @@ def _observe_ranges(spec, ranges, seed, projector):
         at_once, thread_name_prefix="render-block", initializer=single_threaded_renders)
     queue = []          # ranges read, not yet yielded, with their blocks
     observed = {}       # block -> its Future (on a pool) or batch, in order of need
-    done = False
+    done, read_to = False, 0
 
     def read():
         """Read the next range and start its blocks; False at the end of ``ranges``."""
         cubes = next(ranges, None)
         if cubes is None:
             return False
-        if len(cubes) == 0 or (queue and cubes.start < queue[-1][0].stop):
-            raise ValueError(f"ranges must be non-empty and increasing, got {cubes!r}")
+        nonlocal read_to
+        if len(cubes) == 0 or cubes.start < read_to:
+            raise ValueError(f"ranges must be non-empty and increasing, got {cubes!r} after "
+                             f"cubes up to {read_to}")
+        read_to = cubes.stop
         blocks = list(render_blocks(cubes.start, cubes.stop))
         for block in blocks:
             if block not in observed:

@@ -227,6 +227,65 @@ def test_cubes_are_rendered_in_whole_render_blocks_whatever_the_shards(tmp_path,
             list(ds.render_blocks(*args))
 
 
+def test_render_blocks_are_observed_ahead_once_each_and_the_same_on_any_threads(monkeypatch):
+    """On a CPU the render blocks that cover a stream's ranges are observed once each, as
+    many at once as torch has threads, each on one thread: the float64 batches are the same
+    bytes on one thread and on three (torch's FFTs, for one, are not), however the ranges cut
+    the blocks, and the caller's threads are left as they were.  An endless stream is read
+    lazily; ranges must be non-empty and increasing."""
+    import itertools
+    import galcubecraft.dataset as ds
+    monkeypatch.setattr(ds, "RENDER_BATCH", 4)
+    # (planes of 32 x 32: torch splits their FFTs over threads, and rounds them otherwise)
+    spec = DatasetSpec({**PRIORS, "grid": {**PRIORS["grid"], "shape": [14, 32, 32]}})
+    projector = spec.projector("cpu")
+    observed = []
+    make_batch = DatasetSpec.make_batch
+
+    def spy(self, indices, *args, **kwargs):
+        observed.append(indices)
+        return make_batch(self, indices, *args, **kwargs)
+    monkeypatch.setattr(DatasetSpec, "make_batch", spy)
+    ranges = [range(1, 3), range(3, 9), range(9, 10), range(13, 14)]
+    runs = {}
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            observed.clear()
+            runs[n] = list(ds._observe_ranges(spec, ranges, 5, projector))
+            assert sorted(observed, key=lambda r: r.start) == [
+                range(0, 4), range(4, 8), range(8, 12), range(12, 16)]
+            assert torch.get_num_threads() == n
+        torch.set_num_threads(1)
+        whole = make_batch(spec, range(4, 8), 5, projector, together=True)
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("noisy", "clean", "mask", "labels", "cube_params")
+    assert [cubes for cubes, _ in runs[3]] == ranges
+    for (cubes, a), (_, b) in zip(runs[1], runs[3]):
+        assert len(a) == len(cubes) and a.noisy.dtype == torch.float64
+        for key in keys:
+            assert torch.equal(getattr(a, key), getattr(b, key)), (cubes, key)
+    # [3, 9) is cut from three blocks: its cubes 4..7 are the block [4, 8)'s bytes
+    for key in keys:
+        assert torch.equal(getattr(runs[3][1][1], key)[1:5], getattr(whole, key)), key
+    observed.clear()
+    try:
+        torch.set_num_threads(3)
+        endless = ds._observe_ranges(spec, (range(k, k + 2) for k in itertools.count(0, 2)),
+                                     5, projector)
+        firsts = [cubes for cubes, _ in itertools.islice(endless, 3)]
+        endless.close()
+    finally:
+        torch.set_num_threads(threads)
+    assert firsts == [range(0, 2), range(2, 4), range(4, 6)]
+    assert range(0, 4) in observed and len(observed) <= 4     # the blocks needed, 2 ahead
+    for bad in ([range(4, 6), range(2, 3)], [range(0, 2), range(2, 2)]):
+        with pytest.raises(ValueError, match="non-empty and increasing"):
+            list(ds._observe_ranges(spec, bad, 5, projector))
+
+
 def test_the_denoiser_example_trains_on_streamed_batches():
     """examples/train_denoiser.py (the docs' end-to-end example) at toy size."""
     import importlib.util
