@@ -249,7 +249,7 @@ def build_parser():
                                                   "or 64)")
     d.add_argument("--workers", type=int, default=1,
                    help="local Dask worker processes of one thread each (1: in this "
-                        "process, on torch's threads)")
+                        "process, a render block of 16 cubes on each of torch's threads)")
     d.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     d.add_argument("--device", default="cpu",
                    help="where to render: 'cpu' or 'cuda' (a GPU dataset draws its noise "

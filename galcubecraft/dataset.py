@@ -57,7 +57,7 @@ import os
 import shutil
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -682,8 +682,11 @@ def generate_dataset(spec, n, out, *, seed=None, workers=1, scheduler=None, shar
         Overrides the priors' ``[dataset] seed``; one is required from either
         (a dataset must be re-makeable).
     workers : int
-        1 (default): in this process, on torch's threads.  More: a local Dask cluster of
-        that many single-threaded processes (the same cubes, byte for byte).
+        1 (default): in this process, a shard's render blocks as many at once as torch has
+        threads, each on one (or as many shards at once, where a shard holds fewer blocks
+        than that).  More: a local Dask cluster of that many single-threaded
+        processes (the same cubes, byte for byte), which share the cores better over a long
+        run, but take seconds to start.
     scheduler : str, optional
         Address of a running dask.distributed scheduler; overrides ``workers``.
     shard_size : int, optional
@@ -767,19 +770,41 @@ def _generate_locked(spec, n, out, seed, shard_size, workers, scheduler, compres
             _run_dask(todo, config, seed, out, compression, workers, scheduler, bar,
                       str(device))
         else:
-            threads = torch.get_num_threads()
-            try:
-                for j, first, count in todo:
-                    _make_shard(config, seed, j, first, count, str(out), compression,
-                                str(device), threads)
-                    bar.update(count)
-            finally:
-                torch.set_num_threads(threads)
+            _run_here(todo, config, seed, out, compression, bar, device)
     finally:
         bar.close()
     remove_stale_parts(out, every_writer=True)     # a worker killed mid-shard leaves one
     _write_catalogue(out, manifest)
     return manifest_path
+
+
+def _run_here(todo, config, seed, out, compression, bar, device):
+    """The shards ``todo`` made in this process, in turn, each rendering as many blocks at once
+    as torch has threads (`_make_shard`); or, on a CPU where a shard holds fewer render
+    blocks than that, as many shards at once, each on one thread (`single_threaded_renders`),
+    so that small shards too keep the cores busy.  The same bytes either way."""
+    threads = torch.get_num_threads()
+    blocks = max((len(list(render_blocks(first, first + count))) for _, first, count in todo),
+                 default=0)
+    if torch.device(device).type != "cpu" or threads == 1 or blocks >= threads:
+        try:
+            for j, first, count in todo:
+                _make_shard(config, seed, j, first, count, str(out), compression, str(device),
+                            threads)
+                bar.update(count)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="shard",
+                            initializer=single_threaded_renders) as pool:
+        futures = [pool.submit(_make_shard, config, seed, j, first, count, str(out),
+                               compression, str(device), 1) for j, first, count in todo]
+        try:
+            for done in as_completed(futures):
+                bar.update(done.result()[1])
+        finally:
+            for future in futures:           # (a failed shard stops the others' queue)
+                future.cancel()
 
 
 def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar, device):
