@@ -285,6 +285,22 @@ def test_render_blocks_are_observed_ahead_once_each_and_the_same_on_any_threads(
         with pytest.raises(ValueError, match="non-empty and increasing"):
             list(ds._observe_ranges(spec, bad, 5, projector))
 
+    # a block that fails on a thread fails the stream (no hang, no cube of it yielded)
+    def failing(self, indices, *args, **kwargs):
+        if indices.start == 8:
+            raise RuntimeError("block 8 failed")
+        return make_batch(self, indices, *args, **kwargs)
+    monkeypatch.setattr(DatasetSpec, "make_batch", failing)
+    got = []
+    try:
+        torch.set_num_threads(3)
+        with pytest.raises(RuntimeError, match="block 8 failed"):
+            for cubes, _ in ds._observe_ranges(spec, ranges, 5, projector):
+                got.append(cubes)
+    finally:
+        torch.set_num_threads(threads)
+    assert got == ranges[:1]
+
 
 def test_the_denoiser_example_trains_on_streamed_batches():
     """examples/train_denoiser.py (the docs' end-to-end example) at toy size."""
