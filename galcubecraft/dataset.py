@@ -433,6 +433,7 @@ def _observe_ranges(spec, ranges, seed, projector):
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(at_once)      # (threads started later take it again)
 
 
 def _stored(batch, key):
@@ -795,16 +796,19 @@ def _run_here(todo, config, seed, out, compression, bar, device):
         finally:
             torch.set_num_threads(threads)
         return
-    with ThreadPoolExecutor(threads, thread_name_prefix="shard",
-                            initializer=single_threaded_renders) as pool:
-        futures = [pool.submit(_make_shard, config, seed, j, first, count, str(out),
-                               compression, str(device), 1) for j, first, count in todo]
-        try:
-            for done in as_completed(futures):
-                bar.update(done.result()[1])
-        finally:
-            for future in futures:           # (a failed shard stops the others' queue)
-                future.cancel()
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="shard",
+                                initializer=single_threaded_renders) as pool:
+            futures = [pool.submit(_make_shard, config, seed, j, first, count, str(out),
+                                   compression, str(device), 1) for j, first, count in todo]
+            try:
+                for done in as_completed(futures):
+                    bar.update(done.result()[1])
+            finally:
+                for future in futures:       # (a failed shard stops the others' queue)
+                    future.cancel()
+    finally:
+        torch.set_num_threads(threads)          # (threads started later take it again)
 
 
 def _run_dask(todo, config, seed, out, compression, workers, scheduler, bar, device):

@@ -212,8 +212,9 @@ _RENDER = _RenderThreads()
 
 def single_threaded_renders():
     """Make this thread's renders run on it alone: torch's intra-op threads set to one for it
-    (a setting of the calling thread; the others keep theirs), a batch's groups rendered in
-    turn rather than on threads of their own, and no scratch shared with another thread.
+    (the threads already running keep theirs; those started later take torch's count from its
+    last setting, which the pool's owner restores), a batch's groups rendered in turn rather
+    than on threads of their own, and no scratch shared with another thread.
 
     The initializer of threads that render at once (`Projector`'s groups of a batch,
     `galcubecraft.dataset`'s render blocks): each works apart, with no barrier to wait at,

@@ -234,6 +234,7 @@ def test_render_blocks_are_observed_ahead_once_each_and_the_same_on_any_threads(
     the blocks, and the caller's threads are left as they were.  An endless stream is read
     lazily; ranges must be non-empty and increasing."""
     import itertools
+    import threading
     import galcubecraft.dataset as ds
     monkeypatch.setattr(ds, "RENDER_BATCH", 4)
     # (planes of 32 x 32: torch splits their FFTs over threads, and rounds them otherwise)
@@ -256,7 +257,11 @@ def test_render_blocks_are_observed_ahead_once_each_and_the_same_on_any_threads(
             runs[n] = list(ds._observe_ranges(spec, ranges, 5, projector))
             assert sorted(observed, key=lambda r: r.start) == [
                 range(0, 4), range(4, 8), range(8, 12), range(12, 16)]
-            assert torch.get_num_threads() == n
+            later = []          # (a thread started now takes the caller's count, not one)
+            thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+            thread.start()
+            thread.join()
+            assert torch.get_num_threads() == n and later == [n]
         torch.set_num_threads(1)
         whole = make_batch(spec, range(4, 8), 5, projector, together=True)
     finally:
