@@ -1346,7 +1346,8 @@ class Projector:
             return out
         # over one thread each (`_group_workers`), the costliest first (`_group_by_cost`
         # lists them from the cheapest), each in this thread's inference mode (autograd's
-        # modes are per thread)
+        # modes are per thread); this thread's count is set back after them (it is also the
+        # one that threads started later take)
         inference = torch.is_inference_mode_enabled()
 
         def in_mode(idx):

@@ -1,6 +1,7 @@
 """Batched observation on tensors (observe_batch) and batched streaming: the same cubes as one at
 a time, labels against per-galaxy renders, and batches served as tensors."""
 import math
+from contextlib import contextmanager
 
 import astropy.units as u
 import numpy as np
@@ -24,6 +25,35 @@ PRIORS = {
     "galaxy": {"r_eff": {"distribution": "uniform", "low": "1.2 arcsec", "high": "2.5 arcsec"},
                "v_max": {"distribution": "uniform", "low": "60 km/s", "high": "120 km/s"}},
 }
+
+
+@contextmanager
+def torch_threads(n):
+    """Run the block with torch on ``n`` threads, then set the caller's count back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+#: `DatasetSpec.make_batch` itself, for spies to call.
+MAKE_BATCH = DatasetSpec.make_batch
+
+
+def spy_on_blocks(monkeypatch, fail_at=None):
+    """Record the cube ranges `DatasetSpec.make_batch` observes, in a list returned (the range
+    from ``fail_at`` raises RuntimeError instead)."""
+    observed = []
+
+    def spy(self, indices, *args, **kwargs):
+        if indices.start == fail_at:
+            raise RuntimeError(f"block {fail_at} failed")
+        observed.append(indices)
+        return MAKE_BATCH(self, indices, *args, **kwargs)
+    monkeypatch.setattr(DatasetSpec, "make_batch", spy)
+    return observed
 
 
 def galaxy(x, y, flux=1.0, v_sys=0.0, pa=30.0):
@@ -179,13 +209,7 @@ def test_cubes_are_rendered_in_whole_render_blocks_whatever_the_shards(tmp_path,
     import galcubecraft.dataset as ds
     generate_dataset(PRIORS, 6, tmp_path / "sixteen", shard_size=6, progress=False)
     monkeypatch.setattr(ds, "RENDER_BATCH", 4)
-    observed = []
-    make_batch = DatasetSpec.make_batch
-
-    def spy(self, indices, *args, **kwargs):
-        observed.append(indices)
-        return make_batch(self, indices, *args, **kwargs)
-    monkeypatch.setattr(DatasetSpec, "make_batch", spy)
+    observed = spy_on_blocks(monkeypatch)
     for size in (6, 4, 3):
         generate_dataset(PRIORS, 6, tmp_path / f"shards_of_{size}", shard_size=size,
                          progress=False)
@@ -195,13 +219,9 @@ def test_cubes_are_rendered_in_whole_render_blocks_whatever_the_shards(tmp_path,
     keys = ("noisy", "clean", "mask", "labels")
     datasets = {name: CubeDataset(tmp_path / name, keys=keys)
                 for name in ("sixteen", "shards_of_6", "shards_of_4", "shards_of_3")}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)        # a stream renders on torch's threads, the same bytes
-    try:
+    with torch_threads(3):          # a stream renders on torch's threads, the same bytes
         stream = list(StreamingCubes(PRIORS, start=1, stop=6, batch_size=3, device="cpu",
                                      keys=keys))
-    finally:
-        torch.set_num_threads(threads)
     for i in range(6):
         cube = datasets["shards_of_4"][i]
         for name in ("shards_of_6", "shards_of_3"):
@@ -240,32 +260,22 @@ def test_render_blocks_are_observed_ahead_once_each_and_the_same_on_any_threads(
     # (planes of 32 x 32: torch splits their FFTs over threads, and rounds them otherwise)
     spec = DatasetSpec({**PRIORS, "grid": {**PRIORS["grid"], "shape": [14, 32, 32]}})
     projector = spec.projector("cpu")
-    observed = []
-    make_batch = DatasetSpec.make_batch
-
-    def spy(self, indices, *args, **kwargs):
-        observed.append(indices)
-        return make_batch(self, indices, *args, **kwargs)
-    monkeypatch.setattr(DatasetSpec, "make_batch", spy)
+    observed = spy_on_blocks(monkeypatch)
     ranges = [range(1, 3), range(3, 9), range(9, 10), range(13, 14)]
     runs = {}
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            observed.clear()
+    for n in (1, 3):
+        observed.clear()
+        with torch_threads(n):
             runs[n] = list(ds._observe_ranges(spec, ranges, 5, projector))
-            assert sorted(observed, key=lambda r: r.start) == [
-                range(0, 4), range(4, 8), range(8, 12), range(12, 16)]
             later = []          # (a thread started now takes the caller's count, not one)
             thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
             thread.start()
             thread.join()
             assert torch.get_num_threads() == n and later == [n]
-        torch.set_num_threads(1)
-        whole = make_batch(spec, range(4, 8), 5, projector, together=True)
-    finally:
-        torch.set_num_threads(threads)
+        assert sorted(observed, key=lambda r: r.start) == [
+            range(0, 4), range(4, 8), range(8, 12), range(12, 16)]
+    with torch_threads(1):
+        whole = MAKE_BATCH(spec, range(4, 8), 5, projector, together=True)
     keys = ("noisy", "clean", "mask", "labels", "cube_params")
     assert [cubes for cubes, _ in runs[3]] == ranges
     for (cubes, a), (_, b) in zip(runs[1], runs[3]):
@@ -276,34 +286,22 @@ def test_render_blocks_are_observed_ahead_once_each_and_the_same_on_any_threads(
     for key in keys:
         assert torch.equal(getattr(runs[3][1][1], key)[1:5], getattr(whole, key)), key
     observed.clear()
-    try:
-        torch.set_num_threads(3)
+    with torch_threads(3):
         endless = ds._observe_ranges(spec, (range(k, k + 2) for k in itertools.count(0, 2)),
                                      5, projector)
         firsts = [cubes for cubes, _ in itertools.islice(endless, 3)]
         endless.close()
-    finally:
-        torch.set_num_threads(threads)
     assert firsts == [range(0, 2), range(2, 4), range(4, 6)]
     assert range(0, 4) in observed and len(observed) <= 4     # the blocks needed, 2 ahead
     for bad in ([range(4, 6), range(2, 3)], [range(0, 2), range(2, 2)]):
         with pytest.raises(ValueError, match="non-empty and increasing"):
             list(ds._observe_ranges(spec, bad, 5, projector))
-
     # a block that fails on a thread fails the stream (no hang, no cube of it yielded)
-    def failing(self, indices, *args, **kwargs):
-        if indices.start == 8:
-            raise RuntimeError("block 8 failed")
-        return make_batch(self, indices, *args, **kwargs)
-    monkeypatch.setattr(DatasetSpec, "make_batch", failing)
+    spy_on_blocks(monkeypatch, fail_at=8)
     got = []
-    try:
-        torch.set_num_threads(3)
-        with pytest.raises(RuntimeError, match="block 8 failed"):
-            for cubes, _ in ds._observe_ranges(spec, ranges, 5, projector):
-                got.append(cubes)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(3), pytest.raises(RuntimeError, match="block 8 failed"):
+        for cubes, _ in ds._observe_ranges(spec, ranges, 5, projector):
+            got.append(cubes)
     assert got == ranges[:1]
 
 
