@@ -172,19 +172,29 @@ class Parameter:
             raise ValueError(f"{name} must be 1-D, got shape {value.shape}")
         if self.shape not in (None, "1d") and value.shape != tuple(self.shape):
             raise ValueError(f"{name} must have shape {tuple(self.shape)}, got {value.shape}")
-        v = np.asarray(value.to_value(ref))
-        if not np.all(np.isfinite(v)):
+        # every check needs only the least and the largest value (a scalar's own: galaxies
+        # are made by the thousand when a dataset draws its scenes)
+        v = value.to_value(ref)
+        if np.ndim(v) == 0:
+            least = most = float(v)
+            finite = math.isfinite(least)
+        else:
+            v = np.asarray(v)
+            finite = bool(np.isfinite(v).all())
+            least, most = (float(v.min()), float(v.max())) if finite and v.size else \
+                (math.inf, -math.inf)
+        if not finite:
             raise ValueError(f"{name} must be finite, got {value}")
-        if self.positive and np.any(v <= 0):
+        if self.positive and least <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-        if self.nonnegative and np.any(v < 0):
+        if self.nonnegative and least < 0:
             raise ValueError(f"{name} must not be negative, got {value}")
-        if self.kind == "velocity" and np.any(np.abs(value.to_value(_KMS)) >= C_KMS):
+        if self.kind == "velocity" and max(-least, most) >= C_KMS:     # (ref: km/s)
             raise ValueError(f"{name} must be below the speed of light, got {value}")
         low, high = self._bounds(ref)
-        if low is not None and np.any(v < low):
+        if low is not None and least < low:
             raise ValueError(f"{name} must be >= {self.minimum * self.table_unit}, got {value}")
-        if high is not None and np.any(v > high):
+        if high is not None and most > high:
             raise ValueError(f"{name} must be <= {self.maximum * self.table_unit}, got {value}")
         return value
 

@@ -108,7 +108,9 @@ class Fixed(Distribution):
         self.unit = self.value.unit
 
     def sample(self, rng, size=None):
-        return np.broadcast_to(self.value.value, () if size is None else size) * self.unit
+        if size is None:
+            return self.value.copy()
+        return np.broadcast_to(self.value.value, size) * self.unit
 
     def support(self):
         return self.value, self.value
@@ -181,8 +183,8 @@ class Isotropic(_Range):
                              f"got [{self.low}, {self.high}]")
 
     def sample(self, rng, size=None):
-        c_hi, c_lo = np.cos(self.low.to_value(u.rad)), np.cos(self.high.to_value(u.rad))
-        return (np.arccos(rng.uniform(c_lo, c_hi, size)) * u.rad).to(self.unit)
+        c_hi, c_lo = self._cosines()
+        return np.arccos(rng.uniform(c_lo, c_hi, size)) * u.rad.to(self.unit) * self.unit
 
     def log_density(self, x):
         return torch.log(torch.sin(x * self.unit.to(u.rad)).clamp_min(1e-300))

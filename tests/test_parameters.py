@@ -3,6 +3,7 @@ the declarations, for every rotation law."""
 import warnings
 
 import astropy.units as u
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from conftest import JYKMS, KMS, make_galaxy
 from galcubecraft.catalogue import galaxies_from_table, truth_table
 from galcubecraft.diffuse import Stream
 from galcubecraft.parameters import Parameter
+from galcubecraft.units import C_KMS
 
 LAWS = {
     "arctan": gcc.ArctanRotationCurve(v_max=180 * KMS, r_turn=1.5 * u.arcsec),
@@ -131,3 +133,53 @@ def test_a_declaration_reads_as_what_it_is():
     assert p.flag == "--inclination"
     assert gcc.SersicDisk.n.aliases == ("sersic_n",)
     assert gcc.Galaxy.param_names[:2] == ("distance", "redshift")
+
+
+def _legal(p, value):
+    """Whether each of ``value``'s numbers is legal for ``p``, by the declaration's words (not
+    `Parameter.validate`'s code): finite, its sign, below light speed, within its bounds."""
+    x = value.to_value(p.table_unit if p.table_unit.is_equivalent(value.unit) else u.arcsec)
+    ok = np.isfinite(x)
+    with np.errstate(invalid="ignore"):
+        if p.positive:
+            ok &= x > 0
+        if p.nonnegative:
+            ok &= x >= 0
+        if p.kind == "velocity":
+            ok &= np.abs(value.to_value(KMS)) < C_KMS
+        if p.minimum is not None:
+            ok &= x >= p.minimum
+        if p.maximum is not None:
+            ok &= x <= p.maximum
+    return ok
+
+
+def test_every_declared_check_holds_for_scalars_arrays_and_other_units():
+    # (the checks read only each value's least and largest: a seeded sweep of values at and
+    # around every bound, in another unit of the kind, alone and mixed in arrays)
+    other = {"size": u.arcmin, "angle": u.rad, "velocity": u.m / u.s, "distance": u.kpc,
+             "line_flux": u.mJy * u.m / u.s, "velocity_gradient": u.m / u.s / u.arcmin}
+    rng = np.random.default_rng(14)
+    checked = 0
+    for name, p in gcc.Galaxy.flat_parameters().items():
+        if p.kind == "dimensionless" or p.shape not in (None, "1d"):
+            continue
+        unit = other[p.kind]
+        base = p.table_unit if p.kind != "size" else u.arcsec
+        marks = [0.0, 1.0, -1.0, 1e-300, -1e-300, C_KMS * 0.999, C_KMS, -C_KMS, 1e30,
+                 np.nan, np.inf, -np.inf]
+        marks += [b + d for b in (p.minimum, p.maximum) if b is not None
+                  for d in (0.0, 1e-9 * max(1.0, abs(b)), -1e-9 * max(1.0, abs(b)))]
+        values = (np.array(marks) * base).to(unit)
+        arrays = [values[rng.choice(len(values), size=rng.integers(1, 4))] for _ in range(30)]
+        shaped = [v.reshape(1) for v in values] + arrays + [values[:0]]
+        cases = shaped if p.shape == "1d" else list(values) + shaped
+        for value in cases:
+            legal = bool(np.all(_legal(p, value)))
+            if legal:
+                assert p.validate(value) is value, (name, value)
+            else:
+                with pytest.raises(ValueError, match=name):
+                    p.validate(value)
+            checked += 1
+    assert checked > 1000
