@@ -12,7 +12,9 @@ peak S/N of 3-30, masks, labels and the truth table):
   blocks) as one process renders them (as many blocks at once as torch has threads, one
   thread each; codes before `~galcubecraft.projector.single_threaded_renders`: a block at a
   time, its groups on the threads), and cube by cube on one thread (what each cube cost
-  alone): the rates the rest is bound by.
+  alone): the rates the rest is bound by;
+* the scenes drawn from the priors and their parameters stacked, on one thread: the host's
+  part of every cube, and what bounds a stream on a GPU.
 
 With ``--device cuda`` (when there is a GPU) the GPU rows instead: `StreamingCubes` on the
 device in batches of ``--gpu-batch`` (noise, masks, labels and parameters, no host round
@@ -139,6 +141,11 @@ if __name__ == "__main__":
                 for law, params in gcc.stack_parameters(scene):
                     projector(params, law)
             out["projector"] = 64 / (time.perf_counter() - start)
+        # the host's part of a GPU stream: scenes drawn, their parameters stacked
+        start = time.perf_counter()
+        drawn = [spec.draw(i, 1)[0] for i in range(1000, 1000 + n)]
+        gcc.stack_parameters([g for scene in drawn for g in scene])
+        out["scenes"] = n / (time.perf_counter() - start)
     print(json.dumps(out))
 """
 
@@ -384,7 +391,8 @@ def main(argv=None):
              "stream_batch": "StreamingCubes, batches of 16",
              "stream_loader": "StreamingCubes, batches of 16, DataLoader with 2 workers",
              "projector": "projector alone, cube by cube, 1 thread",
-             "projector_blocks": "projector alone, blocks of 16 cubes as one process renders them"}
+             "projector_blocks": "projector alone, blocks of 16 cubes as one process renders them",
+             "scenes": "scenes drawn and their parameters stacked (host, 1 thread)"}
     base = f"galcubecraft at {args.baseline}" if args.baseline else \
         "[render] " + ", ".join(f"{k}={v}" for k, v in GRID_PIXELS.items()) \
         if args.grid_pixels else ""
