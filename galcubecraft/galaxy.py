@@ -185,28 +185,38 @@ class Galaxy(Placed):
                          flows=tuple(type(f) for f in self.flows),
                          warp=None if self.warp is None else type(self.warp))
 
+    #: The `tensors` that keep float64 whatever the dtype asked for: a radio velocity (at
+    #: high redshift float32 would lose the line's width; the projector subtracts the band's
+    #: centre before its own cast).
+    FLOAT64 = ("v_sys",)
+
+    def numbers(self):
+        """All parameters in internal units, what `tensors` makes tensors of: floats, and
+        numpy arrays for tables (`stack_parameters` stacks many galaxies' at once)."""
+        d = self.declarations
+        offset = d["offset"]
+        out = {"x0": offset.to_internal(self.offset[0], self.to_arcsec),
+               "y0": offset.to_internal(self.offset[1], self.to_arcsec)}
+        for name in ("inclination", "position_angle", "flux", "dispersion", "v_sys"):
+            out[name] = d[name].to_internal(getattr(self, name))
+        for component in self._parts():
+            out.update(component.numbers(self.to_arcsec))
+        return out
+
+    @classmethod
+    def tensor_dtype(cls, key, dtype):
+        """The dtype of `tensors`' ``key`` when ``dtype`` is asked for (`FLOAT64`)."""
+        return torch.float64 if key in cls.FLOAT64 and dtype.is_floating_point else dtype
+
     def tensors(self, device=None, dtype=torch.float32):
         """All parameters as plain tensors in internal units, the projector's input.
 
         Keys: ``x0``, ``y0`` (east and north offset, arcsec), ``inclination``,
         ``position_angle`` (rad), ``flux`` (Jy km/s), ``dispersion``, ``v_sys``
-        (km/s), and each component's parameters (sizes in arcsec).
+        (km/s, float64: `FLOAT64`), and each component's parameters (sizes in arcsec).
         """
-        d = self.declarations
-        offset = d["offset"]
-        out = {
-            "x0": to_tensor(offset.to_internal(self.offset[0], self.to_arcsec), device, dtype),
-            "y0": to_tensor(offset.to_internal(self.offset[1], self.to_arcsec), device, dtype),
-        }
-        for name in ("inclination", "position_angle", "flux", "dispersion"):
-            out[name] = to_tensor(d[name].to_internal(getattr(self, name)), device, dtype)
-        # a radio velocity keeps float64: at high redshift float32 would lose the line's width
-        # (the projector subtracts the band's centre before its own cast)
-        out["v_sys"] = to_tensor(d["v_sys"].to_internal(self.v_sys), device,
-                                 torch.float64 if dtype.is_floating_point else dtype)
-        for component in self._parts():
-            out.update(component.tensors(self.to_arcsec, device, dtype))
-        return out
+        return {k: to_tensor(v, device, self.tensor_dtype(k, dtype))
+                for k, v in self.numbers().items()}
 
     # ------------------------------------------------------------------ flat dictionaries
     #: The parts a flat dictionary names by law: key -> (base class, default law, in words).

@@ -181,19 +181,18 @@ class ObservedBatch:
 
     def galaxy_tensor(self, dtype=torch.float32):
         """``(tensor, names)``: each cube's galaxies' scalar parameters in the projector's
-        internal units (`Galaxy.tensors <galcubecraft.Galaxy.tensors>`: arcsec, rad, km/s,
+        internal units (`Galaxy.numbers <galcubecraft.Galaxy.numbers>`: arcsec, rad, km/s,
         Jy km/s), ``(batch, most galaxies in a cube, len(names))``, padded with NaN."""
         device = self.clean.device
-        rows = [[g.tensors(dtype=torch.float64) for g in self.galaxies(k)]
-                for k in range(len(self))]
+        rows = [[g.numbers() for g in self.galaxies(k)] for k in range(len(self))]
         names = sorted({name for cube in rows for t in cube for name, v in t.items()
-                        if v.dim() == 0})
+                        if np.ndim(v) == 0})
         most = max([len(cube) for cube in rows] + [1])
         out = np.full((len(self), most, len(names)), math.nan)
         for k, cube in enumerate(rows):
             for j, t in enumerate(cube):
-                out[k, j] = [float(t[name]) if name in t and t[name].dim() == 0 else math.nan
-                             for name in names]
+                out[k, j] = [float(t[name]) if name in t and np.ndim(t[name]) == 0
+                             else math.nan for name in names]
         return torch.as_tensor(out, device=device, dtype=dtype), names
 
 

@@ -1,9 +1,11 @@
 """``render``: the friendly front door over `Projector`."""
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from . import rings
+from .components.base import to_tensor
 from .cube import to_spectral_cube
 from .diffuse import Stream
 from .galaxy import Galaxy, Scene
@@ -51,14 +53,16 @@ def stack_parameters(galaxies, device=None, dtype=torch.float32, merge=False, in
     """
     groups, rows = defaultdict(list), defaultdict(list)
     for i, g in enumerate(galaxies):
-        # on the host, each stacked tensor then sent at once: not a copy per scalar
-        tensors = g.tensors(dtype=dtype)
+        numbers = g.numbers()
         model = g.model
         model = model.kinematics if model.plain else model
-        key = (model, tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())))
-        groups[key].append(tensors)
+        key = (model, tuple(sorted((k, np.shape(v)) for k, v in numbers.items())))
+        groups[key].append(numbers)
         rows[key].append(i)
-    out = [(key[0], {k: torch.stack([t[k] for t in members]).to(device)
+    # the galaxies' numbers stacked on the host, then one tensor of each sent at once (not a
+    # tensor, nor a copy, per scalar): `Galaxy.tensors` of each, stacked
+    out = [(key[0], {k: to_tensor(np.array([n[k] for n in members], dtype=np.float64),
+                                  dtype=Galaxy.tensor_dtype(k, dtype)).to(device)
                      for k in members[0]})
            for key, members in groups.items()]
     order = [torch.tensor(rows[key], dtype=torch.int64) for key in groups]

@@ -667,6 +667,50 @@ def test_populations_draw_real_galaxies_in_their_fractions():
     assert all(g.model.plain for g in plain)
 
 
+def test_stacked_parameters_are_each_galaxys_own_tensors():
+    """`stack_parameters` stacks the galaxies' numbers on the host and makes one tensor of
+    each: row for row, bit for bit and dtype for dtype, each galaxy's own ``tensors()``
+    (float64 ``v_sys``, tables, bulges' fractions, every part of real galaxies); and
+    `ObservedBatch.galaxy_tensor` holds their scalars."""
+    from galcubecraft.catalogue import random_galaxies
+    from galcubecraft.observation import ObservedBatch
+    from galcubecraft.priors import GalaxyPriors
+    grid = gcc.CubeGrid(shape=(40, 64, 64), pixel_scale=1 * u.arcsec, channel_width=40 * KMS)
+    priors = GalaxyPriors(warp_fraction=0.5, bar_fraction=0.5, lopsided_fraction=0.3,
+                          radial_fraction=0.3, ring_fraction=0.2, bulge_fraction=0.3,
+                          drift_fraction=0.3)
+    galaxies = random_galaxies(grid, 60, priors=priors, seed=5, edge=4 * u.arcsec,
+                               min_separation=0 * u.arcsec)
+    galaxies.append(disk(distance=20 * u.Mpc, v_sys=1500 * KMS,          # sizes in kpc
+                         surface=gcc.ExponentialDisk(scale_length=0.5 * u.kpc)))
+    # a flow tabulated where the priors' are constant: a table beside their scalars
+    galaxies.append(disk(flows=[gcc.LopsidedFlow([5, 10] * KMS, [0, 2] * KMS, 30 * u.deg,
+                                                 radius=[0, 10] * u.arcsec)]))
+    for dtype in (torch.float32, torch.float64):
+        groups = gcc.stack_parameters(galaxies, dtype=dtype, index=True)
+        assert sorted(int(r) for _, _, rows in groups for r in rows) == list(range(62))
+        assert len(groups) > 3
+        for _, params, rows in groups:
+            for j, i in enumerate(rows.tolist()):
+                own = galaxies[i].tensors(dtype=dtype)
+                assert own.keys() == params.keys()
+                for key, value in own.items():
+                    assert params[key].dtype == value.dtype, key
+                    assert torch.equal(params[key][j], value), key
+    scenes = [galaxies[k:k + 3] for k in range(0, 62, 3)]
+    batch = ObservedBatch(grid, torch.zeros(len(scenes), 1), torch.zeros(len(scenes), 1), None,
+                          None, None, scenes, None, None)
+    table, names = batch.galaxy_tensor(dtype=torch.float64)
+    for k, scene in enumerate(scenes):
+        for j, galaxy in enumerate(scene):
+            own = galaxy.tensors(dtype=torch.float64)
+            for c, name in enumerate(names):
+                expected = own[name] if name in own and own[name].dim() == 0 else math.nan
+                assert torch.equal(table[k, j, c], torch.as_tensor(expected, dtype=torch.float64)
+                                   ) or (math.isnan(expected) and torch.isnan(table[k, j, c]))
+        assert torch.isnan(table[k, len(scene):]).all()
+
+
 def test_the_realistic_disks_preset_makes_a_dataset(tmp_path):
     from pathlib import Path
     from galcubecraft.dataset import generate_dataset

@@ -72,8 +72,9 @@ class Component(Declared):
         """The parameters under their keys (`flat_declarations`)."""
         return {self.key(name): value for name, value in self.parameters.items()}
 
-    def tensors(self, to_arcsec, device=None, dtype=torch.float32):
-        """The parameters as plain tensors in internal units.
+    def numbers(self, to_arcsec):
+        """The parameters in internal units under their keys: floats, and numpy arrays for
+        tables (what `tensors` makes tensors of; many galaxies' are stacked at once).
 
         Parameters
         ----------
@@ -85,9 +86,12 @@ class Component(Declared):
         for name, declaration in self.declarations.items():
             value = getattr(self, name)
             if value is not None:
-                out[self.key(name)] = to_tensor(declaration.to_internal(value, to_arcsec),
-                                                device, dtype)
+                out[self.key(name)] = declaration.to_internal(value, to_arcsec)
         return out
+
+    def tensors(self, to_arcsec, device=None, dtype=torch.float32):
+        """The parameters as plain tensors in internal units (`numbers`)."""
+        return {k: to_tensor(v, device, dtype) for k, v in self.numbers(to_arcsec).items()}
 
 
 def check_table_nodes(owner, radius, tables, least=1):

@@ -12,7 +12,7 @@ import torch
 from .. import functional as F
 from ..parameters import Declared, Parameter
 from ..units import validate_line_flux, validate_number, validate_size
-from .base import Component, check_table_nodes
+from .base import Component, check_table_nodes, to_tensor
 
 __all__ = ["Surface", "SersicDisk", "ExponentialDisk", "SersicBulge", "GaussianRing",
            "TabulatedSurface", "SurfaceSum"]
@@ -496,15 +496,19 @@ class SurfaceSum(Declared):
         return cls([main, *(c.from_flat(values) for c in added)],
                    fractions=[max(0.0, 1 - sum(shares)), *shares])
 
-    def tensors(self, to_arcsec, device=None, dtype=torch.float32):
-        """Every term's tensors, and each later term's flux fraction (``bulge_flux_fraction``)."""
+    def numbers(self, to_arcsec):
+        """Every term's numbers (`Component.numbers`), and each later term's flux fraction
+        (``bulge_flux_fraction``)."""
         out = {}
         for term in self.terms:
-            out.update(term.tensors(to_arcsec, device, dtype))
+            out.update(term.numbers(to_arcsec))
         for term, fraction in zip(self.terms[1:], self.fractions[1:]):
-            out[type(term).key("flux_fraction")] = torch.tensor(fraction, device=device,
-                                                                dtype=dtype)
+            out[type(term).key("flux_fraction")] = float(fraction)
         return out
+
+    def tensors(self, to_arcsec, device=None, dtype=torch.float32):
+        """`numbers` as plain tensors."""
+        return {k: to_tensor(v, device, dtype) for k, v in self.numbers(to_arcsec).items()}
 
     def surface_brightness(self, radius, flux):
         """The terms' surface brightnesses (each `Surface.surface_brightness` at its share
