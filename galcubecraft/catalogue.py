@@ -25,7 +25,7 @@ from .priors import GalaxyPriors
 from .units import (radio_velocity, redshift_of_radio_velocity, validate_quantity,
                     velocity_compression)
 
-__all__ = ["random_galaxies", "check_band", "truth_table", "galaxies_from_table",
+__all__ = ["random_galaxies", "GalaxyPlacer", "check_band", "truth_table", "galaxies_from_table",
            "stack_tables", "pad_columns", "table_cell", "PARAMETER_COLUMNS", "TABLE_COLUMNS"]
 
 _KMS = u.km / u.s
@@ -139,72 +139,104 @@ def random_galaxies(grid, n, *, priors=None, seed=None, edge=None, avoid=None,
 
     Positions are uniform over the allowed pixels; systemic velocities are uniform
     over the band, leaving room for each galaxy's line (``v_max sin i + 4 sigma``)
-    on both sides.
+    on both sides.  `GalaxyPlacer` does the same work with the checks and the allowed
+    pixels made once, for many draws.
     """
-    priors = GalaxyPriors() if priors is None else priors
-    if not isinstance(priors, GalaxyPriors):
-        raise TypeError(f"priors must be a GalaxyPriors, got {priors!r}")
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = np.random.default_rng(seed)
-    _, ny, nx = grid.shape
-    pixel = grid.pixel_scale.to(u.arcsec)
-    if edge is None:
-        r_hi = priors.distributions["r_eff"].support()[1]
-        edge = 2 * r_hi if r_hi.unit.is_equivalent(u.arcsec) else 8 * pixel
-    edge = validate_quantity("edge", edge, u.arcsec, nonnegative=True).to(u.arcsec)
-    min_sep = edge if min_separation is None else validate_quantity(
-        "min_separation", min_separation, u.arcsec, nonnegative=True).to(u.arcsec)
-    ee = int(math.ceil((edge / pixel).decompose().value))
-    allowed = np.zeros((ny, nx), dtype=bool)
-    allowed[ee:ny - ee, ee:nx - ee] = True
-    if avoid is not None:
-        from scipy.ndimage import maximum_filter
-        avoid = np.asarray(avoid, dtype=float)
-        if avoid.shape != (ny, nx):
-            raise ValueError(f"avoid has shape {avoid.shape}, the grid's pixels are {(ny, nx)}")
-        bad = ~np.isfinite(avoid)
-        if avoid_threshold is not None:
-            bad |= np.where(np.isfinite(avoid), avoid, -np.inf) >= avoid_threshold
-        allowed &= ~maximum_filter(bad.astype(np.uint8), size=2 * ee + 1).astype(bool)
-    check_band(grid, priors)
-    candidates = np.flatnonzero(allowed)
-    if n and candidates.size == 0:
-        raise ValueError("no pixel of the grid is far enough from its edges and from what "
-                         "avoid excludes; lower edge or avoid_threshold")
-    edges = grid.channel_edges.to_value(_KMS)
-    v_lo, v_hi = edges.min(), edges.max()
-    speed, tilt = priors.extra_speed()          # what flows and warps add to a line's reach
-    galaxies, placed = [], []
-    for _ in range(max_tries):
-        if len(galaxies) == n:
-            break
-        k = int(rng.choice(candidates))
-        y, x = divmod(k, nx)
-        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
-        p = priors.sample(rng)
-        if any(math.hypot(x - px, y - py) * pixel.value < min_sep.value for px, py in placed):
-            continue
-        # check_band made sure this room fits in the band
-        room = float(p["v_max"].to_value(_KMS) * np.sin(min(
-            p["inclination"].to_value(u.rad) + math.radians(tilt), math.pi / 2))
-            + 4 * p["dispersion"].to_value(_KMS) + speed)
-        r_eff = p["r_eff"]
-        galaxies.append(priors.with_parameters(Galaxy(
-            **priors.parts(p),
-            vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
-            kinematics=ArctanRotationCurve(v_max=p["v_max"],
-                                           r_turn=float(p["turnover"].value) * r_eff),
-            inclination=p["inclination"], position_angle=p["position_angle"] % (360 * u.deg),
-            flux=p["flux"], dispersion=p["dispersion"],
-            v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
-            offset=grid.offset_of_pixel(x, y)), p))
-        placed.append((x, y))
-    if len(galaxies) < n:
-        raise ValueError(f"placed only {len(galaxies)} of {n} galaxies {min_sep} apart; "
-                         "lower min_separation or n")
-    return galaxies
+    placer = GalaxyPlacer(grid, priors=priors, edge=edge, avoid=avoid,
+                          avoid_threshold=avoid_threshold, min_separation=min_separation)
+    return placer.draw(n, seed, max_tries=max_tries)
+
+
+class GalaxyPlacer:
+    """Galaxies drawn from priors and placed at random on a grid (`random_galaxies`), with
+    every check, the allowed pixels and the band's room made once when it is built: what a
+    dataset needs, which draws the galaxies of thousands of cubes on one grid.
+
+    Parameters as `random_galaxies`'s; `draw` takes ``n`` and the seed.
+    """
+
+    def __init__(self, grid, *, priors=None, edge=None, avoid=None, avoid_threshold=None,
+                 min_separation=None):
+        priors = GalaxyPriors() if priors is None else priors
+        if not isinstance(priors, GalaxyPriors):
+            raise TypeError(f"priors must be a GalaxyPriors, got {priors!r}")
+        _, ny, nx = grid.shape
+        pixel = grid.pixel_scale.to(u.arcsec)
+        if edge is None:
+            r_hi = priors.distributions["r_eff"].support()[1]
+            edge = 2 * r_hi if r_hi.unit.is_equivalent(u.arcsec) else 8 * pixel
+        edge = validate_quantity("edge", edge, u.arcsec, nonnegative=True).to(u.arcsec)
+        min_sep = edge if min_separation is None else validate_quantity(
+            "min_separation", min_separation, u.arcsec, nonnegative=True).to(u.arcsec)
+        ee = int(math.ceil((edge / pixel).decompose().value))
+        allowed = np.zeros((ny, nx), dtype=bool)
+        allowed[ee:ny - ee, ee:nx - ee] = True
+        if avoid is not None:
+            from scipy.ndimage import maximum_filter
+            avoid = np.asarray(avoid, dtype=float)
+            if avoid.shape != (ny, nx):
+                raise ValueError(f"avoid has shape {avoid.shape}, the grid's pixels are "
+                                 f"{(ny, nx)}")
+            bad = ~np.isfinite(avoid)
+            if avoid_threshold is not None:
+                bad |= np.where(np.isfinite(avoid), avoid, -np.inf) >= avoid_threshold
+            allowed &= ~maximum_filter(bad.astype(np.uint8), size=2 * ee + 1).astype(bool)
+        check_band(grid, priors)
+        edges = grid.channel_edges.to_value(_KMS)
+        self.grid, self.priors = grid, priors
+        self.min_separation = min_sep
+        self._candidates = np.flatnonzero(allowed)
+        self._pixel, self._min_sep = pixel.value, min_sep.value
+        self._band = edges.min(), edges.max()
+        self._speed, self._tilt = priors.extra_speed()   # what flows and warps add to a line
+
+    def draw(self, n, seed=None, *, max_tries=10000):
+        """``n`` galaxies (a list), from ``seed`` (an int, a `numpy.random.SeedSequence` or a
+        `numpy.random.Generator`): the same seed, the same galaxies."""
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n and self._candidates.size == 0:
+            raise ValueError("no pixel of the grid is far enough from its edges and from what "
+                             "avoid excludes; lower edge or avoid_threshold")
+        rng = np.random.default_rng(seed)
+        priors, grid = self.priors, self.grid
+        nx = grid.shape[2]
+        v_lo, v_hi = self._band
+        galaxies, placed = [], []
+        for _ in range(max_tries):
+            if len(galaxies) == n:
+                break
+            k = int(rng.choice(self._candidates))
+            y, x = divmod(k, nx)
+            x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+            p = priors.sample(rng)
+            if any(math.hypot(x - px, y - py) * self._pixel < self._min_sep
+                   for px, py in placed):
+                continue
+            # check_band made sure this room fits in the band
+            room = float(p["v_max"].to_value(_KMS) * np.sin(min(
+                p["inclination"].to_value(u.rad) + math.radians(self._tilt), math.pi / 2))
+                + 4 * p["dispersion"].to_value(_KMS) + self._speed)
+            r_eff = p["r_eff"]
+            galaxies.append(priors.with_parameters(Galaxy(
+                **priors.parts(p),
+                vertical=ExponentialVertical(float(p["thickness"].value) * r_eff),
+                kinematics=ArctanRotationCurve(v_max=p["v_max"],
+                                               r_turn=float(p["turnover"].value) * r_eff),
+                inclination=p["inclination"], position_angle=p["position_angle"] % (360 * u.deg),
+                flux=p["flux"], dispersion=p["dispersion"],
+                v_sys=rng.uniform(v_lo + room, v_hi - room) * _KMS,
+                offset=grid.offset_of_pixel(x, y)), p))
+            placed.append((x, y))
+        if len(galaxies) < n:
+            raise ValueError(f"placed only {len(galaxies)} of {n} galaxies {self.min_separation} "
+                             "apart; lower min_separation or n")
+        return galaxies
+
+    def __repr__(self):
+        return (f"GalaxyPlacer({self.grid!r}, priors={self.priors!r}, "
+                f"min_separation={self.min_separation})")
 
 
 def galaxies_from_table(table, grid):

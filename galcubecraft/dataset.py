@@ -68,7 +68,7 @@ from astropy.table import QTable, vstack
 
 from ._about import version as __version__
 from ._files import atomic_path, read_toml, remove_stale_parts
-from .catalogue import check_band, pad_columns, random_galaxies, stack_tables
+from .catalogue import GalaxyPlacer, pad_columns, stack_tables
 from .cube import to_spectral_cube
 from .grid import CubeGrid
 from .noise import NoiseModel
@@ -126,7 +126,7 @@ class DatasetSpec:
     instead of up to ~2.5% under a beam of a few pixels; ``finer_radius = 0`` takes that back
     for ~1.2x the rate; docs/rendering.rst).  Every key is checked
     before any work starts.  Galaxies are placed as by
-    `galcubecraft.catalogue.random_galaxies`.
+    `galcubecraft.catalogue.random_galaxies` (a `~galcubecraft.catalogue.GalaxyPlacer`).
 
     Instead of ``[grid]``, ``[scene]`` and ``[galaxy]``, a ``[preset]`` table with
     ``name = "galcubecraft-0.1"`` takes GalCubeCraft 0.1.0's population
@@ -176,7 +176,9 @@ class DatasetSpec:
                                         u.arcsec)
         self.mask_threshold = scene.get("mask_threshold")
         if self.population is None:
-            check_band(self.grid, self.galaxy_priors)
+            # (checks the band, the edge and the separation)
+            self._placer = GalaxyPlacer(self.grid, priors=self.galaxy_priors, edge=self.edge,
+                                        min_separation=self.min_separation)
         self.render_options = dict(config.get("render", {}))
         try:        # the projector checks its own keywords (and the memory the grid needs)
             self.projector()
@@ -257,8 +259,7 @@ class DatasetSpec:
             galaxies = self.population.draw(int(index), rng)["objects"]
         else:
             n = int(round(float(self.n_galaxies.sample(rng).value)))
-            galaxies = random_galaxies(self.grid, n, priors=self.galaxy_priors, seed=rng,
-                                       edge=self.edge, min_separation=self.min_separation)
+            galaxies = self._placer.draw(n, rng)
         noise = None
         if self._noise_cfg is not None:
             level = self._noise_cfg["distribution"].sample(rng)

@@ -221,6 +221,23 @@ def test_random_placement_avoids_edges_bright_emission_and_each_other():
     assert [repr(g) for g in again] == [repr(g) for g in galaxies]
     with pytest.raises(ValueError, match="far enough"):
         random_galaxies(grid, 1, avoid=np.ones((96, 96)), avoid_threshold=0.5)
+    # a placer made once draws the same galaxies for the same seeds, draw after draw, its
+    # checks made when it is built
+    from galcubecraft.catalogue import GalaxyPlacer
+    placer = GalaxyPlacer(grid, edge=8 * u.arcsec, avoid=bright, avoid_threshold=0.5,
+                          min_separation=10 * u.arcsec, priors=small)
+    for seed in (3, 4, 3):
+        assert placer.draw(6, seed) == random_galaxies(
+            grid, 6, seed=seed, edge=8 * u.arcsec, avoid=bright, avoid_threshold=0.5,
+            min_separation=10 * u.arcsec, priors=small)
+    assert placer.draw(6, 3) == galaxies and placer.draw(0, 3) == []
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        placer.draw(-1)
+    with pytest.raises(ValueError, match="too narrow"):
+        GalaxyPlacer(gcc.CubeGrid(shape=(4, 32, 32), pixel_scale=1 * u.arcsec,
+                                  channel_width=10 * KMS))
+    with pytest.raises(ValueError, match="avoid has shape"):
+        GalaxyPlacer(grid, avoid=np.ones((3, 3)))
 
 
 def test_injection_into_a_jy_per_pixel_cube_conserves_flux(tmp_path):
