@@ -253,6 +253,12 @@ def observe_batch(scenes, grid, noises=None, seeds=None, *, mask_threshold=None,
     Every step after the projector is a tensor operation on the batch: the parts summed into
     clean cubes, the mask and labels, the noise levels (`noise_levels`), unit noise filtered
     for all cubes at once (`NoiseModel.correlate`), and the S/N.
+
+    On a CPU the noise's filter and the S/N's sums may differ in their last bit between
+    processes of different torch thread counts (torch's inverse FFTs and whole-tensor sums
+    round differently on more threads than on one).  Datasets and
+    `~galcubecraft.dataset.StreamingCubes` observe each render block on one thread, so their
+    bytes do not depend on it.
     """
     scenes = [scene_items(scene) for scene in scenes]
     batch = len(scenes)
