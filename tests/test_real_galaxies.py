@@ -697,6 +697,12 @@ def test_stacked_parameters_are_each_galaxys_own_tensors():
                 for key, value in own.items():
                     assert params[key].dtype == value.dtype, key
                     assert torch.equal(params[key][j], value), key
+    # galaxies are values: what they hand out is theirs to change, not a view of them
+    tabulated = galaxies[-1]
+    before = tabulated.flows[0].v_1t.copy()
+    tabulated.numbers()["lopsided_v_1t"][:] = 0.0
+    tabulated.tensors(dtype=torch.float64)["lopsided_v_1t"].zero_()
+    assert np.array_equal(tabulated.flows[0].v_1t, before) and before.value.any()
     scenes = [galaxies[k:k + 3] for k in range(0, 62, 3)]
     batch = ObservedBatch(grid, torch.zeros(len(scenes), 1), torch.zeros(len(scenes), 1), None,
                           None, None, scenes, None, None)

@@ -86,7 +86,10 @@ class Component(Declared):
         for name, declaration in self.declarations.items():
             value = getattr(self, name)
             if value is not None:
-                out[self.key(name)] = declaration.to_internal(value, to_arcsec)
+                value = declaration.to_internal(value, to_arcsec)
+                # (a table of its own: a view would let a change write into this value)
+                out[self.key(name)] = np.array(value, dtype=np.float64) if np.ndim(value) \
+                    else value
         return out
 
     def tensors(self, to_arcsec, device=None, dtype=torch.float32):
