@@ -176,9 +176,11 @@ class DatasetSpec:
                                         u.arcsec)
         self.mask_threshold = scene.get("mask_threshold")
         if self.population is None:
-            # (checks the band, the edge and the separation)
-            self._placer = GalaxyPlacer(self.grid, priors=self.galaxy_priors, edge=self.edge,
-                                        min_separation=self.min_separation)
+            try:        # (checks the band, the edge and the separation)
+                self._placer = GalaxyPlacer(self.grid, priors=self.galaxy_priors,
+                                            edge=self.edge, min_separation=self.min_separation)
+            except ValueError as exc:
+                raise ValueError(f"[scene]/[galaxy]: {exc}") from None
         self.render_options = dict(config.get("render", {}))
         try:        # the projector checks its own keywords (and the memory the grid needs)
             self.projector()
