@@ -180,7 +180,7 @@ class DatasetSpec:
                 self._placer = GalaxyPlacer(self.grid, priors=self.galaxy_priors,
                                             edge=self.edge, min_separation=self.min_separation)
             except ValueError as exc:
-                raise ValueError(f"[scene]/[galaxy]: {exc}") from None
+                raise type(exc)(f"[scene]/[galaxy]: {exc}") from None
         self.render_options = dict(config.get("render", {}))
         try:        # the projector checks its own keywords (and the memory the grid needs)
             self.projector()

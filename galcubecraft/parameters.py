@@ -175,16 +175,11 @@ class Parameter:
         # every check needs only the least and the largest value (a scalar's own: galaxies
         # are made by the thousand when a dataset draws its scenes)
         v = value.to_value(ref)
-        if np.ndim(v) == 0:
-            least = most = float(v)
-            finite = math.isfinite(least)
-        else:
-            v = np.asarray(v)
-            finite = bool(np.isfinite(v).all())
-            least, most = (float(v.min()), float(v.max())) if finite and v.size else \
-                (math.inf, -math.inf)
-        if not finite:
+        scalar = np.ndim(v) == 0
+        if not (math.isfinite(v) if scalar else np.isfinite(v).all()):
             raise ValueError(f"{name} must be finite, got {value}")
+        least, most = (float(v), float(v)) if scalar else \
+            (float(np.min(v)), float(np.max(v))) if np.size(v) else (math.inf, -math.inf)
         if self.positive and least <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
         if self.nonnegative and least < 0:
